@@ -1,0 +1,36 @@
+#include "testing.hpp"
+
+#include <atomic>
+#include <vector>
+
+namespace ssmkit {
+namespace {
+
+TEST(Parallel, VisitsEveryIndexExactlyOnce) {
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    std::vector<std::atomic<int>> hits(1003);
+    parallel_for(0, 1003, [&](Index i) { hits[static_cast<std::size_t>(i)]++; });
+    for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+  }
+}
+
+TEST(Parallel, EmptyAndOffsetRanges) {
+  int calls = 0;
+  parallel_for(5, 5, [&](Index) { ++calls; });
+  EXPECT_EQ(calls, 0);
+  std::vector<int> seen(10, 0);
+  parallel_for(3, 7, [&](Index i) { seen[static_cast<std::size_t>(i)] = 1; });
+  EXPECT_EQ(seen, (std::vector<int>{0, 0, 0, 1, 1, 1, 1, 0, 0, 0}));
+}
+
+TEST(Parallel, RejectsZeroThreads) {
+#ifdef _OPENMP
+  SSMKIT_EXPECT_ERROR(set_num_threads(0), "set_num_threads", ">= 1", "got 0");
+#else
+  GTEST_SKIP() << "built without OpenMP: set_num_threads is a no-op";
+#endif
+}
+
+}  // namespace
+}  // namespace ssmkit
