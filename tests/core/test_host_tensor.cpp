@@ -9,7 +9,8 @@ TEST(HostTensor, AlignedZeroInitialisedContiguous) {
   HostTensor<float, 3> t({3, 5, 7}, "t");
   EXPECT_EQ(reinterpret_cast<std::uintptr_t>(t.data()) % 64, 0u);
   EXPECT_EQ(t.numel(), 105);
-  for (Index i = 0; i < t.numel(); ++i) ASSERT_EQ(t.data()[i], 0.0f);
+  for (Index i = 0; i < t.numel(); ++i)
+    ASSERT_EQ(t.data()[i], 0.0f);
   t(2, 4, 6) = 3.5f;
   EXPECT_EQ(t.data()[104], 3.5f);
   EXPECT_EQ(t.view()(2, 4, 6), 3.5f);

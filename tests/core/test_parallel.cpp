@@ -11,7 +11,8 @@ TEST(Parallel, VisitsEveryIndexExactlyOnce) {
     set_num_threads(threads);
     std::vector<std::atomic<int>> hits(1003);
     parallel_for(0, 1003, [&](Index i) { hits[static_cast<std::size_t>(i)]++; });
-    for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+    for (auto& h : hits)
+      ASSERT_EQ(h.load(), 1);
   }
 }
 

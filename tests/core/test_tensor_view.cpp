@@ -7,7 +7,8 @@ namespace {
 
 TEST(TensorView, ContiguousIndexingAndStrides) {
   std::vector<float> buf(2 * 3 * 4);
-  for (std::size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<float>(i);
+  for (std::size_t i = 0; i < buf.size(); ++i)
+    buf[i] = static_cast<float>(i);
   TensorView<float, 3> v(buf.data(), {2, 3, 4}, "x");
   EXPECT_EQ(v.strides(), (Shape<3>{12, 4, 1}));
   EXPECT_TRUE(v.is_contiguous());
@@ -20,20 +21,23 @@ TEST(TensorView, ContiguousIndexingAndStrides) {
 
 TEST(TensorView, TransposedViewAddressesSameMemory) {
   std::vector<double> buf(6);
-  for (std::size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<double>(i);
+  for (std::size_t i = 0; i < buf.size(); ++i)
+    buf[i] = static_cast<double>(i);
   TensorView<double, 2> v(buf.data(), {2, 3}, "m");
   auto t = v.transposed(0, 1);
   EXPECT_EQ(t.shape(), (Shape<2>{3, 2}));
   EXPECT_FALSE(t.is_contiguous());
   for (Index i = 0; i < 2; ++i)
-    for (Index j = 0; j < 3; ++j) EXPECT_EQ(t(j, i), v(i, j));
+    for (Index j = 0; j < 3; ++j)
+      EXPECT_EQ(t(j, i), v(i, j));
 }
 
 TEST(TensorView, ChannelMajorViewOfTokenMajorLogicalShape) {
   // (B, D, L) memory seen as logical (B, L, D): what kernels do with mamba_ssm's layout.
   const Index B = 2, L = 5, D = 3;
   std::vector<float> buf(B * D * L);
-  for (std::size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<float>(i);
+  for (std::size_t i = 0; i < buf.size(); ++i)
+    buf[i] = static_cast<float>(i);
   TensorView<float, 3> v(buf.data(), {B, L, D}, {D * L, 1, L}, "u");
   EXPECT_EQ(v(1, 4, 2), buf[1 * D * L + 2 * L + 4]);
 }
@@ -61,8 +65,8 @@ TEST(TensorView, EmptyViewMayHaveNullData) {
 
 TEST(TensorView, RejectsNegativeShape) {
   std::vector<float> buf(4);
-  SSMKIT_EXPECT_ERROR((TensorView<float, 2>(buf.data(), {2, -3}, "weights")), "weights",
-                      "shape[1]", ">= 0", "-3");
+  SSMKIT_EXPECT_ERROR((TensorView<float, 2>(buf.data(), {2, -3}, "weights")), "weights", "shape[1]",
+                      ">= 0", "-3");
 }
 
 TEST(TensorView, RejectsOverflowingShape) {
@@ -81,8 +85,8 @@ TEST(TensorView, RejectsOverflowingOffset) {
 
 TEST(TensorView, RejectsNegativeStride) {
   std::vector<float> buf(4);
-  SSMKIT_EXPECT_ERROR((TensorView<float, 1>(buf.data(), {4}, {-1}, "v")), "v", "stride[0]",
-                      ">= 0", "-1");
+  SSMKIT_EXPECT_ERROR((TensorView<float, 1>(buf.data(), {4}, {-1}, "v")), "v", "stride[0]", ">= 0",
+                      "-1");
 }
 
 TEST(TensorView, RejectsAliasingStrides) {
@@ -94,23 +98,22 @@ TEST(TensorView, RejectsAliasingStrides) {
   SSMKIT_EXPECT_ERROR((TensorView<float, 2>(buf.data(), {3, 4}, {0, 1}, "y")), "y", "stride[0]",
                       "alias", "got 0");
   // Two dimensions with the same stride.
-  SSMKIT_EXPECT_ERROR((TensorView<float, 3>(buf.data(), {2, 2, 2}, {4, 4, 1}, "z")), "z",
-                      "alias");
+  SSMKIT_EXPECT_ERROR((TensorView<float, 3>(buf.data(), {2, 2, 2}, {4, 4, 1}, "z")), "z", "alias");
 }
 
 TEST(TensorView, AcceptsPaddedAndPermutedStrides) {
   std::vector<float> buf(64);
   EXPECT_NO_THROW((TensorView<float, 2>(buf.data(), {3, 4}, {5, 1}, "padded", Device::CPU, 64)));
-  EXPECT_NO_THROW((TensorView<float, 3>(buf.data(), {2, 3, 4}, {1, 8, 2}, "perm", Device::CPU, 64)));
+  EXPECT_NO_THROW(
+      (TensorView<float, 3>(buf.data(), {2, 3, 4}, {1, 8, 2}, "perm", Device::CPU, 64)));
   // A size-1 dimension may have any stride: it never steps.
   EXPECT_NO_THROW((TensorView<float, 2>(buf.data(), {1, 4}, {0, 1}, "row")));
 }
 
 TEST(TensorView, RejectsStridesPastCapacity) {
   std::vector<float> buf(12);
-  SSMKIT_EXPECT_ERROR(
-      (TensorView<float, 2>(buf.data(), {3, 4}, {5, 1}, "x", Device::CPU, 12)), "x",
-      "largest offset", "< capacity 12", "got 13");
+  SSMKIT_EXPECT_ERROR((TensorView<float, 2>(buf.data(), {3, 4}, {5, 1}, "x", Device::CPU, 12)), "x",
+                      "largest offset", "< capacity 12", "got 13");
   EXPECT_NO_THROW((TensorView<float, 2>(buf.data(), {3, 4}, {4, 1}, "x", Device::CPU, 12)));
 }
 
@@ -128,13 +131,15 @@ TEST(TensorView, CheckShapeAndDeviceName) {
 
 TEST(TensorView, EigenMapMatchesStridedView) {
   std::vector<double> buf(20);
-  for (std::size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<double>(i) * 0.5;
+  for (std::size_t i = 0; i < buf.size(); ++i)
+    buf[i] = static_cast<double>(i) * 0.5;
   TensorView<double, 2> v(buf.data(), {3, 4}, {6, 1}, "m");  // padded rows
   auto m = as_eigen(v);
   ASSERT_EQ(m.rows(), 3);
   ASSERT_EQ(m.cols(), 4);
   for (Index i = 0; i < 3; ++i)
-    for (Index j = 0; j < 4; ++j) EXPECT_EQ(m(i, j), v(i, j));
+    for (Index j = 0; j < 4; ++j)
+      EXPECT_EQ(m(i, j), v(i, j));
   m(2, 3) = -1.0;  // writes through
   EXPECT_EQ(buf[2 * 6 + 3], -1.0);
 

@@ -36,21 +36,33 @@ constexpr std::size_t size_of(DType t) {
 
 constexpr std::string_view name_of(DType t) {
   switch (t) {
-    case DType::F64: return "F64";
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::I64: return "I64";
-    case DType::I32: return "I32";
-    case DType::I16: return "I16";
-    case DType::I8: return "I8";
-    case DType::U8: return "U8";
-    case DType::Bool: return "BOOL";
+    case DType::F64:
+      return "F64";
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    case DType::I64:
+      return "I64";
+    case DType::I32:
+      return "I32";
+    case DType::I16:
+      return "I16";
+    case DType::I8:
+      return "I8";
+    case DType::U8:
+      return "U8";
+    case DType::Bool:
+      return "BOOL";
   }
   return "?";
 }
 
-inline std::ostream& operator<<(std::ostream& os, DType t) { return os << name_of(t); }
+inline std::ostream& operator<<(std::ostream& os, DType t) {
+  return os << name_of(t);
+}
 
 /// dtype_traits<T>: `dtype` (the runtime tag) and `accum` (the type arithmetic on T runs in).
 /// Specialised here for the CPU types; kernels/cuda adds __half and __nv_bfloat16.

@@ -40,15 +40,17 @@ template <class Expected, class Actual>
 
 /// Throws ssmkit::Error unless `cond`; the message names `arg`, the property `what`, and the
 /// expected and actual values (anything with operator<<, e.g. a number or a "> 0" string).
-#define SSMKIT_CHECK(cond, arg, what, expected, actual)                \
-  do {                                                                 \
-    if (!(cond)) ::ssmkit::detail::throw_check(arg, what, expected, actual); \
+#define SSMKIT_CHECK(cond, arg, what, expected, actual)           \
+  do {                                                            \
+    if (!(cond))                                                  \
+      ::ssmkit::detail::throw_check(arg, what, expected, actual); \
   } while (0)
 
 /// SSMKIT_CHECK for equality: `actual == expected`.
-#define SSMKIT_CHECK_EQ(arg, what, expected, actual)                                      \
-  do {                                                                                    \
-    const auto& ssmkit_e_ = (expected);                                                   \
-    const auto& ssmkit_a_ = (actual);                                                     \
-    if (!(ssmkit_a_ == ssmkit_e_)) ::ssmkit::detail::throw_check(arg, what, ssmkit_e_, ssmkit_a_); \
+#define SSMKIT_CHECK_EQ(arg, what, expected, actual)                  \
+  do {                                                                \
+    const auto& ssmkit_e_ = (expected);                               \
+    const auto& ssmkit_a_ = (actual);                                 \
+    if (!(ssmkit_a_ == ssmkit_e_))                                    \
+      ::ssmkit::detail::throw_check(arg, what, ssmkit_e_, ssmkit_a_); \
   } while (0)

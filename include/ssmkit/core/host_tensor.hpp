@@ -30,10 +30,11 @@ class HostTensor {
     SSMKIT_CHECK(static_cast<std::size_t>(n) <= (SIZE_MAX - kAlignment) / sizeof(T), name,
                  "byte size", "to fit in size_t", n);
     if (n > 0) {
-      const std::size_t bytes = (static_cast<std::size_t>(n) * sizeof(T) + kAlignment - 1) /
-                                kAlignment * kAlignment;
+      const std::size_t bytes =
+          (static_cast<std::size_t>(n) * sizeof(T) + kAlignment - 1) / kAlignment * kAlignment;
       void* p = std::aligned_alloc(kAlignment, bytes);
-      if (p == nullptr) throw std::bad_alloc();
+      if (p == nullptr)
+        throw std::bad_alloc();
       data_.reset(static_cast<T*>(p));
       std::uninitialized_value_construct_n(data_.get(), n);
     }
@@ -45,7 +46,8 @@ class HostTensor {
   /// Deep copy (explicit, so that accidental copies of large weights do not happen).
   HostTensor clone() const {
     HostTensor c(shape_);
-    if (numel() > 0) std::memcpy(c.data(), data(), sizeof(T) * static_cast<std::size_t>(numel()));
+    if (numel() > 0)
+      std::memcpy(c.data(), data(), sizeof(T) * static_cast<std::size_t>(numel()));
     return c;
   }
 
@@ -55,7 +57,8 @@ class HostTensor {
   Index size(int d) const { return shape_[d]; }
   Index numel() const {
     Index n = 1;
-    for (Index s : shape_) n *= s;
+    for (Index s : shape_)
+      n *= s;
     return n;
   }
 

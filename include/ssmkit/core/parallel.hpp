@@ -36,11 +36,13 @@ void parallel_for(Index begin, Index end, F&& fn) {
 #ifdef _OPENMP
   if (end - begin > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
 #pragma omp parallel for schedule(static)
-    for (Index i = begin; i < end; ++i) fn(i);
+    for (Index i = begin; i < end; ++i)
+      fn(i);
     return;
   }
 #endif
-  for (Index i = begin; i < end; ++i) fn(i);
+  for (Index i = begin; i < end; ++i)
+    fn(i);
 }
 
 }  // namespace ssmkit

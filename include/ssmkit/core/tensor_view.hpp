@@ -40,12 +40,22 @@ namespace detail {
 template <int Rank>
 std::string shape_string(const Shape<Rank>& s) {
   std::string out = "(";
-  for (int d = 0; d < Rank; ++d) out += (d ? ", " : "") + std::to_string(s[d]);
+  for (int d = 0; d < Rank; ++d)
+    out += (d ? ", " : "") + std::to_string(s[d]);
   return out + ")";
 }
 
-inline bool mul_overflows(Index a, Index b, Index* out) { return __builtin_mul_overflow(a, b, out); }
-inline bool add_overflows(Index a, Index b, Index* out) { return __builtin_add_overflow(a, b, out); }
+template <class X>
+struct identity {
+  using type = X;
+};
+
+inline bool mul_overflows(Index a, Index b, Index* out) {
+  return __builtin_mul_overflow(a, b, out);
+}
+inline bool add_overflows(Index a, Index b, Index* out) {
+  return __builtin_add_overflow(a, b, out);
+}
 
 }  // namespace detail
 
@@ -91,7 +101,9 @@ class TensorView {
   /// A view of const elements converts implicitly from a mutable one.
   template <class U, class = std::enable_if_t<std::is_same_v<const U, T> && !std::is_same_v<U, T>>>
   TensorView(const TensorView<U, Rank>& other)  // NOLINT(google-explicit-constructor)
-      : data_(other.data()), shape_(other.shape()), strides_(other.strides()),
+      : data_(other.data()),
+        shape_(other.shape()),
+        strides_(other.strides()),
         device_(other.device()) {}
 
   T* data() const { return data_; }
@@ -114,7 +126,8 @@ class TensorView {
     static_assert(sizeof...(I) == Rank, "one index per dimension");
     const Index ix[] = {static_cast<Index>(idx)...};
     Index off = 0;
-    for (int d = 0; d < Rank; ++d) off += ix[d] * strides_[d];
+    for (int d = 0; d < Rank; ++d)
+      off += ix[d] * strides_[d];
     return off;
   }
 
@@ -156,9 +169,11 @@ class TensorView {
 
   /// Number of elements between the first and one past the last addressed element.
   Index span() const {
-    if (empty()) return 0;
+    if (empty())
+      return 0;
     Index last = 0;
-    for (int d = 0; d < Rank; ++d) last += (shape_[d] - 1) * strides_[d];
+    for (int d = 0; d < Rank; ++d)
+      last += (shape_[d] - 1) * strides_[d];
     return last + 1;
   }
 
@@ -169,7 +184,8 @@ class TensorView {
       const std::string dim = "stride[" + std::to_string(d) + "]";
       SSMKIT_CHECK(strides_[d] >= 0, name, dim.c_str(), ">= 0", strides_[d]);
     }
-    if (n == 0) return;
+    if (n == 0)
+      return;
     SSMKIT_CHECK(data_ != nullptr, name, "data pointer", "non-null for a non-empty view",
                  "nullptr with shape " + detail::shape_string<Rank>(shape_));
     // Largest offset, with overflow checks: the address arithmetic of every kernel relies on it.
@@ -182,23 +198,21 @@ class TensorView {
                    "overflow with strides " + detail::shape_string<Rank>(strides_));
     }
     if (capacity >= 0) {
-      SSMKIT_CHECK(last < capacity, name, "largest offset", "< capacity " + std::to_string(capacity),
-                   last);
+      SSMKIT_CHECK(last < capacity, name, "largest offset",
+                   "< capacity " + std::to_string(capacity), last);
     }
     // No two indices may address the same element: ordering the dimensions of extent > 1 by
     // stride, each stride must step past everything the smaller ones reach.
     std::array<int, Rank> order{};
     std::iota(order.begin(), order.end(), 0);
-    std::sort(order.begin(), order.end(),
-              [&](int a, int b) { return strides_[a] < strides_[b]; });
+    std::sort(order.begin(), order.end(), [&](int a, int b) { return strides_[a] < strides_[b]; });
     Index reach = 0;  // offsets 0..reach are addressed by the dimensions seen so far
     for (int k = 0; k < Rank; ++k) {
       const int d = order[k];
-      if (shape_[d] <= 1) continue;
-      SSMKIT_CHECK(strides_[d] > reach, name,
-                   ("stride[" + std::to_string(d) + "]").c_str(),
-                   "> " + std::to_string(reach) + " so that elements do not alias",
-                   strides_[d]);
+      if (shape_[d] <= 1)
+        continue;
+      SSMKIT_CHECK(strides_[d] > reach, name, ("stride[" + std::to_string(d) + "]").c_str(),
+                   "> " + std::to_string(reach) + " so that elements do not alias", strides_[d]);
       reach += (shape_[d] - 1) * strides_[d];
     }
   }
@@ -216,7 +230,8 @@ using Mat = TensorView<T, 2>;
 
 /// Checks that `v` has exactly `expected` shape; the message names `arg`.
 template <class T, int Rank>
-void check_shape(const TensorView<T, Rank>& v, const char* arg, const Shape<Rank>& expected) {
+void check_shape(const TensorView<T, Rank>& v, const char* arg,
+                 const typename detail::identity<Shape<Rank>>::type& expected) {
   SSMKIT_CHECK(v.shape() == expected, arg, "shape", detail::shape_string<Rank>(expected),
                detail::shape_string<Rank>(v.shape()));
 }
@@ -235,7 +250,8 @@ auto as_eigen(const TensorView<T, 2>& v) {
   using MapType = std::conditional_t<std::is_const_v<T>, const MatrixType, MatrixType>;
   check_device(v, "as_eigen(view)", Device::CPU);
   return Eigen::Map<MapType, Eigen::Unaligned, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>(
-      v.data(), v.size(0), v.size(1), Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(v.stride(0), v.stride(1)));
+      v.data(), v.size(0), v.size(1),
+      Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(v.stride(0), v.stride(1)));
 }
 
 /// Eigen::Map of a rank-1 host view as a column vector.
