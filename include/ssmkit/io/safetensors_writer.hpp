@@ -1,0 +1,126 @@
+// Writer of the safetensors format, laid out as the reference (Rust) implementation does: header
+// padded with spaces to a multiple of 8 bytes, tensors ordered by decreasing element size, then
+// name, so that every tensor's data is aligned for its type when the file is mapped.
+#pragma once
+
+#include "ssmkit/core/error.hpp"
+#include "ssmkit/core/tensor_view.hpp"
+#include "ssmkit/io/json_document.hpp"
+#include "ssmkit/io/safetensors_dtype.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ssmkit::io {
+
+class SafetensorsWriter {
+ public:
+  /// Adds a copy of `v` (any strides; stored contiguous row-major) under `name`.
+  template <class T, int Rank>
+  void add(const std::string& name, const TensorView<T, Rank>& v) {
+    using U = std::remove_cv_t<T>;
+    check_name(name);
+    check_device(v, name.c_str(), Device::CPU);
+    Entry e;
+    e.name = name;
+    e.dtype = storage_dtype_v<U>;
+    e.shape.assign(v.shape().begin(), v.shape().end());
+    e.bytes.resize(static_cast<std::size_t>(v.numel()) * sizeof(U));
+    // Row-major walk over the (possibly strided) view.
+    Shape<Rank> idx{};
+    for (Index i = 0; i < v.numel(); ++i) {
+      Index off = 0;
+      for (int d = 0; d < Rank; ++d)
+        off += idx[d] * v.stride(d);
+      std::memcpy(e.bytes.data() + static_cast<std::size_t>(i) * sizeof(U), v.data() + off,
+                  sizeof(U));
+      for (int d = Rank - 1; d >= 0 && ++idx[d] == v.size(d); --d)
+        idx[d] = 0;
+    }
+    names_.insert(name);
+    entries_.push_back(std::move(e));
+  }
+
+  /// Sets a `__metadata__` entry (string to string, as the format requires).
+  void set_metadata(const std::string& key, const std::string& value) {
+    SSMKIT_CHECK(is_valid_utf8(key) && is_valid_utf8(value), "metadata '" + key + "'", "text",
+                 "valid UTF-8", "invalid bytes");
+    metadata_[key] = value;
+  }
+
+  /// The file's bytes.
+  std::vector<std::uint8_t> serialize() const {
+    std::vector<const Entry*> order;
+    for (const auto& e : entries_)
+      order.push_back(&e);
+    std::sort(order.begin(), order.end(), [](const Entry* a, const Entry* b) {
+      const auto sa = size_of(a->dtype), sb = size_of(b->dtype);
+      return sa != sb ? sa > sb : a->name < b->name;
+    });
+    nlohmann::json header = nlohmann::json::object();
+    if (!metadata_.empty())
+      header["__metadata__"] = metadata_;
+    std::uint64_t offset = 0;
+    for (const Entry* e : order) {
+      const std::uint64_t end = offset + e->bytes.size();
+      header[e->name] = {{"dtype", std::string(name_of(e->dtype))},
+                         {"shape", e->shape},
+                         {"data_offsets", {offset, end}}};
+      offset = end;
+    }
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');
+
+    std::vector<std::uint8_t> out(8 + text.size() + offset);
+    const std::uint64_t n = text.size();
+    std::memcpy(out.data(), &n, 8);
+    std::memcpy(out.data() + 8, text.data(), text.size());
+    std::uint8_t* data = out.data() + 8 + text.size();
+    for (const Entry* e : order) {
+      if (!e->bytes.empty())
+        std::memcpy(data, e->bytes.data(), e->bytes.size());
+      data += e->bytes.size();
+    }
+    return out;
+  }
+
+  /// Writes the file to `path` (replacing it).
+  void write(const std::string& path) const {
+    const std::vector<std::uint8_t> bytes = serialize();
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    SSMKIT_CHECK(out.good(), path, "file", "writable", "cannot open");
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    SSMKIT_CHECK(!out.fail(), path, "write", std::to_string(bytes.size()) + " bytes", "failed");
+  }
+
+ private:
+  struct Entry {
+    std::string name;
+    DType dtype;
+    std::vector<Index> shape;
+    std::vector<std::uint8_t> bytes;
+  };
+
+  void check_name(const std::string& name) const {
+    SSMKIT_CHECK(name != "__metadata__", "tensor name", "value", "not '__metadata__' (reserved)",
+                 name);
+    SSMKIT_CHECK(is_valid_utf8(name), "tensor name", "text", "valid UTF-8", "invalid bytes");
+    SSMKIT_CHECK(names_.count(name) == 0, "tensor '" + name + "'", "name", "unique",
+                 "already added");
+  }
+
+  std::vector<Entry> entries_;
+  std::set<std::string> names_;
+  std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace ssmkit::io
