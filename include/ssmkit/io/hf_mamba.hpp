@@ -1,0 +1,188 @@
+// A Hugging Face `MambaForCausalLM` checkpoint directory: config.json plus model.safetensors, or
+// shards listed by model.safetensors.index.json; the tensor names of transformers'
+// modeling_mamba.py.
+#pragma once
+
+#include "ssmkit/core/error.hpp"
+#include "ssmkit/core/host_tensor.hpp"
+#include "ssmkit/io/hf_mamba_config.hpp"
+#include "ssmkit/io/json_document.hpp"
+#include "ssmkit/io/safetensors_file.hpp"
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ssmkit::io {
+
+/// Names of the model-level tensors.
+inline const char* const kHfEmbeddings = "backbone.embeddings.weight";  ///< (vocab, d_model)
+inline const char* const kHfNormF = "backbone.norm_f.weight";           ///< (d_model)
+inline const char* const kHfLmHead = "lm_head.weight";                  ///< (vocab, d_model)
+
+/// Names of layer i's tensors, with their shapes (I = d_inner, N = d_state, R = dt_rank).
+struct MambaLayerNames {
+  explicit MambaLayerNames(Index i)
+      : norm(prefix(i) + "norm.weight"),
+        in_proj_weight(prefix(i) + "mixer.in_proj.weight"),
+        in_proj_bias(prefix(i) + "mixer.in_proj.bias"),
+        conv1d_weight(prefix(i) + "mixer.conv1d.weight"),
+        conv1d_bias(prefix(i) + "mixer.conv1d.bias"),
+        x_proj_weight(prefix(i) + "mixer.x_proj.weight"),
+        dt_proj_weight(prefix(i) + "mixer.dt_proj.weight"),
+        dt_proj_bias(prefix(i) + "mixer.dt_proj.bias"),
+        A_log(prefix(i) + "mixer.A_log"),
+        D(prefix(i) + "mixer.D"),
+        out_proj_weight(prefix(i) + "mixer.out_proj.weight"),
+        out_proj_bias(prefix(i) + "mixer.out_proj.bias") {}
+
+  std::string norm;             ///< (d_model) RMSNorm weight
+  std::string in_proj_weight;   ///< (2I, d_model); rows [0, I) give x, [I, 2I) give z
+  std::string in_proj_bias;     ///< (2I) when use_bias
+  std::string conv1d_weight;    ///< (I, 1, d_conv) depthwise
+  std::string conv1d_bias;      ///< (I) when use_conv_bias
+  std::string x_proj_weight;    ///< (R + 2N, I); rows give dt | B | C
+  std::string dt_proj_weight;   ///< (I, R)
+  std::string dt_proj_bias;     ///< (I) the δ bias of the scan
+  std::string A_log;            ///< (I, N); A = -exp(A_log)
+  std::string D;                ///< (I) skip
+  std::string out_proj_weight;  ///< (d_model, I)
+  std::string out_proj_bias;    ///< (d_model) when use_bias
+
+ private:
+  static std::string prefix(Index i) { return "backbone.layers." + std::to_string(i) + "."; }
+};
+
+/// Every tensor a checkpoint of config `c` must hold, with its shape.
+inline std::vector<std::pair<std::string, std::vector<Index>>> hf_mamba_tensor_shapes(
+    const MambaConfig& c) {
+  const Index I = c.d_inner, N = c.d_state, R = c.dt_rank, M = c.d_model;
+  std::vector<std::pair<std::string, std::vector<Index>>> out = {{kHfEmbeddings, {c.vocab_size, M}},
+                                                                 {kHfNormF, {M}}};
+  if (!c.tie_word_embeddings)
+    out.push_back({kHfLmHead, {c.vocab_size, M}});
+  for (Index i = 0; i < c.n_layer; ++i) {
+    const MambaLayerNames n(i);
+    out.push_back({n.norm, {M}});
+    out.push_back({n.in_proj_weight, {2 * I, M}});
+    out.push_back({n.conv1d_weight, {I, 1, c.d_conv}});
+    out.push_back({n.x_proj_weight, {R + 2 * N, I}});
+    out.push_back({n.dt_proj_weight, {I, R}});
+    out.push_back({n.dt_proj_bias, {I}});
+    out.push_back({n.A_log, {I, N}});
+    out.push_back({n.D, {I}});
+    out.push_back({n.out_proj_weight, {M, I}});
+    if (c.use_bias) {
+      out.push_back({n.in_proj_bias, {2 * I}});
+      out.push_back({n.out_proj_bias, {M}});
+    }
+    if (c.use_conv_bias)
+      out.push_back({n.conv1d_bias, {I}});
+  }
+  return out;
+}
+
+/// An opened checkpoint directory. Opening validates the config, the shard index and that every
+/// tensor the config implies is present, floating-point and of the right shape.
+class HfMambaCheckpoint {
+ public:
+  static HfMambaCheckpoint open(const std::string& dir) {
+    namespace fs = std::filesystem;
+    SSMKIT_CHECK(fs::is_directory(dir), dir, "checkpoint", "a directory", "not found");
+    HfMambaCheckpoint ck;
+    ck.dir_ = dir;
+    ck.config_ = MambaConfig::load((fs::path(dir) / "config.json").string());
+    const fs::path single = fs::path(dir) / "model.safetensors";
+    const fs::path index = fs::path(dir) / "model.safetensors.index.json";
+    if (fs::exists(single)) {
+      ck.shards_.push_back(SafetensorsFile::open(single.string()));
+      for (const auto& t : ck.shards_[0].tensors())
+        ck.where_.emplace(t.name, 0);
+    } else {
+      SSMKIT_CHECK(fs::exists(index), dir, "weights",
+                   "model.safetensors or model.safetensors.index.json", "neither");
+      ck.open_shards(index.string());
+    }
+    for (const auto& [name, shape] : hf_mamba_tensor_shapes(ck.config_)) {
+      const TensorInfo& t = ck.info(name);
+      SSMKIT_CHECK(is_floating(t.dtype), ck.where(name), "dtype", "F64, F32, F16 or BF16", t.dtype);
+      SSMKIT_CHECK(t.shape == shape, ck.where(name), "shape", shape_text(shape),
+                   shape_text(t.shape));
+    }
+    return ck;
+  }
+
+  const MambaConfig& config() const { return config_; }
+  const std::string& directory() const { return dir_; }
+  bool has(const std::string& name) const { return where_.count(name) != 0; }
+
+  /// The header entry of tensor `name` (Error naming it when the checkpoint lacks it).
+  const TensorInfo& info(const std::string& name) const { return file_of(name).info(name); }
+
+  /// The shard holding `name`, for zero-copy views.
+  const SafetensorsFile& file_of(const std::string& name) const {
+    const auto it = where_.find(name);
+    SSMKIT_CHECK(it != where_.end(), where(name), "tensor", "present in the checkpoint", "missing");
+    return shards_[it->second];
+  }
+
+  /// Tensor `name` converted to T, after checking it has exactly `expected` shape.
+  template <class T, int Rank>
+  HostTensor<T, Rank> load(const std::string& name, const Shape<Rank>& expected) const {
+    const std::vector<Index> want(expected.begin(), expected.end());
+    SSMKIT_CHECK(info(name).shape == want, where(name), "shape", shape_text(want),
+                 shape_text(info(name).shape));
+    return file_of(name).read_as<T, Rank>(name);
+  }
+
+  /// The tensor the lm head multiplies by: the embedding when the config ties them (transformers
+  /// then ignores any lm_head.weight), lm_head.weight otherwise.
+  std::string lm_head_name() const {
+    return config_.tie_word_embeddings ? kHfEmbeddings : kHfLmHead;
+  }
+
+ private:
+  std::string where(const std::string& name) const { return dir_ + ": tensor '" + name + "'"; }
+
+  static std::string shape_text(const std::vector<Index>& s) {
+    std::string out = "(";
+    for (std::size_t d = 0; d < s.size(); ++d)
+      out += (d ? ", " : "") + std::to_string(s[d]);
+    return out + ")";
+  }
+
+  void open_shards(const std::string& index_path) {
+    const nlohmann::json index = read_json_file(index_path);
+    SSMKIT_CHECK(
+        index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
+        index_path, "content", "an object with a \"weight_map\" object",
+        index.dump().substr(0, 80));
+    std::map<std::string, std::size_t> shard_ids;
+    for (const auto& [name, file] : index["weight_map"].items()) {
+      const std::string arg = index_path + ": weight_map['" + name + "']";
+      SSMKIT_CHECK(file.is_string(), arg, "type", "a file name string", file.type_name());
+      const std::string shard = file.get<std::string>();
+      // A plain file name in the directory: no path may lead outside it.
+      SSMKIT_CHECK(
+          !shard.empty() && shard != "." && shard != ".." && shard.find('/') == std::string::npos,
+          arg, "shard", "a file name inside the checkpoint directory", shard);
+      auto it = shard_ids.find(shard);
+      if (it == shard_ids.end()) {
+        shards_.push_back(SafetensorsFile::open((std::filesystem::path(dir_) / shard).string()));
+        it = shard_ids.emplace(shard, shards_.size() - 1).first;
+      }
+      SSMKIT_CHECK(shards_[it->second].contains(name), arg, "tensor", "present in " + shard,
+                   "missing");
+      where_.emplace(name, it->second);
+    }
+  }
+
+  std::string dir_;
+  MambaConfig config_;
+  std::vector<SafetensorsFile> shards_;
+  std::map<std::string, std::size_t> where_;
+};
+
+}  // namespace ssmkit::io
