@@ -1,0 +1,217 @@
+// SIMD packs for the CPU kernels and the elementary functions the selective scan needs on them:
+// exp2 (Cody–Waite split into 2^n · 2^f, a degree-6 fit of 2^f on [-1/2, 1/2], ~1e-7 relative),
+// log1p on [0, 1] (2·atanh(e/(2+e)) series), and the softplus and SiLU built from them.
+#pragma once
+
+#include "ssmkit/math/activations.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace ssmkit::cpu::simd {
+
+/// Portable pack of W lanes of F (plain loops the compiler may vectorise): the fallback of
+/// every instruction set, and the double-precision pack.
+template <class F, int W>
+struct Portable {
+  using scalar = F;
+  static constexpr int width = W;
+  F v[W];
+
+  static Portable load(const F* p) {
+    Portable r;
+    std::memcpy(r.v, p, sizeof(r.v));
+    return r;
+  }
+  void store(F* p) const { std::memcpy(p, v, sizeof(v)); }
+  static Portable broadcast(F x) {
+    Portable r;
+    for (int i = 0; i < W; ++i)
+      r.v[i] = x;
+    return r;
+  }
+  template <class Op>
+  static Portable map(const Portable& a, const Portable& b, Op op) {
+    Portable r;
+    for (int i = 0; i < W; ++i)
+      r.v[i] = op(a.v[i], b.v[i]);
+    return r;
+  }
+  friend Portable operator+(const Portable& a, const Portable& b) {
+    return map(a, b, [](F x, F y) { return x + y; });
+  }
+  friend Portable operator-(const Portable& a, const Portable& b) {
+    return map(a, b, [](F x, F y) { return x - y; });
+  }
+  friend Portable operator*(const Portable& a, const Portable& b) {
+    return map(a, b, [](F x, F y) { return x * y; });
+  }
+  friend Portable operator/(const Portable& a, const Portable& b) {
+    return map(a, b, [](F x, F y) { return x / y; });
+  }
+  friend Portable fma(const Portable& a, const Portable& b, const Portable& c) {
+    Portable r;
+    for (int i = 0; i < W; ++i)
+      r.v[i] = std::fma(a.v[i], b.v[i], c.v[i]);
+    return r;
+  }
+  friend Portable max(const Portable& a, const Portable& b) {
+    return map(a, b, [](F x, F y) { return x > y ? x : y; });
+  }
+  friend Portable min(const Portable& a, const Portable& b) {
+    return map(a, b, [](F x, F y) { return x < y ? x : y; });
+  }
+  friend Portable abs(const Portable& a) {
+    return map(a, a, [](F x, F) { return std::abs(x); });
+  }
+  /// as_float(as_int(a) << 23): float lanes only (the exponent trick of exp2).
+  friend Portable shift_into_exponent(const Portable& a) {
+    static_assert(std::is_same_v<F, float>, "float packs only");
+    Portable r;
+    for (int i = 0; i < W; ++i) {
+      std::uint32_t u;
+      std::memcpy(&u, &a.v[i], 4);
+      u <<= 23;
+      std::memcpy(&r.v[i], &u, 4);
+    }
+    return r;
+  }
+};
+
+#if defined(__AVX2__) && defined(__FMA__)
+/// Eight float lanes in an AVX2 register.
+struct Avx2 {
+  using scalar = float;
+  static constexpr int width = 8;
+  __m256 v;
+
+  static Avx2 load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+  static Avx2 broadcast(float x) { return {_mm256_set1_ps(x)}; }
+  friend Avx2 operator+(Avx2 a, Avx2 b) { return {_mm256_add_ps(a.v, b.v)}; }
+  friend Avx2 operator-(Avx2 a, Avx2 b) { return {_mm256_sub_ps(a.v, b.v)}; }
+  friend Avx2 operator*(Avx2 a, Avx2 b) { return {_mm256_mul_ps(a.v, b.v)}; }
+  friend Avx2 operator/(Avx2 a, Avx2 b) { return {_mm256_div_ps(a.v, b.v)}; }
+  friend Avx2 fma(Avx2 a, Avx2 b, Avx2 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  friend Avx2 max(Avx2 a, Avx2 b) { return {_mm256_max_ps(a.v, b.v)}; }
+  friend Avx2 min(Avx2 a, Avx2 b) { return {_mm256_min_ps(a.v, b.v)}; }
+  friend Avx2 abs(Avx2 a) {
+    return {_mm256_and_ps(a.v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)))};
+  }
+  friend Avx2 shift_into_exponent(Avx2 a) {
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(a.v), 23))};
+  }
+};
+#endif
+
+#if defined(__AVX512F__)
+/// Sixteen float lanes in an AVX-512 register.
+struct Avx512 {
+  using scalar = float;
+  static constexpr int width = 16;
+  __m512 v;
+
+  static Avx512 load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  static Avx512 broadcast(float x) { return {_mm512_set1_ps(x)}; }
+  friend Avx512 operator+(Avx512 a, Avx512 b) { return {_mm512_add_ps(a.v, b.v)}; }
+  friend Avx512 operator-(Avx512 a, Avx512 b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  friend Avx512 operator*(Avx512 a, Avx512 b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  friend Avx512 operator/(Avx512 a, Avx512 b) { return {_mm512_div_ps(a.v, b.v)}; }
+  friend Avx512 fma(Avx512 a, Avx512 b, Avx512 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  friend Avx512 max(Avx512 a, Avx512 b) { return {_mm512_max_ps(a.v, b.v)}; }
+  friend Avx512 min(Avx512 a, Avx512 b) { return {_mm512_min_ps(a.v, b.v)}; }
+  friend Avx512 abs(Avx512 a) { return {_mm512_abs_ps(a.v)}; }
+  friend Avx512 shift_into_exponent(Avx512 a) {
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(a.v), 23))};
+  }
+};
+#endif
+
+/// The widest float pack the compiler targets; the portable one where no intrinsics apply.
+#if defined(__AVX512F__)
+using BestF32 = Avx512;
+#elif defined(__AVX2__) && defined(__FMA__)
+using BestF32 = Avx2;
+#else
+using BestF32 = Portable<float, 8>;
+#endif
+
+template <class P>
+inline constexpr bool is_f32_pack = std::is_same_v<typename P::scalar, float>;
+
+/// 2^x. Float packs: the polynomial, accurate to ~1.2e-7 relative for x in [-126, 127], and
+/// clamped to that range (never inf, never subnormal: the scan needs neither). Double packs use
+/// std::exp2 per lane.
+template <class P>
+P exp2(P x) {
+  if constexpr (!is_f32_pack<P>) {
+    for (int i = 0; i < P::width; ++i)
+      x.v[i] = std::exp2(x.v[i]);
+    return x;
+  } else {
+    // Adding 1.5·2^23 rounds x to an integer n in the low mantissa bits; the extra 127 is the
+    // exponent bias, so that shifting those bits up by 23 builds the float 2^n.
+    const P magic = P::broadcast(12582912.0f + 127.0f);
+    x = min(max(x, P::broadcast(-126.0f)), P::broadcast(127.0f));
+    const P biased = x + magic;
+    const P f = x - (biased - magic);
+    P poly = P::broadcast(1.5332502e-4f);
+    poly = fma(poly, f, P::broadcast(1.3394706e-3f));
+    poly = fma(poly, f, P::broadcast(9.6184909e-3f));
+    poly = fma(poly, f, P::broadcast(5.5503424e-2f));
+    poly = fma(poly, f, P::broadcast(2.4022648e-1f));
+    poly = fma(poly, f, P::broadcast(6.9314718e-1f));
+    poly = fma(poly, f, P::broadcast(1.0f));
+    return poly * shift_into_exponent(biased);
+  }
+}
+
+/// log(1 + e) for e in [0, 1], to ~1e-7 relative even for tiny e: with s = e/(2+e) in [0, 1/3],
+/// log1p(e) = 2·atanh(s) = 2s·Σ_k s^2k/(2k+1), eight terms.
+template <class P>
+P log1p_unit(P e) {
+  using F = typename P::scalar;
+  const P s = e / (P::broadcast(F(2)) + e);
+  const P s2 = s * s;
+  P series = P::broadcast(F(1) / F(15));
+  for (int k = 6; k >= 0; --k)
+    series = fma(series, s2, P::broadcast(F(1) / F(2 * k + 1)));
+  return (s + s) * series;
+}
+
+/// softplus(x) = max(x, 0) + log1p(e^-|x|), which rounds to x itself above 20 in float, as
+/// PyTorch's threshold does. Double packs use the scalar ssmkit::softplus.
+template <class P>
+P softplus(P x) {
+  using F = typename P::scalar;
+  if constexpr (!is_f32_pack<P>) {
+    for (int i = 0; i < P::width; ++i)
+      x.v[i] = ssmkit::softplus(x.v[i]);
+    return x;
+  } else {
+    const P e = exp2(abs(x) * P::broadcast(F(-1.4426950408889634)));
+    return max(x, P::broadcast(F(0))) + log1p_unit(e);
+  }
+}
+
+/// silu(x) = x / (1 + e^-x); e^-x saturates at 2^127, which gives the correct ~0 for x << 0.
+template <class P>
+P silu(P x) {
+  using F = typename P::scalar;
+  if constexpr (!is_f32_pack<P>) {
+    for (int i = 0; i < P::width; ++i)
+      x.v[i] = ssmkit::silu(x.v[i]);
+    return x;
+  } else {
+    return x / (P::broadcast(F(1)) + exp2(x * P::broadcast(F(-1.4426950408889634))));
+  }
+}
+
+}  // namespace ssmkit::cpu::simd

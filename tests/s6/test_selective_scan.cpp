@@ -1,0 +1,296 @@
+// The selective scan: the fp64 oracle against a closed form, the fast path (blocked and chunked,
+// SIMD and portable packs) against the oracle over every option and layout, and its checks.
+#include "scan_case.hpp"
+
+#include <ssmkit/kernels/cpu/selective_scan.hpp>
+
+#include <cmath>
+
+namespace ssmkit {
+namespace {
+
+using testing::oracle;
+using testing::rel_error;
+using testing::ScanCase;
+using testing::ScanShape;
+using Policy = cpu::SelectiveScanPolicy;
+using Mode = Policy::Mode;
+
+template <class T, class W>
+double out_error(const ScanCase<T, W>& c, const testing::ScanResult& ref) {
+  return rel_error(c.out.data(), ref.out.data(), c.out.numel());
+}
+template <class T, class W>
+double state_error(const ScanCase<T, W>& c, const testing::ScanResult& ref) {
+  return rel_error(c.h_final.data(), ref.h_final.data(), c.h_final.numel());
+}
+
+// h_t = (Π_{r≤t} Ā_r) h0 + Σ_{s≤t} (Π_{s<r≤t} Ā_r) B̄_s u_s, summed directly for every t:
+// an independent formula for the recurrence the oracle runs.
+TEST(SelectiveScanReference, MatchesClosedFormSum) {
+  ScanShape s;
+  s.batch = 2, s.L = 6, s.D = 4, s.N = 3, s.G = 2;
+  ScanCase<double> c(s, 11);
+  cpu::selective_scan_reference(c.params());
+  for (Index b = 0; b < s.batch; ++b)
+    for (Index d = 0; d < s.D; ++d) {
+      const Index g = d / (s.D / s.G);
+      std::vector<double> dt(static_cast<std::size_t>(s.L));
+      for (Index t = 0; t < s.L; ++t)
+        dt[t] = std::log1p(std::exp(c.delta(b, t, d) + c.delta_bias(d)));
+      std::vector<double> h(static_cast<std::size_t>(s.N));
+      for (Index t = 0; t < s.L; ++t) {
+        double y = 0;
+        for (Index n = 0; n < s.N; ++n) {
+          const auto decay = [&](Index from, Index to) {  // Π_{from<r≤to} exp(Δ_r A)
+            double sum = 0;
+            for (Index r = from + 1; r <= to; ++r)
+              sum += dt[r];
+            return std::exp(sum * c.A(d, n));
+          };
+          double hn = decay(-1, t) * c.h0(b, d, n);
+          for (Index q = 0; q <= t; ++q)
+            hn += decay(q, t) * dt[q] * c.Bm(b, q, g, n) * c.u(b, q, d);
+          h[n] = hn;
+          y += c.Cm(b, t, g, n) * hn;
+        }
+        y = (y + c.D_skip(d) * c.u(b, t, d)) * c.z(b, t, d) / (1 + std::exp(-c.z(b, t, d)));
+        EXPECT_NEAR(c.out(b, t, d), y, 1e-12 * (1 + std::abs(y))) << b << " " << t << " " << d;
+      }
+      for (Index n = 0; n < s.N; ++n)
+        EXPECT_NEAR(c.h_final(b, d, n), h[n], 1e-12 * (1 + std::abs(h[n])));
+    }
+}
+
+// Every combination of the six options, both layouts, both threading modes, against the oracle.
+template <class Pack>
+void check_all_options(const ScanShape& base, double tol) {
+  for (int mask = 0; mask < 64; ++mask)
+    for (bool channel_major : {false, true}) {
+      ScanShape s = base;
+      s.delta_bias = mask & 1, s.D_skip = mask & 2, s.z = mask & 4, s.h0 = mask & 8;
+      s.h_final = mask & 16, s.softplus = mask & 32, s.channel_major = channel_major;
+      ScanCase<float> c(s, 100 + static_cast<std::uint64_t>(mask));
+      const auto ref = oracle(c);
+      for (Mode mode : {Mode::Blocked, Mode::Chunked}) {
+        c.poison();
+        Policy policy;
+        policy.mode = mode;
+        policy.chunks = 3;
+        cpu::selective_scan<Pack>(c.params(), policy);
+        SCOPED_TRACE(::testing::Message() << "mask " << mask << " channel-major " << channel_major
+                                          << " chunked " << (mode == Mode::Chunked));
+        EXPECT_LE(out_error(c, ref), tol);
+        if (s.h_final) {
+          EXPECT_LE(state_error(c, ref), tol);
+        }
+      }
+    }
+}
+
+TEST(SelectiveScan, FloatEveryOptionMatchesOracle) {
+  ScanShape s;  // D = 20 fills neither an 8- nor a 16-lane block; L = 37 no time tile
+  check_all_options<void>(s, 1e-5);
+}
+
+TEST(SelectiveScan, PortablePackEveryOptionMatchesOracle) {
+  ScanShape s;
+  s.G = 2, s.N = 5;
+  check_all_options<cpu::simd::Portable<float, 8>>(s, 1e-5);
+}
+
+// Shapes: L = 1, L across several time tiles, groups, N from 1 to the limit 256.
+TEST(SelectiveScan, FloatShapesMatchOracle) {
+  struct Case {
+    Index batch, L, D, N, G;
+  };
+  for (const Case& k :
+       {Case{1, 1, 8, 16, 1}, Case{3, 1, 5, 3, 1}, Case{1, 131, 48, 16, 3}, Case{2, 70, 24, 1, 4},
+        Case{1, 29, 16, 64, 2}, Case{1, 65, 12, 256, 1}, Case{2, 200, 33, 7, 1}})
+    for (bool channel_major : {false, true})
+      for (Mode mode : {Mode::Blocked, Mode::Chunked}) {
+        ScanShape s;
+        s.batch = k.batch, s.L = k.L, s.D = k.D, s.N = k.N, s.G = k.G;
+        s.channel_major = channel_major;
+        ScanCase<float> c(s, static_cast<std::uint64_t>(k.L * 1000 + k.N));
+        const auto ref = oracle(c);
+        Policy policy;
+        policy.mode = mode;
+        policy.chunks = 4;
+        cpu::selective_scan(c.params(), policy);
+        SCOPED_TRACE(::testing::Message()
+                     << "B " << k.batch << " L " << k.L << " D " << k.D << " N " << k.N << " G "
+                     << k.G << " channel-major " << channel_major << " chunked "
+                     << (mode == Mode::Chunked));
+        EXPECT_LE(out_error(c, ref), 1e-5);
+        EXPECT_LE(state_error(c, ref), 1e-5);
+      }
+}
+
+TEST(SelectiveScan, DoubleMatchesOracle) {
+  for (bool channel_major : {false, true}) {
+    ScanShape s;
+    s.L = 90, s.G = 2, s.N = 12, s.channel_major = channel_major;
+    ScanCase<double> c(s, 5);
+    const auto ref = oracle(c);
+    for (Mode mode : {Mode::Blocked, Mode::Chunked}) {
+      c.poison();
+      Policy policy;
+      policy.mode = mode;
+      cpu::selective_scan(c.params(), policy);
+      EXPECT_LE(out_error(c, ref), 1e-12);
+      EXPECT_LE(state_error(c, ref), 1e-12);
+    }
+  }
+}
+
+template <class T>
+void check_low_precision() {
+  for (bool channel_major : {false, true}) {
+    ScanShape s;
+    s.L = 77, s.D = 24, s.G = 3, s.channel_major = channel_major;
+    ScanCase<T> c(s, 9);
+    const auto ref = oracle(c);  // on the same rounded inputs, so only the kernel's error counts
+    for (Mode mode : {Mode::Blocked, Mode::Chunked}) {
+      c.poison();
+      Policy policy;
+      policy.mode = mode;
+      cpu::selective_scan(c.params(), policy);
+      EXPECT_LE(out_error(c, ref), 1e-2);
+      EXPECT_LE(state_error(c, ref), 1e-5);  // the state stays in float
+    }
+  }
+}
+
+TEST(SelectiveScan, HalfMatchesOracle) {
+  check_low_precision<Eigen::half>();
+}
+TEST(SelectiveScan, BFloat16MatchesOracle) {
+  check_low_precision<Eigen::bfloat16>();
+}
+
+// The chunked scan against the blocked one for chunk counts that split L unevenly, one and two
+// threads; with a fixed chunk count the result does not depend on the threads.
+TEST(SelectiveScan, ChunkedEqualsSequential) {
+  ScanShape s;
+  s.batch = 1, s.L = 1001, s.D = 9;
+  ScanCase<float> c(s, 21);
+  Policy blocked;
+  blocked.mode = Mode::Blocked;
+  cpu::selective_scan(c.params(), blocked);
+  const std::vector<float> seq(c.out.data(), c.out.data() + c.out.numel());
+  const std::vector<float> seq_h(c.h_final.data(), c.h_final.data() + c.h_final.numel());
+  for (Index chunks : {2, 3, 7, 16, 1500}) {
+    std::vector<float> first;
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      c.poison();
+      Policy policy;
+      policy.mode = Mode::Chunked;
+      policy.chunks = chunks;
+      cpu::selective_scan(c.params(), policy);
+      EXPECT_LE(rel_error(c.out.data(), seq.data(), c.out.numel()), 1e-5) << chunks;
+      EXPECT_LE(rel_error(c.h_final.data(), seq_h.data(), c.h_final.numel()), 1e-5) << chunks;
+      std::vector<float> now(c.out.data(), c.out.data() + c.out.numel());
+      if (threads == 1) {
+        first = now;
+      } else {
+        EXPECT_EQ(now, first) << "chunks " << chunks;
+      }
+    }
+  }
+  set_num_threads(max_threads());
+}
+
+TEST(SelectiveScan, AutoPolicyMatchesOracle) {
+  ScanShape s;
+  s.batch = 1, s.L = 3000, s.D = 4, s.N = 8;  // one lane block: Auto chunks with 2 threads
+  ScanCase<float> c(s, 31);
+  const auto ref = oracle(c);
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    c.poison();
+    cpu::selective_scan(c.params());
+    EXPECT_LE(out_error(c, ref), 1e-5);
+    EXPECT_LE(state_error(c, ref), 1e-5);
+  }
+  set_num_threads(max_threads());
+}
+
+// Scanning [0, L1) then [L1, L) with the first half's final state as the second's h0 equals
+// scanning [0, L) at once; also with h0 and h_final the same memory.
+TEST(SelectiveScan, TwoHalvesEqualWhole) {
+  for (bool channel_major : {false, true}) {
+    ScanShape s;
+    s.L = 150, s.channel_major = channel_major;
+    ScanCase<float> c(s, 41);
+    cpu::selective_scan(c.params());
+    const std::vector<float> whole(c.out.data(), c.out.data() + c.out.numel());
+    const std::vector<float> whole_h(c.h_final.data(), c.h_final.data() + c.h_final.numel());
+    c.poison();
+    HostTensor<float, 3> carry = c.h0.clone();
+    const auto full = c.params();
+    const auto slice3 = [](auto v, Index t0, Index len) {
+      return decltype(v)::unchecked(v.data() + t0 * v.stride(1), {v.size(0), len, v.size(2)},
+                                    v.strides(), v.device());
+    };
+    const auto slice4 = [](auto v, Index t0, Index len) {
+      return decltype(v)::unchecked(v.data() + t0 * v.stride(1),
+                                    {v.size(0), len, v.size(2), v.size(3)}, v.strides(),
+                                    v.device());
+    };
+    for (auto [t0, len] : {std::pair<Index, Index>{0, 61}, {61, 89}}) {
+      auto p = full;
+      p.u = slice3(full.u, t0, len), p.delta = slice3(full.delta, t0, len);
+      p.z = slice3(full.z, t0, len), p.out = slice3(full.out, t0, len);
+      p.B = slice4(full.B, t0, len), p.C = slice4(full.C, t0, len);
+      p.h0 = carry.view();
+      p.h_final = carry.view();
+      cpu::selective_scan(p);
+    }
+    EXPECT_LE(rel_error(c.out.data(), whole.data(), c.out.numel()), 1e-6);
+    EXPECT_LE(rel_error(carry.data(), whole_h.data(), carry.numel()), 1e-6);
+  }
+}
+
+TEST(SelectiveScan, RejectsBadArguments) {
+  ScanShape s;
+  ScanCase<float> c(s, 51);
+  const auto good = c.params();
+  HostTensor<float, 3> wrong3({2, 36, 20});
+  HostTensor<float, 4> bc3({2, 37, 3, 16});  // 3 groups do not divide D = 20
+  HostTensor<float, 2> big_a({20, 257});
+  HostTensor<float, 3> h0_wrong({2, 20, 15});
+
+  auto p = good;
+  p.delta = wrong3.view();
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "delta", "shape", "(2, 37, 20)", "(2, 36, 20)");
+  p = good, p.z = wrong3.view();
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "z", "shape");
+  p = good, p.out = wrong3.view();
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan_reference(p), "out", "shape");
+  p = good, p.B = bc3.view(), p.C = bc3.view();
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "B", "groups", "a divisor of D = 20", "got 3");
+  p = good, p.A = big_a.view();
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "A", "state size", "[1, 256]", "257");
+  p = good, p.h0 = h0_wrong.view();
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "h0", "shape");
+  p = good, p.h_final = h0_wrong.view();
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "h_final", "shape");
+  p = good, p.u = TensorView<const float, 3>(c.u.data(), {2, 37, 20}, "u", Device::CUDA);
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "u", "device", "cpu", "cuda");
+
+  c.A(3, 4) = std::numeric_limits<float>::quiet_NaN();
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(good), "A", "element (3, 4)", "finite");
+  c.A(3, 4) = 0.5f;  // a growing state is refused too
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan_reference(good), "A", "<= 0", "0.5");
+  c.A(3, 4) = -1.0f;
+  c.D_skip(7) = std::numeric_limits<float>::infinity();
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(good), "D_skip", "element 7", "finite");
+  c.D_skip(7) = 1.0f;
+  c.delta_bias(2) = -std::numeric_limits<float>::infinity();
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(good), "delta_bias", "element 2", "finite");
+}
+
+}  // namespace
+}  // namespace ssmkit
