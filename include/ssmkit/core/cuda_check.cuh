@@ -1,0 +1,62 @@
+// Turns CUDA runtime failures into ssmkit::Error: the failing call's text, the runtime's error
+// name and message, and where it happened. Kernel launches are checked with
+// SSMKIT_CUDA_CHECK_LAUNCH.
+#pragma once
+
+#include "ssmkit/core/error.hpp"
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+namespace ssmkit::detail {
+
+[[noreturn]] inline void throw_cuda(cudaError_t status, const char* call, const char* file,
+                                    int line) {
+  throw Error(concat("ssmkit: CUDA call ", call, " failed at ", file, ":", line, ": ",
+                     cudaGetErrorName(status), " (", cudaGetErrorString(status), ")"));
+}
+
+}  // namespace ssmkit::detail
+
+/// Evaluates a CUDA runtime call and throws ssmkit::Error unless it returned cudaSuccess.
+#define SSMKIT_CUDA_CHECK(call)                                                \
+  do {                                                                         \
+    const cudaError_t ssmkit_status_ = (call);                                 \
+    if (ssmkit_status_ != cudaSuccess)                                         \
+      ::ssmkit::detail::throw_cuda(ssmkit_status_, #call, __FILE__, __LINE__); \
+  } while (0)
+
+/// Checks the kernel launch that just happened (a bad configuration surfaces here, not at the
+/// launch itself); `kernel` names it in the message.
+#define SSMKIT_CUDA_CHECK_LAUNCH(kernel)                                                     \
+  do {                                                                                       \
+    const cudaError_t ssmkit_status_ = cudaGetLastError();                                   \
+    if (ssmkit_status_ != cudaSuccess)                                                       \
+      ::ssmkit::detail::throw_cuda(ssmkit_status_, "launch of " kernel, __FILE__, __LINE__); \
+  } while (0)
+
+namespace ssmkit::cuda {
+
+/// Number of CUDA devices, 0 when there is no driver or no device (never throws).
+inline int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no device" status so later calls start clean
+    return 0;
+  }
+  return n;
+}
+
+/// Multiprocessor count of the current device (cached per process; launch heuristics use it).
+inline int multiprocessor_count() {
+  static const int count = [] {
+    int dev = 0, n = 0;
+    SSMKIT_CUDA_CHECK(cudaGetDevice(&dev));
+    SSMKIT_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  return count;
+}
+
+}  // namespace ssmkit::cuda

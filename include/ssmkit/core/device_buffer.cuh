@@ -1,0 +1,94 @@
+// An owning, typed CUDA device allocation (RAII): the GPU counterpart of HostTensor. It hands out
+// validated views tagged Device::CUDA and copies to and from the host on a caller's stream.
+#pragma once
+
+#include "ssmkit/core/cuda_check.cuh"
+#include "ssmkit/core/tensor_view.hpp"
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <utility>
+
+namespace ssmkit::cuda {
+
+/// `count` elements of T in device memory, uninitialised. Move-only.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+
+  explicit DeviceBuffer(Index count, const char* name = "device buffer") : count_(count) {
+    SSMKIT_CHECK(count >= 0, name, "element count", ">= 0", count);
+    if (count > 0)
+      SSMKIT_CUDA_CHECK(cudaMalloc(&data_, bytes()));
+  }
+
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), count_(std::exchange(o.count_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      data_ = std::exchange(o.data_, nullptr);
+      count_ = std::exchange(o.count_, 0);
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { release(); }
+
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  Index size() const { return count_; }
+  std::size_t bytes() const { return static_cast<std::size_t>(count_) * sizeof(T); }
+
+  /// A view of the buffer with `shape` and `strides` (contiguous row-major when omitted); the
+  /// view's extent is checked against the allocation.
+  template <int Rank>
+  TensorView<T, Rank> view(const Shape<Rank>& shape, const Shape<Rank>& strides,
+                           const char* name = "device buffer") {
+    return TensorView<T, Rank>(data_, shape, strides, name, Device::CUDA, count_);
+  }
+  template <int Rank>
+  TensorView<T, Rank> view(const Shape<Rank>& shape, const char* name = "device buffer") {
+    return view<Rank>(shape, contiguous_strides<Rank>(shape), name);
+  }
+
+  /// Copies `count` elements from host memory `src` into the buffer's start, ordered on `stream`.
+  void copy_from_host_async(const T* src, Index count, cudaStream_t stream) {
+    check_count(count, "copy_from_host_async(count)");
+    SSMKIT_CUDA_CHECK(cudaMemcpyAsync(data_, src, static_cast<std::size_t>(count) * sizeof(T),
+                                      cudaMemcpyHostToDevice, stream));
+  }
+
+  /// Copies the buffer's first `count` elements to host memory `dst`, ordered on `stream`.
+  void copy_to_host_async(T* dst, Index count, cudaStream_t stream) const {
+    check_count(count, "copy_to_host_async(count)");
+    SSMKIT_CUDA_CHECK(cudaMemcpyAsync(dst, data_, static_cast<std::size_t>(count) * sizeof(T),
+                                      cudaMemcpyDeviceToHost, stream));
+  }
+
+  /// Sets every byte to `value`, ordered on `stream` (0xFF poisons floats with NaN).
+  void fill_bytes_async(int value, cudaStream_t stream) {
+    if (count_ > 0)
+      SSMKIT_CUDA_CHECK(cudaMemsetAsync(data_, value, bytes(), stream));
+  }
+
+ private:
+  void check_count(Index count, const char* arg) const {
+    SSMKIT_CHECK(count >= 0 && count <= count_, arg, "element count",
+                 "in [0, " + std::to_string(count_) + "]", count);
+  }
+  void release() noexcept {
+    if (data_ != nullptr)
+      cudaFree(data_);  // errors here cannot be reported from a destructor
+    data_ = nullptr;
+    count_ = 0;
+  }
+
+  T* data_ = nullptr;
+  Index count_ = 0;
+};
+
+}  // namespace ssmkit::cuda

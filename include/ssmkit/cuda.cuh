@@ -1,0 +1,9 @@
+// Umbrella header of ssmkit's GPU side (nvcc only); <ssmkit/ssmkit.hpp> is the CPU side.
+#pragma once
+
+#include "ssmkit/core/cuda_check.cuh"
+#include "ssmkit/core/device_buffer.cuh"
+#include "ssmkit/core/dtype.cuh"
+#include "ssmkit/kernels/cuda/causal_conv1d.cuh"
+#include "ssmkit/kernels/cuda/selective_scan.cuh"
+#include "ssmkit/kernels/cuda/selective_state_update.cuh"
