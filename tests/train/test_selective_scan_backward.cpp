@@ -1,0 +1,248 @@
+// The selective scan's backward: the double reference and the fast CPU backward against central
+// finite differences of the double forward oracle over every option combination, then the fast
+// backward in float against the double reference on larger, strided problems.
+#include "scan_backward_problem.hpp"
+#include "testing.hpp"
+
+#include <ssmkit/kernels/cpu/selective_scan_backward.hpp>
+#include <ssmkit/kernels/cpu/selective_scan_backward_reference.hpp>
+#include <ssmkit/kernels/cpu/selective_scan_reference.hpp>
+
+#include <cstring>
+
+namespace ssmkit {
+namespace {
+
+using testing::activation_view;
+using testing::rel_error;
+using testing::ScanGradients;
+using testing::ScanOptions;
+using testing::ScanProblem;
+
+/// ℓ = Σ out·dout + Σ h_final·dh_final, so that ∂ℓ/∂out = dout and ∂ℓ/∂h_final = dh_final.
+double loss(ScanProblem<double>& pr) {
+  auto p = pr.params();
+  std::vector<double> out(static_cast<std::size_t>(pr.batch * pr.L * pr.D));
+  std::vector<double> h_final(static_cast<std::size_t>(pr.batch * pr.D * pr.N));
+  TensorView<double, 3> h_final_view;
+  if (pr.opt.dh_final)
+    h_final_view = TensorView<double, 3>(h_final.data(), {pr.batch, pr.D, pr.N}, "h_final");
+  const auto out_view = activation_view<double>(out.data(), pr.batch, pr.L, pr.D, false);
+  cpu::selective_scan_reference(p.forward(out_view, h_final_view));
+  double l = 0;
+  for (Index b = 0; b < pr.batch; ++b)
+    for (Index t = 0; t < pr.L; ++t)
+      for (Index d = 0; d < pr.D; ++d)
+        l += out_view(b, t, d) * p.dout(b, t, d);
+  for (std::size_t i = 0; i < pr.dh_final.size(); ++i)
+    l += h_final[i] * pr.dh_final[i];
+  return l;
+}
+
+/// Central differences of ℓ w.r.t. every element of x (a member of pr).
+std::vector<double> numeric_gradient(ScanProblem<double>& pr, std::vector<double>& x) {
+  constexpr double eps = 1e-6;
+  std::vector<double> g(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double x0 = x[i];
+    x[i] = x0 + eps;
+    const double plus = loss(pr);
+    x[i] = x0 - eps;
+    const double minus = loss(pr);
+    x[i] = x0;
+    g[i] = (plus - minus) / (2 * eps);
+  }
+  return g;
+}
+
+template <class T, class P>
+ScanGradients<T> run_reference(P& pr) {
+  ScanGradients<T> g(pr);
+  auto p = pr.params();
+  g.attach(p, pr);
+  cpu::selective_scan_backward_reference(p);
+  return g;
+}
+
+template <class T, class P>
+ScanGradients<T> run_fast(P& pr, const cpu::SelectiveScanBackwardPolicy& policy = {}) {
+  ScanGradients<T> g(pr);
+  auto p = pr.params();
+  g.attach(p, pr);
+  cpu::selective_scan_backward(p, policy);
+  return g;
+}
+
+/// Every present gradient of `got` against `want`, relative error at most tol.
+template <class G1, class G2>
+void expect_gradients_near(const G1& got, const G2& want, double tol) {
+  EXPECT_LE(rel_error(got.du, want.du), tol) << "du";
+  EXPECT_LE(rel_error(got.ddelta, want.ddelta), tol) << "ddelta";
+  EXPECT_LE(rel_error(got.dA, want.dA), tol) << "dA";
+  EXPECT_LE(rel_error(got.dB, want.dB), tol) << "dB";
+  EXPECT_LE(rel_error(got.dC, want.dC), tol) << "dC";
+  EXPECT_LE(rel_error(got.dz, want.dz), tol) << "dz";
+  EXPECT_LE(rel_error(got.dD, want.dD), tol) << "dD_skip";
+  EXPECT_LE(rel_error(got.dbias, want.dbias), tol) << "ddelta_bias";
+  EXPECT_LE(rel_error(got.dh0, want.dh0), tol) << "dh0";
+}
+
+ScanOptions options_of(int mask, Index groups) {
+  ScanOptions o;
+  o.softplus = mask & 1, o.bias = mask & 2, o.skip = mask & 4, o.gate = mask & 8;
+  o.h0 = mask & 16, o.dh_final = mask & 32;
+  o.groups = groups;
+  o.channel_major = (mask + groups) % 2;
+  return o;
+}
+
+TEST(SelectiveScanBackward, MatchesFiniteDifferencesForEveryOptionCombination) {
+  // L = 1, a multiple of the chunk (4) and neither; 2 channels per slice task.
+  const Index lengths[] = {1, 8, 11};
+  cpu::SelectiveScanBackwardPolicy policy;
+  policy.chunk_length = 4;
+  policy.channels_per_task = 1;
+  for (Index groups : {1, 2}) {
+    for (int mask = 0; mask < 64; ++mask) {
+      const Index L = lengths[(mask + groups) % 3];
+      ScanProblem<double> pr(2, L, 4, 3, options_of(mask, groups), 100 + mask);
+      SCOPED_TRACE(pr.opt.str() + " L " + std::to_string(L));
+      ScanGradients<double> fd(pr);
+      fd.du = numeric_gradient(pr, pr.u);
+      fd.ddelta = numeric_gradient(pr, pr.delta);
+      fd.dA = numeric_gradient(pr, pr.A);
+      fd.dB = numeric_gradient(pr, pr.B);
+      fd.dC = numeric_gradient(pr, pr.C);
+      fd.dz = numeric_gradient(pr, pr.z);
+      fd.dD = numeric_gradient(pr, pr.skip);
+      fd.dbias = numeric_gradient(pr, pr.bias);
+      fd.dh0 = numeric_gradient(pr, pr.h0);
+      {
+        SCOPED_TRACE("reference");
+        expect_gradients_near(run_reference<double>(pr), fd, 1e-6);
+      }
+      {
+        SCOPED_TRACE("fast");
+        expect_gradients_near(run_fast<double>(pr, policy), fd, 1e-6);
+      }
+    }
+  }
+}
+
+TEST(SelectiveScanBackward, FloatMatchesDoubleReference) {
+  ScanOptions all;
+  all.softplus = all.bias = all.skip = all.gate = all.h0 = all.dh_final = true;
+  all.groups = 2;
+  cpu::SelectiveScanBackwardPolicy small;
+  small.chunk_length = 7;
+  small.channels_per_task = 8;
+  for (bool channel_major : {false, true}) {
+    all.channel_major = channel_major;
+    // 40 channels: two groups of 20, so lane blocks end part-filled; L not a multiple of the chunk.
+    ScanProblem<float> pr(2, 300, 40, 16, all, 7);
+    SCOPED_TRACE(pr.opt.str());
+    auto pd = pr.cast<double>();
+    const auto want = run_reference<double>(pd);
+    for (const auto& policy : {cpu::SelectiveScanBackwardPolicy{}, small}) {
+      SCOPED_TRACE("chunk " + std::to_string(policy.chunk_length));
+      expect_gradients_near(run_fast<float>(pr, policy), want, 1e-5);
+    }
+  }
+}
+
+TEST(SelectiveScanBackward, ChunkLengthOnlyChangesMemory) {
+  ScanOptions o;
+  o.softplus = o.bias = o.skip = o.gate = o.h0 = true;
+  ScanProblem<double> pr(1, 37, 9, 5, o, 21);
+  const auto want = run_reference<double>(pr);
+  for (Index chunk : {1, 2, 36, 37, 38, 1000}) {
+    SCOPED_TRACE("chunk " + std::to_string(chunk));
+    cpu::SelectiveScanBackwardPolicy policy;
+    policy.chunk_length = chunk;
+    expect_gradients_near(run_fast<double>(pr, policy), want, 1e-13);
+  }
+}
+
+TEST(SelectiveScanBackward, SameBitsOnOneOrTwoThreads) {
+  ScanOptions o;
+  o.softplus = o.bias = o.skip = o.gate = true;
+  ScanProblem<float> pr(3, 50, 48, 8, o, 5);
+  cpu::SelectiveScanBackwardPolicy policy;
+  policy.channels_per_task = 16;
+  const int threads = max_threads();
+  set_num_threads(1);
+  const auto one = run_fast<float>(pr, policy);
+  set_num_threads(2);
+  const auto two = run_fast<float>(pr, policy);
+  set_num_threads(threads);
+  auto same = [](const auto& a, const auto& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0;
+  };
+  EXPECT_TRUE(same(one.du, two.du) && same(one.ddelta, two.ddelta) && same(one.dA, two.dA) &&
+              same(one.dB, two.dB) && same(one.dC, two.dC) && same(one.dz, two.dz) &&
+              same(one.dD, two.dD) && same(one.dbias, two.dbias));
+  EXPECT_LE(rel_error(one.dB, run_reference<float>(pr).dB), 1e-5);  // and not trivially equal
+}
+
+TEST(SelectiveScanBackward, EmptySequencePassesTheStateGradientThrough) {
+  ScanOptions o;
+  o.h0 = o.dh_final = o.skip = o.bias = true;
+  ScanProblem<double> pr(2, 0, 5, 4, o, 3);
+  const auto g = run_fast<double>(pr);
+  EXPECT_EQ(g.dh0, pr.dh_final);
+  for (double x : g.dA)
+    EXPECT_EQ(x, 0.0);
+  for (double x : g.dD)
+    EXPECT_EQ(x, 0.0);
+  for (double x : g.dbias)
+    EXPECT_EQ(x, 0.0);
+}
+
+TEST(SelectiveScanBackward, RejectsBadArguments) {
+  ScanOptions o;
+  o.gate = o.skip = true;
+  ScanProblem<float> pr(1, 4, 6, 2, o, 9);
+  ScanGradients<float> g(pr);
+  {
+    auto p = pr.params();
+    g.attach(p, pr);
+    p.dz = {};
+    SSMKIT_EXPECT_ERROR(cpu::selective_scan_backward(p), "dz", "presence", "present, as z is");
+  }
+  {
+    auto p = pr.params();
+    g.attach(p, pr);
+    std::vector<float> extra(6);
+    p.ddelta_bias = TensorView<float, 1>(extra.data(), {6}, "ddelta_bias");
+    SSMKIT_EXPECT_ERROR(cpu::selective_scan_backward(p), "ddelta_bias", "absent, as delta_bias");
+  }
+  {
+    auto p = pr.params();
+    g.attach(p, pr);
+    p.dA = TensorView<float, 2>(g.dA.data(), {2, 6}, "dA");
+    SSMKIT_EXPECT_ERROR(cpu::selective_scan_backward(p), "dA", "shape", "(6, 2)", "(2, 6)");
+  }
+  {
+    auto p = pr.params();
+    g.attach(p, pr);
+    p.dout = TensorView<const float, 3>(pr.dout.data(), {1, 3, 6}, "dout");
+    SSMKIT_EXPECT_ERROR(cpu::selective_scan_backward(p), "dout", "(1, 4, 6)", "(1, 3, 6)");
+  }
+  {
+    auto p = pr.params();
+    g.attach(p, pr);
+    pr.A[3] = 0.5f;
+    SSMKIT_EXPECT_ERROR(cpu::selective_scan_backward_reference(p), "A", "<= 0");
+    pr.A[3] = -0.5f;
+  }
+  {
+    auto p = pr.params();
+    g.attach(p, pr);
+    cpu::SelectiveScanBackwardPolicy policy;
+    policy.chunk_length = 0;
+    SSMKIT_EXPECT_ERROR(cpu::selective_scan_backward(p, policy), "policy.chunk_length", ">= 1");
+  }
+}
+
+}  // namespace
+}  // namespace ssmkit
