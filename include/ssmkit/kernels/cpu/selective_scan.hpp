@@ -36,19 +36,42 @@ namespace detail {
 inline constexpr int kStateTile = 8;
 /// Time steps staged (converted, Δ and Δ·u computed) per pass over a tile.
 inline constexpr Index kTimeTile = 64;
+/// Lane blocks a task walks through together, one time tile at a time: neighbouring blocks share
+/// cache lines of token-major rows, which are then read once and in order.
+inline constexpr Index kBlocksPerTask = 16;
 
 /// The pack a storage type computes in: float lanes of the widest instruction set, or doubles.
 template <class T>
 using scan_pack_t = std::conditional_t<std::is_same_v<accum_t<T>, double>,
                                        simd::Portable<double, 4>, simd::BestF32>;
 
+/// Per-thread buffers of one time tile: the staged Δ, Δ·u, u and y of the block being scanned,
+/// and the rows of B and C of one (batch, group), shared by the blocks of that group.
+template <class F>
+struct ScanStaging {
+  std::vector<F> dt, du, u, y, b_rows, c_rows;
+  Index rows_b = -1, rows_g = -1, rows_t0 = -1;
+  bool rows_have_c = false;
+
+  ScanStaging(Index width, Index padded_states)
+      : dt(static_cast<std::size_t>(kTimeTile * width)),
+        du(dt.size()),
+        u(dt.size()),
+        y(dt.size()),
+        b_rows(static_cast<std::size_t>(kTimeTile * padded_states), F(0)),
+        c_rows(b_rows.size(), F(0)) {}
+};
+
 /// The scan of one batch element over one block of up to P::width channels of one group.
+/// h holds its state: padded_states × width, state n of lane l at n·width + l.
 template <class P, class T, class W>
 class ScanLanes {
   using F = typename P::scalar;
   static constexpr int kW = P::width;
 
  public:
+  static constexpr int width = P::width;
+
   ScanLanes(const SelectiveScanParams<T, W>& p, Index b, Index d0, Index lanes)
       : p_(p),
         b_(b),
@@ -56,16 +79,11 @@ class ScanLanes {
         lanes_(lanes),
         g_(d0 / (p.channels() / p.groups())),
         n_(p.state_size()),
-        np_((n_ + kStateTile - 1) / kStateTile * kStateTile),
+        np_(padded_states(p.state_size())),
         a2_(static_cast<std::size_t>(np_ * kW), F(0)),
         bias_(kW, F(0)),
         dskip_(kW, F(0)),
-        dt_(static_cast<std::size_t>(kTimeTile * kW)),
-        du_(dt_.size()),
-        u_(dt_.size()),
-        y_(dt_.size()),
-        b_row_(static_cast<std::size_t>(kTimeTile * np_), F(0)),
-        c_row_(b_row_.size(), F(0)) {
+        h(a2_.size(), F(0)) {
     constexpr double kLog2e = 1.4426950408889634;
     for (Index l = 0; l < lanes_; ++l) {
       for (Index n = 0; n < n_; ++n)
@@ -77,18 +95,17 @@ class ScanLanes {
     }
   }
 
-  /// Length of a state buffer: padded_states() × width, state n of lane l at n·width + l.
-  Index state_buffer_size() const { return np_ * kW; }
+  static Index padded_states(Index n) { return (n + kStateTile - 1) / kStateTile * kStateTile; }
 
-  void load_state(const TensorView<const W, 3>& h0, F* h) const {
-    std::fill(h, h + np_ * kW, F(0));
+  void load_state(const TensorView<const W, 3>& h0) {
+    std::fill(h.begin(), h.end(), F(0));
     if (!h0.absent())
       for (Index l = 0; l < lanes_; ++l)
         for (Index n = 0; n < n_; ++n)
           h[n * kW + l] = static_cast<F>(h0(b_, d0_ + l, n));
   }
 
-  void store_state(const F* h, const TensorView<W, 3>& h_out) const {
+  void store_state(const TensorView<W, 3>& h_out) const {
     if (!h_out.absent())
       for (Index l = 0; l < lanes_; ++l)
         for (Index n = 0; n < n_; ++n)
@@ -104,22 +121,19 @@ class ScanLanes {
             static_cast<F>(std::exp(static_cast<double>(p_.A(d0_ + l, n)) * dt_sum[l]));
   }
 
-  /// Scans times [t0, t1) from state h, updated in place. kOut: writes p.out; otherwise the
-  /// chunk summary: the state and, per lane, dt_sum += Σ Δ.
+  /// Advances h over the nt <= kTimeTile steps from t0. kOut: writes p.out; otherwise it is a
+  /// chunk summary and dt_sum (per lane) accumulates Σ Δ.
   template <bool kOut>
-  void run(Index t0, Index t1, F* h, double* dt_sum) {
-    for (Index s = t0; s < t1; s += kTimeTile) {
-      const Index nt = std::min(kTimeTile, t1 - s);
-      stage<kOut>(s, nt);
-      for (Index n0 = 0; n0 < np_; n0 += kStateTile)
-        tile<kOut>(nt, n0, h);
-      if constexpr (kOut) {
-        finish(s, nt);
-      } else {
-        for (Index i = 0; i < nt; ++i)
-          for (int l = 0; l < kW; ++l)
-            dt_sum[l] += static_cast<double>(dt_[i * kW + l]);
-      }
+  void step(Index t0, Index nt, ScanStaging<F>& st, double* dt_sum) {
+    stage<kOut>(t0, nt, st);
+    for (Index n0 = 0; n0 < np_; n0 += kStateTile)
+      tile<kOut>(nt, n0, st);
+    if constexpr (kOut) {
+      finish(t0, nt, st);
+    } else {
+      for (Index i = 0; i < nt; ++i)
+        for (int l = 0; l < kW; ++l)
+          dt_sum[l] += static_cast<double>(st.dt[i * kW + l]);
     }
   }
 
@@ -147,43 +161,52 @@ class ScanLanes {
       dst[l * p_.out.stride(2)] = static_cast<T>(tmp[l]);
   }
 
-  /// Row (b, t, g, ·) of B or C into dst (the padding beyond N stays zero).
-  void load_row(const TensorView<const T, 4>& v, Index t, F* dst) const {
-    const T* src = &v(b_, t, g_, 0);
-    const Index stride = v.stride(3);
-    for (Index n = 0; n < n_; ++n)
-      dst[n] = static_cast<F>(src[n * stride]);
+  /// Rows (b, t0.., g, ·) of B (and C) into the staging, unless they are there already.
+  template <bool kOut>
+  void stage_rows(Index t0, Index nt, ScanStaging<F>& st) const {
+    if (st.rows_b == b_ && st.rows_g == g_ && st.rows_t0 == t0 && (st.rows_have_c || !kOut))
+      return;
+    st.rows_b = b_, st.rows_g = g_, st.rows_t0 = t0, st.rows_have_c = kOut;
+    const auto copy = [&](const TensorView<const T, 4>& v, F* dst) {
+      for (Index i = 0; i < nt; ++i) {
+        const T* src = &v(b_, t0 + i, g_, 0);
+        for (Index n = 0; n < n_; ++n)
+          dst[i * np_ + n] = static_cast<F>(src[n * v.stride(3)]);
+      }
+    };
+    copy(p_.B, st.b_rows.data());
+    if constexpr (kOut)
+      copy(p_.C, st.c_rows.data());
   }
 
   template <bool kOut>
-  void stage(Index t0, Index nt) {
+  void stage(Index t0, Index nt, ScanStaging<F>& st) const {
+    stage_rows<kOut>(t0, nt, st);
     const P bias = P::load(bias_.data());
     for (Index i = 0; i < nt; ++i) {
       P dt = load_lanes(p_.delta, t0 + i) + bias;
       if (p_.delta_softplus)
         dt = simd::softplus(dt);
       const P u = load_lanes(p_.u, t0 + i);
-      dt.store(&dt_[i * kW]);
-      (dt * u).store(&du_[i * kW]);
-      u.store(&u_[i * kW]);
-      load_row(p_.B, t0 + i, &b_row_[i * np_]);
+      dt.store(&st.dt[i * kW]);
+      (dt * u).store(&st.du[i * kW]);
       if constexpr (kOut)
-        load_row(p_.C, t0 + i, &c_row_[i * np_]);
+        u.store(&st.u[i * kW]);
     }
   }
 
   /// States n0 .. n0+kStateTile over nt staged steps: h = exp(Δ·A)·h + Δ·u·B, y += C·h.
   template <bool kOut>
-  void tile(Index nt, Index n0, F* h) {
+  void tile(Index nt, Index n0, ScanStaging<F>& st) {
     P hr[kStateTile], a2[kStateTile];
     for (int j = 0; j < kStateTile; ++j) {
-      hr[j] = P::load(h + (n0 + j) * kW);
+      hr[j] = P::load(&h[(n0 + j) * kW]);
       a2[j] = P::load(&a2_[(n0 + j) * kW]);
     }
     for (Index i = 0; i < nt; ++i) {
-      const P dt = P::load(&dt_[i * kW]), du = P::load(&du_[i * kW]);
-      const F* brow = &b_row_[i * np_ + n0];
-      const F* crow = &c_row_[i * np_ + n0];
+      const P dt = P::load(&st.dt[i * kW]), du = P::load(&st.du[i * kW]);
+      const F* brow = &st.b_rows[i * np_ + n0];
+      const F* crow = &st.c_rows[i * np_ + n0];
       P y = P::broadcast(F(0));
       for (int j = 0; j < kStateTile; ++j) {
         const P decay = simd::exp2(dt * a2[j]);
@@ -192,19 +215,19 @@ class ScanLanes {
           y = fma(hr[j], P::broadcast(crow[j]), y);
       }
       if constexpr (kOut)
-        (n0 == 0 ? y : y + P::load(&y_[i * kW])).store(&y_[i * kW]);
+        (n0 == 0 ? y : y + P::load(&st.y[i * kW])).store(&st.y[i * kW]);
     }
     for (int j = 0; j < kStateTile; ++j)
-      hr[j].store(h + (n0 + j) * kW);
+      hr[j].store(&h[(n0 + j) * kW]);
   }
 
   /// out = (y + D·u)·silu(z) for the staged steps.
-  void finish(Index t0, Index nt) {
+  void finish(Index t0, Index nt, const ScanStaging<F>& st) const {
     const P dskip = P::load(dskip_.data());
     for (Index i = 0; i < nt; ++i) {
-      P y = P::load(&y_[i * kW]);
+      P y = P::load(&st.y[i * kW]);
       if (!p_.D_skip.absent())
-        y = fma(dskip, P::load(&u_[i * kW]), y);
+        y = fma(dskip, P::load(&st.u[i * kW]), y);
       if (!p_.z.absent())
         y = y * simd::silu(load_lanes(p_.z, t0 + i));
       store_lanes(y, t0 + i);
@@ -214,9 +237,21 @@ class ScanLanes {
   const SelectiveScanParams<T, W>& p_;
   Index b_, d0_, lanes_, g_, n_, np_;
   std::vector<F> a2_, bias_, dskip_;  // A·log2(e) (np_ × kW), δ_bias and D per lane
-  std::vector<F> dt_, du_, u_, y_;    // staged Δ, Δ·u, u and y (kTimeTile × kW)
-  std::vector<F> b_row_, c_row_;      // staged rows of B and C (kTimeTile × np_)
+
+ public:
+  std::vector<F> h;
 };
+
+/// Scans times [t0, t1) for every block of `blocks`, one time tile at a time across all of them.
+template <bool kOut, class Lanes, class F>
+void scan_blocks(std::vector<Lanes>& blocks, Index t0, Index t1, ScanStaging<F>& st,
+                 double* dt_sums) {
+  for (Index s = t0; s < t1; s += kTimeTile) {
+    const Index nt = std::min(kTimeTile, t1 - s);
+    for (std::size_t i = 0; i < blocks.size(); ++i)
+      blocks[i].template step<kOut>(s, nt, st, kOut ? nullptr : dt_sums + i * Lanes::width);
+  }
+}
 
 /// Chunk boundaries: chunk 0 (scanned once, from the true initial state) is 0.9 of the others'
 /// length, which are scanned twice (summary, then rescan) — that balances the two phases.
@@ -258,24 +293,32 @@ void selective_scan(const SelectiveScanParams<T, W>& p, const SelectiveScanPolic
                                       std::min(kW, (r / blocks_per_group + 1) * per_group - d0));
   };
 
+  using Lanes = detail::ScanLanes<P, T, W>;
+  const Index np = Lanes::padded_states(p.state_size());
   const Index threads = max_threads();
   const Index chunks = std::max<Index>(2, policy.chunks > 0 ? policy.chunks : threads + 1);
   const bool chunked = policy.mode == SelectiveScanPolicy::Mode::Chunked ||
                        (policy.mode == SelectiveScanPolicy::Mode::Auto && blocks < threads &&
                         L >= chunks * policy.min_chunk_length);
   if (!chunked) {
-    parallel_for(0, blocks, [&](Index i) {
-      auto lanes = lanes_of(i);
-      std::vector<F> h(static_cast<std::size_t>(lanes.state_buffer_size()));
-      lanes.load_state(p.h0, h.data());
-      lanes.template run<true>(0, L, h.data(), nullptr);
-      lanes.store_state(h.data(), p.h_final);
+    const Index tasks = (blocks + detail::kBlocksPerTask - 1) / detail::kBlocksPerTask;
+    parallel_for(0, tasks, [&](Index task) {
+      std::vector<Lanes> group;
+      for (Index i = task * detail::kBlocksPerTask;
+           i < std::min(blocks, (task + 1) * detail::kBlocksPerTask); ++i) {
+        group.push_back(lanes_of(i));
+        group.back().load_state(p.h0);
+      }
+      detail::ScanStaging<F> st(kW, np);
+      detail::scan_blocks<true>(group, 0, L, st, nullptr);
+      for (const Lanes& lanes : group)
+        lanes.store_state(p.h_final);
     });
     return;
   }
 
   const std::vector<Index> bounds = detail::chunk_bounds(L, chunks);
-  const Index hsize = lanes_of(0).state_buffer_size();
+  const Index hsize = np * kW;
   // states[(i·chunks + k)·hsize ..]: after phase 1 the end state of chunk k (from h0 for k = 0,
   // from zero otherwise); after phase 2 the true initial state of chunk k + 1.
   std::vector<F> states(static_cast<std::size_t>(blocks * chunks * hsize));
@@ -283,18 +326,19 @@ void selective_scan(const SelectiveScanParams<T, W>& p, const SelectiveScanPolic
   const auto state = [&](Index i, Index k) { return &states[(i * chunks + k) * hsize]; };
   parallel_for(0, blocks * (chunks - 1), [&](Index task) {
     const Index i = task / (chunks - 1), k = task % (chunks - 1);
-    auto lanes = lanes_of(i);
-    F* h = state(i, k);
+    std::vector<Lanes> one{lanes_of(i)};
+    detail::ScanStaging<F> st(kW, np);
     if (k == 0) {
-      lanes.load_state(p.h0, h);
-      lanes.template run<true>(bounds[0], bounds[1], h, nullptr);
+      one[0].load_state(p.h0);
+      detail::scan_blocks<true>(one, bounds[0], bounds[1], st, nullptr);
     } else {
-      std::fill(h, h + hsize, F(0));
-      lanes.template run<false>(bounds[k], bounds[k + 1], h, &dt_sums[(i * chunks + k) * kW]);
+      detail::scan_blocks<false>(one, bounds[k], bounds[k + 1], st,
+                                 &dt_sums[(i * chunks + k) * kW]);
     }
+    std::copy(one[0].h.begin(), one[0].h.end(), state(i, k));
   });
   parallel_for(0, blocks, [&](Index i) {
-    const auto lanes = lanes_of(i);
+    const Lanes lanes = lanes_of(i);
     std::vector<F> decay(static_cast<std::size_t>(hsize));
     for (Index k = 1; k + 1 < chunks; ++k) {
       // (decay_k, local_k) ∘ after (·, carried): carried' = decay_k·carried + local_k.
@@ -307,11 +351,12 @@ void selective_scan(const SelectiveScanParams<T, W>& p, const SelectiveScanPolic
   });
   parallel_for(0, blocks * (chunks - 1), [&](Index task) {
     const Index i = task / (chunks - 1), k = task % (chunks - 1) + 1;
-    auto lanes = lanes_of(i);
-    F* h = state(i, k - 1);
-    lanes.template run<true>(bounds[k], bounds[k + 1], h, nullptr);
+    std::vector<Lanes> one{lanes_of(i)};
+    std::copy(state(i, k - 1), state(i, k - 1) + hsize, one[0].h.begin());
+    detail::ScanStaging<F> st(kW, np);
+    detail::scan_blocks<true>(one, bounds[k], bounds[k + 1], st, nullptr);
     if (k == chunks - 1)
-      lanes.store_state(h, p.h_final);
+      one[0].store_state(p.h_final);
   });
 }
 
