@@ -1,0 +1,184 @@
+// Next-token selection and the generation loop of a language model: greedy (argmax) or sampled
+// from softmax(logits / temperature) restricted to the top-k tokens and then to the top-p
+// nucleus (Holtzman et al., arXiv 1904.09751), in the order HF's warpers apply them.
+#pragma once
+
+#include "ssmkit/core/error.hpp"
+#include "ssmkit/core/tensor_view.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <utility>
+#include <vector>
+
+namespace ssmkit::nn {
+
+struct SamplingConfig {
+  double temperature = 0;  ///< 0: greedy; else logits are divided by it before the softmax
+  Index top_k = 0;         ///< keep the k most likely tokens (ties with the k-th kept); 0: all
+  double top_p = 1;        ///< keep the most likely tokens until their mass reaches p; 1: all
+  std::uint64_t seed = 0;  ///< seeds the sampler's generator: equal seeds, equal tokens
+
+  void validate() const {
+    SSMKIT_CHECK(std::isfinite(temperature) && temperature >= 0, "temperature", "value",
+                 "finite and >= 0", temperature);
+    SSMKIT_CHECK(top_k >= 0, "top_k", "value", ">= 0", top_k);
+    SSMKIT_CHECK(top_p > 0 && top_p <= 1, "top_p", "value", "in (0, 1]", top_p);
+  }
+};
+
+/// Picks tokens from logits. Not thread-safe: it owns a random generator and scratch memory.
+class Sampler {
+ public:
+  explicit Sampler(const SamplingConfig& config) : c_(config), rng_(config.seed) { c_.validate(); }
+
+  /// The candidate tokens and their probabilities (summing to 1), most likely first: what
+  /// operator() draws from. Greedy yields the single argmax with probability 1.
+  template <class T>
+  std::vector<std::pair<Index, double>> distribution(TensorView<const T, 1> logits) {
+    const Index V = logits.size(0);
+    SSMKIT_CHECK(V >= 1, "logits", "size", ">= 1", V);
+    check_device(logits, "logits", Device::CPU);
+    for (Index i = 0; i < V; ++i)
+      SSMKIT_CHECK(!std::isnan(static_cast<double>(logits(i))), "logits",
+                   ("element " + std::to_string(i)).c_str(), "not NaN", "NaN");
+    if (c_.temperature == 0) {
+      Index best = 0;  // the first maximum, as torch.argmax
+      for (Index i = 1; i < V; ++i)
+        if (logits(i) > logits(best))
+          best = i;
+      return {{best, 1.0}};
+    }
+    order_.resize(static_cast<std::size_t>(V));
+    std::iota(order_.begin(), order_.end(), Index{0});
+    // Stable: equal logits keep id order, so the result does not depend on the sort's whims.
+    std::stable_sort(order_.begin(), order_.end(),
+                     [&](Index a, Index b) { return logits(a) > logits(b); });
+    Index keep = V;
+    if (c_.top_k > 0 && c_.top_k < V) {
+      keep = c_.top_k;
+      while (keep < V && logits(order_[keep]) == logits(order_[keep - 1]))
+        ++keep;
+    }
+    const double top = static_cast<double>(logits(order_[0])) / c_.temperature;
+    std::vector<std::pair<Index, double>> out;
+    out.reserve(static_cast<std::size_t>(keep));
+    double sum = 0;
+    for (Index i = 0; i < keep; ++i) {
+      const double e = std::exp(static_cast<double>(logits(order_[i])) / c_.temperature - top);
+      out.emplace_back(order_[i], e);
+      sum += e;
+    }
+    // Nucleus: the shortest prefix whose mass reaches top_p (at least one token).
+    double mass = 0;
+    std::size_t n = 0;
+    while (n < out.size()) {
+      mass += out[n++].second / sum;
+      if (c_.top_p < 1 && mass >= c_.top_p)
+        break;
+    }
+    out.resize(n);
+    double kept = 0;
+    for (const auto& kv : out)
+      kept += kv.second;
+    for (auto& kv : out)
+      kv.second /= kept;
+    return out;
+  }
+
+  /// The next token: the argmax when greedy, else a draw from distribution(logits).
+  template <class T>
+  Index operator()(TensorView<const T, 1> logits) {
+    const auto dist = distribution(logits);
+    if (dist.size() == 1)
+      return dist[0].first;
+    // 53 random bits: the same draw on every platform (std::uniform_real_distribution is not).
+    const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+    double acc = 0;
+    for (const auto& [token, p] : dist) {
+      acc += p;
+      if (u < acc)
+        return token;
+    }
+    return dist.back().first;
+  }
+
+ private:
+  SamplingConfig c_;
+  std::mt19937_64 rng_;
+  std::vector<Index> order_;
+};
+
+struct GenerationResult {
+  std::vector<std::vector<std::int64_t>> tokens;  ///< per sequence, the new tokens only
+  Index prefill_tokens = 0, decode_tokens = 0;
+  double prefill_seconds = 0, decode_seconds = 0;
+};
+
+/// Continues each prompt by `max_new_tokens` tokens. `Model` is a language model with
+/// make_cache(batch), prefill(ids, cache, first) and step(ids, cache) (as MambaLM): prompts are
+/// prefilled (together when their lengths agree, else one by one into their cache slots), then
+/// every sequence advances one token per step. `on_token(i)` runs after the i-th new token of
+/// every sequence is chosen.
+template <class Model>
+GenerationResult generate(const Model& model, const std::vector<std::vector<std::int64_t>>& prompts,
+                          Index max_new_tokens, const SamplingConfig& sampling,
+                          const std::function<void(Index)>& on_token = {}) {
+  using Clock = std::chrono::steady_clock;
+  const Index batch = static_cast<Index>(prompts.size());
+  SSMKIT_CHECK(batch >= 1, "prompts", "count", ">= 1", batch);
+  SSMKIT_CHECK(max_new_tokens >= 0, "max_new_tokens", "value", ">= 0", max_new_tokens);
+  for (std::size_t b = 0; b < prompts.size(); ++b)
+    SSMKIT_CHECK(!prompts[b].empty(), "prompts[" + std::to_string(b) + "]", "length", ">= 1", 0);
+  Sampler sampler(sampling);
+  GenerationResult r;
+  r.tokens.resize(prompts.size());
+  auto cache = model.make_cache(batch);
+
+  const auto t0 = Clock::now();
+  const bool same_length = std::all_of(
+      prompts.begin(), prompts.end(), [&](const auto& p) { return p.size() == prompts[0].size(); });
+  if (same_length) {
+    const Index L = static_cast<Index>(prompts[0].size());
+    std::vector<std::int64_t> ids;
+    for (const auto& p : prompts)
+      ids.insert(ids.end(), p.begin(), p.end());
+    model.prefill(TensorView<const std::int64_t, 2>(ids.data(), {batch, L}, "ids"), cache);
+  } else {
+    for (Index b = 0; b < batch; ++b) {
+      const auto& p = prompts[static_cast<std::size_t>(b)];
+      model.prefill(
+          TensorView<const std::int64_t, 2>(p.data(), {1, static_cast<Index>(p.size())}, "ids"),
+          cache, b);
+    }
+  }
+  for (const auto& p : prompts)
+    r.prefill_tokens += static_cast<Index>(p.size());
+  const auto t1 = Clock::now();
+
+  std::vector<std::int64_t> next(static_cast<std::size_t>(batch));
+  for (Index i = 0; i < max_new_tokens; ++i) {
+    const auto logits = cache.logits();
+    for (Index b = 0; b < batch; ++b) {
+      next[static_cast<std::size_t>(b)] = sampler(logits[b]);
+      r.tokens[static_cast<std::size_t>(b)].push_back(next[static_cast<std::size_t>(b)]);
+    }
+    if (on_token)
+      on_token(i);
+    if (i + 1 < max_new_tokens) {
+      model.step(TensorView<const std::int64_t, 1>(next.data(), {batch}, "ids"), cache);
+      r.decode_tokens += batch;
+    }
+  }
+  const auto t2 = Clock::now();
+  r.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+  r.decode_seconds = std::chrono::duration<double>(t2 - t1).count();
+  return r;
+}
+
+}  // namespace ssmkit::nn
