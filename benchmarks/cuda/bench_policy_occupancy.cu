@@ -1,15 +1,15 @@
-// A policy variant: twice the warps per scheduler before chunking stops (more chunks, more
-// parallelism, more second-pass work).
+// A policy variant: one warp per scheduler: chunk only when batch·channels cannot fill the GPU
+// (fewer second passes, fewer warps to hide latency).
 #include "bench_scan.cuh"
 
 namespace ssmkit::bench {
 
 struct OccupancyPolicy : cuda::SelectiveScanPolicy {
-  static constexpr int kWarpsPerScheduler = 3;
+  static constexpr int kWarpsPerScheduler = 1;
 };
 
 std::vector<ScanTiming> time_occupancy_policy(const std::vector<ScanShape>& shapes, int runs) {
-  return time_policy<OccupancyPolicy>("occ3", shapes, runs);
+  return time_policy<OccupancyPolicy>("occ1", shapes, runs);
 }
 
 }  // namespace ssmkit::bench

@@ -154,6 +154,7 @@ TEST(CudaSelectiveScan, WithoutOptionalArguments) {
   ScanCase c;
   c.bias = c.softplus = c.skip = c.gate = c.h0 = c.h_final = false;
   c.D = 33;  // a partial block of channels
+  c.G = 3;
   c.seed = 5;
   for (const bool cm : {false, true}) {
     c.channel_major = cm;

@@ -28,8 +28,9 @@ struct SelectiveScanPolicy {
   static constexpr int kStatesPerThread = 16;  ///< states one thread keeps in registers
   static constexpr int kTile = 8;              ///< time steps per unrolled tile (prefetch depth)
   static constexpr int kPolyStates = 0;  ///< of those states, how many take exp2 on the FMA pipes
-  /// Cut L into chunks until about this many warps run per SM sub-partition (4 per SM).
-  static constexpr int kWarpsPerScheduler = 1;
+  /// Cut L into chunks until about this many warps run per SM sub-partition (4 per SM); also
+  /// the blocks per SM the registers are budgeted for (with kThreads = 128).
+  static constexpr int kWarpsPerScheduler = 3;
   static constexpr int kMinChunk = 512;  ///< shortest chunk worth a second pass
 };
 
@@ -93,9 +94,22 @@ __device__ __forceinline__ float ex2_poly(float x) {
   return __int_as_float(__float_as_int(p) + (j << 23));
 }
 
-/// PyTorch's softplus (identity above 20).
+/// PyTorch's softplus (identity above 20) without branches, so that a tile of steps stays one
+/// basic block the scheduler can interleave: max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1],
+/// with log1p(e) = 2·atanh(s), s = e / (2 + e) <= 1/3, as its odd series to s^15 (error 3e-8).
 __device__ __forceinline__ float softplus_f(float x) {
-  return x > 20.f ? x : log1pf(__expf(x));
+  const float e = __expf(-fabsf(x));
+  const float s = __fdividef(e, 2.f + e), s2 = s * s;
+  float p = 1.f / 15.f;
+  p = fmaf(p, s2, 1.f / 13.f);
+  p = fmaf(p, s2, 1.f / 11.f);
+  p = fmaf(p, s2, 1.f / 9.f);
+  p = fmaf(p, s2, 1.f / 7.f);
+  p = fmaf(p, s2, 1.f / 5.f);
+  p = fmaf(p, s2, 1.f / 3.f);
+  p = fmaf(p, s2, 1.f);
+  const float sp = fmaxf(x, 0.f) + 2.f * s * p;
+  return x > 20.f ? x : sp;
 }
 
 /// x·σ(x); the quotient goes to 0 when e^-x overflows.
@@ -171,7 +185,8 @@ __device__ __forceinline__ void load_states(const T* row, Index stride_n, int n0
 
 /// The scan of one chunk of one (batch, channel-slice). kPass1: local final state only.
 template <class Policy, ScanLayout kLayout, bool kPass1, class T>
-__global__ void __launch_bounds__(Policy::kThreads) selective_scan_kernel(const ScanArgs<T> a) {
+__global__ void __launch_bounds__(Policy::kThreads, Policy::kWarpsPerScheduler)
+    selective_scan_kernel(const ScanArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread;
   constexpr int kTile = Policy::kTile;
   const int K = a.lanes_per_channel;
@@ -240,14 +255,12 @@ __global__ void __launch_bounds__(Policy::kThreads) selective_scan_kernel(const 
         load_tile<kLayout, kTile>(z_p, a.z_s, t1, t_end, z_n);
     }
     T y_r[kTile];
-#pragma unroll
-    for (int i = 0; i < kTile; ++i) {
+    // One step; a full tile runs without per-step checks so that its steps form one basic
+    // block (the loads, exponentials and the h chain of neighbouring steps interleave).
+    const auto step = [&](int i) {
       const int t = t0 + i;
-      if (t >= t_end)
-        break;
       float dt = to_float(dt_r[i]) + bias;
-      if (a.softplus)
-        dt = softplus_f(dt);
+      dt = a.softplus ? softplus_f(dt) : dt;
       const float uf = to_float(u_r[i]);
       const float du = dt * uf;
       float Bv[S];
@@ -263,23 +276,36 @@ __global__ void __launch_bounds__(Policy::kThreads) selective_scan_kernel(const 
       } else {
         float Cv[S];
         load_states<kLayout, S>(C_p + t * a.C_s[1], a.C_s[3], n0, a.N, Cv);
-        float y = 0.f;
+        float y0 = 0.f, y1 = 0.f;  // two partial sums halve the dependent chain
 #pragma unroll
         for (int n = 0; n < S; ++n) {
           const float x = dt * a2[n];
           const float decay = n < Policy::kPolyStates ? ex2_poly(x) : ex2_mufu(x);
           h[n] = fmaf(decay, h[n], du * Bv[n]);
-          y = fmaf(Cv[n], h[n], y);
+          if (n % 2 == 0)
+            y0 = fmaf(Cv[n], h[n], y0);
+          else
+            y1 = fmaf(Cv[n], h[n], y1);
         }
+        float y = y0 + y1;
         for (int off = K / 2; off > 0; off /= 2)
           y += __shfl_xor_sync(0xffffffffu, y, off);
         y = fmaf(d_skip, uf, y);
-        if (has_z)
-          y *= silu_f(to_float(z_r[i]));
+        y = has_z ? y * silu_f(to_float(z_r[i])) : y;
         y_r[i] = from_float<T>(y);
         if (kLayout != ScanLayout::kChannelMajor && writer)
           out_p[t * a.out_s[1]] = y_r[i];
       }
+    };
+    if (t1 <= t_end) {
+#pragma unroll
+      for (int i = 0; i < kTile; ++i)
+        step(i);
+    } else {
+#pragma unroll
+      for (int i = 0; i < kTile; ++i)
+        if (i < t_end - t0)
+          step(i);
     }
     if (kLayout == ScanLayout::kChannelMajor && !kPass1 && writer) {
       if (t1 <= t_end) {

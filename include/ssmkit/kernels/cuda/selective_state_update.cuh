@@ -17,16 +17,16 @@ namespace ssmkit::cuda {
 
 namespace detail {
 
-constexpr int kUpdateWarps = 4;
+constexpr int kUpdateThreads = 128;
 
-/// A warp per (batch, channel); its lanes stride over the states and meet in a shuffle sum.
+/// A thread per (batch, channel) walks its N states: one step has too little work per state
+/// to share a channel between lanes (the softplus and gate would be repeated on each).
 template <class T>
-__global__ void __launch_bounds__(kUpdateWarps * 32)
+__global__ void __launch_bounds__(kUpdateThreads)
     selective_state_update_kernel(const ScanArgs<T> a) {
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  const Index row = static_cast<Index>(blockIdx.x) * kUpdateWarps + threadIdx.x / 32;
+  const Index row = static_cast<Index>(blockIdx.x) * kUpdateThreads + threadIdx.x;
   if (row >= static_cast<Index>(a.batch) * a.D)
-    return;  // whole warps leave together, so the shuffles below stay complete
+    return;
   const Index b = row / a.D, d = row % a.D, g = d / a.channels_per_group;
   float dt = to_float(a.delta[b * a.delta_s[0] + d * a.delta_s[2]]);
   if (a.delta_bias != nullptr)
@@ -34,21 +34,20 @@ __global__ void __launch_bounds__(kUpdateWarps * 32)
   if (a.softplus)
     dt = softplus_f(dt);
   const float u = to_float(a.u[b * a.u_s[0] + d * a.u_s[2]]);
+  const float du = dt * u;
   const T* B_p = a.B + b * a.B_s[0] + g * a.B_s[2];
   const T* C_p = a.C + b * a.C_s[0] + g * a.C_s[2];
+  const float* A_p = a.A + d * a.A_s[0];
+  const float* h0_p = a.h0 + b * a.h0_s[0] + d * a.h0_s[1];
+  float* h_p = a.h_final + b * a.h_final_s[0] + d * a.h_final_s[1];
   float y = 0.f;
-  for (int n = lane; n < a.N; n += 32) {
-    const float decay = ex2_mufu(dt * a.A[d * a.A_s[0] + n * a.A_s[1]] * kLog2e);
-    const float h0 = a.h0[b * a.h0_s[0] + d * a.h0_s[1] + n * a.h0_s[2]];
-    const float h = fmaf(decay, h0, dt * u * to_float(B_p[n * a.B_s[3]]));
-    a.h_final[b * a.h_final_s[0] + d * a.h_final_s[1] + n * a.h_final_s[2]] = h;
+#pragma unroll 4
+  for (int n = 0; n < a.N; ++n) {
+    const float decay = ex2_mufu(dt * A_p[n * a.A_s[1]] * kLog2e);
+    const float h = fmaf(decay, h0_p[n * a.h0_s[2]], du * to_float(B_p[n * a.B_s[3]]));
+    h_p[n * a.h_final_s[2]] = h;  // after its own read: h0 and h_final may alias
     y = fmaf(to_float(C_p[n * a.C_s[3]]), h, y);
   }
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2)
-    y += __shfl_xor_sync(0xffffffffu, y, off);
-  if (lane != 0)
-    return;
   if (a.D_skip != nullptr)
     y = fmaf(a.D_skip[d * a.D_skip_s], u, y);
   if (a.z != nullptr)
@@ -74,8 +73,8 @@ void selective_state_update(const SelectiveScanParams<T, W>& p, cudaStream_t str
     return;
   const detail::ScanArgs<T> args = detail::make_scan_args(p);
   const auto blocks =
-      static_cast<unsigned>((rows + detail::kUpdateWarps - 1) / detail::kUpdateWarps);
-  detail::selective_state_update_kernel<T><<<blocks, detail::kUpdateWarps * 32, 0, stream>>>(args);
+      static_cast<unsigned>((rows + detail::kUpdateThreads - 1) / detail::kUpdateThreads);
+  detail::selective_state_update_kernel<T><<<blocks, detail::kUpdateThreads, 0, stream>>>(args);
   SSMKIT_CUDA_CHECK_LAUNCH("selective_state_update_kernel");
 }
 
