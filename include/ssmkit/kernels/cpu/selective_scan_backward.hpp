@@ -5,6 +5,7 @@
 #pragma once
 
 #include "ssmkit/core/parallel.hpp"
+#include "ssmkit/kernels/cpu/exp_approx.hpp"
 #include "ssmkit/kernels/selective_scan_backward_params.hpp"
 #include "ssmkit/math/activations.hpp"
 
@@ -12,6 +13,7 @@
 #include <atomic>
 #include <cmath>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 namespace ssmkit::cpu {
@@ -28,195 +30,227 @@ struct SelectiveScanBackwardPolicy {
 
 namespace detail {
 
-/// Channels processed side by side: one 512-bit register of W, so the lane loops vectorise.
+/// The pack the backward computes in: float lanes of the widest instruction set, or 8 doubles.
 template <class W>
-inline constexpr int kScanBackwardLanes = static_cast<int>(64 / sizeof(W));
+using backward_pack_t =
+    std::conditional_t<std::is_same_v<W, double>, simd::Portable<double, 8>, simd::BestF32>;
 
-/// Per-task scratch, laid out [.., n, lane] so the inner loops run over lanes.
-template <class W>
-struct ScanBackwardScratch {
-  static constexpr int V = kScanBackwardLanes<W>;
-  std::vector<W> A, h, gh, dA, saved, hs, a_bar, dt, dsp, u, dy, ddt, du, sum_b, sum_c;
-  ScanBackwardScratch(Index N, Index chunks, Index K)
-      : A(sz(N * V)),
-        h(sz(N * V)),
-        gh(sz(N * V)),
-        dA(sz(N * V)),
-        saved(sz(chunks * N * V)),
-        hs(sz(K * N * V)),
-        a_bar(sz(K * N * V)),
-        dt(sz(K * V)),
-        dsp(sz(K * V)),
-        u(sz(K * V)),
-        dy(sz(V)),
-        ddt(sz(V)),
-        du(sz(V)),
-        sum_b(sz(N * V)),
-        sum_c(sz(N * V)) {}
-  static std::size_t sz(Index n) { return static_cast<std::size_t>(n); }
-};
-
-/// Sums each row of rows × V lanes into lane 0, halving the width: a fixed order that vectorises.
-template <class W>
-inline void sum_lanes(W* x, Index rows) {
-  constexpr int V = kScanBackwardLanes<W>;
-  for (int w = V / 2; w >= 1; w /= 2)
-    for (Index r = 0; r < rows; ++r)
-      for (int j = 0; j < w; ++j)
-        x[r * V + j] += x[r * V + j + w];
+/// σ(x) per lane; with `threshold`, 1 above softplus's threshold of 20 (softplus'(x) there).
+/// Float lanes need no test: σ rounds to 1 above 17, and exp2 clamps instead of overflowing.
+template <class P>
+P sigmoid_lanes(P x, bool threshold) {
+  using F = typename P::scalar;
+  if constexpr (!simd::is_f32_pack<P>) {
+    for (int i = 0; i < P::width; ++i)
+      x.v[i] = threshold && x.v[i] > F(20) ? F(1) : ssmkit::sigmoid(x.v[i]);
+    return x;
+  } else {
+    (void)threshold;
+    const P one = P::broadcast(F(1));
+    return one / (one + simd::exp2(x * P::broadcast(F(-1.4426950408889634))));
+  }
 }
 
-/// The gradients of channels d0 .. d0+lanes-1 (all in group g) of batch b. dB and dC of this
-/// task's slice are added into dB_acc, dC_acc (L, N); dA, dD and dδ_bias of batch b are written
-/// to dA_b (D, N), dD_b (D), dbias_b (D).
-template <class T, class W>
-void scan_backward_lanes(const SelectiveScanBackwardParams<T, W>& p, Index b, Index g, Index d0,
-                         int lanes, Index K, ScanBackwardScratch<W>& s, W* dB_acc, W* dC_acc,
-                         W* dA_b, W* dD_b, W* dbias_b) {
-  constexpr int V = kScanBackwardLanes<W>;
-  const Index L = p.length(), N = p.state_size();
-  const bool softplus_on = p.delta_softplus, has_z = !p.z.absent(), has_D = !p.D_skip.absent();
-  W bias[V], skip[V], dskip[V], dbias[V];
-  for (int j = 0; j < V; ++j) {
-    const bool live = j < lanes;
-    bias[j] = live && !p.delta_bias.absent() ? p.delta_bias(d0 + j) : W(0);
-    skip[j] = live && has_D ? p.D_skip(d0 + j) : W(0);
-    dskip[j] = dbias[j] = W(0);
-    for (Index n = 0; n < N; ++n) {
-      s.A[n * V + j] = live ? p.A(d0 + j, n) : W(0);  // a dead lane keeps h = 0 and g = 0
-      s.h[n * V + j] = live && !p.h0.absent() ? p.h0(b, d0 + j, n) : W(0);
-      s.gh[n * V + j] = live && !p.dh_final.absent() ? p.dh_final(b, d0 + j, n) : W(0);
-      s.dA[n * V + j] = W(0);
-    }
-  }
-  // Δ_t, softplus'(δ_t + bias) and u_t of every lane into row k of the chunk buffers.
-  auto load_step = [&](Index t, Index k) {
-    for (int j = 0; j < V; ++j) {
-      W dt = 0, dsp = 0, u = 0;
-      if (j < lanes) {
-        const W raw = static_cast<W>(p.delta(b, t, d0 + j)) + bias[j];
-        dt = softplus_on ? softplus(raw) : raw;
-        dsp = softplus_on && raw <= W(20) ? sigmoid(raw) : W(1);
-        u = static_cast<W>(p.u(b, t, d0 + j));
-      }
-      s.dt[k * V + j] = dt;
-      s.dsp[k * V + j] = dsp;
-      s.u[k * V + j] = u;
-    }
-  };
-  // One recurrence step from `h`, keeping Ā in row k when asked.
-  auto step = [&](Index t, Index k, W* h, W* a_out) {
-    const W* dt = &s.dt[k * V];
-    const W* u = &s.u[k * V];
-    for (Index n = 0; n < N; ++n) {
-      const W Bn = static_cast<W>(p.B(b, t, g, n));
-      W* hn = h + n * V;
-      const W* An = &s.A[n * V];
-      for (int j = 0; j < V; ++j) {
-        const W a = std::exp(dt[j] * An[j]);
-        if (a_out)
-          a_out[n * V + j] = a;
-        hn[j] = a * hn[j] + dt[j] * Bn * u[j];
-      }
-    }
-  };
+/// The backward over one block of up to P::width channels, all in one group, of one batch
+/// element. Buffers are laid out [.., n, lane] so that each state row is one pack.
+template <class P, class T, class W>
+class ScanBackwardLanes {
+  using F = typename P::scalar;
+  static constexpr int V = P::width;
 
-  // Forward over the whole sequence, saving the state entering each chunk.
-  const Index chunks = (L + K - 1) / K;
-  for (Index t = 0; t < L; ++t) {
-    if (t % K == 0)
-      std::copy(s.h.begin(), s.h.end(), s.saved.begin() + (t / K) * N * V);
-    load_step(t, 0);
-    step(t, 0, s.h.data(), nullptr);
-  }
+ public:
+  static constexpr int width = V;
 
-  // Chunks in reverse: recompute their states, then run the reverse recurrence through them.
-  for (Index c = chunks - 1; c >= 0; --c) {
-    const Index t0 = c * K, len = std::min(K, L - t0);
-    const W* h_entry = &s.saved[c * N * V];
-    for (Index k = 0; k < len; ++k) {
-      load_step(t0 + k, k);
-      W* hk = &s.hs[k * N * V];
-      std::copy(k ? hk - N * V : h_entry, (k ? hk - N * V : h_entry) + N * V, hk);
-      step(t0 + k, k, hk, &s.a_bar[k * N * V]);
-    }
-    for (Index k = len - 1; k >= 0; --k) {
-      const Index t = t0 + k;
-      const W* dt = &s.dt[k * V];
-      const W* u = &s.u[k * V];
-      const W* hk = &s.hs[k * N * V];
-      const W* h_prev = k ? hk - N * V : h_entry;
-      const W* a_bar = &s.a_bar[k * N * V];
-      W zv[V];
-      for (int j = 0; j < V; ++j) {
-        s.dy[j] = j < lanes ? static_cast<W>(p.dout(b, t, d0 + j)) : W(0);
-        zv[j] = j < lanes && has_z ? static_cast<W>(p.z(b, t, d0 + j)) : W(0);
-      }
-      if (has_z) {
-        W y[V];
-        for (int j = 0; j < V; ++j)
-          y[j] = skip[j] * u[j];
-        for (Index n = 0; n < N; ++n) {
-          const W Cn = static_cast<W>(p.C(b, t, g, n));
-          for (int j = 0; j < V; ++j)
-            y[j] += Cn * hk[n * V + j];
-        }
-        for (int j = 0; j < lanes; ++j) {
-          const W sg = sigmoid(zv[j]), dout = s.dy[j];
-          p.dz(b, t, d0 + j) = static_cast<T>(dout * y[j] * sg * (W(1) + zv[j] * (W(1) - sg)));
-          s.dy[j] = dout * zv[j] * sg;
-        }
-      }
-      for (int j = 0; j < V; ++j) {
-        s.du[j] = s.dy[j] * skip[j];
-        dskip[j] += s.dy[j] * u[j];
-        s.ddt[j] = W(0);
-      }
+  ScanBackwardLanes(const SelectiveScanBackwardParams<T, W>& p, Index K)
+      : p_(p),
+        N_(p.state_size()),
+        K_(K),
+        a2_(sz(N_ * V)),
+        a_(sz(N_ * V)),
+        h_(sz(N_ * V)),
+        gh_(sz(N_ * V)),
+        dA_(sz(N_ * V)),
+        saved_(sz((p.length() + K - 1) / K * N_ * V)),
+        hs_(sz(K * N_ * V)),
+        a_bar_(sz(K * N_ * V)),
+        dt_(sz(K * V)),
+        dsp_(sz(K * V)),
+        u_(sz(K * V)),
+        sum_b_(sz(K * N_ * V)),
+        sum_c_(sz(K * N_ * V)) {}
+
+  /// Channels d0 .. d0+lanes-1 of batch b: writes du, δ, dz, dh0 there, adds their dB and dC
+  /// into dB_acc, dC_acc (L, N), and writes their dA, dD, dδ_bias into dA_b (D, N), dD_b, dbias_b.
+  void run(Index b, Index d0, Index lanes, F* dB_acc, F* dC_acc, W* dA_b, W* dD_b, W* dbias_b) {
+    const Index L = p_.length(), N = N_;
+    b_ = b, d0_ = d0, lanes_ = lanes, g_ = d0 / (p_.channels() / p_.groups());
+    F bias[V] = {}, skip[V] = {};
+    std::fill(a2_.begin(), a2_.end(), F(0));  // a dead lane decays by 1 and keeps h = g = 0
+    std::fill(a_.begin(), a_.end(), F(0));
+    std::fill(h_.begin(), h_.end(), F(0));
+    std::fill(gh_.begin(), gh_.end(), F(0));
+    std::fill(dA_.begin(), dA_.end(), F(0));
+    for (Index j = 0; j < lanes; ++j) {
+      if (!p_.delta_bias.absent())
+        bias[j] = static_cast<F>(p_.delta_bias(d0 + j));
+      if (!p_.D_skip.absent())
+        skip[j] = static_cast<F>(p_.D_skip(d0 + j));
       for (Index n = 0; n < N; ++n) {
-        const W Bn = static_cast<W>(p.B(b, t, g, n)), Cn = static_cast<W>(p.C(b, t, g, n));
-        const W* An = &s.A[n * V];
-        W* gn = &s.gh[n * V];
-        W* dAn = &s.dA[n * V];
-        W* sb = &s.sum_b[n * V];
-        W* sc = &s.sum_c[n * V];
+        a_[n * V + j] = static_cast<F>(p_.A(d0 + j, n));
+        a2_[n * V + j] = static_cast<F>(static_cast<double>(p_.A(d0 + j, n)) * 1.4426950408889634);
+        if (!p_.h0.absent())
+          h_[n * V + j] = static_cast<F>(p_.h0(b, d0 + j, n));
+        if (!p_.dh_final.absent())
+          gh_[n * V + j] = static_cast<F>(p_.dh_final(b, d0 + j, n));
+      }
+    }
+    bias_ = P::load(bias);
+    skip_ = P::load(skip);
+    dskip_ = dbias_ = P::broadcast(F(0));
+
+    // Forward over the whole sequence, saving the state entering each chunk.
+    for (Index t = 0; t < L; ++t) {
+      if (t % K_ == 0)
+        std::copy(h_.begin(), h_.end(), saved_.begin() + (t / K_) * N * V);
+      load_step(t, 0);
+      step(t, 0, h_.data(), nullptr);
+    }
+    // Chunks in reverse: recompute their states, then run the reverse recurrence through them.
+    for (Index c = (L + K_ - 1) / K_ - 1; c >= 0; --c) {
+      const Index t0 = c * K_, len = std::min(K_, L - t0);
+      const F* h_entry = &saved_[sz(c * N * V)];
+      for (Index k = 0; k < len; ++k) {
+        load_step(t0 + k, k);
+        F* hk = &hs_[sz(k * N * V)];
+        const F* prev = k ? hk - N * V : h_entry;
+        std::copy(prev, prev + N * V, hk);
+        step(t0 + k, k, hk, &a_bar_[sz(k * N * V)]);
+      }
+      for (Index k = len - 1; k >= 0; --k)
+        reverse_step(t0 + k, k, k ? &hs_[sz((k - 1) * N * V)] : h_entry);
+      // dB and dC sum over the lanes here, a chunk at a time, rather than once per step.
+      for (Index i = 0; i < len * N; ++i) {
+        F sb = 0, sc = 0;
         for (int j = 0; j < V; ++j) {
-          const W gj = gn[j] + s.dy[j] * Cn;  // ∂ℓ/∂h_t
-          const W ga = gj * a_bar[n * V + j] * h_prev[n * V + j];
-          const W gdt = gj * dt[j];
-          sc[j] = s.dy[j] * hk[n * V + j];
-          sb[j] = gdt * u[j];
-          s.ddt[j] += ga * An[j] + gj * Bn * u[j];
-          dAn[j] += ga * dt[j];
-          s.du[j] += gdt * Bn;
-          gn[j] = gj * a_bar[n * V + j];  // ∂ℓ/∂h_{t-1}
+          sb += sum_b_[sz(i * V + j)];
+          sc += sum_c_[sz(i * V + j)];
         }
+        dB_acc[t0 * N + i] += sb;
+        dC_acc[t0 * N + i] += sc;
       }
-      sum_lanes(s.sum_b.data(), N);
-      sum_lanes(s.sum_c.data(), N);
+    }
+
+    F dskip[V], dbias[V];
+    dskip_.store(dskip);
+    dbias_.store(dbias);
+    for (Index j = 0; j < lanes; ++j) {
+      const Index d = d0 + j;
       for (Index n = 0; n < N; ++n) {
-        dB_acc[t * N + n] += s.sum_b[n * V];
-        dC_acc[t * N + n] += s.sum_c[n * V];
+        dA_b[d * N + n] = static_cast<W>(dA_[n * V + j]);
+        if (!p_.dh0.absent())
+          p_.dh0(b, d, n) = static_cast<W>(gh_[n * V + j]);
       }
-      for (int j = 0; j < lanes; ++j) {
-        const W draw = s.ddt[j] * s.dsp[k * V + j];
-        dbias[j] += draw;
-        p.du(b, t, d0 + j) = static_cast<T>(s.du[j]);
-        p.ddelta(b, t, d0 + j) = static_cast<T>(draw);
-      }
+      dD_b[d] = static_cast<W>(dskip[j]);
+      dbias_b[d] = static_cast<W>(dbias[j]);
     }
   }
 
-  for (int j = 0; j < lanes; ++j) {
-    const Index d = d0 + j;
-    for (Index n = 0; n < N; ++n) {
-      dA_b[d * N + n] = s.dA[n * V + j];
-      if (!p.dh0.absent())
-        p.dh0(b, d, n) = s.gh[n * V + j];
-    }
-    dD_b[d] = dskip[j];
-    dbias_b[d] = dbias[j];
+ private:
+  static std::size_t sz(Index n) { return static_cast<std::size_t>(n); }
+
+  /// Lanes d0.. of view(b, t, ·) as a pack, zero beyond the block.
+  P load_lanes(const TensorView<const T, 3>& v, Index t) const {
+    const T* src = &v(b_, t, d0_);
+    if constexpr (std::is_same_v<T, F>)
+      if (lanes_ == V && v.stride(2) == 1)
+        return P::load(src);
+    F tmp[V] = {};
+    for (Index j = 0; j < lanes_; ++j)
+      tmp[j] = static_cast<F>(src[j * v.stride(2)]);
+    return P::load(tmp);
   }
-}
+
+  void store_lanes(const TensorView<T, 3>& v, Index t, const P& x) const {
+    T* dst = &v(b_, t, d0_);
+    if constexpr (std::is_same_v<T, F>)
+      if (lanes_ == V && v.stride(2) == 1)
+        return x.store(dst);
+    F tmp[V];
+    x.store(tmp);
+    for (Index j = 0; j < lanes_; ++j)
+      dst[j * v.stride(2)] = static_cast<T>(tmp[j]);
+  }
+
+  /// Δ_t, softplus'(δ_t + bias) and u_t into row k of the chunk buffers.
+  void load_step(Index t, Index k) {
+    const P raw = load_lanes(p_.delta, t) + bias_;
+    const bool sp = p_.delta_softplus;
+    (sp ? simd::softplus(raw) : raw).store(&dt_[sz(k * V)]);
+    (sp ? sigmoid_lanes(raw, true) : P::broadcast(F(1))).store(&dsp_[sz(k * V)]);
+    load_lanes(p_.u, t).store(&u_[sz(k * V)]);
+  }
+
+  /// h = exp(Δ·A)·h + Δ·u·B_t with the step in row k, keeping exp(Δ·A) in a_out when given.
+  void step(Index t, Index k, F* h, F* a_out) const {
+    const P dt = P::load(&dt_[sz(k * V)]);
+    const P dtu = dt * P::load(&u_[sz(k * V)]);
+    const T* brow = &p_.B(b_, t, g_, 0);
+    const Index bs = p_.B.stride(3);
+    for (Index n = 0; n < N_; ++n) {
+      const P a = simd::exp2(dt * P::load(&a2_[sz(n * V)]));
+      if (a_out)
+        a.store(a_out + n * V);
+      fma(a, P::load(h + n * V), dtu * P::broadcast(static_cast<F>(brow[n * bs]))).store(h + n * V);
+    }
+  }
+
+  /// One step of the reverse recurrence at time t (row k), from g = ∂ℓ/∂h_t less dy·C_t to
+  /// ∂ℓ/∂h_{t-1}, writing the step's gradients; the lanes' terms of dB and dC go to row k.
+  void reverse_step(Index t, Index k, const F* h_prev) {
+    const Index N = N_;
+    const P dt = P::load(&dt_[sz(k * V)]), u = P::load(&u_[sz(k * V)]);
+    const F* hk = &hs_[sz(k * N * V)];
+    const F* a_bar = &a_bar_[sz(k * N * V)];
+    const T* brow = &p_.B(b_, t, g_, 0);
+    const T* crow = &p_.C(b_, t, g_, 0);
+    const Index bs = p_.B.stride(3), cs = p_.C.stride(3);
+    const P dout = load_lanes(p_.dout, t);
+    P dy = dout;
+    if (!p_.z.absent()) {
+      P y = skip_ * u;
+      for (Index n = 0; n < N; ++n)
+        y = fma(P::load(hk + n * V), P::broadcast(static_cast<F>(crow[n * cs])), y);
+      const P z = load_lanes(p_.z, t), s = sigmoid_lanes(z, false), one = P::broadcast(F(1));
+      store_lanes(p_.dz, t, dout * y * s * fma(z, one - s, one));
+      dy = dout * z * s;
+    }
+    P du = dy * skip_, ddt = P::broadcast(F(0));
+    dskip_ = fma(dy, u, dskip_);
+    for (Index n = 0; n < N; ++n) {
+      const P Bn = P::broadcast(static_cast<F>(brow[n * bs]));
+      const P Cn = P::broadcast(static_cast<F>(crow[n * cs]));
+      const P a = P::load(a_bar + n * V);
+      const P g = fma(dy, Cn, P::load(&gh_[sz(n * V)]));  // ∂ℓ/∂h_t
+      const P ga = g * a * P::load(h_prev + n * V);
+      const P gdt = g * dt;
+      (dy * P::load(hk + n * V)).store(&sum_c_[sz((k * N + n) * V)]);
+      (gdt * u).store(&sum_b_[sz((k * N + n) * V)]);
+      ddt = fma(ga, P::load(&a_[sz(n * V)]), fma(g * Bn, u, ddt));
+      fma(ga, dt, P::load(&dA_[sz(n * V)])).store(&dA_[sz(n * V)]);
+      du = fma(gdt, Bn, du);
+      (g * a).store(&gh_[sz(n * V)]);  // ∂ℓ/∂h_{t-1}
+    }
+    const P draw = ddt * P::load(&dsp_[sz(k * V)]);
+    dbias_ = dbias_ + draw;
+    store_lanes(p_.du, t, du);
+    store_lanes(p_.ddelta, t, draw);
+  }
+
+  const SelectiveScanBackwardParams<T, W>& p_;
+  Index N_, K_, b_ = 0, d0_ = 0, lanes_ = 0, g_ = 0;
+  std::vector<F> a2_, a_, h_, gh_, dA_, saved_, hs_, a_bar_, dt_, dsp_, u_, sum_b_, sum_c_;
+  P bias_{}, skip_{}, dskip_{}, dbias_{};
+};
 
 }  // namespace detail
 
@@ -233,28 +267,28 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p,
   const Index batch = p.batch(), L = p.length(), D = p.channels(), N = p.state_size();
   const Index G = p.groups(), Dg = D / G;
   const Index K = std::min(policy.chunk_length, std::max<Index>(L, 1));
-  const Index chunks = (L + K - 1) / K;
   const Index slices = (Dg + policy.channels_per_task - 1) / policy.channels_per_task;
   const Index slice_width = slices ? (Dg + slices - 1) / slices : 0;
-  constexpr int V = detail::kScanBackwardLanes<W>;
   auto sz = [](Index n) { return static_cast<std::size_t>(n); };
 
+  using P = detail::backward_pack_t<W>;
+  using F = typename P::scalar;
+  constexpr Index V = P::width;
+
   // Private sums of the tasks: dB, dC per (batch, group, slice); dA, dD, dδ_bias per batch.
-  std::vector<W> dB_part(sz(batch * G * slices * L * N)), dC_part(dB_part.size());
+  std::vector<F> dB_part(sz(batch * G * slices * L * N)), dC_part(dB_part.size());
   std::vector<W> dA_part(sz(batch * D * N)), dD_part(sz(batch * D)), dbias_part(sz(batch * D));
   std::atomic<bool> out_of_memory{false};
   parallel_for(0, batch * G * slices, [&](Index task) {
     const Index b = task / (G * slices), g = (task / slices) % G, slice = task % slices;
-    const Index begin = g * Dg + slice * slice_width,
-                end = std::min(begin + slice_width, (g + 1) * Dg);
-    W* dB_acc = dB_part.data() + task * L * N;
-    W* dC_acc = dC_part.data() + task * L * N;
+    const Index begin = g * Dg + slice * slice_width;
+    const Index end = std::min(begin + slice_width, (g + 1) * Dg);
     try {
-      detail::ScanBackwardScratch<W> scratch(N, chunks, K);
+      detail::ScanBackwardLanes<P, T, W> lanes(p, K);
       for (Index d0 = begin; d0 < end; d0 += V)
-        detail::scan_backward_lanes(p, b, g, d0, static_cast<int>(std::min<Index>(V, end - d0)), K,
-                                    scratch, dB_acc, dC_acc, dA_part.data() + b * D * N,
-                                    dD_part.data() + b * D, dbias_part.data() + b * D);
+        lanes.run(b, d0, std::min(V, end - d0), dB_part.data() + task * L * N,
+                  dC_part.data() + task * L * N, dA_part.data() + b * D * N, dD_part.data() + b * D,
+                  dbias_part.data() + b * D);
     } catch (const std::bad_alloc&) {
       out_of_memory = true;  // an exception may not leave a parallel region
     }
@@ -266,7 +300,7 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p,
     const Index b = bt / L, t = bt % L;
     for (Index g = 0; g < G; ++g)
       for (Index n = 0; n < N; ++n) {
-        W sb = 0, sc = 0;
+        F sb = 0, sc = 0;
         for (Index slice = 0; slice < slices; ++slice) {
           const Index i = ((b * G + g) * slices + slice) * L * N + t * N + n;
           sb += dB_part[sz(i)];
