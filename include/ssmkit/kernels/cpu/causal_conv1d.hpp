@@ -4,125 +4,145 @@
 
 #include "ssmkit/core/parallel.hpp"
 #include "ssmkit/kernels/causal_conv1d_params.hpp"
+#include "ssmkit/kernels/cpu/exp_approx.hpp"
 #include "ssmkit/math/activations.hpp"
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace ssmkit::cpu {
 
 namespace detail {
 
-/// Token-major sequences are done in blocks of this many channels: the inner loop runs over
-/// contiguous channels (SIMD-friendly) while the block's taps and history stay in L1.
+/// Token-major sequences run one token row at a time, in blocks of this many channels (the
+/// accumulators stay in L1 and the inner loop is contiguous) ...
 inline constexpr Index kConvChannelBlock = 64;
+/// ... and tasks of this many tokens, so that every thread streams through whole rows.
+inline constexpr Index kConvTimeTile = 128;
 
+/// The conv's parameters converted once to the accumulate type: taps transposed to (K, C) and
+/// the history (batch, K-1, C) that precedes t = 0. Reading the initial state up front lets the
+/// final state overwrite it.
 template <class T, class W>
-struct ConvBlock {
+struct ConvOperands {
   using Acc = accum_t<T>;
   const CausalConv1dParams<T, W>& p;
-  Index b, c0, nc, K;
-  std::vector<Acc> taps;     // (K, nc): taps[k*nc + c] = weight(c0+c, k)
-  std::vector<Acc> history;  // (K-1, nc): inputs before t = 0, oldest first
-  std::vector<Acc> bias;     // (nc)
+  Index K, C;
+  std::vector<Acc> taps, bias, history;
 
-  ConvBlock(const CausalConv1dParams<T, W>& params, Index b_, Index c0_, Index nc_)
-      : p(params), b(b_), c0(c0_), nc(nc_), K(params.kernel_size()) {
-    taps.resize(static_cast<std::size_t>(K * nc));
-    history.assign(static_cast<std::size_t>((K - 1) * nc), Acc(0));
-    bias.assign(static_cast<std::size_t>(nc), Acc(0));
-    for (Index c = 0; c < nc; ++c) {
+  explicit ConvOperands(const CausalConv1dParams<T, W>& params)
+      : p(params),
+        K(params.kernel_size()),
+        C(params.channels()),
+        taps(static_cast<std::size_t>(K * C)),
+        bias(static_cast<std::size_t>(C), Acc(0)),
+        history(static_cast<std::size_t>(params.batch() * (K - 1) * C), Acc(0)) {
+    for (Index c = 0; c < C; ++c) {
       for (Index k = 0; k < K; ++k)
-        taps[k * nc + c] = static_cast<Acc>(p.weight(c0 + c, k));
-      if (!p.initial_state.absent())
-        for (Index j = 0; j < K - 1; ++j)
-          history[j * nc + c] = static_cast<Acc>(p.initial_state(b, c0 + c, j));
+        taps[k * C + c] = static_cast<Acc>(p.weight(c, k));
       if (!p.bias.absent())
-        bias[c] = static_cast<Acc>(p.bias(c0 + c));
+        bias[c] = static_cast<Acc>(p.bias(c));
     }
+    if (!p.initial_state.absent())
+      for (Index b = 0; b < p.batch(); ++b)
+        for (Index c = 0; c < C; ++c)
+          for (Index j = 0; j < K - 1; ++j)
+            history[(b * (K - 1) + j) * C + c] = static_cast<Acc>(p.initial_state(b, c, j));
   }
 
-  /// Input of extended time i (i < K-1: history, else token i-(K-1)) for channel c of the block.
-  Acc input(Index i, Index c) const {
-    return i < K - 1 ? history[i * nc + c] : static_cast<Acc>(p.x(b, i - (K - 1), c0 + c));
+  /// Input of extended time i (i < K-1: history, else token i-(K-1)).
+  Acc input(Index b, Index i, Index c) const {
+    return i < K - 1 ? history[(b * (K - 1) + i) * C + c]
+                     : static_cast<Acc>(p.x(b, i - (K - 1), c));
   }
 
-  Acc finish(Acc v) const { return p.silu ? silu(v) : v; }
-
-  /// Channels innermost, for token-major data; kUnit when x and out have channel stride 1.
-  template <bool kUnit>
-  void run_channels_inner(Acc* acc) const {
-    const Index L = p.length(), sx = p.x.stride(2), so = p.out.stride(2);
-    for (Index t = 0; t < L; ++t) {
-      std::copy(bias.begin(), bias.end(), acc);
-      for (Index k = 0; k < K; ++k) {
-        const Index s = t - (K - 1) + k;
-        const Acc* w = taps.data() + k * nc;
-        if (s < 0) {
-          const Acc* hist = history.data() + (s + K - 1) * nc;
-          for (Index c = 0; c < nc; ++c)
-            acc[c] += w[c] * hist[c];
-          continue;
-        }
-        const T* xs = &p.x(b, s, c0);
-        for (Index c = 0; c < nc; ++c)
-          acc[c] += w[c] * static_cast<Acc>(xs[kUnit ? c : c * sx]);
-      }
-      T* os = &p.out(b, t, c0);
-      for (Index c = 0; c < nc; ++c)
-        os[kUnit ? c : c * so] = static_cast<T>(finish(acc[c]));
-    }
-  }
-
-  /// Time innermost, one channel at a time, for channel-major data.
-  void run_time_inner() const {
-    const Index L = p.length();
-    for (Index c = 0; c < nc; ++c)
-      for (Index t = 0; t < L; ++t) {
-        Acc acc = bias[c];
-        for (Index k = 0; k < K; ++k)
-          acc += taps[k * nc + c] * input(t + k, c);
-        p.out(b, t, c0 + c) = static_cast<T>(finish(acc));
-      }
-  }
-
-  /// The K-1 most recent inputs after the sequence. Reads history (a copy), so the final state
-  /// may overwrite the initial one.
-  void write_final_state() const {
-    if (p.final_state.absent())
+  /// SiLU over n accumulators: float packs where they fit (a scalar exp would dominate the
+  /// conv), the scalar formula for the rest and for double.
+  void finish(Acc* acc, Index n) const {
+    if (!p.silu)
       return;
-    for (Index c = 0; c < nc; ++c)
-      for (Index j = 0; j < K - 1; ++j)
-        p.final_state(b, c0 + c, j) = static_cast<T>(input(p.length() + j, c));
+    Index c = 0;
+    if constexpr (std::is_same_v<Acc, float>) {
+      using P = simd::BestF32;
+      for (; c + P::width <= n; c += P::width)
+        simd::silu(P::load(acc + c)).store(acc + c);
+    }
+    for (; c < n; ++c)
+      acc[c] = silu(acc[c]);
+  }
+
+  /// Tokens [t0, t1) of sequence b, channels innermost; kUnit when x and out have channel
+  /// stride 1.
+  template <bool kUnit>
+  void run_rows(Index b, Index t0, Index t1) const {
+    const Index sx = p.x.stride(2), so = p.out.stride(2);
+    Acc acc[kConvChannelBlock];
+    for (Index t = t0; t < t1; ++t)
+      for (Index c0 = 0; c0 < C; c0 += kConvChannelBlock) {
+        const Index nc = std::min(kConvChannelBlock, C - c0);
+        std::copy(&bias[c0], &bias[c0] + nc, acc);
+        for (Index k = 0; k < K; ++k) {
+          const Index s = t - (K - 1) + k;
+          const Acc* w = &taps[k * C + c0];
+          if (s < 0) {
+            const Acc* h = &history[(b * (K - 1) + s + K - 1) * C + c0];
+            for (Index c = 0; c < nc; ++c)
+              acc[c] += w[c] * h[c];
+            continue;
+          }
+          const T* xs = &p.x(b, s, c0);
+          for (Index c = 0; c < nc; ++c)
+            acc[c] += w[c] * static_cast<Acc>(xs[kUnit ? c : c * sx]);
+        }
+        finish(acc, nc);
+        T* os = &p.out(b, t, c0);
+        for (Index c = 0; c < nc; ++c)
+          os[kUnit ? c : c * so] = static_cast<T>(acc[c]);
+      }
+  }
+
+  /// All tokens of channel c of sequence b, time innermost (channel-major data).
+  void run_channel(Index b, Index c) const {
+    for (Index t = 0; t < p.length(); ++t) {
+      Acc acc = bias[c];
+      for (Index k = 0; k < K; ++k)
+        acc += taps[k * C + c] * input(b, t + k, c);
+      finish(&acc, 1);
+      p.out(b, t, c) = static_cast<T>(acc);
+    }
   }
 };
 
 }  // namespace detail
 
 /// Runs the causal conv over every sequence of p.x into p.out (and p.final_state when present).
-/// Any strides; channel-contiguous (token-major) data takes the vectorised path.
+/// Any strides: channel-contiguous (token-major) data is processed row by row, vectorised
+/// across channels; channel-major data channel by channel.
 template <class T, class W>
 void causal_conv1d(const CausalConv1dParams<T, W>& p) {
   validate(p, Device::CPU);
-  const Index batch = p.batch(), C = p.channels();
-  const bool channels_inner = p.x.stride(2) <= p.x.stride(1);
-  const Index block = channels_inner ? detail::kConvChannelBlock : 1;
-  const Index blocks = (C + block - 1) / block;
-  const bool unit = p.x.stride(2) == 1 && p.out.stride(2) == 1;
-  parallel_for(0, batch * blocks, [&](Index i) {
-    const Index b = i / blocks, c0 = (i % blocks) * block;
-    const detail::ConvBlock<T, W> work(p, b, c0, std::min(block, C - c0));
-    if (channels_inner) {
-      accum_t<T> acc[detail::kConvChannelBlock];
+  const Index batch = p.batch(), L = p.length(), C = p.channels(), K = p.kernel_size();
+  const detail::ConvOperands<T, W> op(p);
+  if (p.x.stride(2) <= p.x.stride(1)) {
+    const Index tiles = (L + detail::kConvTimeTile - 1) / detail::kConvTimeTile;
+    const bool unit = p.x.stride(2) == 1 && p.out.stride(2) == 1;
+    parallel_for(0, batch * tiles, [&](Index i) {
+      const Index b = i / tiles, t0 = (i % tiles) * detail::kConvTimeTile;
+      const Index t1 = std::min(L, t0 + detail::kConvTimeTile);
       if (unit)
-        work.template run_channels_inner<true>(acc);
+        op.template run_rows<true>(b, t0, t1);
       else
-        work.template run_channels_inner<false>(acc);
-    } else {
-      work.run_time_inner();
-    }
-    work.write_final_state();
-  });
+        op.template run_rows<false>(b, t0, t1);
+    });
+  } else {
+    parallel_for(0, batch * C, [&](Index i) { op.run_channel(i / C, i % C); });
+  }
+  if (!p.final_state.absent())
+    for (Index b = 0; b < batch; ++b)
+      for (Index c = 0; c < C; ++c)
+        for (Index j = 0; j < K - 1; ++j)
+          p.final_state(b, c, j) = static_cast<T>(op.input(b, L + j, c));
 }
 
 /// Advances p.state by the token p.x and writes its output to p.out (which may alias p.x).
