@@ -5,11 +5,11 @@
 namespace ssmkit::bench {
 
 struct OccupancyPolicy : cuda::SelectiveScanPolicy {
-  static constexpr int kWarpsPerScheduler = 1;
+  static constexpr int kWarpsPerScheduler = 2;
 };
 
 std::vector<ScanTiming> time_occupancy_policy(const std::vector<ScanShape>& shapes, int runs) {
-  return time_policy<OccupancyPolicy>("occ1", shapes, runs);
+  return time_policy<OccupancyPolicy>("occ2", shapes, runs);
 }
 
 }  // namespace ssmkit::bench

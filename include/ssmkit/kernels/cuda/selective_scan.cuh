@@ -38,9 +38,10 @@ namespace detail {
 
 /// How the kernel may address u, δ, z, out (and B, C).
 enum class ScanLayout {
-  kGeneric,       ///< any strides, scalar loads
-  kTokenMajor,    ///< channel stride 1 (coalesced per step); B, C loaded as 16-byte vectors
-  kChannelMajor,  ///< time stride 1, 16-byte aligned rows: a tile per thread as 16-byte vectors
+  kGeneric,       ///< any strides, scalar loads (also when B, C rows exceed the staging)
+  kTokenMajor,    ///< channel stride 1 (coalesced per step); B, C staged in shared memory
+  kChannelMajor,  ///< time stride 1, 16-byte aligned rows: a tile per thread as 16-byte
+                  ///< vectors; B, C staged in shared memory
 };
 
 template <class T>
@@ -155,31 +156,73 @@ __device__ __forceinline__ void load_tile(const T* base, const Index (&s)[3], in
       dst[i] = __ldg(base + static_cast<Index>(t0 + i) * s[1]);
 }
 
-/// This thread's slice [n0, n0 + S) of row B[b, t, g, :] (or C), zero past N.
-template <ScanLayout kLayout, int S, class T>
+/// This thread's slice [n0, n0 + S) of row B[b, t, g, :] (or C) from global memory, zero past N.
+template <int S, class T>
 __device__ __forceinline__ void load_states(const T* row, Index stride_n, int n0, int N,
                                             float (&v)[S]) {
-  if constexpr (kLayout != ScanLayout::kGeneric) {
-    constexpr int kVec = 16 / sizeof(T);
-    static_assert(S % kVec == 0, "a thread's states must be whole 16-byte vectors");
 #pragma unroll
-    for (int j = 0; j < S / kVec; ++j) {
-      T raw[kVec];
-      if (n0 + j * kVec < N) {
-        load_vec<kVec>(row + n0 + j * kVec, raw);
+  for (int i = 0; i < S; ++i)
+    v[i] = n0 + i < N ? to_float(__ldg(row + static_cast<Index>(n0 + i) * stride_n)) : 0.f;
+}
+
+/// Elements of B and C one tile stages in shared memory, at most: each thread carries
+/// kStagePerThread of them from global memory (issued a tile ahead) into the next buffer.
+constexpr int kStagePerThread = 8;
+
+/// The block's B and C rows of one tile, [B|C][step][group][state padded to a multiple of 4]
+/// as float: converted once per block instead of once per thread, and read as broadcasts.
+struct StateTile {
+  int groups, padded_n, count;  // count = 2 * tile * groups * padded_n
+};
+
+template <int kThreads, int kTile, class T>
+__device__ __forceinline__ void stage_states(const ScanArgs<T>& a, const StateTile& st, int b,
+                                             int g_lo, int t0, int t_end,
+                                             float (&stage)[kStagePerThread]) {
 #pragma unroll
-        for (int i = 0; i < kVec; ++i)
-          v[j * kVec + i] = to_float(raw[i]);
-      } else {
-#pragma unroll
-        for (int i = 0; i < kVec; ++i)
-          v[j * kVec + i] = 0.f;
+  for (int j = 0; j < kStagePerThread; ++j) {
+    const int e = static_cast<int>(threadIdx.x) + j * kThreads;
+    float v = 0.f;
+    if (e < st.count) {
+      const int n = e % st.padded_n;
+      int r = e / st.padded_n;
+      const int gl = r % st.groups;
+      r /= st.groups;
+      const int t = t0 + r % kTile;
+      const bool is_c = r >= kTile;
+      if (n < a.N && t < t_end) {
+        const T* base = is_c ? a.C : a.B;
+        const Index* str = is_c ? a.C_s : a.B_s;
+        v = to_float(__ldg(base + b * str[0] + t * str[1] + (g_lo + gl) * str[2] + n * str[3]));
       }
     }
-  } else {
+    stage[j] = v;
+  }
+}
+
+template <int kThreads>
+__device__ __forceinline__ void store_stage(float* buf, const StateTile& st,
+                                            const float (&stage)[kStagePerThread]) {
 #pragma unroll
-    for (int i = 0; i < S; ++i)
-      v[i] = n0 + i < N ? to_float(__ldg(row + static_cast<Index>(n0 + i) * stride_n)) : 0.f;
+  for (int j = 0; j < kStagePerThread; ++j) {
+    const int e = static_cast<int>(threadIdx.x) + j * kThreads;
+    if (e < st.count)
+      buf[e] = stage[j];
+  }
+}
+
+/// This thread's states [n0, n0 + S) of step i from a staged tile, as 16-byte broadcasts.
+template <int S>
+__device__ __forceinline__ void read_states(const float* row, int n0, int padded_n, float (&v)[S]) {
+#pragma unroll
+  for (int j = 0; j < S; j += 4) {
+    float4 q = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (n0 + j < padded_n)
+      q = *reinterpret_cast<const float4*>(row + n0 + j);
+    v[j] = q.x;
+    v[j + 1] = q.y;
+    v[j + 2] = q.z;
+    v[j + 3] = q.w;
   }
 }
 
@@ -236,6 +279,29 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kWarpsPerScheduler)
   const T* C_p = a.C + b * a.C_s[0] + g * a.C_s[2];
   const bool writer = active && lane_in_channel == 0;
 
+  constexpr bool kShared = kLayout != ScanLayout::kGeneric;
+  __shared__ __align__(
+      16) float states_s[kShared ? 2 : 1][kShared ? Policy::kThreads * kStagePerThread : 1];
+  StateTile st{};
+  int g_lo = 0, gl = 0;
+  float stage[kStagePerThread];
+  if constexpr (kShared) {
+    const int cpb = Policy::kThreads / K;
+    const int d_first = static_cast<int>(blockIdx.x) * cpb;
+    const int d_last = min(d_first + cpb, a.D) - 1;
+    g_lo = d_first / a.channels_per_group;
+    gl = g - g_lo;
+    st.groups = d_last / a.channels_per_group - g_lo + 1;
+    st.padded_n = (a.N + 3) / 4 * 4;
+    st.count = 2 * kTile * st.groups * st.padded_n;
+    if (t_begin < t_end) {
+      stage_states<Policy::kThreads, kTile>(a, st, b, g_lo, t_begin, t_end, stage);
+      store_stage<Policy::kThreads>(states_s[0], st, stage);
+    }
+    __syncthreads();
+  }
+  int buf = 0;
+
   T u_r[kTile], dt_r[kTile], z_r[kTile];
   float sum_dt = 0.f;
   if (t_begin < t_end) {
@@ -248,6 +314,10 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kWarpsPerScheduler)
     // The next tile's loads go out before this tile's arithmetic, which hides their latency.
     T u_n[kTile], dt_n[kTile], z_n[kTile];
     const int t1 = t0 + kTile;
+    if constexpr (kShared) {
+      if (t1 < t_end)
+        stage_states<Policy::kThreads, kTile>(a, st, b, g_lo, t1, t_end, stage);
+    }
     if (t1 < t_end) {
       load_tile<kLayout, kTile>(u_p, a.u_s, t1, t_end, u_n);
       load_tile<kLayout, kTile>(dt_p, a.delta_s, t1, t_end, dt_n);
@@ -264,7 +334,10 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kWarpsPerScheduler)
       const float uf = to_float(u_r[i]);
       const float du = dt * uf;
       float Bv[S];
-      load_states<kLayout, S>(B_p + t * a.B_s[1], a.B_s[3], n0, a.N, Bv);
+      if constexpr (kShared)
+        read_states<S>(&states_s[buf][(i * st.groups + gl) * st.padded_n], n0, st.padded_n, Bv);
+      else
+        load_states<S>(B_p + t * a.B_s[1], a.B_s[3], n0, a.N, Bv);
       if (kPass1) {
         sum_dt += dt;
 #pragma unroll
@@ -275,7 +348,11 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kWarpsPerScheduler)
         }
       } else {
         float Cv[S];
-        load_states<kLayout, S>(C_p + t * a.C_s[1], a.C_s[3], n0, a.N, Cv);
+        if constexpr (kShared)
+          read_states<S>(&states_s[buf][((kTile + i) * st.groups + gl) * st.padded_n], n0,
+                         st.padded_n, Cv);
+        else
+          load_states<S>(C_p + t * a.C_s[1], a.C_s[3], n0, a.N, Cv);
         float y0 = 0.f, y1 = 0.f;  // two partial sums halve the dependent chain
 #pragma unroll
         for (int n = 0; n < S; ++n) {
@@ -316,6 +393,13 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kWarpsPerScheduler)
           if (t0 + i < t_end)
             out_p[t0 + i] = y_r[i];
       }
+    }
+    if constexpr (kShared) {
+      // The other buffer was last read in the previous tile, which every thread has left.
+      if (t1 < t_end)
+        store_stage<Policy::kThreads>(states_s[buf ^ 1], st, stage);
+      buf ^= 1;
+      __syncthreads();
     }
 #pragma unroll
     for (int i = 0; i < kTile; ++i) {
@@ -399,12 +483,14 @@ bool channel_major_vectorisable(const V& v) {
          v.stride(2) % kVec == 0;
 }
 
-/// True when B or C rows can be read as 16-byte vectors along the state axis.
-template <class T, class V>
-bool states_vectorisable(const V& v, Index N) {
-  constexpr Index kVec = 16 / sizeof(T);
-  return v.stride(3) == 1 && N % kVec == 0 && aligned16(v.data()) && v.stride(0) % kVec == 0 &&
-         v.stride(1) % kVec == 0 && v.stride(2) % kVec == 0;
+/// True when a tile of the B and C rows any block touches fits the shared-memory staging.
+template <class Policy>
+bool states_fit_staging(Index D, Index N, Index G, int lanes_per_channel) {
+  const Index channels_per_block = Policy::kThreads / lanes_per_channel;
+  const Index channels_per_group = D / G;
+  const Index groups = std::min<Index>(G, (channels_per_block - 1) / channels_per_group + 2);
+  const Index padded_n = (N + 3) / 4 * 4;
+  return 2 * Policy::kTile * groups * padded_n <= Policy::kThreads * kStagePerThread;
 }
 
 /// The launch plan: lanes per channel, chunks and their length.
@@ -493,7 +579,7 @@ void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, voi
   args.lanes_per_channel = plan.lanes_per_channel;
 
   const bool states_vec =
-      detail::states_vectorisable<T>(p.B, N) && detail::states_vectorisable<T>(p.C, N);
+      detail::states_fit_staging<Policy>(D, N, p.groups(), plan.lanes_per_channel);
   const bool token_major = p.u.stride(2) == 1 && p.delta.stride(2) == 1 &&
                            (p.z.absent() || p.z.stride(2) == 1) && p.out.stride(2) == 1;
   const bool channel_major = detail::channel_major_vectorisable<T>(p.u) &&
