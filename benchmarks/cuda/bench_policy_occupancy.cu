@@ -1,5 +1,5 @@
-// A policy variant: one warp per scheduler: chunk only when batch·channels cannot fill the GPU
-// (fewer second passes, fewer warps to hide latency).
+// A policy variant: two warps per scheduler (fewer chunks and second passes, fewer warps to hide
+// latency, more registers per thread).
 #include "bench_scan.cuh"
 
 namespace ssmkit::bench {
