@@ -1,0 +1,57 @@
+// Gradients of y = x·Wᵀ + b (nn/linear.hpp, torch.nn.Linear's convention):
+// dx = dy·W, dW = dyᵀ·x, db = Σ_tokens dy.
+#pragma once
+
+#include "ssmkit/nn/linear.hpp"
+
+namespace ssmkit::nn {
+
+/// Given x (tokens, in), weight (out, in) and dy = ∂ℓ/∂y (tokens, out): writes dx (tokens, in)
+/// unless absent, and dweight (out, in) and dbias (out, unless absent). With `accumulate` the
+/// parameter gradients are added to (a weight used twice, as a tied embedding is); dx is always
+/// overwritten.
+template <class T>
+void linear_backward(TensorView<const T, 2> x, TensorView<const T, 2> weight,
+                     TensorView<const T, 2> dy, TensorView<T, 2> dx, TensorView<T, 2> dweight,
+                     TensorView<T, 1> dbias, bool accumulate = false) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "nn::linear_backward runs on float or double");
+  detail::check_rows(x, "x");
+  detail::check_rows(weight, "weight");
+  detail::check_rows(dy, "dy");
+  detail::check_rows(dweight, "dweight");
+  const Index tokens = x.size(0), in = x.size(1), out = weight.size(0);
+  check_shape(weight, "weight", {out, in});
+  check_shape(dy, "dy", {tokens, out});
+  check_shape(dweight, "dweight", {out, in});
+  if (!dx.absent()) {
+    detail::check_rows(dx, "dx");
+    check_shape(dx, "dx", {tokens, in});
+  }
+  if (!dbias.absent()) {
+    check_shape(dbias, "dbias", {out});
+    check_device(dbias, "dbias", Device::CPU);
+  }
+  const auto X = detail::rows_map(x);
+  const auto Wt = detail::rows_map(weight);
+  const auto dY = detail::rows_map(dy);
+  auto dW = detail::rows_map(dweight);
+  if (!dx.absent()) {
+    auto dX = detail::rows_map(dx);
+    if (in > 0)
+      dX.noalias() = dY * Wt;
+  }
+  if (accumulate)
+    dW.noalias() += dY.transpose() * X;
+  else
+    dW.noalias() = dY.transpose() * X;
+  if (!dbias.absent()) {
+    auto db = as_eigen(dbias);
+    if (accumulate)
+      db += dY.colwise().sum().transpose();
+    else
+      db = dY.colwise().sum().transpose();
+  }
+}
+
+}  // namespace ssmkit::nn

@@ -1,0 +1,59 @@
+// Gradients of RMSNorm y = w·x·r, r = (mean(x²) + eps)^(-1/2) (nn/rms_norm.hpp): with n = x·r and
+// dn = dy·w, dx = r·(dn − n·mean(dn·n)) and dw = Σ_tokens dy·n.
+#pragma once
+
+#include "ssmkit/nn/rms_norm.hpp"
+
+#include <vector>
+
+namespace ssmkit::nn {
+
+/// Given x, weight and dy = ∂ℓ/∂y (tokens, features): writes dx (tokens, features) and dweight
+/// (features; added to with `accumulate`). Statistics run in accum_t<T>.
+template <class T>
+void rms_norm_backward(TensorView<const T, 2> x, TensorView<const T, 1> weight, double eps,
+                       TensorView<const T, 2> dy, TensorView<T, 2> dx, TensorView<T, 1> dweight,
+                       bool accumulate = false) {
+  using Acc = accum_t<T>;
+  const Index tokens = x.size(0), features = x.size(1);
+  check_device(x, "x", Device::CPU);
+  check_device(weight, "weight", Device::CPU);
+  check_device(dy, "dy", Device::CPU);
+  check_device(dx, "dx", Device::CPU);
+  check_device(dweight, "dweight", Device::CPU);
+  check_shape(weight, "weight", {features});
+  check_shape(dy, "dy", {tokens, features});
+  check_shape(dx, "dx", {tokens, features});
+  check_shape(dweight, "dweight", {features});
+  SSMKIT_CHECK(std::isfinite(eps) && eps >= 0, "eps", "value", "finite and >= 0", eps);
+  // dweight sums over tokens: per-token rows in parallel, then a fixed-order sum.
+  std::vector<Acc> dw_rows(static_cast<std::size_t>(tokens * features));
+  parallel_for(0, tokens, [&](Index t) {
+    Acc ss = 0, dot = 0;
+    for (Index f = 0; f < features; ++f) {
+      const Acc v = static_cast<Acc>(x(t, f));
+      ss += v * v;
+    }
+    const Acc r = Acc(1) / std::sqrt(ss / static_cast<Acc>(features) + static_cast<Acc>(eps));
+    Acc* dw = &dw_rows[static_cast<std::size_t>(t * features)];
+    for (Index f = 0; f < features; ++f) {
+      const Acc n = static_cast<Acc>(x(t, f)) * r, g = static_cast<Acc>(dy(t, f));
+      dw[f] = g * n;
+      dot += g * static_cast<Acc>(weight(f)) * n;
+    }
+    const Acc mean = dot / static_cast<Acc>(features);
+    for (Index f = 0; f < features; ++f) {
+      const Acc n = static_cast<Acc>(x(t, f)) * r;
+      dx(t, f) =
+          static_cast<T>(r * (static_cast<Acc>(dy(t, f)) * static_cast<Acc>(weight(f)) - n * mean));
+    }
+  });
+  parallel_for(0, features, [&](Index f) {
+    Acc sum = accumulate ? static_cast<Acc>(dweight(f)) : Acc(0);
+    for (Index t = 0; t < tokens; ++t)
+      sum += dw_rows[static_cast<std::size_t>(t * features + f)];
+    dweight(f) = static_cast<T>(sum);
+  });
+}
+
+}  // namespace ssmkit::nn

@@ -1,0 +1,101 @@
+// AdamW (Loshchilov & Hutter, arXiv 1711.05101) as torch.optim.AdamW steps: decoupled weight decay
+// p ← p·(1 − lr·λ), then m, v moments with bias correction, p ← p − lr·m̂ / (sqrt(v̂) + eps).
+#pragma once
+
+#include "ssmkit/core/dtype.hpp"
+#include "ssmkit/core/host_tensor.hpp"
+#include "ssmkit/core/parallel.hpp"
+#include "ssmkit/core/tensor_view.hpp"
+
+#include <cmath>
+#include <vector>
+
+namespace ssmkit::optim {
+
+struct AdamWOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9, beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 1e-2;
+};
+
+/// Keeps the moments of every registered parameter (in T, as PyTorch keeps them in the
+/// parameter's dtype) and updates the parameters in place from their gradient buffers.
+template <class T>
+class AdamW {
+ public:
+  explicit AdamW(const AdamWOptions& options = {}) : options_(options) { check(options); }
+
+  /// Registers a parameter and the buffer its gradient will be in (same length). `decay`: whether
+  /// weight decay applies (it usually does not to biases, norms and A_log/D).
+  void add(TensorView<T, 1> param, TensorView<const T, 1> grad, bool decay = true) {
+    check_device(param, "param", Device::CPU);
+    check_device(grad, "grad", Device::CPU);
+    check_shape(grad, "grad", {param.size(0)});
+    slots_.push_back(Slot{param, grad, HostTensor<T, 1>({param.size(0)}, "exp_avg"),
+                          HostTensor<T, 1>({param.size(0)}, "exp_avg_sq"), decay});
+  }
+
+  /// add() for a whole contiguous host tensor of any rank.
+  template <int R>
+  void add(HostTensor<T, R>& param, const HostTensor<T, R>& grad, bool decay = true) {
+    SSMKIT_CHECK(param.shape() == grad.shape(), "grad", "shape", "the parameter's shape",
+                 "a different one");
+    add(TensorView<T, 1>(param.data(), {param.numel()}, "param"),
+        TensorView<const T, 1>(grad.data(), {grad.numel()}, "grad"), decay);
+  }
+
+  /// One update of every registered parameter from its gradient buffer.
+  void step() {
+    using Acc = accum_t<T>;
+    check(options_);
+    ++steps_;
+    const double bc1 = 1 - std::pow(options_.beta1, static_cast<double>(steps_));
+    const double bc2 = 1 - std::pow(options_.beta2, static_cast<double>(steps_));
+    const Acc lr = static_cast<Acc>(options_.lr), b1 = static_cast<Acc>(options_.beta1);
+    const Acc b2 = static_cast<Acc>(options_.beta2), eps = static_cast<Acc>(options_.eps);
+    const Acc step_size = static_cast<Acc>(options_.lr / bc1);
+    const Acc bc2_sqrt = static_cast<Acc>(std::sqrt(bc2));
+    for (Slot& s : slots_) {
+      const Acc shrink = s.decay ? Acc(1) - lr * static_cast<Acc>(options_.weight_decay) : Acc(1);
+      T* m = s.exp_avg.data();
+      T* v = s.exp_avg_sq.data();
+      parallel_for(0, s.param.size(0), [&](Index i) {
+        const Acc g = static_cast<Acc>(s.grad(i));
+        const Acc mi = static_cast<Acc>(m[i]) + (g - static_cast<Acc>(m[i])) * (Acc(1) - b1);
+        const Acc vi = static_cast<Acc>(v[i]) * b2 + (Acc(1) - b2) * g * g;
+        m[i] = static_cast<T>(mi);
+        v[i] = static_cast<T>(vi);
+        const Acc p = static_cast<Acc>(s.param(i)) * shrink;
+        s.param(i) = static_cast<T>(p - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps));
+      });
+    }
+  }
+
+  /// The options; change lr here for a schedule.
+  AdamWOptions& options() { return options_; }
+  long steps() const { return steps_; }
+
+ private:
+  struct Slot {
+    TensorView<T, 1> param;
+    TensorView<const T, 1> grad;
+    HostTensor<T, 1> exp_avg, exp_avg_sq;
+    bool decay;
+  };
+
+  static void check(const AdamWOptions& o) {
+    SSMKIT_CHECK(std::isfinite(o.lr) && o.lr >= 0, "lr", "value", "finite and >= 0", o.lr);
+    SSMKIT_CHECK(o.beta1 >= 0 && o.beta1 < 1, "beta1", "value", "in [0, 1)", o.beta1);
+    SSMKIT_CHECK(o.beta2 >= 0 && o.beta2 < 1, "beta2", "value", "in [0, 1)", o.beta2);
+    SSMKIT_CHECK(o.eps > 0, "eps", "value", "> 0", o.eps);
+    SSMKIT_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "weight_decay", "value",
+                 "finite and >= 0", o.weight_decay);
+  }
+
+  AdamWOptions options_;
+  std::vector<Slot> slots_;
+  long steps_ = 0;
+};
+
+}  // namespace ssmkit::optim

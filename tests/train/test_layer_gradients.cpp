@@ -1,0 +1,247 @@
+// Backward passes of the layers around the scan (causal conv1d, linear, RMSNorm) and the
+// cross-entropy loss against central finite differences of their forwards in double; AdamW,
+// gradient clipping and cross-entropy against PyTorch goldens (tools/make_train_goldens.py).
+#include "testing.hpp"
+
+#include <ssmkit/kernels/cpu/causal_conv1d.hpp>
+#include <ssmkit/kernels/cpu/causal_conv1d_backward.hpp>
+#include <ssmkit/nn/grad/cross_entropy.hpp>
+#include <ssmkit/nn/grad/linear_backward.hpp>
+#include <ssmkit/nn/grad/rms_norm_backward.hpp>
+#include <ssmkit/optim/adamw.hpp>
+#include <ssmkit/optim/clip_grad_norm.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <fstream>
+#include <functional>
+#include <limits>
+
+namespace ssmkit {
+namespace {
+
+using testing::random_vector;
+using testing::rel_error;
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+/// Central differences of loss() w.r.t. every element of x.
+std::vector<double> numeric_gradient(const std::function<double()>& loss, std::vector<double>& x) {
+  constexpr double eps = 1e-6;
+  std::vector<double> g(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double x0 = x[i];
+    x[i] = x0 + eps;
+    const double plus = loss();
+    x[i] = x0 - eps;
+    const double minus = loss();
+    x[i] = x0;
+    g[i] = (plus - minus) / (2 * eps);
+  }
+  return g;
+}
+
+double dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    s += a[i] * b[i];
+  return s;
+}
+
+TEST(CausalConv1dBackward, MatchesFiniteDifferences) {
+  const Index batch = 2, L = 7, C = 5, K = 4;
+  for (int mask = 0; mask < 8; ++mask) {
+    const bool has_bias = mask & 1, has_state = mask & 2, silu = mask & 4;
+    SCOPED_TRACE("bias " + std::to_string(has_bias) + " state " + std::to_string(has_state) +
+                 " silu " + std::to_string(silu));
+    auto x = random_vector<double>(batch * L * C, 1 + mask);
+    auto w = random_vector<double>(C * K, 2 + mask);
+    auto bias = has_bias ? random_vector<double>(C, 3 + mask) : std::vector<double>{};
+    auto state =
+        has_state ? random_vector<double>(batch * C * (K - 1), 4 + mask) : std::vector<double>{};
+    const auto dout = random_vector<double>(batch * L * C, 5 + mask);
+    CausalConv1dBackwardParams<double> p;
+    p.x = TensorView<const double, 3>(x.data(), {batch, L, C});
+    p.weight = TensorView<const double, 2>(w.data(), {C, K});
+    if (has_bias)
+      p.bias = TensorView<const double, 1>(bias.data(), {C});
+    if (has_state)
+      p.initial_state = TensorView<const double, 3>(state.data(), {batch, C, K - 1});
+    p.silu = silu;
+    p.dout = TensorView<const double, 3>(dout.data(), {batch, L, C});
+    std::vector<double> dx(x.size(), kNaN), dw(w.size(), kNaN), db(bias.size(), kNaN),
+        dstate(state.size(), kNaN);
+    p.dx = TensorView<double, 3>(dx.data(), {batch, L, C});
+    p.dweight = TensorView<double, 2>(dw.data(), {C, K});
+    if (has_bias)
+      p.dbias = TensorView<double, 1>(db.data(), {C});
+    if (has_state)
+      p.dinitial_state = TensorView<double, 3>(dstate.data(), {batch, C, K - 1});
+    cpu::causal_conv1d_backward(p);
+
+    std::vector<double> out(x.size());
+    auto loss = [&] {
+      cpu::causal_conv1d(p.forward(TensorView<double, 3>(out.data(), {batch, L, C})));
+      return dot(out, dout);
+    };
+    EXPECT_LE(rel_error(dx, numeric_gradient(loss, x)), 1e-6) << "dx";
+    EXPECT_LE(rel_error(dw, numeric_gradient(loss, w)), 1e-6) << "dweight";
+    EXPECT_LE(rel_error(db, numeric_gradient(loss, bias)), 1e-6) << "dbias";
+    EXPECT_LE(rel_error(dstate, numeric_gradient(loss, state)), 1e-6) << "dinitial_state";
+  }
+}
+
+TEST(CausalConv1dBackward, RejectsMismatchedGradients) {
+  std::vector<float> x(12, 1.0f), w(6, 1.0f), bias(3, 0.0f), g(12), dw(6);
+  CausalConv1dBackwardParams<float> p;
+  p.x = TensorView<const float, 3>(x.data(), {1, 4, 3});
+  p.weight = TensorView<const float, 2>(w.data(), {3, 2});
+  p.bias = TensorView<const float, 1>(bias.data(), {3});
+  p.dout = p.x;
+  p.dx = TensorView<float, 3>(g.data(), {1, 4, 3});
+  p.dweight = TensorView<float, 2>(dw.data(), {3, 2});
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d_backward(p), "dbias", "present, as bias is");
+  p.bias = {};
+  p.dweight = TensorView<float, 2>(dw.data(), {2, 3});
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d_backward(p), "dweight", "(3, 2)", "(2, 3)");
+}
+
+TEST(LinearBackward, MatchesFiniteDifferences) {
+  const Index tokens = 5, in = 6, out = 4;
+  auto x = random_vector<double>(tokens * in, 11), w = random_vector<double>(out * in, 12);
+  auto b = random_vector<double>(out, 13);
+  const auto dy = random_vector<double>(tokens * out, 14);
+  std::vector<double> dx(x.size(), kNaN), dw(w.size(), kNaN), db(b.size(), kNaN), y(dy.size());
+  auto view = [](std::vector<double>& v, Index r, Index c) {
+    return TensorView<double, 2>(v.data(), {r, c});
+  };
+  auto x_v = view(x, tokens, in), w_v = view(w, out, in), y_v = view(y, tokens, out);
+  const TensorView<const double, 1> b_v(b.data(), {out});
+  const TensorView<const double, 2> dy_v(dy.data(), {tokens, out});
+  nn::linear_backward<double>(x_v, w_v, dy_v, view(dx, tokens, in), view(dw, out, in),
+                              TensorView<double, 1>(db.data(), {out}));
+  auto loss = [&] {
+    nn::linear<double>(x_v, w_v, b_v, y_v);
+    return dot(y, dy);
+  };
+  EXPECT_LE(rel_error(dx, numeric_gradient(loss, x)), 1e-6);
+  auto fd_w = numeric_gradient(loss, w);
+  EXPECT_LE(rel_error(dw, fd_w), 1e-6);
+  EXPECT_LE(rel_error(db, numeric_gradient(loss, b)), 1e-6);
+
+  // Accumulating a second identical call doubles the parameter gradients.
+  nn::linear_backward<double>(x_v, w_v, dy_v, {}, view(dw, out, in), {}, true);
+  for (double& g : fd_w)
+    g *= 2;
+  EXPECT_LE(rel_error(dw, fd_w), 1e-6);
+}
+
+TEST(RmsNormBackward, MatchesFiniteDifferences) {
+  const Index tokens = 4, features = 9;
+  const double eps = 1e-3;
+  auto x = random_vector<double>(tokens * features, 21), w = random_vector<double>(features, 22);
+  const auto dy = random_vector<double>(tokens * features, 23);
+  std::vector<double> dx(x.size(), kNaN), dw(w.size(), kNaN), y(x.size());
+  const TensorView<const double, 2> x_v(x.data(), {tokens, features});
+  const TensorView<const double, 1> w_v(w.data(), {features});
+  nn::rms_norm_backward<double>(x_v, w_v, eps,
+                                TensorView<const double, 2>(dy.data(), {tokens, features}),
+                                TensorView<double, 2>(dx.data(), {tokens, features}),
+                                TensorView<double, 1>(dw.data(), {features}));
+  auto loss = [&] {
+    nn::rms_norm<double, double>(x_v, w_v, eps,
+                                 TensorView<double, 2>(y.data(), {tokens, features}));
+    return dot(y, dy);
+  };
+  EXPECT_LE(rel_error(dx, numeric_gradient(loss, x)), 1e-6);
+  EXPECT_LE(rel_error(dw, numeric_gradient(loss, w)), 1e-6);
+}
+
+TEST(CrossEntropy, GradientMatchesFiniteDifferences) {
+  const Index tokens = 5, vocab = 7;
+  auto logits = random_vector<double>(tokens * vocab, 31, -3, 3);
+  const std::vector<std::int64_t> targets = {2, -100, 6, 0, 2};
+  const TensorView<const std::int64_t, 1> t_v(targets.data(), {tokens});
+  std::vector<double> dlogits(logits.size(), kNaN);
+  const TensorView<const double, 2> l_v(logits.data(), {tokens, vocab});
+  nn::cross_entropy<double>(l_v, t_v, TensorView<double, 2>(dlogits.data(), {tokens, vocab}));
+  auto loss = [&] { return nn::cross_entropy<double>(l_v, t_v, {}); };
+  EXPECT_LE(rel_error(dlogits, numeric_gradient(loss, logits)), 1e-6);
+}
+
+nlohmann::json golden() {
+  std::ifstream in(std::string(SSMKIT_TEST_DATA_DIR) + "/train/optim_golden.json");
+  EXPECT_TRUE(in.good()) << "tests/data/train/optim_golden.json missing";
+  return nlohmann::json::parse(in);
+}
+
+TEST(CrossEntropy, MatchesPyTorch) {
+  const auto g = golden()["cross_entropy"];
+  std::vector<double> logits;
+  for (const auto& row : g["logits"])
+    for (double v : row)
+      logits.push_back(v);
+  const auto targets = g["targets"].get<std::vector<std::int64_t>>();
+  const Index tokens = static_cast<Index>(targets.size());
+  const Index vocab = static_cast<Index>(logits.size()) / tokens;
+  std::vector<double> dlogits(logits.size(), kNaN), want;
+  for (const auto& row : g["dlogits"])
+    for (double v : row)
+      want.push_back(v);
+  const double loss =
+      nn::cross_entropy<double>(TensorView<const double, 2>(logits.data(), {tokens, vocab}),
+                                TensorView<const std::int64_t, 1>(targets.data(), {tokens}),
+                                TensorView<double, 2>(dlogits.data(), {tokens, vocab}));
+  EXPECT_NEAR(loss, g["loss"].get<double>(), 1e-12 * std::abs(g["loss"].get<double>()));
+  EXPECT_LE(rel_error(dlogits, want), 1e-12);
+  std::vector<std::int64_t> bad = targets;
+  bad[1] = vocab;
+  SSMKIT_EXPECT_ERROR(
+      nn::cross_entropy<double>(TensorView<const double, 2>(logits.data(), {tokens, vocab}),
+                                TensorView<const std::int64_t, 1>(bad.data(), {tokens}), {}),
+      "targets", "element 1", "got 11");
+}
+
+TEST(AdamW, MatchesPyTorch) {
+  const auto g = golden()["adamw"];
+  auto p0 = g["param0"].get<std::vector<double>>(), p1 = g["param1"].get<std::vector<double>>();
+  std::vector<double> g0(p0.size()), g1(p1.size());
+  optim::AdamWOptions o;
+  o.lr = g["lr"], o.beta1 = g["beta1"], o.beta2 = g["beta2"], o.eps = g["eps"];
+  o.weight_decay = g["weight_decay"];
+  optim::AdamW<double> opt(o);
+  opt.add(TensorView<double, 1>(p0.data(), {Index(p0.size())}),
+          TensorView<const double, 1>(g0.data(), {Index(g0.size())}));
+  opt.add(TensorView<double, 1>(p1.data(), {Index(p1.size())}),
+          TensorView<const double, 1>(g1.data(), {Index(g1.size())}), false);
+  for (const auto& step : g["steps"]) {
+    // Into the registered buffers (assigning a new vector would move its storage away).
+    const auto s0 = step["grad0"].get<std::vector<double>>();
+    const auto s1 = step["grad1"].get<std::vector<double>>();
+    std::copy(s0.begin(), s0.end(), g0.begin());
+    std::copy(s1.begin(), s1.end(), g1.begin());
+    opt.step();
+    EXPECT_LE(rel_error(p0, step["param0"].get<std::vector<double>>()), 1e-13);
+    EXPECT_LE(rel_error(p1, step["param1"].get<std::vector<double>>()), 1e-13);
+  }
+  EXPECT_EQ(opt.steps(), 4);
+  o.beta2 = 1.0;
+  SSMKIT_EXPECT_ERROR(optim::AdamW<double>{o}, "beta2", "[0, 1)");
+}
+
+TEST(ClipGradNorm, MatchesPyTorch) {
+  for (const auto& c : golden()["clip_grad_norm"]) {
+    auto a = c["grads"][0].get<std::vector<double>>(), b = c["grads"][1].get<std::vector<double>>();
+    const double total =
+        optim::clip_grad_norm<double>({TensorView<double, 1>(a.data(), {Index(a.size())}),
+                                       TensorView<double, 1>(b.data(), {Index(b.size())})},
+                                      c["max_norm"].get<double>());
+    EXPECT_NEAR(total, c["total"].get<double>(), 1e-12 * c["total"].get<double>());
+    EXPECT_LE(rel_error(a, c["clipped"][0].get<std::vector<double>>()), 1e-13);
+    EXPECT_LE(rel_error(b, c["clipped"][1].get<std::vector<double>>()), 1e-13);
+  }
+}
+
+}  // namespace
+}  // namespace ssmkit
