@@ -56,6 +56,24 @@ def all_dtypes():
         json.dump(expected, f, indent=1)
 
 
+def derived(c):
+    """The sizes ssmkit's MambaConfig holds, as transformers computes them."""
+    return {
+        "d_model": c.hidden_size,
+        "n_layer": c.num_hidden_layers,
+        "vocab_size": c.vocab_size,
+        "d_state": c.state_size,
+        "expand": c.expand,
+        "d_inner": c.intermediate_size,
+        "d_conv": c.conv_kernel,
+        "dt_rank": c.time_step_rank,
+        "use_bias": c.use_bias,
+        "use_conv_bias": c.use_conv_bias,
+        "norm_eps": c.layer_norm_epsilon,
+        "tie_word_embeddings": c.tie_word_embeddings,
+    }
+
+
 def tiny_sharded():
     from transformers import MambaConfig, MambaForCausalLM
 
@@ -77,22 +95,11 @@ def tiny_sharded():
     shutil.rmtree(d, ignore_errors=True)
     model.save_pretrained(d, max_shard_size="8KB", safe_serialization=True)
     assert os.path.exists(os.path.join(d, "model.safetensors.index.json")), "expected shards"
-    c = model.config
+    # transformers' defaults for every key a minimal config.json leaves out.
+    minimal = {"hidden_size": 40, "num_hidden_layers": 3, "vocab_size": 77}
     expected = {
-        "config": {
-            "d_model": c.hidden_size,
-            "n_layer": c.num_hidden_layers,
-            "vocab_size": c.vocab_size,
-            "d_state": c.state_size,
-            "expand": c.expand,
-            "d_inner": c.intermediate_size,
-            "d_conv": c.conv_kernel,
-            "dt_rank": c.time_step_rank,
-            "use_bias": c.use_bias,
-            "use_conv_bias": c.use_conv_bias,
-            "norm_eps": c.layer_norm_epsilon,
-            "tie_word_embeddings": c.tie_word_embeddings,
-        },
+        "config": derived(model.config),
+        "minimal_config": {"json": minimal, "derived": derived(MambaConfig(**minimal))},
         "tensors": {
             name: {
                 "shape": list(t.shape),

@@ -92,9 +92,12 @@ struct MambaConfig {
     }
     const auto& v = j[key];
     SSMKIT_CHECK(v.is_number_integer(), arg, "type", "an integer", v.type_name());
-    SSMKIT_CHECK(
-        v.is_number_unsigned() && v.get<std::uint64_t>() > 0 && v.get<std::uint64_t>() <= kMaxSize,
-        arg, "value", "in [1, 2^31 - 1]", v.dump());
+    // Parsed text stores non-negative integers as unsigned, built JSON may hold them as signed.
+    const bool in_range =
+        v.is_number_unsigned()
+            ? v.get<std::uint64_t>() >= 1 && v.get<std::uint64_t>() <= kMaxSize
+            : v.get<std::int64_t>() >= 1 && v.get<std::int64_t>() <= Index{kMaxSize};
+    SSMKIT_CHECK(in_range, arg, "value", "in [1, 2^31 - 1]", v.dump());
     return v.get<Index>();
   }
 
