@@ -6,6 +6,7 @@
 #include <ssmkit/kernels/cpu/causal_conv1d.hpp>
 #include <ssmkit/kernels/cpu/causal_conv1d_backward.hpp>
 #include <ssmkit/nn/grad/cross_entropy.hpp>
+#include <ssmkit/nn/grad/embedding_backward.hpp>
 #include <ssmkit/nn/grad/linear_backward.hpp>
 #include <ssmkit/nn/grad/rms_norm_backward.hpp>
 #include <ssmkit/optim/adamw.hpp>
@@ -156,6 +157,34 @@ TEST(RmsNormBackward, MatchesFiniteDifferences) {
   };
   EXPECT_LE(rel_error(dx, numeric_gradient(loss, x)), 1e-6);
   EXPECT_LE(rel_error(dw, numeric_gradient(loss, w)), 1e-6);
+}
+
+TEST(EmbeddingBackward, MatchesFiniteDifferencesWithRepeatedIds) {
+  const Index vocab = 6, dim = 5;
+  const std::vector<std::int32_t> ids = {4, 1, 4, 0, 4, 1};  // rows 2, 3, 5 unused: zero
+  const Index tokens = static_cast<Index>(ids.size());
+  auto w = random_vector<double>(vocab * dim, 41);
+  const auto dy = random_vector<double>(tokens * dim, 42);
+  std::vector<double> dw(w.size(), kNaN);
+  const TensorView<const std::int32_t, 1> ids_v(ids.data(), {tokens});
+  nn::embedding_backward<double>(ids_v, TensorView<const double, 2>(dy.data(), {tokens, dim}),
+                                 TensorView<double, 2>(dw.data(), {vocab, dim}));
+  auto loss = [&] {  // Σ_t dy[t]·W[id_t], the lookup written out
+    double l = 0;
+    for (Index t = 0; t < tokens; ++t)
+      for (Index c = 0; c < dim; ++c)
+        l += dy[static_cast<std::size_t>(t * dim + c)] *
+             w[static_cast<std::size_t>(ids[static_cast<std::size_t>(t)] * dim + c)];
+    return l;
+  };
+  EXPECT_LE(rel_error(dw, numeric_gradient(loss, w)), 1e-6);
+  std::vector<std::int32_t> bad = ids;
+  bad[2] = -1;
+  SSMKIT_EXPECT_ERROR(
+      nn::embedding_backward<double>(TensorView<const std::int32_t, 1>(bad.data(), {tokens}),
+                                     TensorView<const double, 2>(dy.data(), {tokens, dim}),
+                                     TensorView<double, 2>(dw.data(), {vocab, dim})),
+      "ids", "element 2", "got -1");
 }
 
 TEST(CrossEntropy, GradientMatchesFiniteDifferences) {

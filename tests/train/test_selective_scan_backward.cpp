@@ -150,6 +150,15 @@ TEST(SelectiveScanBackward, FloatMatchesDoubleReference) {
   }
 }
 
+TEST(SelectiveScanBackward, Bfloat16StorageMatchesDoubleReference) {
+  ScanOptions all;
+  all.softplus = all.bias = all.skip = all.gate = all.h0 = true;
+  ScanProblem<Eigen::bfloat16> pr(1, 70, 20, 8, all, 13);
+  auto pd = pr.cast<double>();
+  // Storage rounds each gradient to 8 bits of mantissa: 2^-9 relative, well inside 1e-2.
+  expect_gradients_near(run_fast<Eigen::bfloat16>(pr), run_reference<double>(pd), 1e-2);
+}
+
 TEST(SelectiveScanBackward, ChunkLengthOnlyChangesMemory) {
   ScanOptions o;
   o.softplus = o.bias = o.skip = o.gate = o.h0 = true;
