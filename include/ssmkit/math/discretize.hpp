@@ -1,0 +1,87 @@
+// Discretisation of h' = A h + B u with step dt: zero-order hold (A_bar = exp(dt A),
+// B_bar = A^-1 (exp(dt A) - I) B) and bilinear (A_bar = (I - dt/2 A)^-1 (I + dt/2 A),
+// B_bar = (I - dt/2 A)^-1 dt B), dense and diagonal (S4, arXiv 2111.00396, Sec. 2.3; S4D Sec. 3).
+#pragma once
+
+#include "ssmkit/math/hippo.hpp"
+
+#include <Eigen/Dense>
+#include <unsupported/Eigen/MatrixFunctions>
+
+#include <cmath>
+#include <complex>
+#include <ostream>
+
+namespace ssmkit::math {
+
+enum class Discretization { ZOH, Bilinear };
+
+inline std::ostream& operator<<(std::ostream& os, Discretization d) {
+  return os << (d == Discretization::ZOH ? "ZOH" : "bilinear");
+}
+
+/// Checks a step size: finite and > 0.
+template <class T>
+void check_step(T dt, const char* arg = "dt") {
+  SSMKIT_CHECK(std::isfinite(dt) && dt > T(0), arg, "step size", "finite and > 0", dt);
+}
+
+/// Dense discretisation of a real or complex pair (A, B). ZOH exponentiates the block matrix
+/// dt [[A, B], [0, 0]], whose top-right block is B_bar, so no inverse of A is needed.
+template <class Scalar, class T>
+Transition<Scalar> discretize(const Transition<Scalar>& c, T dt, Discretization method) {
+  check_step(dt);
+  const Index N = c.A.rows();
+  SSMKIT_CHECK(N >= 1 && c.A.cols() == N, "A", "shape", "square N x N with N >= 1",
+               std::to_string(c.A.rows()) + " x " + std::to_string(c.A.cols()));
+  SSMKIT_CHECK_EQ("B", "size", N, c.B.size());
+  SSMKIT_CHECK(c.A.allFinite() && c.B.allFinite(), "A", "entries", "finite", "NaN or Inf");
+  using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  Transition<Scalar> d;
+  if (method == Discretization::ZOH) {
+    Mat M = Mat::Zero(N + 1, N + 1);
+    M.topLeftCorner(N, N) = Scalar(dt) * c.A;
+    M.topRightCorner(N, 1) = Scalar(dt) * c.B;
+    const Mat E = M.exp();
+    d.A = E.topLeftCorner(N, N);
+    d.B = E.topRightCorner(N, 1);
+  } else {
+    const Mat I = Mat::Identity(N, N);
+    const auto lhs = (I - Scalar(dt / 2) * c.A).partialPivLu();
+    d.A = lhs.solve(I + Scalar(dt / 2) * c.A);
+    d.B = lhs.solve(Scalar(dt) * c.B);
+  }
+  return d;
+}
+
+/// Complex expm1, accurate for small |z| (the ZOH input factor (exp(z) - 1) / z needs it).
+template <class T>
+std::complex<T> expm1(std::complex<T> z) {
+  const T s = std::sin(z.imag() / 2);
+  return {std::expm1(z.real()) * std::cos(z.imag()) - 2 * s * s,
+          std::exp(z.real()) * std::sin(z.imag())};
+}
+
+/// One diagonal mode lambda discretised with step dt: A_bar, the input factor B_bar / B, and
+/// log A_bar (the exponent that powers A_bar^l = exp(l log A_bar) stably).
+template <class T>
+struct DiagonalMode {
+  std::complex<T> A_bar;
+  std::complex<T> B_scale;
+  std::complex<T> log_A_bar;
+};
+
+template <class T>
+DiagonalMode<T> discretize_mode(std::complex<T> lambda, T dt, Discretization method) {
+  const std::complex<T> z = dt * lambda;
+  if (method == Discretization::ZOH) {
+    // (exp(z) - 1) / z * dt, with the limit dt at z = 0.
+    const std::complex<T> scale = std::abs(z) == T(0) ? std::complex<T>(dt) : expm1(z) / lambda;
+    return {std::exp(z), scale, z};
+  }
+  const std::complex<T> den = T(1) - z / T(2);
+  const std::complex<T> a = (T(1) + z / T(2)) / den;
+  return {a, dt / den, std::log(a)};
+}
+
+}  // namespace ssmkit::math

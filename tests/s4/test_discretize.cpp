@@ -1,0 +1,68 @@
+// ZOH and bilinear discretisation against scipy.signal.cont2discrete and scipy.linalg.expm
+// (tests/data/s4/discretize.txt), and the diagonal closed forms against the dense path.
+#include "golden.hpp"
+
+#include <ssmkit/math/discretize.hpp>
+#include <ssmkit/math/nplr.hpp>
+
+#include "testing.hpp"
+
+namespace {
+
+using namespace ssmkit;
+using math::Discretization;
+using ssmkit::testing::rel_err;
+
+TEST(Discretize, MatchesScipy) {
+  const ssmkit::testing::Golden g("discretize.txt");
+  for (const auto& [name, N] : std::vector<std::pair<std::string, Index>>{
+           {"rand4", 4}, {"rand7", 7}, {"rand12", 12}, {"legs8", 8}, {"legt6", 6}}) {
+    const double dt = g[name + ".dt"].at(0);
+    const math::Transition<double> c{g.matrix(name + ".A", N, N), g.matrix(name + ".B", N, 1)};
+    const auto zoh = math::discretize(c, dt, Discretization::ZOH);
+    const auto bil = math::discretize(c, dt, Discretization::Bilinear);
+    EXPECT_LE(rel_err(zoh.A, g.matrix(name + ".expm", N, N)), 1e-10) << name;
+    EXPECT_LE(rel_err(zoh.A, g.matrix(name + ".zoh.A", N, N)), 1e-10) << name;
+    EXPECT_LE(rel_err(zoh.B, g.matrix(name + ".zoh.B", N, 1)), 1e-10) << name;
+    EXPECT_LE(rel_err(bil.A, g.matrix(name + ".bilinear.A", N, N)), 1e-10) << name;
+    EXPECT_LE(rel_err(bil.B, g.matrix(name + ".bilinear.B", N, 1)), 1e-10) << name;
+  }
+}
+
+// A complex mode and its conjugate are the real 2x2 block [[a, -b], [b, a]] acting on
+// [Re h; Im h]: its dense discretisation must equal the diagonal closed forms.
+TEST(Discretize, DiagonalModeEqualsDenseRealBlock) {
+  const auto params = ssmkit::testing::random_vector<double>(60, 7);
+  for (int i = 0; i < 20; ++i) {
+    const std::complex<double> lambda(-0.05 - 2.0 * std::abs(params[3 * i]),
+                                      30.0 * params[3 * i + 1]);
+    const double dt = std::pow(10.0, -3.0 + 2.5 * std::abs(params[3 * i + 2]));
+    for (auto method : {Discretization::ZOH, Discretization::Bilinear}) {
+      const auto m = math::discretize_mode(lambda, dt, method);
+      math::CVector<double> L(1), B(1), C(1);
+      L << lambda;
+      B << std::complex<double>(1, 0);
+      C << std::complex<double>(1, 0);
+      const auto r = math::dplr_real_form<double>(L, math::CMatrix<double>(1, 0), B, C);
+      const auto d = math::discretize(math::Transition<double>{r.A, r.B}, dt, method);
+      math::RMatrix<double> A_expect(2, 2);
+      A_expect << m.A_bar.real(), -m.A_bar.imag(), m.A_bar.imag(), m.A_bar.real();
+      EXPECT_LE(rel_err(d.A, A_expect), 1e-13) << lambda << " " << dt << " " << method;
+      EXPECT_LE(rel_err(d.B, Eigen::Vector2d(m.B_scale.real(), m.B_scale.imag())), 1e-12)
+          << lambda << " " << dt << " " << method;
+      EXPECT_LE(std::abs(std::exp(m.log_A_bar) - m.A_bar), 1e-15 * 4) << lambda << " " << dt;
+    }
+  }
+}
+
+// ZOH's input factor (exp(dt lambda) - 1) / lambda must not cancel for tiny dt lambda.
+TEST(Discretize, ZohInputFactorIsAccurateForTinySteps) {
+  const std::complex<double> lambda(-1e-3, 2e-3);
+  const double dt = 1e-9;
+  const auto m = math::discretize_mode(lambda, dt, Discretization::ZOH);
+  const std::complex<double> z = dt * lambda;
+  const std::complex<double> series = dt * (1.0 + z / 2.0 + z * z / 6.0);
+  EXPECT_LE(std::abs(m.B_scale - series) / std::abs(series), 1e-15);
+}
+
+}  // namespace
