@@ -1,5 +1,5 @@
 // SIMD packs for the CPU kernels and the elementary functions the selective scan needs on them:
-// exp2 (Cody–Waite split into 2^n · 2^f, a degree-6 fit of 2^f on [-1/2, 1/2], ~1e-7 relative),
+// exp2 (split into 2^n · 2^f, a degree-6 fit of 2^f on [-1/2, 1/2], ~1e-7 relative),
 // log1p on [0, 1] (2·atanh(e/(2+e)) series), and the softplus and SiLU built from them.
 #pragma once
 
@@ -70,15 +70,17 @@ struct Portable {
   friend Portable abs(const Portable& a) {
     return map(a, a, [](F x, F) { return std::abs(x); });
   }
-  /// as_float(as_int(a) << 23): float lanes only (the exponent trick of exp2).
-  friend Portable shift_into_exponent(const Portable& a) {
+  /// as_float(as_int(a) + (as_int(n) << 23)): multiplies a by 2^k when the low mantissa bits
+  /// of n hold the integer k (float lanes only; the exponent trick of exp2).
+  friend Portable add_to_exponent(const Portable& a, const Portable& n) {
     static_assert(std::is_same_v<F, float>, "float packs only");
     Portable r;
     for (int i = 0; i < W; ++i) {
-      std::uint32_t u;
-      std::memcpy(&u, &a.v[i], 4);
-      u <<= 23;
-      std::memcpy(&r.v[i], &u, 4);
+      std::uint32_t x, k;
+      std::memcpy(&x, &a.v[i], 4);
+      std::memcpy(&k, &n.v[i], 4);
+      x += k << 23;
+      std::memcpy(&r.v[i], &x, 4);
     }
     return r;
   }
@@ -104,8 +106,9 @@ struct Avx2 {
   friend Avx2 abs(Avx2 a) {
     return {_mm256_and_ps(a.v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)))};
   }
-  friend Avx2 shift_into_exponent(Avx2 a) {
-    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(a.v), 23))};
+  friend Avx2 add_to_exponent(Avx2 a, Avx2 n) {
+    const __m256i k = _mm256_slli_epi32(_mm256_castps_si256(n.v), 23);
+    return {_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(a.v), k))};
   }
 };
 #endif
@@ -125,11 +128,15 @@ struct Avx512 {
   friend Avx512 operator*(Avx512 a, Avx512 b) { return {_mm512_mul_ps(a.v, b.v)}; }
   friend Avx512 operator/(Avx512 a, Avx512 b) { return {_mm512_div_ps(a.v, b.v)}; }
   friend Avx512 fma(Avx512 a, Avx512 b, Avx512 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
-  friend Avx512 max(Avx512 a, Avx512 b) { return {_mm512_max_ps(a.v, b.v)}; }
-  friend Avx512 min(Avx512 a, Avx512 b) { return {_mm512_min_ps(a.v, b.v)}; }
+  // The masked forms with an explicit source: GCC 12's unmasked ones pass _mm512_undefined_ps()
+  // and trip -Wuninitialized once inlined.
+  friend Avx512 max(Avx512 a, Avx512 b) { return {_mm512_mask_max_ps(a.v, 0xffff, a.v, b.v)}; }
+  friend Avx512 min(Avx512 a, Avx512 b) { return {_mm512_mask_min_ps(a.v, 0xffff, a.v, b.v)}; }
   friend Avx512 abs(Avx512 a) { return {_mm512_abs_ps(a.v)}; }
-  friend Avx512 shift_into_exponent(Avx512 a) {
-    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(a.v), 23))};
+  friend Avx512 add_to_exponent(Avx512 a, Avx512 n) {
+    const __m512i bits = _mm512_castps_si512(n.v);
+    const __m512i k = _mm512_mask_slli_epi32(bits, 0xffff, bits, 23);
+    return {_mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a.v), k))};
   }
 };
 #endif
@@ -146,22 +153,25 @@ using BestF32 = Portable<float, 8>;
 template <class P>
 inline constexpr bool is_f32_pack = std::is_same_v<typename P::scalar, float>;
 
-/// 2^x. Float packs: the polynomial, accurate to ~1.2e-7 relative for x in [-126, 127], and
-/// clamped to that range (never inf, never subnormal: the scan needs neither). Double packs use
-/// std::exp2 per lane.
-template <class P>
+/// 2^x. Float packs: the polynomial, accurate to ~1.2e-7 relative for x in [-125, 127], and
+/// clamped to that range (never inf, never subnormal: the scan needs neither); kClampHigh = false
+/// skips the upper clamp for callers that guarantee x <= 0. Double packs use std::exp2 per lane.
+template <class P, bool kClampHigh = true>
 P exp2(P x) {
   if constexpr (!is_f32_pack<P>) {
     for (int i = 0; i < P::width; ++i)
       x.v[i] = std::exp2(x.v[i]);
     return x;
   } else {
-    // Adding 1.5·2^23 rounds x to an integer n in the low mantissa bits; the extra 127 is the
-    // exponent bias, so that shifting those bits up by 23 builds the float 2^n.
-    const P magic = P::broadcast(12582912.0f + 127.0f);
-    x = min(max(x, P::broadcast(-126.0f)), P::broadcast(127.0f));
-    const P biased = x + magic;
-    const P f = x - (biased - magic);
+    // Adding 1.5·2^23 rounds x to the integer n held in the low mantissa bits; 2^f for the
+    // remainder f in [-1/2, 1/2] is a polynomial, and n is added to its exponent field (an
+    // integer add, cheaper than a multiply, exact while the result stays normal).
+    const P magic = P::broadcast(12582912.0f);
+    x = max(x, P::broadcast(-125.0f));
+    if constexpr (kClampHigh)
+      x = min(x, P::broadcast(127.0f));
+    const P rounded = x + magic;
+    const P f = x - (rounded - magic);
     P poly = P::broadcast(1.5332502e-4f);
     poly = fma(poly, f, P::broadcast(1.3394706e-3f));
     poly = fma(poly, f, P::broadcast(9.6184909e-3f));
@@ -169,7 +179,7 @@ P exp2(P x) {
     poly = fma(poly, f, P::broadcast(2.4022648e-1f));
     poly = fma(poly, f, P::broadcast(6.9314718e-1f));
     poly = fma(poly, f, P::broadcast(1.0f));
-    return poly * shift_into_exponent(biased);
+    return add_to_exponent(poly, rounded);
   }
 }
 
