@@ -54,8 +54,10 @@ void linear(TensorView<const T, 2> x, TensorView<const T, 2> weight, TensorView<
   }
   if (tokens == 0 || out == 0)
     return;
-  // Column blocks of at least 64 features, a multiple of 16 (whole SIMD registers).
-  const Index chunks = std::max<Index>(1, std::min<Index>(max_threads(), out / 64));
+  // Column blocks of at least 64 features, a multiple of 16 (whole SIMD registers), and of at
+  // least 2^16 multiply-adds: below that, waking threads costs more than it saves.
+  const Index work = tokens * in * out;
+  const Index chunks = std::max<Index>(1, std::min({Index{max_threads()}, out / 64, work >> 16}));
   const Index per = (out + chunks - 1) / chunks;
   const Index width = (per + 15) / 16 * 16;
   const auto X = detail::rows_map(x);
