@@ -141,7 +141,7 @@ int main(int argc, char** argv) {
       shapes.resize(1);
     std::vector<ScanTiming> all = time_default_policy(shapes, runs);
     if (!quick) {
-      for (auto& t : time_split_policy(shapes, runs))
+      for (auto& t : time_occupancy4_policy(shapes, runs))
         all.push_back(t);
       for (auto& t : time_occupancy_policy(shapes, runs))
         all.push_back(t);

@@ -26,7 +26,8 @@ namespace ssmkit::cuda {
 struct SelectiveScanPolicy {
   static constexpr int kThreads = 128;         ///< threads per block
   static constexpr int kStatesPerThread = 16;  ///< states one thread keeps in registers
-  static constexpr int kTile = 8;              ///< time steps per unrolled tile (prefetch depth)
+  /// Time steps per unrolled tile, also the prefetch depth: 8 spills in the second pass.
+  static constexpr int kTile = 4;
   static constexpr int kPolyStates = 0;  ///< of those states, how many take exp2 on the FMA pipes
   /// Cut L into chunks until about this many warps run per SM sub-partition (4 per SM); also
   /// the blocks per SM the registers are budgeted for (with kThreads = 128).
@@ -118,26 +119,32 @@ __device__ __forceinline__ float silu_f(float x) {
   return __fdividef(x, 1.f + __expf(-x));
 }
 
-/// Loads kTile consecutive elements at 16-byte aligned `p` as 16-byte vectors.
+/// The widest vector (16 or 8 bytes) that whole tiles of kTile elements of T are made of.
+template <int kTile, class T>
+using tile_vec_t = std::conditional_t<kTile * sizeof(T) % 16 == 0, uint4, uint2>;
+
+/// Loads kTile consecutive elements at `p` (aligned to the vector) as vectors.
 template <int kTile, class T>
 __device__ __forceinline__ void load_vec(const T* p, T (&dst)[kTile]) {
-  static_assert(kTile * sizeof(T) % 16 == 0, "a tile must be whole 16-byte vectors");
-  constexpr int kVecs = kTile * sizeof(T) / 16;
+  using V = tile_vec_t<kTile, T>;
+  static_assert(kTile * sizeof(T) % sizeof(V) == 0, "a tile must be whole 8-byte vectors");
+  constexpr int kVecs = kTile * sizeof(T) / sizeof(V);
 #pragma unroll
   for (int v = 0; v < kVecs; ++v) {
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p) + v);
-    std::memcpy(&dst[v * 16 / sizeof(T)], &raw, 16);
+    const V raw = __ldg(reinterpret_cast<const V*>(p) + v);
+    std::memcpy(&dst[v * sizeof(V) / sizeof(T)], &raw, sizeof(V));
   }
 }
 
 template <int kTile, class T>
 __device__ __forceinline__ void store_vec(T* p, const T (&src)[kTile]) {
-  constexpr int kVecs = kTile * sizeof(T) / 16;
+  using V = tile_vec_t<kTile, T>;
+  constexpr int kVecs = kTile * sizeof(T) / sizeof(V);
 #pragma unroll
   for (int v = 0; v < kVecs; ++v) {
-    uint4 raw;
-    std::memcpy(&raw, &src[v * 16 / sizeof(T)], 16);
-    reinterpret_cast<uint4*>(p)[v] = raw;
+    V raw;
+    std::memcpy(&raw, &src[v * sizeof(V) / sizeof(T)], sizeof(V));
+    reinterpret_cast<V*>(p)[v] = raw;
   }
 }
 
