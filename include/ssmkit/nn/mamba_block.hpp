@@ -6,7 +6,7 @@
 #include "ssmkit/core/device.hpp"
 #include "ssmkit/core/host_tensor.hpp"
 #include "ssmkit/kernels/cpu/causal_conv1d.hpp"
-#include "ssmkit/kernels/cpu/selective_scan_reference.hpp"
+#include "ssmkit/kernels/cpu/selective_scan.hpp"
 #include "ssmkit/nn/linear.hpp"
 #include "ssmkit/nn/workspace.hpp"
 
@@ -243,7 +243,7 @@ class MambaBlock {
     p.h_final = h;
     p.out = seq(y, batch, L, di, di);
     p.delta_softplus = true;
-    cpu::selective_scan_reference(p);
+    cpu::selective_scan(p);
     project(cmatrix(y, tokens, di));
   }
 
