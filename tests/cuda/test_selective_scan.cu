@@ -216,7 +216,7 @@ TEST(CudaSelectiveScanLong, OneLongSequence) {
 
 TEST(CudaSelectiveStateUpdate, MatchesOneStepOfTheOracle) {
   SSMKIT_REQUIRE_GPU();
-  for (const Index N : {16, 64}) {
+  for (const Index N : {5, 16, 64, 256}) {
     ScanCase c;
     c.step = true;
     c.L = 1;

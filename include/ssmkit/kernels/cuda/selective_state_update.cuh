@@ -19,14 +19,17 @@ namespace detail {
 
 constexpr int kUpdateThreads = 128;
 
-/// A thread per (batch, channel) walks its N states: one step has too little work per state
-/// to share a channel between lanes (the softplus and gate would be repeated on each).
+/// K lanes per (batch, channel), each owning runs of 4 consecutive states (16-byte vectors of
+/// h0 and h_final when `vec`): a warp then reads and writes whole contiguous state rows. The
+/// lanes' partial outputs meet in a shuffle sum; each lane repeats the channel's softplus.
 template <class T>
 __global__ void __launch_bounds__(kUpdateThreads)
-    selective_state_update_kernel(const ScanArgs<T> a) {
-  const Index row = static_cast<Index>(blockIdx.x) * kUpdateThreads + threadIdx.x;
-  if (row >= static_cast<Index>(a.batch) * a.D)
-    return;
+    selective_state_update_kernel(const ScanArgs<T> a, bool vec) {
+  const int K = a.lanes_per_channel;
+  const int lane = static_cast<int>(threadIdx.x) % K;
+  const Index row_raw = (static_cast<Index>(blockIdx.x) * kUpdateThreads + threadIdx.x) / K;
+  const bool active = row_raw < static_cast<Index>(a.batch) * a.D;
+  const Index row = active ? row_raw : 0;  // idle lanes only join the shuffles
   const Index b = row / a.D, d = row % a.D, g = d / a.channels_per_group;
   float dt = to_float(a.delta[b * a.delta_s[0] + d * a.delta_s[2]]);
   if (a.delta_bias != nullptr)
@@ -41,18 +44,52 @@ __global__ void __launch_bounds__(kUpdateThreads)
   const float* h0_p = a.h0 + b * a.h0_s[0] + d * a.h0_s[1];
   float* h_p = a.h_final + b * a.h_final_s[0] + d * a.h_final_s[1];
   float y = 0.f;
-#pragma unroll 4
-  for (int n = 0; n < a.N; ++n) {
-    const float decay = ex2_mufu(dt * A_p[n * a.A_s[1]] * kLog2e);
-    const float h = fmaf(decay, h0_p[n * a.h0_s[2]], du * to_float(B_p[n * a.B_s[3]]));
-    h_p[n * a.h_final_s[2]] = h;  // after its own read: h0 and h_final may alias
-    y = fmaf(to_float(C_p[n * a.C_s[3]]), h, y);
+  for (int n0 = 4 * lane; active && n0 < a.N; n0 += 4 * K) {
+    float h[4];
+    if (vec) {
+      const float4 q = *reinterpret_cast<const float4*>(h0_p + n0);
+      h[0] = q.x, h[1] = q.y, h[2] = q.z, h[3] = q.w;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        h[j] = n0 + j < a.N ? h0_p[(n0 + j) * a.h0_s[2]] : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int n = n0 + j;
+      if (n < a.N) {
+        const float decay = ex2_mufu(dt * A_p[n * a.A_s[1]] * kLog2e);
+        h[j] = fmaf(decay, h[j], du * to_float(B_p[n * a.B_s[3]]));
+        y = fmaf(to_float(C_p[n * a.C_s[3]]), h[j], y);
+      }
+    }
+    // Written after this lane's own reads; no other lane touches these states, so h0 and
+    // h_final may alias.
+    if (vec) {
+      *reinterpret_cast<float4*>(h_p + n0) = make_float4(h[0], h[1], h[2], h[3]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (n0 + j < a.N)
+          h_p[(n0 + j) * a.h_final_s[2]] = h[j];
+    }
   }
+  for (int off = K / 2; off > 0; off /= 2)
+    y += __shfl_xor_sync(0xffffffffu, y, off);
+  if (!active || lane != 0)
+    return;
   if (a.D_skip != nullptr)
     y = fmaf(a.D_skip[d * a.D_skip_s], u, y);
   if (a.z != nullptr)
     y *= silu_f(to_float(a.z[b * a.z_s[0] + d * a.z_s[2]]));
   a.out[b * a.out_s[0] + d * a.out_s[2]] = from_float<T>(y);
+}
+
+/// True when every (batch, channel) state row of `v` is 16-byte vectors of contiguous floats.
+template <class V>
+bool state_rows_vectorisable(const V& v) {
+  return v.stride(2) == 1 && v.size(2) % 4 == 0 && aligned16(v.data()) && v.stride(0) % 4 == 0 &&
+         v.stride(1) % 4 == 0;
 }
 
 }  // namespace detail
@@ -71,10 +108,18 @@ void selective_state_update(const SelectiveScanParams<T, W>& p, cudaStream_t str
   const Index rows = p.batch() * p.channels();
   if (rows == 0)
     return;
-  const detail::ScanArgs<T> args = detail::make_scan_args(p);
+  detail::ScanArgs<T> args = detail::make_scan_args(p);
+  int K = 1;  // lanes per channel: enough runs of 4 states for each, at most a warp
+  while (K < 32 && 4 * K < p.state_size())
+    K *= 2;
+  args.lanes_per_channel = K;
+  const bool vec =
+      detail::state_rows_vectorisable(p.h0) && detail::state_rows_vectorisable(p.h_final);
+  const Index threads = rows * K;
   const auto blocks =
-      static_cast<unsigned>((rows + detail::kUpdateThreads - 1) / detail::kUpdateThreads);
-  detail::selective_state_update_kernel<T><<<blocks, detail::kUpdateThreads, 0, stream>>>(args);
+      static_cast<unsigned>((threads + detail::kUpdateThreads - 1) / detail::kUpdateThreads);
+  detail::selective_state_update_kernel<T>
+      <<<blocks, detail::kUpdateThreads, 0, stream>>>(args, vec);
   SSMKIT_CUDA_CHECK_LAUNCH("selective_state_update_kernel");
 }
 
