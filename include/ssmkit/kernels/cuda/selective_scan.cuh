@@ -30,7 +30,7 @@ struct SelectiveScanPolicy {
   static constexpr int kTile = 4;
   static constexpr int kPolyStates = 0;  ///< of those states, how many take exp2 on the FMA pipes
   /// Cut L into chunks until about this many warps run per SM sub-partition (4 per SM); also
-  /// the blocks per SM the registers are budgeted for (with kThreads = 128).
+  /// the occupancy the registers are budgeted for.
   static constexpr int kWarpsPerScheduler = 3;
   static constexpr int kMinChunk = 512;  ///< shortest chunk worth a second pass
 };
@@ -235,7 +235,8 @@ __device__ __forceinline__ void read_states(const float* row, int n0, int padded
 
 /// The scan of one chunk of one (batch, channel-slice). kPass1: local final state only.
 template <class Policy, ScanLayout kLayout, bool kPass1, class T>
-__global__ void __launch_bounds__(Policy::kThreads, Policy::kWarpsPerScheduler)
+__global__ void __launch_bounds__(Policy::kThreads,
+                                  Policy::kWarpsPerScheduler * 128 / Policy::kThreads)
     selective_scan_kernel(const ScanArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread;
   constexpr int kTile = Policy::kTile;
