@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -105,6 +106,13 @@ class SafetensorsFile {
     const TensorInfo& t = info(name);
     HostTensor<T, Rank> out(shape_of<Rank>(t), t.name.c_str());
     const std::uint8_t* p = data_ + t.begin;
+    if constexpr (!std::is_same_v<T, bool>) {  // bool bytes need the 0/1 check below
+      if (t.dtype == storage_dtype_v<T>) {     // same type: one copy
+        if (t.nbytes() > 0)
+          std::memcpy(out.data(), p, static_cast<std::size_t>(t.nbytes()));
+        return out;
+      }
+    }
     const std::size_t width = size_of(t.dtype);
     for (Index i = 0; i < out.numel(); ++i) {
       if (!convert_element<T>(p + static_cast<std::size_t>(i) * width, t.dtype, out.data() + i))
@@ -161,7 +169,8 @@ class SafetensorsFile {
     for (std::size_t i = 0; i < tensors_.size(); ++i)
       index_.emplace(tensors_[i].name, i);
 
-    // No two tensors may share bytes (zero-size tensors own none).
+    // No two tensors may share bytes (zero-size tensors own none). Gaps between them are tolerated
+    // (the reference reader rejects them): they cannot make a read go out of bounds.
     std::vector<const TensorInfo*> by_offset;
     for (const auto& t : tensors_)
       if (t.nbytes() > 0)
