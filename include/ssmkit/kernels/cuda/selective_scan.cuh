@@ -67,7 +67,7 @@ struct ScanArgs {
   Index h_final_s[3];
   float* chunk_state;  // (chunks-1, batch, D, N): local final state of each chunk but the last
   float* chunk_dt;     // (chunks-1, batch, D): ΣΔ over each of those chunks
-  int batch, L, D, N, groups, channels_per_group, chunk_len, lanes_per_channel;
+  int batch, L, D, N, channels_per_group, chunk_len, lanes_per_channel;
   bool softplus;
 };
 
@@ -176,20 +176,11 @@ __device__ __forceinline__ void load_states(const T* row, Index stride_n, int n0
 /// kStagePerThread of them from global memory (issued a tile ahead) into the next buffer.
 constexpr int kStagePerThread = 8;
 
-/// The block's B and C rows of one tile, [B|C][step][group][state] as float, with the group
-/// and state extents padded to powers of two (so that a thread finds its element with shifts,
-/// not divisions): converted once per block instead of once per thread, read as broadcasts.
+/// The block's B and C rows of one tile, [B|C][step][group][state padded to a multiple of 4]
+/// as float: converted once per block instead of once per thread, and read as broadcasts.
 struct StateTile {
-  int shift_n, shift_g;  // log2 of the padded state and group extents (at least 4 states)
-  int count;             // 2 * tile << (shift_g + shift_n)
+  int groups, padded_n, count;  // count = 2 * tile * groups * padded_n
 };
-
-inline int ceil_log2(long long x) {
-  int s = 0;
-  while ((1LL << s) < x)
-    ++s;
-  return s;
-}
 
 template <int kThreads, int kTile, class T>
 __device__ __forceinline__ void stage_states(const ScanArgs<T>& a, const StateTile& st, int b,
@@ -198,18 +189,19 @@ __device__ __forceinline__ void stage_states(const ScanArgs<T>& a, const StateTi
 #pragma unroll
   for (int j = 0; j < kStagePerThread; ++j) {
     const int e = static_cast<int>(threadIdx.x) + j * kThreads;
-    if (e >= st.count)
-      break;  // a branch, not predication: most shapes need one element per thread
-    const int n = e & ((1 << st.shift_n) - 1);
-    const int gl = (e >> st.shift_n) & ((1 << st.shift_g) - 1);
-    const int r = e >> (st.shift_n + st.shift_g);  // [B|C] * kTile + step
-    const int t = t0 + r % kTile;
-    const bool is_c = r >= kTile;
     float v = 0.f;
-    if (n < a.N && g_lo + gl < a.groups && t < t_end) {
-      const T* base = is_c ? a.C : a.B;
-      const Index* str = is_c ? a.C_s : a.B_s;
-      v = to_float(__ldg(base + b * str[0] + t * str[1] + (g_lo + gl) * str[2] + n * str[3]));
+    if (e < st.count) {
+      const int n = e % st.padded_n;
+      int r = e / st.padded_n;
+      const int gl = r % st.groups;
+      r /= st.groups;
+      const int t = t0 + r % kTile;
+      const bool is_c = r >= kTile;
+      if (n < a.N && t < t_end) {
+        const T* base = is_c ? a.C : a.B;
+        const Index* str = is_c ? a.C_s : a.B_s;
+        v = to_float(__ldg(base + b * str[0] + t * str[1] + (g_lo + gl) * str[2] + n * str[3]));
+      }
     }
     stage[j] = v;
   }
@@ -221,9 +213,8 @@ __device__ __forceinline__ void store_stage(float* buf, const StateTile& st,
 #pragma unroll
   for (int j = 0; j < kStagePerThread; ++j) {
     const int e = static_cast<int>(threadIdx.x) + j * kThreads;
-    if (e >= st.count)
-      break;
-    buf[e] = stage[j];
+    if (e < st.count)
+      buf[e] = stage[j];
   }
 }
 
@@ -308,14 +299,9 @@ __global__ void __launch_bounds__(Policy::kThreads,
     const int d_last = min(d_first + cpb, a.D) - 1;
     g_lo = d_first / a.channels_per_group;
     gl = g - g_lo;
-    const int groups = d_last / a.channels_per_group - g_lo + 1;
-    st.shift_g = 0;
-    while ((1 << st.shift_g) < groups)
-      ++st.shift_g;
-    st.shift_n = 2;
-    while ((1 << st.shift_n) < a.N)
-      ++st.shift_n;
-    st.count = (2 * kTile) << (st.shift_g + st.shift_n);
+    st.groups = d_last / a.channels_per_group - g_lo + 1;
+    st.padded_n = (a.N + 3) / 4 * 4;
+    st.count = 2 * kTile * st.groups * st.padded_n;
     if (t_begin < t_end) {
       stage_states<Policy::kThreads, kTile>(a, st, b, g_lo, t_begin, t_end, stage);
       store_stage<Policy::kThreads>(states_s[0], st, stage);
@@ -357,8 +343,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
       const float du = dt * uf;
       float Bv[S];
       if constexpr (kShared)
-        read_states<S>(&states_s[buf][((i << st.shift_g) + gl) << st.shift_n], n0, 1 << st.shift_n,
-                       Bv);
+        read_states<S>(&states_s[buf][(i * st.groups + gl) * st.padded_n], n0, st.padded_n, Bv);
       else
         load_states<S>(B_p + t * a.B_s[1], a.B_s[3], n0, a.N, Bv);
       if (kPass1) {
@@ -372,8 +357,8 @@ __global__ void __launch_bounds__(Policy::kThreads,
       } else {
         float Cv[S];
         if constexpr (kShared)
-          read_states<S>(&states_s[buf][(((kTile + i) << st.shift_g) + gl) << st.shift_n], n0,
-                         1 << st.shift_n, Cv);
+          read_states<S>(&states_s[buf][((kTile + i) * st.groups + gl) * st.padded_n], n0,
+                         st.padded_n, Cv);
         else
           load_states<S>(C_p + t * a.C_s[1], a.C_s[3], n0, a.N, Cv);
         float y0 = 0.f, y1 = 0.f;  // two partial sums halve the dependent chain
@@ -486,7 +471,6 @@ ScanArgs<T> make_scan_args(const SelectiveScanParams<T, float>& p) {
   args.L = static_cast<int>(p.length());
   args.D = static_cast<int>(p.channels());
   args.N = static_cast<int>(p.state_size());
-  args.groups = static_cast<int>(p.groups());
   args.channels_per_group = static_cast<int>(p.channels() / p.groups());
   args.lanes_per_channel = 1;
   args.softplus = p.delta_softplus;
@@ -513,8 +497,8 @@ bool states_fit_staging(Index D, Index N, Index G, int lanes_per_channel) {
   const Index channels_per_block = Policy::kThreads / lanes_per_channel;
   const Index channels_per_group = D / G;
   const Index groups = std::min<Index>(G, (channels_per_block - 1) / channels_per_group + 2);
-  const int shifts = ceil_log2(groups) + std::max(2, ceil_log2(N));
-  return (Index{2} * Policy::kTile << shifts) <= Index{Policy::kThreads} * kStagePerThread;
+  const Index padded_n = (N + 3) / 4 * 4;
+  return 2 * Policy::kTile * groups * padded_n <= Policy::kThreads * kStagePerThread;
 }
 
 /// The launch plan: lanes per channel, chunks and their length.
