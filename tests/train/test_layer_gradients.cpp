@@ -260,7 +260,8 @@ TEST(AdamW, MatchesPyTorch) {
 }
 
 TEST(ClipGradNorm, MatchesPyTorch) {
-  for (const auto& c : golden()["clip_grad_norm"]) {
+  const auto cases = golden()["clip_grad_norm"];
+  for (const auto& c : cases) {
     auto a = c["grads"][0].get<std::vector<double>>(), b = c["grads"][1].get<std::vector<double>>();
     const double total =
         optim::clip_grad_norm<double>({TensorView<double, 1>(a.data(), {Index(a.size())}),
