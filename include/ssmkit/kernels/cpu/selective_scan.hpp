@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -32,7 +31,8 @@ struct SelectiveScanPolicy {
 
 namespace detail {
 
-/// States per register tile: h, the decays and the products of a tile fit in 16 registers.
+/// States advanced together per time step: their h, A and products are the tile's working set,
+/// kept in registers as far as the instruction set has them.
 inline constexpr int kStateTile = 8;
 /// Time steps staged (converted, Δ and Δ·u computed) per pass over a tile.
 inline constexpr Index kTimeTile = 64;
@@ -346,7 +346,7 @@ void selective_scan(const SelectiveScanParams<T, W>& p, const SelectiveScanPolic
     const Lanes lanes = lanes_of(i);
     std::vector<F> decay(static_cast<std::size_t>(hsize));
     for (Index k = 1; k + 1 < chunks; ++k) {
-      // (decay_k, local_k) ∘ after (·, carried): carried' = decay_k·carried + local_k.
+      // (·, carried) ∘ (decay_k, local_k): the state after chunk k is decay_k·carried + local_k.
       lanes.decay(&dt_sums[(i * chunks + k) * kW], decay.data());
       const F* carried = state(i, k - 1);
       F* local = state(i, k);
