@@ -29,7 +29,8 @@ LM_CASES = {
     # tied embeddings, no in/out biases, conv bias, d_state 16
     "tiny_tied": dict(hidden_size=64, num_hidden_layers=2, vocab_size=300, state_size=16,
                       expand=2, conv_kernel=4, use_bias=False, use_conv_bias=True,
-                      tie_word_embeddings=True, layer_norm_epsilon=1e-5, seed=11),
+                      tie_word_embeddings=True, layer_norm_epsilon=1e-5, seed=11,
+                      out_proj_scale=12.0),
     # untied, in/out proj biases and conv bias, d_state 16, explicit dt_rank
     "tiny_untied_bias": dict(hidden_size=64, num_hidden_layers=2, vocab_size=300, state_size=16,
                              expand=2, conv_kernel=4, use_bias=True, use_conv_bias=True,
@@ -55,7 +56,7 @@ MIN_GREEDY_GAP = 2e-3  # top-1 minus top-2 logit at every greedy step, so float3
 
 
 def config_of(case):
-    kw = {k: v for k, v in case.items() if k not in ("seed", "batch", "length")}
+    kw = {k: v for k, v in case.items() if k not in ("seed", "batch", "length", "out_proj_scale")}
     kw.setdefault("num_hidden_layers", 1)
     kw.setdefault("vocab_size", 16)
     return MambaConfig(**kw)
@@ -100,6 +101,10 @@ def make_lm(name, case, out_dir):
     config = config_of(case)
     model = MambaForCausalLM(config).eval()
     randomise(model, gen)
+    # With tied embeddings the residual stream's own embedding wins the lm head unless the mixers
+    # speak louder: without this the greedy continuation just repeats the last prompt token.
+    for layer in model.backbone.layers:
+        layer.mixer.out_proj.weight.mul_(case.get("out_proj_scale", 1.0))
     if config.tie_word_embeddings:
         assert model.lm_head.weight.data_ptr() == model.backbone.embeddings.weight.data_ptr()
     # Pick prompts whose greedy continuation has a clear winner at every step.

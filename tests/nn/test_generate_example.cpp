@@ -1,0 +1,142 @@
+// Runs the mamba_generate example on the golden models: its ids against transformers' greedy
+// continuations, --dump-logits against transformers' logits, sampling flags, and its errors.
+#include "nn_testing.hpp"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+using namespace ssmkit;
+using namespace ssmkit::testing;
+
+namespace {
+
+struct ExampleRun {
+  int status = -1;
+  std::string out, err;
+};
+
+ExampleRun run_example(const std::string& args) {
+  static int counter = 0;
+  const auto err_path =
+      std::filesystem::temp_directory_path() / ("mamba_generate_err_" + std::to_string(::getpid()) +
+                                                "_" + std::to_string(counter++) + ".txt");
+  const std::string cmd =
+      std::string("'") + MAMBA_GENERATE + "' " + args + " 2>'" + err_path.string() + "'";
+  ExampleRun r;
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  EXPECT_NE(pipe, nullptr) << cmd;
+  if (pipe == nullptr)
+    return r;
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0)
+    r.out.append(buf, n);
+  const int raw = ::pclose(pipe);
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  std::ifstream e(err_path);
+  std::stringstream ss;
+  ss << e.rdbuf();
+  r.err = ss.str();
+  std::filesystem::remove(err_path);
+  return r;
+}
+
+struct Golden {
+  std::vector<std::int64_t> prompt, greedy;
+  HostTensor<float, 3> logits;
+  std::string ids_flag() const {
+    std::string s;
+    for (std::size_t i = 0; i < prompt.size(); ++i)
+      s += (i ? "," : "") + std::to_string(prompt[i]);
+    return s;
+  }
+  std::string greedy_line() const {
+    std::string s;
+    for (std::size_t i = 0; i < greedy.size(); ++i)
+      s += (i ? "," : "") + std::to_string(greedy[i]);
+    return s + "\n";
+  }
+};
+
+Golden golden(const std::string& name, Index seq) {
+  const auto f = io::SafetensorsFile::open(mamba_data(name + "/golden.safetensors"));
+  const auto ids = f.read_as<std::int64_t, 2>("input_ids");
+  const auto greedy = f.read_as<std::int64_t, 2>("greedy");
+  Golden g;
+  const Index Lp = ids.size(1);
+  g.prompt.assign(&ids(seq, 0), &ids(seq, 0) + Lp);
+  g.greedy.assign(&greedy(seq, Lp), &greedy(seq, 0) + greedy.size(1));
+  g.logits = f.read_as<float, 3>("logits");
+  return g;
+}
+
+class GenerateExample : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(GenerateExample, GreedyIdsAndDumpedLogitsMatchTransformers) {
+  const std::string name = GetParam();
+  for (Index seq : {0, 1}) {
+    const Golden g = golden(name, seq);
+    const auto dump = std::filesystem::temp_directory_path() /
+                      ("mamba_logits_" + std::to_string(::getpid()) + ".safetensors");
+    const ExampleRun r = run_example("--model '" + mamba_data(name) + "' --ids " + g.ids_flag() +
+                                     " --max-new-tokens " + std::to_string(g.greedy.size()) +
+                                     " --dump-logits '" + dump.string() + "'");
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out, g.greedy_line());
+    EXPECT_NE(r.err.find("prefill:"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("tokens/s"), std::string::npos) << r.err;
+    const auto f = io::SafetensorsFile::open(dump.string());
+    const auto& info = f.info("logits");
+    EXPECT_EQ(info.dtype, DType::F32);
+    const Index Lp = static_cast<Index>(g.prompt.size()), V = g.logits.size(2);
+    const auto logits = f.read_as<float, 2>("logits");
+    ASSERT_EQ(logits.size(0), Lp);
+    ASSERT_EQ(logits.size(1), V);
+    EXPECT_LE(rel_error(logits.data(), &g.logits(seq, 0, 0), Lp * V), 1e-4);
+    std::filesystem::remove(dump);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GenerateExample,
+                         ::testing::Values("tiny_tied", "tiny_untied_bias", "tiny_n64"));
+
+TEST(GenerateExampleFlags, SamplingIsSeededAndTopKOneIsGreedy) {
+  const Golden g = golden("tiny_n64", 0);
+  const std::string base = "--model '" + mamba_data("tiny_n64") + "' --ids " + g.ids_flag() +
+                           " --max-new-tokens 16 --threads 1";
+  const ExampleRun a = run_example(base + " --temperature 1.5 --top-p 0.95 --seed 5");
+  const ExampleRun b = run_example(base + " --temperature 1.5 --top-p 0.95 --seed 5");
+  ASSERT_EQ(a.status, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_NE(a.out, g.greedy_line()) << "a hot sample should leave the greedy path";
+  const ExampleRun k1 = run_example(base + " --temperature 1.5 --top-k 1 --seed 9");
+  ASSERT_EQ(k1.status, 0) << k1.err;
+  EXPECT_EQ(k1.out, g.greedy_line());
+}
+
+void expect_one_line_error(const ExampleRun& r, int status, const std::string& needle) {
+  EXPECT_EQ(r.status, status) << r.err;
+  EXPECT_EQ(r.out, "");
+  EXPECT_EQ(r.err.rfind("mamba_generate: ", 0), 0u) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+  if (status == 1) {  // usage errors add the usage line
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+}
+
+TEST(GenerateExampleFlags, ErrorsAreOneLineWithNonZeroStatus) {
+  const std::string model = " --model '" + mamba_data("tiny_tied") + "'";
+  expect_one_line_error(run_example("--model /no/such/dir --ids 1,2 --max-new-tokens 3"), 1,
+                        "/no/such/dir");
+  expect_one_line_error(run_example(model + " --ids 1,2,300 --max-new-tokens 3"), 1, "vocab_size");
+  expect_one_line_error(run_example(model + " --ids 1,x --max-new-tokens 3"), 2, "--ids");
+  expect_one_line_error(run_example(model + " --ids 1,,2 --max-new-tokens 3"), 2, "--ids");
+  expect_one_line_error(run_example(model + " --ids 1 --max-new-tokens 3 --top-p 0"), 1, "top_p");
+  expect_one_line_error(run_example(model + " --ids 1 --max-new-tokens 3 --device cuda"), 1,
+                        "not yet supported");
+  expect_one_line_error(run_example(model + " --ids 1"), 2, "--max-new-tokens");
+}
+
+}  // namespace
