@@ -1,0 +1,145 @@
+// Gradients of a whole Mamba block (nn/mamba_block.hpp, HF's MambaMixer): the forward is
+// recomputed, then the chain runs back through out_proj, the selective scan, dt_proj, x_proj, the
+// SiLU-conv1d and in_proj, each step one of the backward kernels of this library.
+#pragma once
+
+#include "ssmkit/kernels/cpu/causal_conv1d_backward.hpp"
+#include "ssmkit/kernels/cpu/selective_scan_backward.hpp"
+#include "ssmkit/nn/grad/linear_backward.hpp"
+#include "ssmkit/nn/mamba_block.hpp"
+
+#include <vector>
+
+namespace ssmkit::nn {
+
+/// Zero tensors of the shapes of `w` (absent where w's optional biases are): a gradient buffer.
+template <class T>
+MambaBlockWeights<T> zeros_like(const MambaBlockWeights<T>& w) {
+  auto z1 = [](const HostTensor<T, 1>& t) {
+    return t.data() ? HostTensor<T, 1>(t.shape()) : HostTensor<T, 1>();
+  };
+  auto z2 = [](const HostTensor<T, 2>& t) { return HostTensor<T, 2>(t.shape()); };
+  MambaBlockWeights<T> g;
+  g.in_proj_weight = z2(w.in_proj_weight), g.in_proj_bias = z1(w.in_proj_bias);
+  g.conv1d_weight = z2(w.conv1d_weight), g.conv1d_bias = z1(w.conv1d_bias);
+  g.x_proj_weight = z2(w.x_proj_weight);
+  g.dt_proj_weight = z2(w.dt_proj_weight), g.dt_proj_bias = z1(w.dt_proj_bias);
+  g.A_log = z2(w.A_log), g.D = z1(w.D);
+  g.out_proj_weight = z2(w.out_proj_weight), g.out_proj_bias = z1(w.out_proj_bias);
+  return g;
+}
+
+/// Given the block's input x and dout = ∂ℓ/∂out (batch, L, d_model, contiguous), for a forward
+/// that starts from a zero state: writes dx and overwrites every tensor of `grads` (shaped as by
+/// zeros_like(block.weights())) with the gradient of the matching weight (A_log's included).
+template <class T>
+void mamba_block_backward(const MambaBlock<T>& block, TensorView<const T, 3> x,
+                          TensorView<const T, 3> dout, TensorView<T, 3> dx,
+                          MambaBlockWeights<T>& grads) {
+  const MambaBlockConfig& c = block.config();
+  const MambaBlockWeights<T>& w = block.weights();
+  const Index batch = x.size(0), L = x.size(1), dm = c.d_model, di = c.d_inner;
+  const Index N = c.d_state, R = c.dt_rank, width = R + 2 * N, tokens = batch * L;
+  SSMKIT_CHECK(x.is_contiguous(), "x", "layout", "contiguous", "strided");
+  SSMKIT_CHECK(dout.is_contiguous(), "dout", "layout", "contiguous", "strided");
+  SSMKIT_CHECK(dx.is_contiguous(), "dx", "layout", "contiguous", "strided");
+  check_device(x, "x", Device::CPU);
+  check_shape(x, "x", {batch, L, dm});
+  check_shape(dout, "dout", {batch, L, dm});
+  check_shape(dx, "dx", {batch, L, dm});
+  const auto shapes_match = [](const auto& a, const auto& b) { return a.shape() == b.shape(); };
+  SSMKIT_CHECK(
+      shapes_match(grads.in_proj_weight, w.in_proj_weight) &&
+          shapes_match(grads.in_proj_bias, w.in_proj_bias) &&
+          shapes_match(grads.conv1d_weight, w.conv1d_weight) &&
+          shapes_match(grads.conv1d_bias, w.conv1d_bias) &&
+          shapes_match(grads.x_proj_weight, w.x_proj_weight) &&
+          shapes_match(grads.dt_proj_weight, w.dt_proj_weight) &&
+          shapes_match(grads.dt_proj_bias, w.dt_proj_bias) && shapes_match(grads.A_log, w.A_log) &&
+          shapes_match(grads.D, w.D) && shapes_match(grads.out_proj_weight, w.out_proj_weight) &&
+          shapes_match(grads.out_proj_bias, w.out_proj_bias),
+      "grads", "shapes", "those of the block's weights (see zeros_like)", "different ones");
+  if (tokens == 0)
+    return;
+  auto buf = [](Index n) { return std::vector<T>(static_cast<std::size_t>(n)); };
+  auto mat = [](T* p, Index rows, Index cols, Index stride) {
+    return TensorView<T, 2>::unchecked(p, {rows, cols}, {stride, 1}, Device::CPU);
+  };
+  auto seq = [&](T* p, Index channels, Index stride) {
+    return TensorView<T, 3>::unchecked(p, {batch, L, channels}, {L * stride, stride, 1},
+                                       Device::CPU);
+  };
+  const TensorView<const T, 2> x2(x.data(), {tokens, dm}, "x");
+
+  // The forward again, keeping what the backward reads.
+  auto xz = buf(tokens * 2 * di), u = buf(tokens * di), xdbl = buf(tokens * width);
+  auto delta = buf(tokens * di), y = buf(tokens * di), A = buf(di * N);
+  linear<T>(x2, w.in_proj_weight.view(), w.in_proj_bias.view(),
+            mat(xz.data(), tokens, 2 * di, 2 * di));
+  CausalConv1dBackwardParams<T> conv;
+  conv.x = seq(xz.data(), di, 2 * di);
+  conv.weight = w.conv1d_weight.view();
+  conv.bias = w.conv1d_bias.view();
+  conv.silu = true;
+  cpu::causal_conv1d(conv.forward(seq(u.data(), di, di)));
+  linear<T>(mat(u.data(), tokens, di, di), w.x_proj_weight.view(), {},
+            mat(xdbl.data(), tokens, width, width));
+  linear<T>(mat(xdbl.data(), tokens, R, width), w.dt_proj_weight.view(), {},
+            mat(delta.data(), tokens, di, di));
+  for (Index i = 0; i < di * N; ++i)
+    A[i] = -std::exp(w.A_log.data()[i]);
+  auto rows_of = [&](std::vector<T>& v, Index col) {  // B or C inside x_proj's output rows
+    return TensorView<T, 4>::unchecked(v.data() + col, {batch, L, 1, N}, {L * width, width, N, 1},
+                                       Device::CPU);
+  };
+  SelectiveScanBackwardParams<T> s;
+  s.u = seq(u.data(), di, di);
+  s.delta = seq(delta.data(), di, di);
+  s.A = TensorView<const T, 2>(A.data(), {di, N}, "A");
+  s.B = rows_of(xdbl, R);
+  s.C = rows_of(xdbl, R + N);
+  s.D_skip = w.D.view();
+  s.delta_bias = w.dt_proj_bias.view();
+  s.z = seq(xz.data() + di, di, 2 * di);
+  s.delta_softplus = true;
+  cpu::selective_scan(s.forward(seq(y.data(), di, di)));
+
+  // Backward.
+  auto dy = buf(tokens * di), dxz = buf(tokens * 2 * di), dxdbl = buf(tokens * width);
+  auto du_scan = buf(tokens * di), du_proj = buf(tokens * di), ddelta = buf(tokens * di);
+  auto dA = buf(di * N);
+  linear_backward<T>(mat(y.data(), tokens, di, di), w.out_proj_weight.view(),
+                     TensorView<const T, 2>(dout.data(), {tokens, dm}, "dout"),
+                     mat(dy.data(), tokens, di, di), grads.out_proj_weight.view(),
+                     grads.out_proj_bias.view());
+  s.dout = seq(dy.data(), di, di);
+  s.du = seq(du_scan.data(), di, di);
+  s.ddelta = seq(ddelta.data(), di, di);
+  s.dA = TensorView<T, 2>(dA.data(), {di, N}, "dA");
+  s.dB = rows_of(dxdbl, R);
+  s.dC = rows_of(dxdbl, R + N);
+  s.dD_skip = grads.D.view();
+  s.ddelta_bias = grads.dt_proj_bias.view();
+  s.dz = seq(dxz.data() + di, di, 2 * di);
+  cpu::selective_scan_backward(s);
+  for (Index i = 0; i < di * N; ++i)
+    grads.A_log.data()[i] = dA[i] * A[i];  // dA/dA_log = −exp(A_log) = A
+  linear_backward<T>(mat(xdbl.data(), tokens, R, width), w.dt_proj_weight.view(),
+                     mat(ddelta.data(), tokens, di, di), mat(dxdbl.data(), tokens, R, width),
+                     grads.dt_proj_weight.view(), {});
+  linear_backward<T>(mat(u.data(), tokens, di, di), w.x_proj_weight.view(),
+                     mat(dxdbl.data(), tokens, width, width), mat(du_proj.data(), tokens, di, di),
+                     grads.x_proj_weight.view(), {});
+  for (Index i = 0; i < tokens * di; ++i)
+    du_proj[i] += du_scan[i];
+  conv.dout = seq(du_proj.data(), di, di);
+  conv.dx = seq(dxz.data(), di, 2 * di);
+  conv.dweight = grads.conv1d_weight.view();
+  conv.dbias = grads.conv1d_bias.view();
+  cpu::causal_conv1d_backward(conv);
+  linear_backward<T>(x2, w.in_proj_weight.view(), mat(dxz.data(), tokens, 2 * di, 2 * di),
+                     TensorView<T, 2>(dx.data(), {tokens, dm}, "dx"), grads.in_proj_weight.view(),
+                     grads.in_proj_bias.view());
+}
+
+}  // namespace ssmkit::nn
