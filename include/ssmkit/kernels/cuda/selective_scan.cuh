@@ -373,12 +373,8 @@ __global__ void __launch_bounds__(Policy::kThreads,
             y1 = fmaf(Cv[n], h[n], y1);
         }
         float y = y0 + y1;
-        // Unrolled, predicated rounds: a loop over the run-time K would end the basic block
-        // and keep neighbouring steps from interleaving.
-#pragma unroll
-        for (int r = 0; r < 5; ++r)
-          if ((1 << r) < K)
-            y += __shfl_xor_sync(0xffffffffu, y, 1 << r);
+        for (int off = K / 2; off > 0; off /= 2)
+          y += __shfl_xor_sync(0xffffffffu, y, off);
         y = fmaf(d_skip, uf, y);
         y = has_z ? y * silu_f(to_float(z_r[i])) : y;
         y_r[i] = from_float<T>(y);
