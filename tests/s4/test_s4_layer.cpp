@@ -4,6 +4,7 @@
 
 #include "testing.hpp"
 
+#include <cstdio>
 #include <limits>
 
 namespace {

@@ -36,6 +36,30 @@ void check_io(const TensorView<const T, 3>& u, const TensorView<T, 3>& y,
   }
 }
 
+/// One time step of kLanes channels: h = A_bar h + B_bar u, y = Re sum_n C h. Fixed-size Eigen
+/// arrays make the lane loop explicit SIMD (AVX-512: one register per array of floats).
+template <class T, Index kLanes>
+inline void diagonal_lanes_step(Index M, const T* ar, const T* ai, const T* br, const T* bi,
+                                const T* cr, const T* ci, T* hr, T* hi, const T* u, T* y) {
+  using Lanes = Eigen::Array<T, kLanes, 1>;
+  using In = Eigen::Map<const Lanes>;
+  using Out = Eigen::Map<Lanes>;
+  const Lanes U = In(u);
+  Lanes Y = Lanes::Zero();
+  for (Index n = 0; n < M; ++n) {
+    const Index o = n * kLanes;
+    Out Hr(hr + o), Hi(hi + o);
+    const In Ar(ar + o), Ai(ai + o);
+    const Lanes r = Ar * Hr - Ai * Hi + In(br + o) * U;
+    const Lanes i = Ar * Hi + Ai * Hr + In(bi + o) * U;
+    Hr = r;
+    Hi = i;
+    Y += In(cr + o) * r - In(ci + o) * i;
+  }
+  Out out(y);
+  out = Y;
+}
+
 }  // namespace detail
 
 /// A diagonal recurrence over H channels of M complex modes.
@@ -116,17 +140,7 @@ void ssm_recurrence_diagonal(const DiagonalRecurrenceParams<T>& p) {
     for (Index t = 0; t < L; ++t) {
       for (Index j = 0; j < w; ++j)
         uu[j] = p.u(bi, t, h0 + j);
-      std::fill(yy, yy + kLanes, T(0));
-      for (Index n = 0; n < M; ++n) {
-        const Index o = n * kLanes;
-        for (Index j = 0; j < kLanes; ++j) {
-          const T r = ar[o + j] * hr[o + j] - ai[o + j] * hi[o + j] + br[o + j] * uu[j];
-          const T i = ar[o + j] * hi[o + j] + ai[o + j] * hr[o + j] + bi_[o + j] * uu[j];
-          hr[o + j] = r;
-          hi[o + j] = i;
-          yy[j] += cr[o + j] * r - ci[o + j] * i;
-        }
-      }
+      detail::diagonal_lanes_step<T, kLanes>(M, ar, ai, br, bi_, cr, ci, hr, hi, uu, yy);
       for (Index j = 0; j < w; ++j)
         p.y(bi, t, h0 + j) = T(2) * yy[j] + d[j] * uu[j];
     }
