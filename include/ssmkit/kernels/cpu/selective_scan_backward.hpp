@@ -1,7 +1,8 @@
 // The S6 selective scan's backward pass on the CPU (reverse-mode derivative of Mamba's Algorithm 2,
 // arXiv 2312.00752): with g_t = ∂ℓ/∂h_t = Ā_{t+1}·g_{t+1} + dy_t·C_t, every gradient is a local
 // product of g_t, h_{t-1} and the step's inputs. States are recomputed chunk by chunk from states
-// saved at chunk boundaries, so memory is O((L/chunk + chunk)·N) per channel, never B·L·D·N.
+// saved at chunk boundaries: O((L/chunk + chunk)·N) per channel lane plus L·N per task for the
+// dB, dC sums, never B·L·D·N.
 #pragma once
 
 #include "ssmkit/core/parallel.hpp"
