@@ -1,15 +1,15 @@
-// A policy variant: four warps per scheduler (more chunks and second passes, more warps to hide
-// latency, at most 128 registers per thread).
+// A policy variant: 16-step tiles (half the shared memory and the tile's registers, twice the
+// barriers per step).
 #include "bench_scan.cuh"
 
 namespace ssmkit::bench {
 
-struct Occupancy4Policy : cuda::SelectiveScanPolicy {
-  static constexpr int kWarpsPerScheduler = 4;
+struct Tile16Policy : cuda::SelectiveScanPolicy {
+  static constexpr int kTile = 16;
 };
 
-std::vector<ScanTiming> time_occupancy4_policy(const std::vector<ScanShape>& shapes, int runs) {
-  return time_policy<Occupancy4Policy>("occ4", shapes, runs);
+std::vector<ScanTiming> time_tile16_policy(const std::vector<ScanShape>& shapes, int runs) {
+  return time_policy<Tile16Policy>("t16", shapes, runs);
 }
 
 }  // namespace ssmkit::bench

@@ -149,6 +149,27 @@ TEST(CudaSelectiveScan, HalfAndBfloat16Storage) {
     }
 }
 
+TEST(CudaSelectiveScan, StagedStatesEveryStorage) {
+  SSMKIT_REQUIRE_GPU();
+  // Whole groups per block of channels: B and C go through shared memory. A partial last tile
+  // and a partial last block; two groups whose boundary is a block boundary.
+  for (const bool cm : {false, true})
+    for (const Index G : {1, 2}) {
+      ScanCase c;
+      c.batch = 3;
+      c.L = 77;
+      c.D = 64 * G + (G == 1 ? 17 : 0);
+      c.G = G;
+      c.channel_major = cm;
+      c.seed = 40 + static_cast<std::uint64_t>(G) + (cm ? 3 : 0);
+      check_scan<float>(c, 1e-5);
+      check_scan<__half>(c, 1e-2);
+      check_scan<__nv_bfloat16>(c, 1e-2);
+      c.N = 3;  // fewer states than one lane's run
+      check_scan<float>(c, 1e-5);
+    }
+}
+
 TEST(CudaSelectiveScan, WithoutOptionalArguments) {
   SSMKIT_REQUIRE_GPU();
   ScanCase c;
