@@ -64,7 +64,7 @@ TYPED_TEST(RoundTrip, EveryRankIsBitExactThroughViewAndReadAs) {
 
   const auto f = SafetensorsFile::open(path);
   ASSERT_EQ(f.tensors().size(), 5u);
-  EXPECT_EQ(f.info("r3").dtype, io::storage_dtype_v<T>);
+  EXPECT_EQ(f.info("r3").dtype, dtype_of<T>);
   EXPECT_EQ(f.info("r3").shape, (std::vector<Index>{2, 3, 4}));
   EXPECT_EQ(f.info("zero").shape, (std::vector<Index>{0, 5}));
   EXPECT_EQ(f.bytes("r2").size, static_cast<std::size_t>(v2.numel()) * sizeof(T));

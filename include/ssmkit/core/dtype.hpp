@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <ostream>
 #include <string_view>
+#include <type_traits>
 
 namespace ssmkit {
 
@@ -97,6 +98,26 @@ struct dtype_traits<std::int64_t> {
 template <>
 struct dtype_traits<std::int32_t> {
   static constexpr DType dtype = DType::I32;
+  using accum = std::int64_t;
+};
+template <>
+struct dtype_traits<std::int16_t> {
+  static constexpr DType dtype = DType::I16;
+  using accum = std::int64_t;
+};
+template <>
+struct dtype_traits<std::int8_t> {
+  static constexpr DType dtype = DType::I8;
+  using accum = std::int64_t;
+};
+template <>
+struct dtype_traits<std::uint8_t> {
+  static constexpr DType dtype = DType::U8;
+  using accum = std::int64_t;
+};
+template <>
+struct dtype_traits<bool> {
+  static constexpr DType dtype = DType::Bool;
   using accum = std::int64_t;
 };
 

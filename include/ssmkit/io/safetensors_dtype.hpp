@@ -31,33 +31,6 @@ inline std::optional<DType> dtype_from_name(std::string_view name) {
   return std::nullopt;
 }
 
-/// storage_dtype<T>: the safetensors dtype whose bytes are exactly a T (for zero-copy views).
-template <class T>
-struct storage_dtype;
-template <>
-struct storage_dtype<double> : std::integral_constant<DType, DType::F64> {};
-template <>
-struct storage_dtype<float> : std::integral_constant<DType, DType::F32> {};
-template <>
-struct storage_dtype<Eigen::half> : std::integral_constant<DType, DType::F16> {};
-template <>
-struct storage_dtype<Eigen::bfloat16> : std::integral_constant<DType, DType::BF16> {};
-template <>
-struct storage_dtype<std::int64_t> : std::integral_constant<DType, DType::I64> {};
-template <>
-struct storage_dtype<std::int32_t> : std::integral_constant<DType, DType::I32> {};
-template <>
-struct storage_dtype<std::int16_t> : std::integral_constant<DType, DType::I16> {};
-template <>
-struct storage_dtype<std::int8_t> : std::integral_constant<DType, DType::I8> {};
-template <>
-struct storage_dtype<std::uint8_t> : std::integral_constant<DType, DType::U8> {};
-template <>
-struct storage_dtype<bool> : std::integral_constant<DType, DType::Bool> {};
-
-template <class T>
-inline constexpr DType storage_dtype_v = storage_dtype<std::remove_cv_t<T>>::value;
-
 constexpr bool is_floating(DType t) {
   return t == DType::F64 || t == DType::F32 || t == DType::F16 || t == DType::BF16;
 }

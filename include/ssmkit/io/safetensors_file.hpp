@@ -86,7 +86,7 @@ class SafetensorsFile {
   TensorView<const T, Rank> view(const std::string& name) const {
     using U = std::remove_cv_t<T>;
     const TensorInfo& t = info(name);
-    SSMKIT_CHECK_EQ(where(name), "dtype (view does not convert; use read_as)", storage_dtype_v<U>,
+    SSMKIT_CHECK_EQ(where(name), "dtype (view does not convert; use read_as)", dtype_of<U>,
                     t.dtype);
     const Shape<Rank> shape = shape_of<Rank>(t);
     const std::uint8_t* p = data_ + t.begin;
@@ -107,7 +107,7 @@ class SafetensorsFile {
     HostTensor<T, Rank> out(shape_of<Rank>(t), t.name.c_str());
     const std::uint8_t* p = data_ + t.begin;
     if constexpr (!std::is_same_v<T, bool>) {  // bool bytes need the 0/1 check below
-      if (t.dtype == storage_dtype_v<T>) {     // same type: one copy
+      if (t.dtype == dtype_of<T>) {            // same type: one copy
         if (t.nbytes() > 0)
           std::memcpy(out.data(), p, static_cast<std::size_t>(t.nbytes()));
         return out;
@@ -121,7 +121,7 @@ class SafetensorsFile {
             std::string(is_floating(t.dtype) ? "a floating" : "an integer") +
                 " target type holding every value",
             "failure at element " + std::to_string(i) + " (" + std::string(name_of(t.dtype)) +
-                " to " + std::string(name_of(storage_dtype_v<T>)) + ")");
+                " to " + std::string(name_of(dtype_of<T>)) + ")");
     }
     return out;
   }

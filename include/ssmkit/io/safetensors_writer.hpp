@@ -30,7 +30,7 @@ class SafetensorsWriter {
     check_device(v, name.c_str(), Device::CPU);
     Entry e;
     e.name = name;
-    e.dtype = storage_dtype_v<U>;
+    e.dtype = dtype_of<U>;
     e.shape.assign(v.shape().begin(), v.shape().end());
     e.bytes.resize(static_cast<std::size_t>(v.numel()) * sizeof(U));
     // Row-major walk over the (possibly strided) view.
