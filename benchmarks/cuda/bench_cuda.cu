@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
     if (!quick) {
       for (auto& t : time_tile16_policy(shapes, runs))
         all.push_back(t);
-      for (auto& t : time_states8_policy(shapes, runs))
+      for (auto& t : time_blocks3_policy(shapes, runs))
         all.push_back(t);
     }
     std::printf("## selective scan forward (N=16, z, D, delta_bias, softplus)\n\n");

@@ -144,6 +144,6 @@ std::vector<ScanTiming> time_policy(const char* name, const std::vector<ScanShap
 // One per policy source file.
 std::vector<ScanTiming> time_default_policy(const std::vector<ScanShape>& shapes, int runs);
 std::vector<ScanTiming> time_tile16_policy(const std::vector<ScanShape>& shapes, int runs);
-std::vector<ScanTiming> time_states8_policy(const std::vector<ScanShape>& shapes, int runs);
+std::vector<ScanTiming> time_blocks3_policy(const std::vector<ScanShape>& shapes, int runs);
 
 }  // namespace ssmkit::bench

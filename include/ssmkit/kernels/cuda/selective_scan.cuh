@@ -37,8 +37,9 @@ struct SelectiveScanPolicy {
   /// holds at most kThreads / kMinLanes channels.
   static constexpr int kMinLanes = 4;
   static constexpr int kTile = 32;  ///< time steps per tile (a power of two, multiple of 4)
-  /// Cut L into chunks until about this many warps run per SM sub-partition (4 per SM).
-  static constexpr int kWarpsPerScheduler = 3;
+  /// Cut L into chunks until about this many warps run per SM sub-partition (4 per SM): the
+  /// 4 blocks of 4 warps an SM holds at kMinBlocksPerSM = 4.
+  static constexpr int kWarpsPerScheduler = 4;
   static constexpr int kMinChunk = 512;  ///< shortest chunk worth a second pass
   /// B and C elements of a tile each thread carries from global to shared memory, at most
   /// (larger tiles of B, C rows are read from global memory by each lane instead).
@@ -217,20 +218,40 @@ __global__ void __launch_bounds__(Policy::kThreads,
   const int g_lo = d_first / a.channels_per_group;
 
   // Task j of this thread is (step, channel) number tid + j·kThreads of the tile, in the order
-  // of the activations' memory so that neighbouring threads touch neighbouring addresses.
-  const auto task = [&](int j, int& t, int& c) {
-    const int e = tid + j * kThreads;
-    if (a.time_fastest) {
-      t = e & (kT - 1);
-      c = e >> kLog2T;
-    } else {
-      c = e & (C - 1);
-      t = e >> a.log2_channels;
-    }
+  // of the activations' memory so that neighbouring threads touch neighbouring addresses. As C
+  // and kT divide kThreads, that is (t_task + j·dt_task, c_task + j·dc_task): one offset and one
+  // increment per tensor, computed once.
+  int t_task, c_task, dt_task, dc_task;
+  if (a.time_fastest) {
+    t_task = tid & (kT - 1), c_task = tid >> kLog2T, dt_task = 0, dc_task = kThreads / kT;
+  } else {
+    c_task = tid & (C - 1), t_task = tid >> a.log2_channels, dt_task = a.lanes, dc_task = 0;
+  }
+  const int live_tasks = kT * C;  // tasks with tid + j·kThreads below this exist
+  const int u_off = t_task * a.u_t + c_task * a.u_c, u_inc = dt_task * a.u_t + dc_task * a.u_c;
+  const int dt_off = t_task * a.delta_t + c_task * a.delta_c,
+            dt_inc = dt_task * a.delta_t + dc_task * a.delta_c;
+  const int z_off = t_task * a.z_t + c_task * a.z_c, z_inc = dt_task * a.z_t + dc_task * a.z_c;
+  const int o_off = t_task * a.out_t + c_task * a.out_c,
+            o_inc = dt_task * a.out_t + dc_task * a.out_c;
+  // Whether task j of the tile starting at t0 is a real (step, channel).
+  const auto task_ok = [&](int j, int t0) {
+    return tid + j * kThreads < live_tasks && d_first + c_task + j * dc_task < a.D &&
+           t0 + t_task + j * dt_task < t_end;
   };
-  const auto task_live = [&](int j) { return tid + j * kThreads < kT * C; };
 
-  // Global loads of one tile into registers (steps past t_end and channels past D are skipped).
+  // B/C staging: the block's rows of Gs·padded_n elements (a power of two dividing kThreads),
+  // so each thread keeps one (group, state) column and walks rows r_base + j·r_inc.
+  const int row_elems = a.stage_groups * a.padded_n;
+  const int log2_row = a.log2_stage_groups + a.log2_padded_n;
+  const int st_in_row = tid & (row_elems - 1);
+  const int st_n = st_in_row & (a.padded_n - 1), st_g = st_in_row >> a.log2_padded_n;
+  const int st_r = tid >> log2_row, st_inc = kThreads >> log2_row;
+  const bool st_col = st_n < a.N && g_lo + st_g < a.G;
+  const int B_off = st_g * a.B_g + st_n * a.B_n, C_off = st_g * a.C_g + st_n * a.C_n;
+
+  // Global loads of one tile into registers. Tasks that are not real read the tile's first
+  // element instead (always valid) and are masked later: no branches around the loads.
   T dt_n[kTasks], u_n[kTasks], z_n[kTasks];
   float bc_n[kStage > 0 ? kStage : 1];
   const auto load_tile = [&](int t0) {
@@ -243,34 +264,25 @@ __global__ void __launch_bounds__(Policy::kThreads,
                          : nullptr;
 #pragma unroll
     for (int j = 0; j < kTasks; ++j) {
-      int t, c;
-      task(j, t, c);
-      if (task_live(j) && d_first + c < a.D && t0 + t < t_end) {
-        dt_n[j] = __ldg(dt_p + t * a.delta_t + c * a.delta_c);
-        u_n[j] = __ldg(u_p + t * a.u_t + c * a.u_c);
-        if (has_z)
-          z_n[j] = __ldg(z_p + t * a.z_t + c * a.z_c);
-      }
+      const bool ok = task_ok(j, t0);
+      dt_n[j] = __ldg(dt_p + (ok ? dt_off + j * dt_inc : 0));
+      u_n[j] = __ldg(u_p + (ok ? u_off + j * u_inc : 0));
+      if (has_z)
+        z_n[j] = __ldg(z_p + (ok ? z_off + j * z_inc : 0));
     }
     if constexpr (kStaged) {
       const Index row0 = static_cast<Index>(t0);
       const T* B_p = a.B + b * a.B_b + static_cast<Index>(g_lo) * a.B_g + row0 * a.B_t;
       const T* C_p = a.C + b * a.C_b + static_cast<Index>(g_lo) * a.C_g + row0 * a.C_t;
-      const int count = 2 * kT * a.stage_groups * a.padded_n;
 #pragma unroll
       for (int j = 0; j < kStage; ++j) {
-        const int e = tid + j * kThreads;
-        const int n = e & (a.padded_n - 1);
-        int r = e >> a.log2_padded_n;
-        const int gl = r & (a.stage_groups - 1);
-        r >>= a.log2_stage_groups;
+        const int r = st_r + j * st_inc;  // rows 0..kT-1 are B's steps, kT..2kT-1 C's
+        const bool is_c = r >= kT;
         const int t = r & (kT - 1);
-        const bool is_c = (r >> kLog2T) != 0;
-        float v = 0.f;
-        if (e < count && n < a.N && t0 + t < t_end && g_lo + gl < a.G)
-          v = is_c ? to_float(__ldg(C_p + t * a.C_t + gl * a.C_g + n * a.C_n))
-                   : to_float(__ldg(B_p + t * a.B_t + gl * a.B_g + n * a.B_n));
-        bc_n[j] = v;
+        const bool ok = r < 2 * kT && st_col && t0 + t < t_end;
+        const T* src = is_c ? C_p + C_off + t * a.C_t : B_p + B_off + t * a.B_t;
+        const float v = to_float(__ldg(ok ? src : B_p));
+        bc_n[j] = ok ? v : 0.f;
       }
     }
   };
@@ -321,29 +333,26 @@ __global__ void __launch_bounds__(Policy::kThreads,
     // leaves the state unchanged.
 #pragma unroll
     for (int j = 0; j < kTasks; ++j) {
-      int t, c;
-      task(j, t, c);
-      if (task_live(j)) {
-        float dt = 0.f, du = 0.f;
-        if (d_first + c < a.D && t0 + t < t_end) {
-          // Per-channel constants re-read from L1 each tile: registers are the scarce resource.
-          const int d = d_first + c;
-          dt = to_float(dt_n[j]) +
-               (a.delta_bias != nullptr ? __ldg(a.delta_bias + d * a.delta_bias_s) : 0.f);
-          dt = a.softplus ? softplus_f(dt) : dt;
-          u_c[j] = to_float(u_n[j]);
-          du = dt * u_c[j];
-          if (has_z)
-            z_c[j] = to_float(z_n[j]);
-        }
+      const bool ok = task_ok(j, t0);
+      const int t = t_task + j * dt_task, c = c_task + j * dc_task;
+      // Per-channel constants re-read through L1 each tile: registers are the scarce resource.
+      const int d = min(d_first + c, a.D - 1);
+      float dt = to_float(dt_n[j]) +
+                 (a.delta_bias != nullptr ? __ldg(a.delta_bias + d * a.delta_bias_s) : 0.f);
+      dt = a.softplus ? softplus_f(dt) : dt;
+      dt = ok ? dt : 0.f;
+      u_c[j] = to_float(u_n[j]);
+      if (has_z)
+        z_c[j] = to_float(z_n[j]);
+      if (tid + j * kThreads < live_tasks) {
         dt_s[c * kRow + t] = dt;
-        du_s[c * kRow + t] = du;
+        du_s[c * kRow + t] = dt * u_c[j];
       }
     }
     if constexpr (kStaged) {
 #pragma unroll
       for (int j = 0; j < kStage; ++j)
-        if (tid + j * kThreads < 2 * kT * bc_step)
+        if (st_r + j * st_inc < 2 * kT)
           bc_s[tid + j * kThreads] = bc_n[j];
     }
     if (t0 + kT < t_end)
@@ -405,21 +414,27 @@ __global__ void __launch_bounds__(Policy::kThreads,
       T* out_p = a.out + b * a.out_b + static_cast<Index>(d_first) * a.out_c + row0 * a.out_t;
 #pragma unroll
       for (int j = 0; j < kTasks; ++j) {
-        int t, c;
-        task(j, t, c);
-        if (task_live(j) && d_first + c < a.D && t0 + t < t_end) {
-          const float* p = part_s + t * a.partial_row + c;
-          float y = 0.f;
-#pragma unroll 4
+        if (tid + j * kThreads >= live_tasks)
+          continue;
+        const int t = t_task + j * dt_task, c = c_task + j * dc_task;
+        const float* p = part_s + t * a.partial_row + c;
+        const int lane_stride = C + a.partial_pad;
+        float y = 0.f;
+        if (a.lanes == Policy::kMinLanes) {
+#pragma unroll
+          for (int l = 0; l < Policy::kMinLanes; ++l)
+            y += p[l * lane_stride];
+        } else {
           for (int l = 0; l < a.lanes; ++l)
-            y += p[l * (C + a.partial_pad)];
-          const int d = d_first + c;
-          if (a.D_skip != nullptr)
-            y = fmaf(__ldg(a.D_skip + d * a.D_skip_s), u_c[j], y);
-          if (has_z)
-            y *= silu_f(z_c[j]);
-          out_p[t * a.out_t + c * a.out_c] = from_float<T>(y);
+            y += p[l * lane_stride];
         }
+        const int d = min(d_first + c, a.D - 1);
+        if (a.D_skip != nullptr)
+          y = fmaf(__ldg(a.D_skip + d * a.D_skip_s), u_c[j], y);
+        if (has_z)
+          y *= silu_f(z_c[j]);
+        if (task_ok(j, t0))
+          out_p[o_off + j * o_inc] = from_float<T>(y);
       }
     }
   }
@@ -477,7 +492,8 @@ struct ScanPlan {
     Index spanned = per_group % channels == 0 ? 1 : (channels - 1) / per_group + 2;
     spanned = std::min(spanned, G);
     const int groups_pow2 = 1 << log2_exact(static_cast<int>(spanned));
-    if (2 * Policy::kTile * groups_pow2 * padded_n <= Policy::kThreads * Policy::kStagePerThread)
+    if (2 * Policy::kTile * groups_pow2 * padded_n <= Policy::kThreads * Policy::kStagePerThread &&
+        groups_pow2 * padded_n <= Policy::kThreads)
       stage_groups = groups_pow2;
 
     const Index blocks = (D + channels - 1) / channels * batch;
@@ -612,6 +628,8 @@ void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, voi
       "the CUDA scan stores float, __half or __nv_bfloat16");
   static_assert(Policy::kThreads % 32 == 0 && Policy::kStatesPerThread % 4 == 0 &&
                     Policy::kTile % 4 == 0 && (Policy::kTile & (Policy::kTile - 1)) == 0 &&
+                    (Policy::kThreads & (Policy::kThreads - 1)) == 0 &&
+                    Policy::kThreads % Policy::kTile == 0 &&
                     Policy::kTile * Policy::kThreads / Policy::kMinLanes % Policy::kThreads == 0,
                 "policy: whole warps, states in float4s, a power-of-two tile of whole tasks");
   validate(p, Device::CUDA);
