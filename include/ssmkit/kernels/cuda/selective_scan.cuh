@@ -205,6 +205,9 @@ __global__ void __launch_bounds__(Policy::kThreads,
   constexpr int kRow = kT + 4;
   __shared__ __align__(16) float dt_s[kMaxChannels * kRow];
   __shared__ __align__(16) float du_s[kMaxChannels * kRow];
+  // u again for the finish, and z read only there: registers held across the scan are what
+  // limits occupancy.
+  __shared__ float u_s[kPass1 ? 1 : kMaxChannels * kRow];
   __shared__ __align__(16) float bc_s[kStaged ? kThreads * Policy::kStagePerThread : 1];
   __shared__ float part_s[kPass1 ? 1 : partial_capacity<Policy>()];
 
@@ -252,23 +255,18 @@ __global__ void __launch_bounds__(Policy::kThreads,
 
   // Global loads of one tile into registers. Tasks that are not real read the tile's first
   // element instead (always valid) and are masked later: no branches around the loads.
-  T dt_n[kTasks], u_n[kTasks], z_n[kTasks];
+  T dt_n[kTasks], u_n[kTasks];
   float bc_n[kStage > 0 ? kStage : 1];
   const auto load_tile = [&](int t0) {
     const T* u_p =
         a.u + b * a.u_b + static_cast<Index>(d_first) * a.u_c + static_cast<Index>(t0) * a.u_t;
     const T* dt_p = a.delta + b * a.delta_b + static_cast<Index>(d_first) * a.delta_c +
                     static_cast<Index>(t0) * a.delta_t;
-    const T* z_p = has_z ? a.z + b * a.z_b + static_cast<Index>(d_first) * a.z_c +
-                               static_cast<Index>(t0) * a.z_t
-                         : nullptr;
 #pragma unroll
     for (int j = 0; j < kTasks; ++j) {
       const bool ok = task_ok(j, t0);
       dt_n[j] = __ldg(dt_p + (ok ? dt_off + j * dt_inc : 0));
       u_n[j] = __ldg(u_p + (ok ? u_off + j * u_inc : 0));
-      if (has_z)
-        z_n[j] = __ldg(z_p + (ok ? z_off + j * z_inc : 0));
     }
     if constexpr (kStaged) {
       const Index row0 = static_cast<Index>(t0);
@@ -325,7 +323,6 @@ __global__ void __launch_bounds__(Policy::kThreads,
   const T* C_g = a.C + b * a.C_b + static_cast<Index>(g_s) * a.C_g;
   float sum_dt = 0.f;
 
-  float u_c[kTasks], z_c[kTasks];  // this tile's u and z of the tasks, for the finish
   if (t_begin < t_end)
     load_tile(t_begin);
   for (int t0 = t_begin; t0 < t_end; t0 += kT) {
@@ -341,12 +338,12 @@ __global__ void __launch_bounds__(Policy::kThreads,
                  (a.delta_bias != nullptr ? __ldg(a.delta_bias + d * a.delta_bias_s) : 0.f);
       dt = a.softplus ? softplus_f(dt) : dt;
       dt = ok ? dt : 0.f;
-      u_c[j] = to_float(u_n[j]);
-      if (has_z)
-        z_c[j] = to_float(z_n[j]);
+      const float u = to_float(u_n[j]);
       if (tid + j * kThreads < live_tasks) {
         dt_s[c * kRow + t] = dt;
-        du_s[c * kRow + t] = dt * u_c[j];
+        du_s[c * kRow + t] = dt * u;
+        if (!kPass1)
+          u_s[c * kRow + t] = u;
       }
     }
     if constexpr (kStaged) {
@@ -412,6 +409,8 @@ __global__ void __launch_bounds__(Policy::kThreads,
     // 3. finish: sum the lanes' partials, skip connection and gate, store.
     if constexpr (!kPass1) {
       T* out_p = a.out + b * a.out_b + static_cast<Index>(d_first) * a.out_c + row0 * a.out_t;
+      const T* z_p =
+          has_z ? a.z + b * a.z_b + static_cast<Index>(d_first) * a.z_c + row0 * a.z_t : nullptr;
 #pragma unroll
       for (int j = 0; j < kTasks; ++j) {
         if (tid + j * kThreads >= live_tasks)
@@ -430,9 +429,9 @@ __global__ void __launch_bounds__(Policy::kThreads,
         }
         const int d = min(d_first + c, a.D - 1);
         if (a.D_skip != nullptr)
-          y = fmaf(__ldg(a.D_skip + d * a.D_skip_s), u_c[j], y);
+          y = fmaf(__ldg(a.D_skip + d * a.D_skip_s), u_s[c * kRow + t], y);
         if (has_z)
-          y *= silu_f(z_c[j]);
+          y *= silu_f(to_float(__ldg(z_p + (task_ok(j, t0) ? z_off + j * z_inc : 0))));
         if (task_ok(j, t0))
           out_p[o_off + j * o_inc] = from_float<T>(y);
       }
