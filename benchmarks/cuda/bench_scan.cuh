@@ -143,7 +143,7 @@ std::vector<ScanTiming> time_policy(const char* name, const std::vector<ScanShap
 
 // One per policy source file.
 std::vector<ScanTiming> time_default_policy(const std::vector<ScanShape>& shapes, int runs);
-std::vector<ScanTiming> time_tile16_policy(const std::vector<ScanShape>& shapes, int runs);
-std::vector<ScanTiming> time_blocks3_policy(const std::vector<ScanShape>& shapes, int runs);
+std::vector<ScanTiming> time_occupancy4_policy(const std::vector<ScanShape>& shapes, int runs);
+std::vector<ScanTiming> time_block64_policy(const std::vector<ScanShape>& shapes, int runs);
 
 }  // namespace ssmkit::bench
