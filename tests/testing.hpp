@@ -1,7 +1,11 @@
 // Helpers shared by ssmkit's tests: seeded random fills and the relative error the suite judges by.
 #pragma once
 
-#include <ssmkit/ssmkit.hpp>
+#include <ssmkit/core/dtype.hpp>
+#include <ssmkit/core/error.hpp>
+#include <ssmkit/core/host_tensor.hpp>
+#include <ssmkit/core/parallel.hpp>
+#include <ssmkit/core/tensor_view.hpp>
 
 #include <gtest/gtest.h>
 
