@@ -30,7 +30,9 @@ constexpr Shape<Rank> contiguous_strides(const Shape<Rank>& shape) {
   Index acc = 1;
   for (int d = Rank - 1; d >= 0; --d) {
     s[d] = acc;
-    acc *= shape[d] > 0 ? shape[d] : 1;
+    // Saturates instead of overflowing: a shape that large is then rejected by validation.
+    if (__builtin_mul_overflow(acc, shape[d] > 0 ? shape[d] : 1, &acc))
+      acc = std::numeric_limits<Index>::max();
   }
   return s;
 }
