@@ -6,7 +6,8 @@
 int main() {
   ssmkit::HostTensor<double, 2> m({3, 4}, "m");
   for (ssmkit::Index i = 0; i < 3; ++i)
-    for (ssmkit::Index j = 0; j < 4; ++j) m(i, j) = static_cast<double>(i * 4 + j);
+    for (ssmkit::Index j = 0; j < 4; ++j)
+      m(i, j) = static_cast<double>(i * 4 + j);
   const double sum = ssmkit::as_eigen(m.view()).sum();  // 0 + 1 + ... + 11
   try {
     ssmkit::TensorView<float, 1> bad(nullptr, {3}, "bad");
