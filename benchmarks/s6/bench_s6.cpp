@@ -5,6 +5,8 @@
 #include <ssmkit/kernels/cpu/selective_scan.hpp>
 #include <ssmkit/kernels/cpu/selective_scan_reference.hpp>
 
+#include "../bench_util.hpp"
+
 #include <benchmark/benchmark.h>
 
 #include <random>
@@ -13,13 +15,7 @@ namespace {
 
 using namespace ssmkit;
 
-template <class T, int R>
-void fill(HostTensor<T, R>& t, std::uint64_t seed, double lo, double hi) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  for (Index i = 0; i < t.numel(); ++i)
-    t.data()[i] = static_cast<T>(dist(rng));
-}
+using bench::fill;
 
 /// A token-major Mamba-shaped scan: z, D, δ_bias and softplus on, G = 1.
 struct Scan {

@@ -6,6 +6,8 @@
 #include <ssmkit/kernels/cpu/selective_scan_backward.hpp>
 #include <ssmkit/kernels/cpu/selective_scan_backward_reference.hpp>
 
+#include "../bench_util.hpp"
+
 #include <benchmark/benchmark.h>
 
 #include <random>
@@ -14,13 +16,7 @@ namespace {
 
 using namespace ssmkit;
 
-template <class T, int R>
-void fill(HostTensor<T, R>& t, std::uint64_t seed, double lo, double hi) {
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> dist(lo, hi);
-  for (Index i = 0; i < t.numel(); ++i)
-    t.data()[i] = static_cast<T>(dist(rng));
-}
+using bench::fill;
 
 struct Layer {
   HostTensor<float, 3> u, delta, z, out, dout, du, ddelta, dz;
