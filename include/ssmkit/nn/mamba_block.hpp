@@ -129,18 +129,28 @@ class MambaBlock {
     check_shape(w_.D.view(), "D", {di});
     check_shape(w_.out_proj_weight.view(), "out_proj.weight", {dm, di});
     check_optional(w_.out_proj_bias, "out_proj.bias", dm);
+    A_ = HostTensor<T, 2>({di, N}, "A");
+    weights_changed();
+  }
+
+  const MambaBlockConfig& config() const { return c_; }
+  const MambaBlockWeights<T>& weights() const { return w_; }
+
+  /// The weights, for an optimizer to change in place (values, never shapes); weights_changed()
+  /// must follow before the next forward() or step().
+  MambaBlockWeights<T>& mutable_weights() { return w_; }
+
+  /// Recomputes what the block derives from its weights (A = −exp(A_log)) and checks that A_log,
+  /// D and dt_proj.bias are finite.
+  void weights_changed() {
     check_finite(w_.dt_proj_bias, "dt_proj.bias");
     check_finite(w_.D, "D");
-    A_ = HostTensor<T, 2>({di, N}, "A");
     for (Index i = 0; i < A_.numel(); ++i) {
       A_.data()[i] = -std::exp(w_.A_log.data()[i]);
       SSMKIT_CHECK(std::isfinite(A_.data()[i]), "A_log", ("element " + std::to_string(i)).c_str(),
                    "finite with a finite exp", w_.A_log.data()[i]);
     }
   }
-
-  const MambaBlockConfig& config() const { return c_; }
-  const MambaBlockWeights<T>& weights() const { return w_; }
 
   /// out (batch, L, d_model) = block(x (batch, L, d_model)). With a state, the sequences continue
   /// from it (conv inputs and h) and it is left at their ends: a prefill. Without one they start

@@ -59,6 +59,67 @@ struct MambaLMWeights {
   HostTensor<T, 2> lm_head;  ///< (vocab, d_model); empty when tied to the embedding
 };
 
+/// One parameter tensor as a flat view, under its HF checkpoint name, and whether weight decay
+/// suits it (matrices other than A_log; not biases, norms, A_log or D, as mamba_ssm trains).
+template <class T>
+struct NamedParameter {
+  std::string name;
+  TensorView<T, 1> value;
+  bool decay;
+};
+
+namespace detail {
+
+template <class T, int R>
+void add_parameter(std::vector<NamedParameter<T>>& list, std::string name, HostTensor<T, R>& t,
+                   bool decay) {
+  if (t.numel() != 0)  // absent optional biases are left out
+    list.push_back({std::move(name), TensorView<T, 1>(t.data(), {t.numel()}, "parameter"), decay});
+}
+
+/// The tensors of every layer and the final ones, in checkpoint order: embedding, layers (norm,
+/// then the mixer's), norm_f, lm_head. layer(i) gives layer i's norm weight and mixer weights.
+template <class T, class Layer>
+std::vector<NamedParameter<T>> parameter_list(HostTensor<T, 2>& embedding, Index n_layer,
+                                              Layer&& layer, HostTensor<T, 1>& norm_f,
+                                              HostTensor<T, 2>& lm_head) {
+  std::vector<NamedParameter<T>> list;
+  add_parameter(list, io::kHfEmbeddings, embedding, true);
+  for (Index i = 0; i < n_layer; ++i) {
+    const io::MambaLayerNames n(i);
+    auto [norm, m] = layer(i);
+    add_parameter(list, n.norm, norm, false);
+    add_parameter(list, n.in_proj_weight, m.in_proj_weight, true);
+    add_parameter(list, n.in_proj_bias, m.in_proj_bias, false);
+    add_parameter(list, n.conv1d_weight, m.conv1d_weight, true);
+    add_parameter(list, n.conv1d_bias, m.conv1d_bias, false);
+    add_parameter(list, n.x_proj_weight, m.x_proj_weight, true);
+    add_parameter(list, n.dt_proj_weight, m.dt_proj_weight, true);
+    add_parameter(list, n.dt_proj_bias, m.dt_proj_bias, false);
+    add_parameter(list, n.A_log, m.A_log, false);
+    add_parameter(list, n.D, m.D, false);
+    add_parameter(list, n.out_proj_weight, m.out_proj_weight, true);
+    add_parameter(list, n.out_proj_bias, m.out_proj_bias, false);
+  }
+  add_parameter(list, io::kHfNormF, norm_f, false);
+  add_parameter(list, io::kHfLmHead, lm_head, true);
+  return list;
+}
+
+}  // namespace detail
+
+/// Every tensor of a weight set (a model's gradients, say) in the order of MambaLM::parameters().
+template <class T>
+std::vector<NamedParameter<T>> parameters(MambaLMWeights<T>& w) {
+  return detail::parameter_list<T>(
+      w.embedding, static_cast<Index>(w.layers.size()),
+      [&](Index i) -> std::pair<HostTensor<T, 1>&, MambaBlockWeights<T>&> {
+        auto& l = w.layers[static_cast<std::size_t>(i)];
+        return {l.norm, l.mixer};
+      },
+      w.norm_f, w.lm_head);
+}
+
 template <class T, class Backend = Cpu>
 class MambaLM {
   // T is float or double (MambaBlock checks), so the residual stream, kept in T, is at least fp32
@@ -156,6 +217,36 @@ class MambaLM {
   const MambaLMConfig& config() const { return c_; }
   Index vocab_size() const { return c_.vocab_size; }
 
+  /// The parts, for a backward pass (nn/grad/mamba_lm_backward.hpp).
+  const HostTensor<T, 2>& embedding() const { return embedding_; }
+  /// The LM head's weight (vocab, d_model): the embedding when tied.
+  TensorView<const T, 2> head() const {
+    return c_.tie_embeddings ? embedding_.view() : lm_head_.view();
+  }
+  const RMSNorm<T>& norm(Index layer) const { return norms_.at(static_cast<std::size_t>(layer)); }
+  const MambaBlock<T, Backend>& mixer(Index layer) const {
+    return mixers_.at(static_cast<std::size_t>(layer));
+  }
+  const RMSNorm<T>& norm_f() const { return norm_f_; }
+
+  /// Every parameter as a flat view to change in place (an optimizer step), in the order of
+  /// nn::parameters(MambaLMWeights&); parameters_changed() must follow before the next forward.
+  std::vector<NamedParameter<T>> parameters() {
+    return detail::parameter_list<T>(
+        embedding_, c_.n_layer,
+        [&](Index i) -> std::pair<HostTensor<T, 1>&, MambaBlockWeights<T>&> {
+          const auto k = static_cast<std::size_t>(i);
+          return {norms_[k].weight, mixers_[k].mutable_weights()};
+        },
+        norm_f_.weight, lm_head_);
+  }
+
+  /// Recomputes what the blocks derive from their weights, after parameters() were changed.
+  void parameters_changed() {
+    for (auto& m : mixers_)
+      m.weights_changed();
+  }
+
   /// A cache for `batch` sequences, all empty.
   Cache make_cache(Index batch) const {
     SSMKIT_CHECK(batch >= 1, "batch", "value", ">= 1", batch);
@@ -231,10 +322,6 @@ class MambaLM {
   }
 
  private:
-  TensorView<const T, 2> head() const {
-    return c_.tie_embeddings ? embedding_.view() : lm_head_.view();
-  }
-
   void check_ids(const TensorView<const std::int64_t, 2>& ids) const {
     check_device(ids, "ids", Device::CPU);
     for (Index b = 0; b < ids.size(0); ++b)
