@@ -1,0 +1,383 @@
+// The GPU Mamba block and language model: the few-token GEMV against an fp64 product, the block
+// against the CPU block (forward, prefill + steps), LM logits and greedy tokens against
+// transformers' goldens, decoding against full recomputation, graph replay against eager steps,
+// and argument checks.
+#include "cuda_testing.hpp"
+#include "nn/nn_testing.hpp"
+
+#include <ssmkit/nn/cuda/mamba_lm.cuh>
+
+using namespace ssmkit;
+using namespace ssmkit::testing;
+
+namespace {
+
+template <class T>
+std::vector<double> download(const float* p, Index n, cudaStream_t s) {
+  std::vector<float> h(static_cast<std::size_t>(n));
+  SSMKIT_CUDA_CHECK(cudaMemcpyAsync(h.data(), p, sizeof(float) * n, cudaMemcpyDeviceToHost, s));
+  SSMKIT_CUDA_CHECK(cudaStreamSynchronize(s));
+  return std::vector<double>(h.begin(), h.end());
+}
+
+/// A float device copy of host data.
+cuda::DeviceBuffer<float> upload(const float* p, Index n, cudaStream_t s) {
+  cuda::DeviceBuffer<float> b(n);
+  b.copy_from_host_async(p, n, s);
+  return b;
+}
+
+template <class W>
+void check_gemv(Index tokens, Index N, Index K, bool bias_on, bool accumulate, double tol,
+                std::uint64_t seed) {
+  SCOPED_TRACE("gemv tokens=" + std::to_string(tokens) + " N=" + std::to_string(N) +
+               " K=" + std::to_string(K));
+  TestStream stream;
+  const cudaStream_t s = stream.s;
+  const Index ldx = K + 3;  // unaligned rows: the scalar x path
+  const auto x = random_vector<float>(static_cast<std::size_t>(tokens * ldx), seed);
+  const auto w = random_vector<float>(static_cast<std::size_t>(N * K), seed + 1);
+  const auto bias = random_vector<float>(static_cast<std::size_t>(N), seed + 2);
+  const auto old = random_vector<float>(static_cast<std::size_t>(tokens * N), seed + 3);
+  const cuda::DeviceMatrix<W> wd(TensorView<const float, 2>(w.data(), {N, K}), "w");
+  std::vector<float> w_stored(w.size());  // what the device holds, rounded to W
+  for (std::size_t i = 0; i < w.size(); ++i)
+    w_stored[i] = static_cast<float>(to_double(from_double<W>(w[i])));
+  std::vector<double> ref(static_cast<std::size_t>(tokens * N));
+  for (Index t = 0; t < tokens; ++t)
+    for (Index n = 0; n < N; ++n) {
+      double acc = (bias_on ? bias[n] : 0.0) + (accumulate ? old[t * N + n] : 0.0);
+      for (Index k = 0; k < K; ++k)
+        acc += static_cast<double>(x[t * ldx + k]) * w_stored[n * K + k];
+      ref[t * N + n] = acc;
+    }
+  for (const bool vec_x : {false, true}) {
+    auto xd = upload(x.data(), tokens * ldx, s);
+    auto bd = upload(bias.data(), N, s);
+    auto od = upload(old.data(), tokens * N, s);
+    cuda::GemvParams<W> p;
+    // vec_x: the same values repacked with 16-byte rows.
+    std::vector<float> packed;
+    const Index ld = vec_x ? (K + 3) / 4 * 4 : ldx;
+    if (vec_x) {
+      packed.assign(static_cast<std::size_t>(tokens * ld), 0.f);
+      for (Index t = 0; t < tokens; ++t)
+        std::copy(&x[t * ldx], &x[t * ldx] + K, &packed[t * ld]);
+      xd = upload(packed.data(), tokens * ld, s);
+    }
+    p.x = TensorView<const float, 2>(xd.data(), {tokens, K}, {ld, 1}, "x", Device::CUDA);
+    p.weight = wd.view();
+    if (bias_on)
+      p.bias = TensorView<const float, 1>(bd.data(), {N}, "bias", Device::CUDA);
+    p.out = TensorView<float, 2>(od.data(), {tokens, N}, "out", Device::CUDA);
+    p.accumulate = accumulate;
+    if (!accumulate)
+      od.fill_bytes_async(0xFF, s);
+    cuda::gemv(p, s);
+    EXPECT_LE(rel_error(download<float>(od.data(), tokens * N, s), ref), tol) << "vec_x " << vec_x;
+  }
+}
+
+TEST(CudaGemv, MatchesFp64Product) {
+  SSMKIT_REQUIRE_GPU();
+  // Long rows (one warp each), short rows (split across warps), K tails, 1..8 tokens.
+  check_gemv<float>(1, 300, 1000, true, false, 1e-6, 1);
+  check_gemv<float>(3, 7, 4099, false, true, 1e-6, 2);
+  check_gemv<float>(8, 1029, 64, true, true, 1e-6, 3);
+  check_gemv<__nv_bfloat16>(1, 513, 2563, true, false, 1e-6, 4);
+  check_gemv<__nv_bfloat16>(5, 20, 777, false, false, 1e-6, 5);
+  check_gemv<__nv_bfloat16>(8, 96, 9, true, true, 1e-6, 6);
+}
+
+/// The block on both backends, fed the MambaMixer golden's input: a full forward, then a prefill
+/// of the first tokens with a state followed by steps through the rest.
+template <class W>
+void check_block(const std::string& name, double tol) {
+  SCOPED_TRACE(name);
+  TestStream stream;
+  const cudaStream_t s = stream.s;
+  const MixerGolden<float> g(name);
+  const nn::MambaBlock<float> cpu_block(g.config, g.copy_weights());
+  const nn::MambaBlock<W, Cuda> gpu_block(cpu_block);
+  const auto& c = g.config;
+  const Index batch = g.x.size(0), L = g.x.size(1), dm = c.d_model;
+  HostTensor<float, 3> x({batch, L, dm}), want({batch, L, dm});
+  for (Index i = 0; i < x.numel(); ++i)
+    x.data()[i] = static_cast<float>(g.x.data()[i]);
+  cpu_block.forward(x.view(), want.view());
+
+  auto xd = upload(x.data(), x.numel(), s);
+  cuda::DeviceBuffer<float> out(x.numel());
+  out.fill_bytes_async(0xFF, s);
+  typename nn::MambaBlock<W, Cuda>::Workspace ws;
+  const auto xv = xd.view<3>({batch, L, dm});
+  const auto ov = out.view<3>({batch, L, dm});
+  gpu_block.forward(xv, ov, ws, s);
+  EXPECT_LE(rel_error(download<float>(out.data(), out.size(), s),
+                      std::vector<double>(want.data(), want.data() + want.numel())),
+            tol)
+      << "forward";
+
+  // Prefill L1 tokens with a state, then one step per remaining token, on both backends.
+  const Index L1 = L / 2;
+  nn::MambaBlockState<float> cpu_state(c, batch);
+  nn::DeviceMambaBlockState gpu_state(c, batch, s);
+  HostTensor<float, 3> cpu_out({batch, L, dm});
+  const auto head = [&](auto v, Index t0, Index n) {
+    using V = decltype(v);
+    return V::unchecked(v.data() + t0 * v.stride(1), {batch, n, dm}, v.strides(), v.device());
+  };
+  cpu_block.forward(head(TensorView<const float, 3>(x.view()), 0, L1), head(cpu_out.view(), 0, L1),
+                    cpu_state.view());
+  out.fill_bytes_async(0xFF, s);
+  gpu_block.forward(head(TensorView<const float, 3>(xv), 0, L1), head(ov, 0, L1), ws, s,
+                    gpu_state.view());
+  typename nn::MambaBlock<float>::Workspace cpu_ws;
+  for (Index t = L1; t < L; ++t) {
+    const auto tok = [&](auto v) {
+      using E = std::remove_pointer_t<decltype(v.data())>;
+      return TensorView<E, 2>::unchecked(v.data() + t * v.stride(1), {batch, dm}, {v.stride(0), 1},
+                                         v.device());
+    };
+    cpu_block.step(tok(TensorView<const float, 3>(x.view())), tok(cpu_out.view()), cpu_state.view(),
+                   cpu_ws);
+    gpu_block.step(tok(TensorView<const float, 3>(xv)), tok(ov), gpu_state.view(), ws, s);
+  }
+  EXPECT_LE(rel_error(download<float>(out.data(), out.size(), s),
+                      std::vector<double>(cpu_out.data(), cpu_out.data() + cpu_out.numel())),
+            tol)
+      << "prefill + steps";
+  const auto states = gpu_state.view();
+  EXPECT_LE(rel_error(download<float>(states.ssm.data(), states.ssm.numel(), s),
+                      std::vector<double>(cpu_state.ssm().data(),
+                                          cpu_state.ssm().data() + cpu_state.ssm().numel())),
+            tol)
+      << "ssm state";
+  EXPECT_LE(rel_error(download<float>(states.conv.data(), states.conv.numel(), s),
+                      std::vector<double>(cpu_state.conv().data(),
+                                          cpu_state.conv().data() + cpu_state.conv().numel())),
+            tol)
+      << "conv state";
+}
+
+TEST(CudaMambaBlock, MatchesCpuBlockFloat) {
+  SSMKIT_REQUIRE_GPU();
+  check_block<float>("bias", 1e-5);
+  check_block<float>("n64", 1e-5);
+}
+
+TEST(CudaMambaBlock, MatchesCpuBlockBf16Weights) {
+  SSMKIT_REQUIRE_GPU();
+  check_block<__nv_bfloat16>("bias", 1e-2);
+  check_block<__nv_bfloat16>("n64", 1e-2);
+}
+
+struct LMGolden {
+  HostTensor<std::int64_t, 2> input_ids, greedy;
+  HostTensor<float, 3> logits;
+
+  explicit LMGolden(const std::string& name) {
+    const auto f = io::SafetensorsFile::open(mamba_data(name + "/golden.safetensors"));
+    input_ids = f.read_as<std::int64_t, 2>("input_ids");
+    greedy = f.read_as<std::int64_t, 2>("greedy");
+    logits = f.read_as<float, 3>("logits");
+  }
+};
+
+class CudaMambaLMGolden : public ::testing::TestWithParam<const char*> {};
+
+template <class W>
+void check_lm_logits(const std::string& name, double tol) {
+  TestStream stream;
+  const auto model = nn::MambaLM<W, Cuda>::from_pretrained(mamba_data(name));
+  const LMGolden g(name);
+  cuda::DeviceBuffer<float> logits(g.logits.numel());
+  logits.fill_bytes_async(0xFF, stream.s);
+  model.forward(g.input_ids.view(), logits.view<3>(g.logits.shape()), stream.s);
+  EXPECT_LE(rel_error(download<float>(logits.data(), logits.size(), stream.s),
+                      std::vector<double>(g.logits.data(), g.logits.data() + g.logits.numel())),
+            tol)
+      << name;
+}
+
+TEST_P(CudaMambaLMGolden, LogitsMatchTransformersFloat) {
+  SSMKIT_REQUIRE_GPU();
+  check_lm_logits<float>(GetParam(), 1e-4);  // the CPU test's tolerance
+}
+
+TEST_P(CudaMambaLMGolden, LogitsMatchTransformersBf16Weights) {
+  SSMKIT_REQUIRE_GPU();
+  check_lm_logits<__nv_bfloat16>(GetParam(), 1e-2);
+}
+
+TEST_P(CudaMambaLMGolden, GreedyContinuationMatchesTransformers) {
+  SSMKIT_REQUIRE_GPU();
+  TestStream stream;
+  const auto model = nn::MambaLM<float, Cuda>::from_pretrained(mamba_data(GetParam()));
+  const LMGolden g(GetParam());
+  const Index batch = g.input_ids.size(0), Lp = g.input_ids.size(1);
+  const Index new_tokens = g.greedy.size(1) - Lp;
+  std::vector<std::vector<std::int64_t>> prompts(static_cast<std::size_t>(batch));
+  for (Index b = 0; b < batch; ++b)
+    prompts[b].assign(&g.input_ids(b, 0), &g.input_ids(b, 0) + Lp);
+  for (const bool graph : {false, true}) {
+    const auto r = nn::generate(model, prompts, new_tokens, {}, stream.s, graph);
+    for (Index b = 0; b < batch; ++b) {
+      const std::vector<std::int64_t> want(&g.greedy(b, Lp), &g.greedy(b, Lp) + new_tokens);
+      EXPECT_EQ(r.tokens[b], want) << "sequence " << b << " graph " << graph;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, CudaMambaLMGolden,
+                         ::testing::Values("tiny_tied", "tiny_untied_bias", "tiny_n64"));
+
+/// Prefill then steps of sampled tokens against the CPU model's logits at every step; batches
+/// above kGemvMaxTokens run their products through cuBLAS.
+template <class W>
+void check_decode_against_cpu(Index batch, double tol) {
+  SCOPED_TRACE("batch " + std::to_string(batch));
+  TestStream stream;
+  const auto cpu = nn::MambaLM<float>::from_pretrained(mamba_data("tiny_untied_bias"));
+  const nn::MambaLM<W, Cuda> gpu(cpu);
+  const Index V = cpu.vocab_size(), Lp = 5, steps = 6;
+  std::mt19937_64 rng(batch);
+  std::uniform_int_distribution<std::int64_t> token(0, V - 1);
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(batch * Lp));
+  for (auto& id : ids)
+    id = token(rng);
+  auto cpu_cache = cpu.make_cache(batch);
+  auto gpu_cache = gpu.make_cache(batch, stream.s);
+  const TensorView<const std::int64_t, 2> prompt(ids.data(), {batch, Lp});
+  cpu.prefill(prompt, cpu_cache);
+  gpu.prefill(prompt, gpu_cache);
+  for (Index i = 0; i <= steps; ++i) {
+    const auto want = cpu_cache.logits();
+    EXPECT_LE(rel_error(download<float>(gpu_cache.logits().data(), batch * V, stream.s),
+                        std::vector<double>(want.data(), want.data() + batch * V)),
+              tol)
+        << "step " << i;
+    std::vector<std::int64_t> next(static_cast<std::size_t>(batch));
+    for (auto& id : next)
+      id = token(rng);
+    const TensorView<const std::int64_t, 1> nv(next.data(), {batch});
+    cpu.step(nv, cpu_cache);
+    gpu.step(nv, gpu_cache);
+  }
+}
+
+TEST(CudaMambaLM, DecodeMatchesCpuModel) {
+  SSMKIT_REQUIRE_GPU();
+  check_decode_against_cpu<float>(2, 1e-5);
+  check_decode_against_cpu<float>(11, 1e-5);
+  check_decode_against_cpu<__nv_bfloat16>(2, 1e-2);
+  check_decode_against_cpu<__nv_bfloat16>(11, 1e-2);
+}
+
+TEST(CudaMambaLM, PrefillThenStepsEqualFullForward) {
+  SSMKIT_REQUIRE_GPU();
+  TestStream stream;
+  const auto model = nn::MambaLM<float, Cuda>::from_pretrained(mamba_data("tiny_n64"));
+  const Index V = model.vocab_size(), batch = 2, Lp = 4, steps = 5;
+  std::vector<std::vector<std::int64_t>> seqs = {{3, 141, 59, 26}, {271, 82, 8, 18}};
+  auto cache = model.make_cache(batch, stream.s);
+  std::vector<std::int64_t> ids;
+  for (auto& q : seqs)
+    ids.insert(ids.end(), q.begin(), q.end());
+  model.prefill(TensorView<const std::int64_t, 2>(ids.data(), {batch, Lp}), cache);
+  for (Index i = 0; i <= steps; ++i) {
+    const Index L = Lp + i;
+    std::vector<std::int64_t> all;
+    for (auto& q : seqs)
+      all.insert(all.end(), q.begin(), q.end());
+    cuda::DeviceBuffer<float> full(batch * L * V);
+    full.fill_bytes_async(0xFF, stream.s);
+    model.forward(TensorView<const std::int64_t, 2>(all.data(), {batch, L}),
+                  full.view<3>({batch, L, V}), stream.s);
+    const auto f = download<float>(full.data(), full.size(), stream.s);
+    const auto got = download<float>(cache.logits().data(), batch * V, stream.s);
+    for (Index b = 0; b < batch; ++b)
+      EXPECT_LE(rel_error(&got[b * V], &f[(b * L + L - 1) * V], V), 1e-5)
+          << "sequence " << b << " after " << L << " tokens";
+    const auto next = cache.next_ids_host();
+    for (Index b = 0; b < batch; ++b)
+      seqs[b].push_back(next[b]);
+    model.step_greedy(cache, false);
+  }
+}
+
+TEST(CudaMambaLM, GraphReplayEqualsEagerSteps) {
+  SSMKIT_REQUIRE_GPU();
+  TestStream stream;
+  const auto model = nn::MambaLM<__nv_bfloat16, Cuda>::from_pretrained(mamba_data("tiny_tied"));
+  const Index V = model.vocab_size(), batch = 3;
+  std::vector<std::int64_t> ids = {5, 6, 7, 100, 1, 2, 9, 8, 7};
+  auto eager = model.make_cache(batch, stream.s);
+  auto graph = model.make_cache(batch, stream.s);
+  const TensorView<const std::int64_t, 2> prompt(ids.data(), {batch, 3});
+  model.prefill(prompt, eager);
+  model.prefill(prompt, graph);
+  for (int i = 0; i < 6; ++i) {
+    model.step_greedy(eager, false);
+    model.step_greedy(graph, true);
+    EXPECT_EQ(eager.next_ids_host(), graph.next_ids_host()) << "step " << i;
+    EXPECT_EQ(rel_error(download<float>(eager.logits().data(), batch * V, stream.s),
+                        download<float>(graph.logits().data(), batch * V, stream.s)),
+              0.0)
+        << "step " << i;
+  }
+}
+
+TEST(CudaMambaLM, RejectsBadInputs) {
+  SSMKIT_REQUIRE_GPU();
+  TestStream stream;
+  const auto model = nn::MambaLM<float, Cuda>::from_pretrained(mamba_data("tiny_tied"));
+  const Index V = model.vocab_size();
+  std::vector<std::int64_t> ids = {1, 2, V, 3};
+  cuda::DeviceBuffer<float> logits(4 * V);
+  SSMKIT_EXPECT_ERROR(model.forward(TensorView<const std::int64_t, 2>(ids.data(), {1, 4}),
+                                    logits.view<3>({1, 4, V}), stream.s),
+                      "ids", "element (0, 2)", "vocab_size");
+  ids[2] = 4;
+  HostTensor<float, 3> host_logits({1, 4, V});
+  SSMKIT_EXPECT_ERROR(model.forward(TensorView<const std::int64_t, 2>(ids.data(), {1, 4}),
+                                    host_logits.view(), stream.s),
+                      "logits", "device");
+  cuda::DeviceBuffer<float> wrong(4 * (V - 1));
+  SSMKIT_EXPECT_ERROR(model.forward(TensorView<const std::int64_t, 2>(ids.data(), {1, 4}),
+                                    wrong.view<3>({1, 4, V - 1}), stream.s),
+                      "logits", "shape");
+  auto cache = model.make_cache(2, stream.s);
+  SSMKIT_EXPECT_ERROR(
+      model.prefill(TensorView<const std::int64_t, 2>(ids.data(), {2, 2}), cache, 1), "first");
+  SSMKIT_EXPECT_ERROR(model.step(TensorView<const std::int64_t, 1>(ids.data(), {3}), cache), "ids",
+                      "shape");
+  SSMKIT_EXPECT_ERROR(model.make_cache(0, stream.s), "batch");
+  auto default_stream = model.make_cache(1, nullptr);
+  SSMKIT_EXPECT_ERROR(model.step_greedy(default_stream, true), "cache stream");
+  SSMKIT_EXPECT_ERROR((nn::MambaLM<float, Cuda>::from_pretrained(mamba_data("no_such_model"))),
+                      "no_such_model");
+
+  const MixerGolden<float> g("bias");
+  const nn::MambaBlock<float, Cuda> block(g.config, g.copy_weights());
+  typename nn::MambaBlock<float, Cuda>::Workspace ws;
+  const Index dm = g.config.d_model;
+  cuda::DeviceBuffer<float> x(2 * 3 * dm), out(2 * 3 * dm);
+  SSMKIT_EXPECT_ERROR(
+      block.forward(x.view<3>({2, 3, dm - 1}), out.view<3>({2, 3, dm}), ws, stream.s), "x",
+      "shape");
+  HostTensor<float, 3> host_x({2, 3, dm});
+  SSMKIT_EXPECT_ERROR(block.forward(host_x.view(), out.view<3>({2, 3, dm}), ws, stream.s), "x",
+                      "device");
+  nn::DeviceMambaBlockState state(g.config, 1, stream.s);
+  SSMKIT_EXPECT_ERROR(
+      block.forward(x.view<3>({2, 3, dm}), out.view<3>({2, 3, dm}), ws, stream.s, state.view()),
+      "state.conv", "shape");
+  SSMKIT_EXPECT_ERROR(block.step(x.view<2>({1, dm}), out.view<2>({1, dm}), {}, ws, stream.s),
+                      "state", "presence");
+  auto bad = g.copy_weights();
+  bad.D = HostTensor<float, 1>({g.config.d_inner + 1});
+  SSMKIT_EXPECT_ERROR((nn::MambaBlock<float, Cuda>(g.config, std::move(bad))), "D", "shape");
+}
+
+}  // namespace
