@@ -1,0 +1,169 @@
+// The CUDA selective scan backward on DESIGN.md's shapes (N=16, z, D, δ_bias, softplus; fp32 and
+// bf16; token- and channel-major), timed with CUDA events, against mamba_ssm's backward on the
+// same H100; and the time of each of its passes. Prints markdown tables.
+//   bench_cuda_scan_backward [--runs N] [--quick]   (--quick: the first shape only)
+#include "bench_scan.cuh"
+
+#include <ssmkit/kernels/cuda/selective_scan_backward.cuh>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace ssmkit::bench {
+namespace {
+
+struct BackwardShape {
+  Index batch, D, L, N;
+  double mamba_fp32_ms, mamba_bf16_ms;  // DESIGN.md's mamba_ssm backward times (H100)
+};
+
+/// Inputs and gradients of one shape, activations token-major or channel-major.
+template <class T>
+struct BackwardProblem {
+  cuda::DeviceBuffer<T> u, delta, z, dout, B, C, du, ddelta, dz, dB, dC;
+  cuda::DeviceBuffer<float> A, D_skip, bias, dA, dD, dbias;
+  SelectiveScanBackwardParams<T, float> p;
+
+  BackwardProblem(const BackwardShape& s, bool channel_major)
+      : u(s.batch * s.L * s.D),
+        delta(s.batch * s.L * s.D),
+        z(s.batch * s.L * s.D),
+        dout(s.batch * s.L * s.D),
+        B(s.batch * s.L * s.N),
+        C(s.batch * s.L * s.N),
+        du(s.batch * s.L * s.D),
+        ddelta(s.batch * s.L * s.D),
+        dz(s.batch * s.L * s.D),
+        dB(s.batch * s.L * s.N),
+        dC(s.batch * s.L * s.N),
+        A(s.D * s.N),
+        D_skip(s.D),
+        bias(s.D),
+        dA(s.D * s.N),
+        dD(s.D),
+        dbias(s.D) {
+    fill(u, 1, -1.f, 1.f);
+    fill(delta, 2, -4.f, 1.f);
+    fill(z, 3, -3.f, 3.f);
+    fill(dout, 4, -1.f, 1.f);
+    fill(B, 5, -1.f, 1.f);
+    fill(C, 6, -1.f, 1.f);
+    fill(A, 7, -4.f, -0.1f);
+    fill(D_skip, 8, -1.f, 1.f);
+    fill(bias, 9, -1.f, 0.5f);
+    const Shape<3> shape{s.batch, s.L, s.D};
+    const Shape<3> strides =
+        channel_major ? Shape<3>{s.D * s.L, 1, s.L} : Shape<3>{s.L * s.D, s.D, 1};
+    // B and C as mamba_ssm keeps them in the channel-major case: (batch, G, N, L).
+    const Shape<4> bc{s.batch, s.L, 1, s.N};
+    const Shape<4> bc_strides =
+        channel_major ? Shape<4>{s.N * s.L, 1, s.N * s.L, s.L} : Shape<4>{s.L * s.N, s.N, s.N, 1};
+    p.u = u.template view<3>(shape, strides);
+    p.delta = delta.template view<3>(shape, strides);
+    p.z = z.template view<3>(shape, strides);
+    p.dout = dout.template view<3>(shape, strides);
+    p.B = B.template view<4>(bc, bc_strides);
+    p.C = C.template view<4>(bc, bc_strides);
+    p.A = A.view<2>({s.D, s.N});
+    p.D_skip = D_skip.view<1>({s.D});
+    p.delta_bias = bias.view<1>({s.D});
+    p.delta_softplus = true;
+    p.du = du.template view<3>(shape, strides);
+    p.ddelta = ddelta.template view<3>(shape, strides);
+    p.dz = dz.template view<3>(shape, strides);
+    p.dB = dB.template view<4>(bc, bc_strides);
+    p.dC = dC.template view<4>(bc, bc_strides);
+    p.dA = dA.view<2>({s.D, s.N});
+    p.dD_skip = dD.view<1>({s.D});
+    p.ddelta_bias = dbias.view<1>({s.D});
+  }
+};
+
+struct BackwardTiming {
+  double total_ms, local_ms, join_ms, chunks_ms, finish_ms, workspace_mb;
+};
+
+template <class T>
+BackwardTiming time_backward(const BackwardShape& shape, bool channel_major, int runs) {
+  using Policy = cuda::SelectiveScanBackwardPolicy;
+  BackwardProblem<T> pr(shape, channel_major);
+  const std::size_t bytes = cuda::selective_scan_backward_workspace_size(pr.p);
+  cuda::DeviceBuffer<char> ws(static_cast<Index>(bytes));
+  SSMKIT_CUDA_CHECK(cudaDeviceSynchronize());
+  BackwardTiming t{};
+  t.workspace_mb = static_cast<double>(bytes) / 1e6;
+  t.total_ms = median_ms(
+      3, runs, [&](int) { cuda::selective_scan_backward(pr.p, nullptr, ws.data(), bytes); });
+  // Each pass alone, on the state the full call leaves (the join rewrites its input in place,
+  // which changes its numbers, not its work).
+  const cuda::detail::ScanBackwardPlan<Policy> plan(shape.batch, shape.L, shape.D, shape.N, 1);
+  const auto a = cuda::detail::make_backward_args(pr.p, plan, reinterpret_cast<float*>(ws.data()));
+  t.local_ms =
+      median_ms(1, runs, [&](int) { cuda::detail::launch_backward_local(a, plan, nullptr); });
+  t.join_ms =
+      median_ms(1, runs, [&](int) { cuda::detail::launch_backward_join(a, plan, nullptr); });
+  t.chunks_ms =
+      median_ms(1, runs, [&](int) { cuda::detail::launch_backward_chunks(a, plan, nullptr); });
+  t.finish_ms = median_ms(1, runs, [&](int) {
+    cuda::detail::launch_backward_clear(a, plan, nullptr);
+    cuda::detail::launch_backward_finish(a, plan, nullptr);
+  });
+  return t;
+}
+
+}  // namespace
+}  // namespace ssmkit::bench
+
+int main(int argc, char** argv) {
+  using namespace ssmkit::bench;
+  int runs = 10;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc)
+      runs = std::max(3, std::atoi(argv[++i]));
+    else if (std::strcmp(argv[i], "--quick") == 0)
+      quick = true;
+  }
+  try {
+    if (ssmkit::cuda::device_count() == 0) {
+      std::printf("no CUDA device\n");
+      return 1;
+    }
+    cudaDeviceProp prop{};
+    SSMKIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    std::printf("device: %s, %d SMs, L2 %d MB\n\n", prop.name, prop.multiProcessorCount,
+                prop.l2CacheSize >> 20);
+    std::vector<BackwardShape> shapes = {{8, 2048, 2048, 16, 2.80, 2.51},
+                                         {1, 5120, 16384, 16, 7.08, 6.44},
+                                         {2, 1536, 131072, 16, 33.3, 30.2}};
+    if (quick)
+      shapes.resize(1);
+    std::printf("## selective scan backward (N=16, z, D, delta_bias, softplus)\n\n");
+    std::printf(
+        "| shape | dtype | layout | time ms | mamba_ssm bwd ms | x faster | pass 1 ms | "
+        "join ms | pass 3 ms | finish ms | workspace MB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (const BackwardShape& s : shapes)
+      for (const bool bf16 : {false, true})
+        for (const bool cm : {false, true}) {
+          const BackwardTiming t =
+              bf16 ? time_backward<__nv_bfloat16>(s, cm, runs) : time_backward<float>(s, cm, runs);
+          const double mamba = bf16 ? s.mamba_bf16_ms : s.mamba_fp32_ms;
+          std::printf(
+              "| B=%lld D=%lld L=%lld | %s | %s | %.3f | %.2f | %.2f | %.3f | %.3f | %.3f | "
+              "%.3f | %.0f |\n",
+              static_cast<long long>(s.batch), static_cast<long long>(s.D),
+              static_cast<long long>(s.L), bf16 ? "bf16" : "fp32", cm ? "channel" : "token",
+              t.total_ms, mamba, mamba / t.total_ms, t.local_ms, t.join_ms, t.chunks_ms,
+              t.finish_ms, t.workspace_mb);
+          std::fflush(stdout);
+        }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_cuda_scan_backward: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,723 @@
+// The S6 selective scan's backward pass on the GPU (reverse-mode derivative of Mamba's Algorithm 2,
+// arXiv 2312.00752): same math and argument struct as cpu::selective_scan_backward.
+//
+// With q_t = ∂ℓ/∂h_t less C_t·dy_t, the adjoint runs backwards as g_t = q_t + C_t·dy_t,
+// q_{t-1} = Ā_t·g_t, and every gradient is a local product of g_t, h_{t-1} and the step's inputs.
+// Time is cut into chunks that run in parallel, never storing more than one state per chunk:
+//  1. each chunk from zero: its local final state, ΣΔ, and its local adjoint
+//     Σ_t (Π_{s<=t} Ā_s)·C_t·dy_t, which a forward walk computes with a running product;
+//  2. a walk over the chunks joins them: the state entering and the adjoint leaving each chunk
+//     (h ← 2^(A·log2e·ΣΔ)·h + h_local, and the same backwards for q), and ∂ℓ/∂h0;
+//  3. each chunk recomputes its states from its entry state, sub-chunk by sub-chunk in registers,
+//     and runs the adjoint back through them. dB and dC (shared by a group's channels) meet in
+//     shared memory, dA, dD, dδ_bias (shared by batch and time) go to float accumulators by
+//     atomics, and a last pass rounds the accumulators into the gradient views.
+#pragma once
+
+#include "ssmkit/core/cuda_check.cuh"
+#include "ssmkit/core/dtype.cuh"
+#include "ssmkit/kernels/cuda/selective_scan.cuh"
+#include "ssmkit/kernels/selective_scan_backward_params.hpp"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <string>
+#include <type_traits>
+
+namespace ssmkit::cuda {
+
+/// Tuning knobs of selective_scan_backward (pass another struct with the same members to try
+/// others).
+struct SelectiveScanBackwardPolicy {
+  static constexpr int kThreads = 128;        ///< threads per block
+  static constexpr int kStatesPerThread = 4;  ///< states per lane; a channel has up to 32 lanes
+  static constexpr int kSubChunk =
+      8;  ///< steps whose states and decays one lane keeps in registers
+  /// Steps per chunk when N <= 16 (halved per doubling of N, so that a chunk's dB and dC sums
+  /// stay in 16 KB of shared memory). Each chunk stores one state per channel in the workspace.
+  static constexpr int kChunk = 128;
+  /// Channels one block walks through in turn, summing their dB and dC in shared memory before
+  /// one atomic per element goes out.
+  static constexpr int kChannelsPerBlock = 256;
+  static constexpr int kMinBlocksPerSM = 3;  ///< the occupancy the registers are budgeted for
+};
+
+/// Largest state size N the CUDA backward accepts.
+inline constexpr Index kMaxBackwardStateSize = 128;
+
+namespace detail {
+
+template <class T>
+struct ScanBackwardArgs {
+  const T* u;
+  const T* delta;
+  const T* z;
+  const T* dout;
+  Index u_s[3], delta_s[3], z_s[3], dout_s[3];  // (batch, time, channel) strides
+  const T* B;
+  const T* C;
+  Index B_s[4], C_s[4];  // (batch, time, group, state)
+  const float* A;
+  Index A_s[2];
+  const float* D_skip;
+  Index D_skip_s;
+  const float* delta_bias;
+  Index delta_bias_s;
+  const float* h0;
+  Index h0_s[3];
+  const float* dh_final;
+  Index dh_final_s[3];
+
+  T* du;
+  T* ddelta;
+  T* dz;
+  Index du_s[3], ddelta_s[3], dz_s[3];
+  T* dB;
+  T* dC;
+  Index dB_s[4], dC_s[4];
+  float* dA;
+  Index dA_s[2];
+  float* dD_skip;
+  Index dD_skip_s;
+  float* ddelta_bias;
+  Index ddelta_bias_s;
+  float* dh0;
+  Index dh0_s[3];
+
+  // Workspace. The accumulators come first (zeroed in one memset).
+  float* dBC_acc;    // (batch, L, G, 2, N): dB and dC summed over channels
+  float* dA_acc;     // (D, N)
+  float* dD_acc;     // (D)
+  float* dbias_acc;  // (D)
+  float* chunk_dt;   // (chunks, batch, D): ΣΔ over each chunk
+  float* chunk_h;    // (chunks, batch, D, N): local final state, then (pass 2) the entry state
+  float* chunk_q;    // (chunks, batch, D, N): local adjoint, then (pass 2) the adjoint leaving
+
+  int batch, L, D, N, G, channels_per_group;
+  int lanes_per_channel, chunk_len, chunks, slices_per_group, channels_per_slice;
+  bool softplus;
+};
+
+/// σ(x); 0 when e^-x overflows.
+__device__ __forceinline__ float sigmoid_f(float x) {
+  return __fdividef(1.f, 1.f + __expf(-x));
+}
+
+/// Scalar of a (batch, time, channel) operand as float.
+template <class T>
+__device__ __forceinline__ float load_act(const T* base, const Index (&s)[3], int b, int t, int d) {
+  return to_float(__ldg(base + b * s[0] + t * s[1] + d * s[2]));
+}
+
+template <class T>
+__device__ __forceinline__ void store_act(T* base, const Index (&s)[3], int b, int t, int d,
+                                          float v) {
+  base[b * s[0] + t * s[1] + d * s[2]] = from_float<T>(v);
+}
+
+/// Σ over the lanes of a channel (lanes_per_channel consecutive lanes, a power of two).
+__device__ __forceinline__ float sum_channel_lanes(float v, int lanes) {
+  for (int m = lanes / 2; m > 0; m /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, m);
+  return v;
+}
+
+/// Sums v over the channels of a warp (lanes that differ in bits >= lanes_per_channel hold the
+/// same states of different channels) by recursive halving: each exchange sends half the values
+/// a lane holds and keeps the other half summed, so V values cost V - 1 shuffles instead of V
+/// per level. Afterwards the lane holds v[0, held) = the sums of values [first, first + held);
+/// returns false for lanes that only hold copies of another lane's sums.
+template <int V>
+__device__ __forceinline__ bool reduce_over_channels(float (&v)[V], int lanes_per_channel,
+                                                     int& first, int& held) {
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  int m = lanes_per_channel;
+  first = 0;
+  held = V;
+#pragma unroll
+  for (int half = V / 2; half >= 1; half /= 2) {
+    if (m < 32) {
+      const bool upper = (lane & m) != 0;
+#pragma unroll
+      for (int i = 0; i < half; ++i) {
+        const float send = upper ? v[i] : v[i + half];
+        const float keep = upper ? v[i + half] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, m);
+      }
+      first += upper ? half : 0;
+      held = half;
+      m *= 2;
+    }
+  }
+  // Lane bits [m, 32) still name different channels whose sums are not yet added: a butterfly.
+  const int unique_mask = 31 & ~(m - 1);
+  for (; m < 32; m *= 2)
+    v[0] += __shfl_xor_sync(0xffffffffu, v[0], m);
+  return (lane & unique_mask) == 0;
+}
+
+/// Where a thread of passes 1 and 3 sits: lanes_per_channel consecutive lanes share a channel,
+/// each holding S of its states from n0.
+struct LanePlace {
+  int lane, n0, channel;  // channel: index among the block's channels of one round
+};
+
+__device__ __forceinline__ LanePlace lane_place(int lanes_per_channel, int states_per_lane) {
+  const int tid = static_cast<int>(threadIdx.x);
+  return {tid % lanes_per_channel, tid % lanes_per_channel * states_per_lane,
+          tid / lanes_per_channel};
+}
+
+/// Pass 1: each chunk from a zero state and a zero adjoint, walking forwards: its local final
+/// state, its ΣΔ and its local adjoint Σ_t P_t·C_t·dy_t with P_t = Π_{s<=t} Ā_s.
+template <class Policy, class T>
+__global__ void __launch_bounds__(Policy::kThreads)
+    scan_backward_local_kernel(const ScanBackwardArgs<T> a) {
+  constexpr int S = Policy::kStatesPerThread;
+  const LanePlace lp = lane_place(a.lanes_per_channel, S);
+  const int d =
+      static_cast<int>(blockIdx.y) * (Policy::kThreads / a.lanes_per_channel) + lp.channel;
+  if (d >= a.D)
+    return;  // no lane of another channel waits for this one
+  const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
+  const int g = d / a.channels_per_group;
+  const int t_begin = c * a.chunk_len, t_end = min(a.L, t_begin + a.chunk_len);
+  float a2[S], h[S], decay[S], q[S];
+#pragma unroll
+  for (int i = 0; i < S; ++i) {
+    const int n = lp.n0 + i;
+    a2[i] = n < a.N ? a.A[d * a.A_s[0] + n * a.A_s[1]] * kLog2e : 0.f;
+    h[i] = q[i] = 0.f;
+    decay[i] = 1.f;
+  }
+  const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
+  const T* B_row = a.B + b * a.B_s[0] + g * a.B_s[2];
+  const T* C_row = a.C + b * a.C_s[0] + g * a.C_s[2];
+  float sum_dt = 0.f;
+#pragma unroll 2
+  for (int t = t_begin; t < t_end; ++t) {
+    const float raw = load_act(a.delta, a.delta_s, b, t, d) + bias;
+    const float dt = a.softplus ? softplus_f(raw) : raw;
+    const float du = dt * load_act(a.u, a.u_s, b, t, d);
+    float dy = load_act(a.dout, a.dout_s, b, t, d);
+    if (a.z != nullptr) {
+      const float z = load_act(a.z, a.z_s, b, t, d);
+      dy *= z * sigmoid_f(z);
+    }
+    float Bv[S], Cv[S];
+    load_states<S>(B_row + t * a.B_s[1], a.B_s[3], lp.n0, a.N, Bv);
+    load_states<S>(C_row + t * a.C_s[1], a.C_s[3], lp.n0, a.N, Cv);
+    sum_dt += dt;
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      const float ab = ex2_mufu(dt * a2[i]);
+      h[i] = fmaf(ab, h[i], du * Bv[i]);
+      decay[i] *= ab;
+      q[i] = fmaf(decay[i], Cv[i] * dy, q[i]);
+    }
+  }
+  const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
+  if (lp.lane == 0)
+    a.chunk_dt[row] = sum_dt;
+#pragma unroll
+  for (int i = 0; i < S; ++i)
+    if (lp.n0 + i < a.N) {
+      a.chunk_h[row * a.N + lp.n0 + i] = h[i];
+      a.chunk_q[row * a.N + lp.n0 + i] = q[i];
+    }
+}
+
+/// Pass 2: one thread per (batch, channel, state) walks the chunks forwards, turning each local
+/// final state into the state entering the chunk, then backwards, turning each local adjoint into
+/// the adjoint leaving the chunk; what leaves the first chunk is ∂ℓ/∂h0.
+template <class T>
+__global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
+  const Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<Index>(a.batch) * a.D * a.N)
+    return;
+  const int n = static_cast<int>(i % a.N);
+  const int d = static_cast<int>(i / a.N % a.D);
+  const int b = static_cast<int>(i / (static_cast<Index>(a.N) * a.D));
+  const float a2 = a.A[d * a.A_s[0] + n * a.A_s[1]] * kLog2e;
+  const Index chunk_rows = static_cast<Index>(a.batch) * a.D;
+  const Index row0 = static_cast<Index>(b) * a.D + d;
+  float h = a.h0 != nullptr ? a.h0[b * a.h0_s[0] + d * a.h0_s[1] + n * a.h0_s[2]] : 0.f;
+  for (int c = 0; c < a.chunks; ++c) {
+    const Index row = c * chunk_rows + row0;
+    const float local = a.chunk_h[row * a.N + n];
+    a.chunk_h[row * a.N + n] = h;
+    h = fmaf(ex2_mufu(a2 * a.chunk_dt[row]), h, local);
+  }
+  float q = a.dh_final != nullptr
+                ? a.dh_final[b * a.dh_final_s[0] + d * a.dh_final_s[1] + n * a.dh_final_s[2]]
+                : 0.f;
+  for (int c = a.chunks - 1; c >= 0; --c) {
+    const Index row = c * chunk_rows + row0;
+    const float local = a.chunk_q[row * a.N + n];
+    a.chunk_q[row * a.N + n] = q;
+    q = fmaf(ex2_mufu(a2 * a.chunk_dt[row]), q, local);
+  }
+  if (a.dh0 != nullptr)
+    a.dh0[b * a.dh0_s[0] + d * a.dh0_s[1] + n * a.dh0_s[2]] = q;
+}
+
+/// Shared memory of pass 3, in floats: the chunk's dB, dC sums and the sub-chunks' entry states.
+template <class Policy>
+constexpr int backward_smem_floats(int chunk_len, int N) {
+  return chunk_len * 2 * N +
+         chunk_len / Policy::kSubChunk * Policy::kStatesPerThread * Policy::kThreads;
+}
+
+/// Pass 3: a block takes one chunk of one batch element and a slice of one group's channels,
+/// a round of kThreads / lanes_per_channel channels at a time. Per round: a walk forwards
+/// from the entry state keeps the state entering each sub-chunk in shared memory; then, sub-chunk
+/// by sub-chunk from the last, the states and decays are recomputed into registers (writing dz)
+/// and the adjoint runs back through them (writing du, ddelta).
+template <class Policy, class T>
+__global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
+    scan_backward_chunk_kernel(const ScanBackwardArgs<T> a) {
+  constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk, NT = Policy::kThreads;
+  extern __shared__ float smem[];
+  const int N = a.N, two_n = 2 * a.N;
+  float* acc = smem;                          // [step][B|C][state]
+  float* entry = smem + a.chunk_len * two_n;  // [sub-chunk][i][thread]
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lanes = a.lanes_per_channel;
+  const LanePlace lp = lane_place(lanes, S);
+  const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
+  const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
+  const int slice = static_cast<int>(blockIdx.y) % a.slices_per_group;
+  const int d_begin = g * a.channels_per_group + slice * a.channels_per_slice;
+  const int d_end = min(d_begin + a.channels_per_slice, (g + 1) * a.channels_per_group);
+  const int t_begin = c * a.chunk_len, len = min(a.chunk_len, a.L - t_begin);
+  const int subs = (len + K - 1) / K;
+  for (int i = tid; i < len * two_n; i += NT)
+    acc[i] = 0.f;
+  __syncthreads();
+  const T* B_row = a.B + b * a.B_s[0] + g * a.B_s[2];
+  const T* C_row = a.C + b * a.C_s[0] + g * a.C_s[2];
+  const bool has_z = a.z != nullptr;
+
+  for (int d_round = d_begin; d_round < d_end; d_round += NT / lanes) {
+    // Lanes past the slice's end run a real channel's numbers with a zero adjoint and dout, so
+    // that every gradient term they add is zero; they store nothing.
+    const bool active = d_round + lp.channel < d_end;
+    const int d = active ? d_round + lp.channel : d_end - 1;
+    float a2[S], A[S], h[S], q[S], dA[S];
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      const int n = lp.n0 + i;
+      A[i] = n < N ? a.A[d * a.A_s[0] + n * a.A_s[1]] : 0.f;
+      a2[i] = A[i] * kLog2e;
+      dA[i] = 0.f;
+    }
+    const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
+    const float skip = a.D_skip != nullptr ? a.D_skip[d * a.D_skip_s] : 0.f;
+    const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      const bool here = lp.n0 + i < N;
+      h[i] = here ? a.chunk_h[row * N + lp.n0 + i] : 0.f;
+      q[i] = here && active ? a.chunk_q[row * N + lp.n0 + i] : 0.f;
+    }
+
+    // The state entering each sub-chunk.
+    for (int j = 0; j < subs; ++j) {
+#pragma unroll
+      for (int i = 0; i < S; ++i)
+        entry[(j * S + i) * NT + tid] = h[i];
+      const int t0 = t_begin + j * K, t1 = min(t0 + K, t_begin + len);
+      for (int t = t0; t < t1; ++t) {
+        const float raw = load_act(a.delta, a.delta_s, b, t, d) + bias;
+        const float dt = a.softplus ? softplus_f(raw) : raw;
+        const float du = dt * load_act(a.u, a.u_s, b, t, d);
+        float Bv[S];
+        load_states<S>(B_row + t * a.B_s[1], a.B_s[3], lp.n0, N, Bv);
+#pragma unroll
+        for (int i = 0; i < S; ++i)
+          h[i] = fmaf(ex2_mufu(dt * a2[i]), h[i], du * Bv[i]);
+      }
+    }
+
+    float d_skip = 0.f, d_bias = 0.f;
+    for (int j = subs - 1; j >= 0; --j) {
+      const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
+      float hs[K + 1][S], decay[K][S], dt_r[K], u_r[K], dy_r[K], dsp_r[K];
+#pragma unroll
+      for (int i = 0; i < S; ++i)
+        hs[0][i] = entry[(j * S + i) * NT + tid];
+        // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        if (k < steps) {
+          const int t = t0 + k;
+          const float raw = load_act(a.delta, a.delta_s, b, t, d) + bias;
+          const float dt = a.softplus ? softplus_f(raw) : raw;
+          dsp_r[k] = a.softplus ? (raw > 20.f ? 1.f : sigmoid_f(raw)) : 1.f;
+          const float u = load_act(a.u, a.u_s, b, t, d);
+          const float du = dt * u;
+          float Bv[S];
+          load_states<S>(B_row + t * a.B_s[1], a.B_s[3], lp.n0, N, Bv);
+#pragma unroll
+          for (int i = 0; i < S; ++i) {
+            decay[k][i] = ex2_mufu(dt * a2[i]);
+            hs[k + 1][i] = fmaf(decay[k][i], hs[k][i], du * Bv[i]);
+          }
+          const float dout = active ? load_act(a.dout, a.dout_s, b, t, d) : 0.f;
+          float dy = dout;
+          if (has_z) {
+            float Cv[S];
+            load_states<S>(C_row + t * a.C_s[1], a.C_s[3], lp.n0, N, Cv);
+            float y = 0.f;
+#pragma unroll
+            for (int i = 0; i < S; ++i)
+              y = fmaf(Cv[i], hs[k + 1][i], y);
+            y = fmaf(skip, u, sum_channel_lanes(y, lanes));
+            const float z = load_act(a.z, a.z_s, b, t, d), s = sigmoid_f(z);
+            if (active && lp.lane == 0)
+              store_act(a.dz, a.dz_s, b, t, d, dout * y * s * fmaf(z, 1.f - s, 1.f));
+            dy = dout * z * s;
+          }
+          dt_r[k] = dt;
+          u_r[k] = u;
+          dy_r[k] = dy;
+          d_skip = fmaf(dy, u, d_skip);
+        }
+      }
+      // Backwards through it.
+#pragma unroll
+      for (int k = K - 1; k >= 0; --k) {
+        if (k < steps) {
+          const int t = t0 + k;
+          const float dt = dt_r[k], u = u_r[k], dy = dy_r[k], dtu = dt * u;
+          float Bv[S], Cv[S];
+          load_states<S>(B_row + t * a.B_s[1], a.B_s[3], lp.n0, N, Bv);
+          load_states<S>(C_row + t * a.C_s[1], a.C_s[3], lp.n0, N, Cv);
+          float gB = 0.f, gAh = 0.f, parts[2 * S];
+#pragma unroll
+          for (int i = 0; i < S; ++i) {
+            const float gi = fmaf(dy, Cv[i], q[i]);  // ∂ℓ/∂h_t
+            const float gah = gi * decay[k][i] * hs[k][i];
+            gAh = fmaf(gah, A[i], gAh);
+            dA[i] = fmaf(gah, dt, dA[i]);
+            gB = fmaf(gi, Bv[i], gB);
+            parts[i] = gi * dtu;               // dB
+            parts[S + i] = dy * hs[k + 1][i];  // dC
+            q[i] = gi * decay[k][i];           // ∂ℓ/∂h_{t-1} less its own C·dy
+          }
+          gB = sum_channel_lanes(gB, lanes);
+          gAh = sum_channel_lanes(gAh, lanes);
+          const float draw = fmaf(u, gB, gAh) * dsp_r[k];
+          d_bias += draw;
+          if (active && lp.lane == 0) {
+            store_act(a.du, a.du_s, b, t, d, fmaf(dt, gB, dy * skip));
+            store_act(a.ddelta, a.ddelta_s, b, t, d, draw);
+          }
+          int first, held;
+          if (reduce_over_channels(parts, lanes, first, held)) {
+#pragma unroll
+            for (int i = 0; i < 2 * S; ++i) {
+              const int v = first + i, n = lp.n0 + v % S;
+              if (i < held && n < N)
+                atomicAdd(&acc[(t - t_begin) * two_n + v / S * N + n], parts[i]);
+            }
+          }
+        }
+      }
+    }
+    if (active) {
+#pragma unroll
+      for (int i = 0; i < S; ++i)
+        if (lp.n0 + i < N)
+          atomicAdd(&a.dA_acc[d * N + lp.n0 + i], dA[i]);
+      if (lp.lane == 0) {
+        atomicAdd(&a.dD_acc[d], d_skip);
+        atomicAdd(&a.dbias_acc[d], d_bias);
+      }
+    }
+  }
+  __syncthreads();
+  float* out = a.dBC_acc + ((static_cast<Index>(b) * a.L + t_begin) * a.G + g) * two_n;
+  const Index step_stride = static_cast<Index>(a.G) * two_n;
+  for (int i = tid; i < len * two_n; i += NT)
+    atomicAdd(&out[i / two_n * step_stride + i % two_n], acc[i]);
+}
+
+/// Pass 4: the float accumulators of dB, dC rounded into their views, one thread per
+/// (batch, step, group, state).
+template <class T>
+__global__ void scan_backward_dbc_kernel(const ScanBackwardArgs<T> a) {
+  const Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<Index>(a.batch) * a.L * a.G * a.N)
+    return;
+  const int n = static_cast<int>(i % a.N);
+  const Index r = i / a.N;  // (b·L + t)·G + g
+  const int g = static_cast<int>(r % a.G);
+  const int t = static_cast<int>(r / a.G % a.L);
+  const int b = static_cast<int>(r / a.G / a.L);
+  const float* src = a.dBC_acc + r * 2 * a.N + n;
+  a.dB[b * a.dB_s[0] + t * a.dB_s[1] + g * a.dB_s[2] + n * a.dB_s[3]] = from_float<T>(src[0]);
+  a.dC[b * a.dC_s[0] + t * a.dC_s[1] + g * a.dC_s[2] + n * a.dC_s[3]] = from_float<T>(src[a.N]);
+}
+
+/// Pass 4 (parameters): dA, dD and dδ_bias from their accumulators, one thread per (channel,
+/// state).
+template <class T>
+__global__ void scan_backward_params_kernel(const ScanBackwardArgs<T> a) {
+  const Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<Index>(a.D) * a.N)
+    return;
+  const int n = static_cast<int>(i % a.N), d = static_cast<int>(i / a.N);
+  a.dA[d * a.dA_s[0] + n * a.dA_s[1]] = a.dA_acc[i];
+  if (n == 0 && a.dD_skip != nullptr)
+    a.dD_skip[d * a.dD_skip_s] = a.dD_acc[d];
+  if (n == 0 && a.ddelta_bias != nullptr)
+    a.ddelta_bias[d * a.ddelta_bias_s] = a.dbias_acc[d];
+}
+
+/// The launch plan: lanes per channel, chunks, and the channel slices of pass 3.
+template <class Policy>
+struct ScanBackwardPlan {
+  int lanes_per_channel = 1, chunk_len = 0, chunks = 0, slices_per_group = 1;
+  int channels_per_slice = 1;
+  Index channel_blocks = 0;  // blocks of pass 1 along the channels
+  Index accumulator_floats = 0, chunk_floats = 0;
+
+  ScanBackwardPlan(Index batch, Index L, Index D, Index N, Index G) {
+    while (lanes_per_channel * Policy::kStatesPerThread < N)
+      lanes_per_channel *= 2;
+    chunk_len = Policy::kChunk;
+    while (chunk_len > Policy::kSubChunk && chunk_len * N > Policy::kChunk * 16)
+      chunk_len /= 2;
+    chunks = static_cast<int>((L + chunk_len - 1) / chunk_len);
+    const Index per_group = D / std::max<Index>(G, 1);
+    const Index round = Policy::kThreads / lanes_per_channel;
+    channels_per_slice = static_cast<int>(
+        std::min<Index>(per_group, std::max<Index>(round, Policy::kChannelsPerBlock)));
+    channels_per_slice = std::max(channels_per_slice, 1);
+    slices_per_group = static_cast<int>((per_group + channels_per_slice - 1) / channels_per_slice);
+    channel_blocks = (D + round - 1) / round;
+    accumulator_floats = batch * L * G * 2 * N + D * N + 2 * D;
+    chunk_floats = static_cast<Index>(chunks) * batch * D * (2 * N + 1);
+  }
+
+  std::size_t workspace_bytes() const {
+    return static_cast<std::size_t>(accumulator_floats + chunk_floats) * sizeof(float);
+  }
+};
+
+template <class V, class P>
+void set_optional(const V& v, P& ptr) {
+  ptr = v.absent() ? nullptr : v.data();
+}
+
+/// The kernel arguments of a validated `p` with its workspace `ws` laid out per `plan`.
+template <class Policy, class T>
+ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, float>& p,
+                                       const ScanBackwardPlan<Policy>& plan, float* ws) {
+  ScanBackwardArgs<T> a{};
+  a.u = p.u.data();
+  a.delta = p.delta.data();
+  set_optional(p.z, a.z);
+  a.dout = p.dout.data();
+  copy_strides(p.u, a.u_s);
+  copy_strides(p.delta, a.delta_s);
+  copy_strides(p.z, a.z_s);
+  copy_strides(p.dout, a.dout_s);
+  a.B = p.B.data();
+  a.C = p.C.data();
+  copy_strides(p.B, a.B_s);
+  copy_strides(p.C, a.C_s);
+  a.A = p.A.data();
+  copy_strides(p.A, a.A_s);
+  set_optional(p.D_skip, a.D_skip);
+  a.D_skip_s = p.D_skip.absent() ? 0 : p.D_skip.stride(0);
+  set_optional(p.delta_bias, a.delta_bias);
+  a.delta_bias_s = p.delta_bias.absent() ? 0 : p.delta_bias.stride(0);
+  set_optional(p.h0, a.h0);
+  copy_strides(p.h0, a.h0_s);
+  set_optional(p.dh_final, a.dh_final);
+  copy_strides(p.dh_final, a.dh_final_s);
+  a.du = p.du.data();
+  a.ddelta = p.ddelta.data();
+  set_optional(p.dz, a.dz);
+  copy_strides(p.du, a.du_s);
+  copy_strides(p.ddelta, a.ddelta_s);
+  copy_strides(p.dz, a.dz_s);
+  a.dB = p.dB.data();
+  a.dC = p.dC.data();
+  copy_strides(p.dB, a.dB_s);
+  copy_strides(p.dC, a.dC_s);
+  a.dA = p.dA.data();
+  copy_strides(p.dA, a.dA_s);
+  set_optional(p.dD_skip, a.dD_skip);
+  a.dD_skip_s = p.dD_skip.absent() ? 0 : p.dD_skip.stride(0);
+  set_optional(p.ddelta_bias, a.ddelta_bias);
+  a.ddelta_bias_s = p.ddelta_bias.absent() ? 0 : p.ddelta_bias.stride(0);
+  set_optional(p.dh0, a.dh0);
+  copy_strides(p.dh0, a.dh0_s);
+
+  const Index batch = p.batch(), L = p.length(), D = p.channels(), N = p.state_size();
+  const Index G = p.groups(), chunks = plan.chunks;
+  a.dBC_acc = ws;
+  a.dA_acc = a.dBC_acc + batch * L * G * 2 * N;
+  a.dD_acc = a.dA_acc + D * N;
+  a.dbias_acc = a.dD_acc + D;
+  a.chunk_dt = a.dbias_acc + D;
+  a.chunk_h = a.chunk_dt + chunks * batch * D;
+  a.chunk_q = a.chunk_h + chunks * batch * D * N;
+  a.batch = static_cast<int>(batch);
+  a.L = static_cast<int>(L);
+  a.D = static_cast<int>(D);
+  a.N = static_cast<int>(N);
+  a.G = static_cast<int>(G);
+  a.channels_per_group = static_cast<int>(D / G);
+  a.lanes_per_channel = plan.lanes_per_channel;
+  a.chunk_len = plan.chunk_len;
+  a.chunks = plan.chunks;
+  a.slices_per_group = plan.slices_per_group;
+  a.channels_per_slice = plan.channels_per_slice;
+  a.softplus = p.delta_softplus;
+  return a;
+}
+
+constexpr int kFlatThreads = 256;
+
+inline unsigned flat_blocks(Index n) {
+  return static_cast<unsigned>((n + kFlatThreads - 1) / kFlatThreads);
+}
+
+// The passes one by one (the benchmark times them separately); each launches nothing when it
+// has no work.
+
+/// Zeroes the accumulators.
+template <class Policy, class T>
+void launch_backward_clear(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<Policy>& plan,
+                           cudaStream_t stream) {
+  SSMKIT_CUDA_CHECK(cudaMemsetAsync(
+      a.dBC_acc, 0, static_cast<std::size_t>(plan.accumulator_floats) * sizeof(float), stream));
+}
+
+template <class Policy, class T>
+void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<Policy>& plan,
+                           cudaStream_t stream) {
+  if (a.batch == 0 || plan.chunks == 0)
+    return;
+  const dim3 grid(static_cast<unsigned>(plan.chunks), static_cast<unsigned>(plan.channel_blocks),
+                  static_cast<unsigned>(a.batch));
+  scan_backward_local_kernel<Policy><<<grid, Policy::kThreads, 0, stream>>>(a);
+  SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_local_kernel");
+}
+
+template <class Policy, class T>
+void launch_backward_join(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<Policy>&,
+                          cudaStream_t stream) {
+  const Index states = static_cast<Index>(a.batch) * a.D * a.N;
+  if (states == 0)
+    return;
+  scan_backward_join_kernel<<<flat_blocks(states), kFlatThreads, 0, stream>>>(a);
+  SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_join_kernel");
+}
+
+template <class Policy, class T>
+void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<Policy>& plan,
+                            cudaStream_t stream) {
+  if (a.batch == 0 || plan.chunks == 0)
+    return;
+  const dim3 grid(static_cast<unsigned>(plan.chunks),
+                  static_cast<unsigned>(a.G * plan.slices_per_group),
+                  static_cast<unsigned>(a.batch));
+  const std::size_t smem =
+      static_cast<std::size_t>(backward_smem_floats<Policy>(plan.chunk_len, a.N)) * sizeof(float);
+  scan_backward_chunk_kernel<Policy><<<grid, Policy::kThreads, smem, stream>>>(a);
+  SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_chunk_kernel");
+}
+
+/// Rounds the accumulators into the gradient views.
+template <class Policy, class T>
+void launch_backward_finish(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<Policy>&,
+                            cudaStream_t stream) {
+  const Index projections = static_cast<Index>(a.batch) * a.L * a.G * a.N;
+  if (projections > 0) {
+    scan_backward_dbc_kernel<<<flat_blocks(projections), kFlatThreads, 0, stream>>>(a);
+    SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_dbc_kernel");
+  }
+  const Index params = static_cast<Index>(a.D) * a.N;
+  if (params > 0) {
+    scan_backward_params_kernel<<<flat_blocks(params), kFlatThreads, 0, stream>>>(a);
+    SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_params_kernel");
+  }
+}
+
+}  // namespace detail
+
+/// Bytes of device workspace selective_scan_backward needs for `p`.
+template <class Policy = SelectiveScanBackwardPolicy, class T, class W>
+std::size_t selective_scan_backward_workspace_size(const SelectiveScanBackwardParams<T, W>& p) {
+  return detail::ScanBackwardPlan<Policy>(p.batch(), p.length(), p.channels(), p.state_size(),
+                                          p.groups())
+      .workspace_bytes();
+}
+
+/// Every gradient of `p` (views on Device::CUDA; storage float, __half or __nv_bfloat16 with
+/// float A, D, δ_bias, states and their gradients), ordered on `stream`, as
+/// cpu::selective_scan_backward computes them. `workspace` holds at least
+/// selective_scan_backward_workspace_size(p) bytes of device memory. dB, dC, dA, dD and dδ_bias
+/// are sums formed with float atomics, so their last bits may vary from run to run.
+/// Throws ssmkit::Error on invalid arguments or a failed launch.
+template <class Policy = SelectiveScanBackwardPolicy, class T, class W>
+void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStream_t stream,
+                             void* workspace, std::size_t workspace_bytes) {
+  static_assert(std::is_same_v<W, float>,
+                "the CUDA backward keeps A, D, delta_bias, states and their gradients in float");
+  static_assert(
+      std::is_same_v<T, float> || std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>,
+      "the CUDA backward stores float, __half or __nv_bfloat16");
+  static_assert(Policy::kThreads % 32 == 0 && Policy::kChunk % Policy::kSubChunk == 0,
+                "policy: whole warps, whole sub-chunks per chunk");
+  validate(p, Device::CUDA);
+  const Index batch = p.batch(), L = p.length(), D = p.channels(), N = p.state_size();
+  const Index G = p.groups();
+  SSMKIT_CHECK(N <= kMaxBackwardStateSize, "A", "state size N = size(1)",
+               "<= " + std::to_string(kMaxBackwardStateSize) + " on the CUDA backward", N);
+  SSMKIT_CHECK(batch <= 65535, "u", "batch size", "<= 65535 on CUDA", batch);
+  SSMKIT_CHECK(L <= (Index{1} << 31) - 1 - Policy::kChunk, "u", "length", "< 2^31 on CUDA", L);
+  const detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, G);
+  SSMKIT_CHECK(plan.channel_blocks <= 65535 && G * plan.slices_per_group <= 65535, "u", "channels",
+               "at most 65535 blocks of channels on CUDA", D);
+  const std::size_t need = plan.workspace_bytes();
+  SSMKIT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need), "workspace", "bytes",
+               ">= " + std::to_string(need), workspace == nullptr ? 0 : workspace_bytes);
+  if (D == 0)
+    return;
+  const detail::ScanBackwardArgs<T> a =
+      detail::make_backward_args(p, plan, static_cast<float*>(workspace));
+  detail::launch_backward_clear(a, plan, stream);
+  detail::launch_backward_local(a, plan, stream);
+  detail::launch_backward_join(a, plan, stream);
+  detail::launch_backward_chunks(a, plan, stream);
+  detail::launch_backward_finish(a, plan, stream);
+}
+
+/// As above, with the workspace taken from and returned to the stream-ordered pool.
+template <class Policy = SelectiveScanBackwardPolicy, class T, class W>
+void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStream_t stream) {
+  validate(p, Device::CUDA);
+  const std::size_t bytes = selective_scan_backward_workspace_size<Policy>(p);
+  void* ws = nullptr;
+  if (bytes > 0)
+    SSMKIT_CUDA_CHECK(cudaMallocAsync(&ws, bytes, stream));
+  try {
+    selective_scan_backward<Policy>(p, stream, ws, bytes);
+  } catch (...) {
+    if (ws != nullptr)
+      cudaFreeAsync(ws, stream);
+    throw;
+  }
+  if (ws != nullptr)
+    SSMKIT_CUDA_CHECK(cudaFreeAsync(ws, stream));
+}
+
+}  // namespace ssmkit::cuda

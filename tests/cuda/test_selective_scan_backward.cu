@@ -1,0 +1,258 @@
+// The CUDA selective scan backward against the CPU double oracle
+// (cpu::selective_scan_backward_reference) on fresh random inputs: every option, both memory
+// orders, each storage type, odd state sizes and groups, several chunks and sub-chunks with
+// partial ones, every gradient poisoned before the kernel runs; and its argument checks.
+#include "cuda_testing.hpp"
+
+#include <ssmkit/kernels/cpu/selective_scan_backward_reference.hpp>
+#include <ssmkit/kernels/cuda/selective_scan_backward.cuh>
+
+#include <string>
+
+namespace ssmkit::testing {
+namespace {
+
+struct BackwardCase {
+  Index batch = 2, L = 300, D = 48, N = 16, G = 2;
+  bool bias = true, softplus = true, skip = true, gate = true, h0 = true, dh_final = true;
+  bool channel_major = false;  // activations (batch, D, L) and B, C (batch, G, N, L) in memory
+  std::uint64_t seed = 1;
+
+  std::string name() const {
+    return "batch=" + std::to_string(batch) + " L=" + std::to_string(L) +
+           " D=" + std::to_string(D) + " N=" + std::to_string(N) + " G=" + std::to_string(G) +
+           (channel_major ? " channel-major" : " token-major") + (bias ? " bias" : "") +
+           (softplus ? " softplus" : "") + (skip ? " D" : "") + (gate ? " z" : "") +
+           (h0 ? " h0" : "") + (dh_final ? " dh_final" : "");
+  }
+};
+
+/// Runs `c` on the GPU and the oracle and checks every gradient's relative error against `tol`.
+template <class T>
+void check_backward(const BackwardCase& c, double tol) {
+  SCOPED_TRACE(c.name());
+  TestStream stream;
+  const cudaStream_t s = stream.s;
+  const std::array<int, 3> act =
+      c.channel_major ? std::array<int, 3>{0, 2, 1} : std::array<int, 3>{0, 1, 2};
+  const std::array<int, 4> proj =
+      c.channel_major ? std::array<int, 4>{0, 2, 3, 1} : std::array<int, 4>{0, 1, 2, 3};
+  const Shape<3> acts{c.batch, c.L, c.D}, states{c.batch, c.D, c.N};
+  const Shape<4> projs{c.batch, c.L, c.G, c.N};
+  std::uint64_t seed = c.seed * 1000;
+  // Without softplus δ is the step itself: positive, as a trained model's is.
+  DualTensor<T, 3> u(acts, act, ++seed, -1, 1, s);
+  DualTensor<T, 3> delta(acts, act, ++seed, c.softplus ? -3.0 : 0.05, c.softplus ? 3.0 : 0.6, s);
+  DualTensor<T, 3> z(acts, act, ++seed, -3, 3, s);
+  DualTensor<T, 3> dout(acts, act, ++seed, -1, 1, s);
+  DualTensor<T, 4> B(projs, proj, ++seed, -1, 1, s);
+  DualTensor<T, 4> C(projs, proj, ++seed, -1, 1, s);
+  DualTensor<float, 2> A({c.D, c.N}, {0, 1}, ++seed, -2.0, -0.1, s);
+  DualTensor<float, 1> skip({c.D}, {0}, ++seed, -1, 1, s);
+  DualTensor<float, 1> bias({c.D}, {0}, ++seed, c.softplus ? -1.0 : 0.0, c.softplus ? 1.0 : 0.2, s);
+  DualTensor<float, 3> h0(states, {0, 1, 2}, ++seed, -1, 1, s);
+  DualTensor<float, 3> dh_final(states, {0, 1, 2}, ++seed, -1, 1, s);
+  if (c.softplus) {  // some raw steps above softplus's threshold of 20, where it is the identity
+    for (std::size_t i = 0; i < delta.host.size(); i += 5) {
+      delta.host[i] = from_double<T>(22.0 + to_double(delta.host[i]));
+    }
+    // exact is in logical order, host in memory order: refresh exact from a host round trip.
+    delta.dev.copy_from_host_async(delta.host.data(), delta.dev.size(), s);
+    delta.exact = delta.download(s);
+  }
+  DualTensor<T, 3> du(acts, act, ++seed, -1, 1, s), ddelta(acts, act, ++seed, -1, 1, s);
+  DualTensor<T, 3> dz(acts, act, ++seed, -1, 1, s);
+  DualTensor<T, 4> dB(projs, proj, ++seed, -1, 1, s), dC(projs, proj, ++seed, -1, 1, s);
+  DualTensor<float, 2> dA({c.D, c.N}, {0, 1}, ++seed, -1, 1, s);
+  DualTensor<float, 1> dD({c.D}, {0}, ++seed, -1, 1, s), dbias({c.D}, {0}, ++seed, -1, 1, s);
+  DualTensor<float, 3> dh0(states, {0, 1, 2}, ++seed, -1, 1, s);
+
+  SelectiveScanBackwardParams<double, double> ref;
+  SelectiveScanBackwardParams<T, float> p;
+  ref.u = u.exact_view(), p.u = u.device_view();
+  ref.delta = delta.exact_view(), p.delta = delta.device_view();
+  ref.dout = dout.exact_view(), p.dout = dout.device_view();
+  ref.A = A.exact_view(), p.A = A.device_view();
+  ref.B = B.exact_view(), p.B = B.device_view();
+  ref.C = C.exact_view(), p.C = C.device_view();
+  ref.delta_softplus = p.delta_softplus = c.softplus;
+  // The oracle's gradients, logical row-major.
+  auto buffer = [](Index n) { return std::vector<double>(static_cast<std::size_t>(n)); };
+  std::vector<double> r_du = buffer(c.batch * c.L * c.D), r_ddelta = buffer(c.batch * c.L * c.D);
+  std::vector<double> r_dz = buffer(c.batch * c.L * c.D), r_dB = buffer(c.batch * c.L * c.G * c.N);
+  std::vector<double> r_dC = buffer(c.batch * c.L * c.G * c.N), r_dA = buffer(c.D * c.N);
+  std::vector<double> r_dD = buffer(c.D), r_dbias = buffer(c.D);
+  std::vector<double> r_dh0 = buffer(c.batch * c.D * c.N);
+  ref.du = TensorView<double, 3>(r_du.data(), acts);
+  ref.ddelta = TensorView<double, 3>(r_ddelta.data(), acts);
+  ref.dB = TensorView<double, 4>(r_dB.data(), projs);
+  ref.dC = TensorView<double, 4>(r_dC.data(), projs);
+  ref.dA = TensorView<double, 2>(r_dA.data(), {c.D, c.N});
+  p.du = du.device_view(), p.ddelta = ddelta.device_view();
+  p.dB = dB.device_view(), p.dC = dC.device_view(), p.dA = dA.device_view();
+  if (c.gate) {
+    ref.z = z.exact_view(), p.z = z.device_view();
+    ref.dz = TensorView<double, 3>(r_dz.data(), acts), p.dz = dz.device_view();
+  }
+  if (c.skip) {
+    ref.D_skip = skip.exact_view(), p.D_skip = skip.device_view();
+    ref.dD_skip = TensorView<double, 1>(r_dD.data(), {c.D}), p.dD_skip = dD.device_view();
+  }
+  if (c.bias) {
+    ref.delta_bias = bias.exact_view(), p.delta_bias = bias.device_view();
+    ref.ddelta_bias = TensorView<double, 1>(r_dbias.data(), {c.D});
+    p.ddelta_bias = dbias.device_view();
+  }
+  if (c.h0) {
+    ref.h0 = h0.exact_view(), p.h0 = h0.device_view();
+    ref.dh0 = TensorView<double, 3>(r_dh0.data(), states), p.dh0 = dh0.device_view();
+  }
+  if (c.dh_final)
+    ref.dh_final = dh_final.exact_view(), p.dh_final = dh_final.device_view();
+  cpu::selective_scan_backward_reference(ref);
+
+  for (auto* t : {&du, &ddelta, &dz})
+    t->poison(s);
+  dB.poison(s), dC.poison(s), dA.poison(s), dD.poison(s), dbias.poison(s), dh0.poison(s);
+  cuda::selective_scan_backward(p, s);
+  SSMKIT_CUDA_CHECK(cudaGetLastError());
+  EXPECT_LE(rel_error(du.download(s), r_du), tol) << "du";
+  EXPECT_LE(rel_error(ddelta.download(s), r_ddelta), tol) << "ddelta";
+  EXPECT_LE(rel_error(dB.download(s), r_dB), tol) << "dB";
+  EXPECT_LE(rel_error(dC.download(s), r_dC), tol) << "dC";
+  EXPECT_LE(rel_error(dA.download(s), r_dA), tol) << "dA";
+  if (c.gate)
+    EXPECT_LE(rel_error(dz.download(s), r_dz), tol) << "dz";
+  if (c.skip)
+    EXPECT_LE(rel_error(dD.download(s), r_dD), tol) << "dD_skip";
+  if (c.bias)
+    EXPECT_LE(rel_error(dbias.download(s), r_dbias), tol) << "ddelta_bias";
+  if (c.h0)
+    EXPECT_LE(rel_error(dh0.download(s), r_dh0), tol) << "dh0";
+}
+
+TEST(CudaSelectiveScanBackward, FloatEveryOptionBothLayouts) {
+  SSMKIT_REQUIRE_GPU();
+  // L = 300: three chunks of 128, the last partial, its last sub-chunk partial too.
+  for (const bool cm : {false, true}) {
+    BackwardCase c;
+    c.channel_major = cm;
+    c.seed = cm ? 2 : 1;
+    check_backward<float>(c, 1e-5);
+  }
+}
+
+TEST(CudaSelectiveScanBackward, FloatOptionSubsets) {
+  SSMKIT_REQUIRE_GPU();
+  // Each bit of the mask turns one option off; the layout alternates.
+  for (int mask = 1; mask < 64; mask += 3) {
+    BackwardCase c;
+    c.softplus = !(mask & 1), c.bias = !(mask & 2), c.skip = !(mask & 4);
+    c.gate = !(mask & 8), c.h0 = !(mask & 16), c.dh_final = !(mask & 32);
+    c.channel_major = mask % 2 == 0;
+    c.batch = 1, c.L = 133, c.D = 24;
+    c.seed = 10 + static_cast<std::uint64_t>(mask);
+    check_backward<float>(c, 1e-5);
+  }
+}
+
+TEST(CudaSelectiveScanBackward, OddStateSizesAndGroups) {
+  SSMKIT_REQUIRE_GPU();
+  // N = 5 and 3 (one lane, padded states), 64 and 128 (16 and 32 lanes, shorter chunks); a
+  // group per channel; three groups of a partial round of channels.
+  const Index sizes[] = {5, 3, 64, 128};
+  for (int i = 0; i < 4; ++i) {
+    BackwardCase c;
+    c.N = sizes[i];
+    c.channel_major = i % 2 == 1;
+    c.L = 70;
+    c.D = 20;
+    c.G = i == 1 ? 20 : 1;
+    c.seed = 80 + static_cast<std::uint64_t>(i);
+    check_backward<float>(c, 1e-5);
+  }
+  BackwardCase c;
+  c.D = 33, c.G = 3, c.L = 9, c.seed = 90;
+  check_backward<float>(c, 1e-5);
+}
+
+TEST(CudaSelectiveScanBackward, HalfAndBfloat16Storage) {
+  SSMKIT_REQUIRE_GPU();
+  for (const bool cm : {false, true}) {
+    BackwardCase c;
+    c.channel_major = cm;
+    c.L = 150;
+    c.seed = cm ? 31 : 30;
+    check_backward<__half>(c, 1e-2);
+    check_backward<__nv_bfloat16>(c, 1e-2);
+  }
+}
+
+TEST(CudaSelectiveScanBackward, ManyChannelsPerSliceAndManyChunks) {
+  SSMKIT_REQUIRE_GPU();
+  // 600 channels: slices of 256 channels in rounds of 32, the last slice partial; 9 chunks.
+  BackwardCase c;
+  c.batch = 1, c.D = 600, c.G = 1, c.L = 1100, c.seed = 50;
+  check_backward<float>(c, 1e-5);
+}
+
+TEST(CudaSelectiveScanBackward, ShortAndEmptySequences) {
+  SSMKIT_REQUIRE_GPU();
+  BackwardCase c;
+  c.seed = 60;
+  for (const Index L : {1, 8, 0}) {  // L = 0: dA, dD, dδ_bias are zero, dh0 is dh_final
+    c.L = L;
+    check_backward<float>(c, 1e-5);
+  }
+}
+
+TEST(CudaSelectiveScanBackwardLong, LongSequence) {
+  SSMKIT_REQUIRE_GPU();
+  BackwardCase c;
+  c.batch = 1, c.D = 64, c.G = 1, c.L = 20000, c.seed = 70;
+  check_backward<float>(c, 1e-5);
+}
+
+TEST(CudaSelectiveScanBackward, RejectsBadArguments) {
+  SSMKIT_REQUIRE_GPU();
+  TestStream stream;
+  const cudaStream_t s = stream.s;
+  const Index batch = 1, L = 8, D = 32, N = 16;
+  DualTensor<float, 3> act({batch, L, D}, {0, 1, 2}, 1, -1, 1, s);
+  DualTensor<float, 3> grad({batch, L, D}, {0, 1, 2}, 2, -1, 1, s);
+  DualTensor<float, 4> proj({batch, L, 1, N}, {0, 1, 2, 3}, 3, -1, 1, s);
+  DualTensor<float, 4> dproj({batch, L, 1, N}, {0, 1, 2, 3}, 4, -1, 1, s);
+  DualTensor<float, 2> A({D, N}, {0, 1}, 5, -1, 0, s);
+  SelectiveScanBackwardParams<float, float> p;
+  p.u = p.delta = p.dout = act.device_view();
+  p.B = p.C = proj.device_view();
+  p.A = A.device_view();
+  p.du = p.ddelta = grad.device_view();
+  p.dB = p.dC = dproj.device_view();
+  p.dA = A.device_view();
+
+  SelectiveScanBackwardParams<float, float> host = p;  // dout claims to live on the host
+  host.dout = TensorView<const float, 3>(act.host.data(), {batch, L, D}, "dout", Device::CPU);
+  SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(host, s), "dout", "device", "cuda", "cpu");
+
+  SelectiveScanBackwardParams<float, float> shape = p;
+  shape.dB = dproj.dev.view<4>({batch, L - 1, 1, N});
+  SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(shape, s), "dB", "shape");
+
+  SelectiveScanBackwardParams<float, float> presence = p;  // dz without z
+  presence.dz = grad.device_view();
+  SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(presence, s), "dz", "presence");
+
+  DualTensor<float, 2> A_big({D, 256}, {0, 1}, 6, -1, 0, s);
+  DualTensor<float, 4> proj_big({batch, L, 1, 256}, {0, 1, 2, 3}, 7, -1, 1, s);
+  SelectiveScanBackwardParams<float, float> big = p;  // N = 256: beyond the CUDA backward
+  big.A = big.dA = A_big.device_view();
+  big.B = big.C = big.dB = big.dC = proj_big.device_view();
+  SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(big, s), "A", "state size");
+
+  ASSERT_GT(cuda::selective_scan_backward_workspace_size(p), 0u);
+  SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(p, s, nullptr, 0), "workspace", "bytes");
+}
+
+}  // namespace
+}  // namespace ssmkit::testing
