@@ -1,7 +1,9 @@
-// mamba_generate: continues token ids with a Hugging Face MambaForCausalLM checkpoint on the CPU.
+// mamba_generate: continues token ids with a Hugging Face MambaForCausalLM checkpoint on the CPU
+// or, with --device cuda, on the GPU (weights as float, or bfloat16 with --dtype bf16).
 //
 //   mamba_generate --model DIR --ids 1,2,3 --max-new-tokens N [--temperature T] [--top-k K]
-//                  [--top-p P] [--seed S] [--dump-logits FILE] [--threads N] [--device cpu]
+//                  [--top-p P] [--seed S] [--dump-logits FILE] [--threads N]
+//                  [--device cpu|cuda] [--dtype float|bf16]
 //
 // stdout: the generated ids (prompt excluded), comma-separated, on one line. stderr: prefill and
 // decode speed, and a progress bar when stderr is a terminal. Any error: one line, exit status 1
@@ -11,12 +13,17 @@
 #include <ssmkit/nn/mamba_lm.hpp>
 #include <ssmkit/nn/sampling.hpp>
 
+#ifdef MAMBA_GENERATE_CUDA
+#include "generate_cuda.hpp"
+#endif
+
 #include <unistd.h>
 
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <string>
@@ -27,7 +34,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: mamba_generate --model DIR --ids 1,2,3 --max-new-tokens N [--temperature T] "
-    "[--top-k K] [--top-p P] [--seed S] [--dump-logits FILE] [--threads N] [--device cpu|cuda]";
+    "[--top-k K] [--top-p P] [--seed S] [--dump-logits FILE] [--threads N] [--device cpu|cuda] "
+    "[--dtype float|bf16]";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -71,9 +79,9 @@ std::vector<std::int64_t> parse_ids(const std::string& text) {
 }
 
 std::map<std::string, std::string> parse_flags(int argc, char** argv) {
-  static const char* const known[] = {"--model",   "--ids",   "--max-new-tokens", "--temperature",
-                                      "--top-k",   "--top-p", "--seed",           "--dump-logits",
-                                      "--threads", "--device"};
+  static const char* const known[] = {"--model",   "--ids",    "--max-new-tokens", "--temperature",
+                                      "--top-k",   "--top-p",  "--seed",           "--dump-logits",
+                                      "--threads", "--device", "--dtype"};
   std::map<std::string, std::string> flags;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
@@ -106,6 +114,39 @@ void draw_progress(ssmkit::Index done, ssmkit::Index total) {
   std::fflush(stderr);
 }
 
+using Progress = std::function<void(ssmkit::Index)>;
+
+ssmkit::nn::GenerationResult run_cpu(const std::string& dir, const std::vector<std::int64_t>& ids,
+                                     ssmkit::Index max_new,
+                                     const ssmkit::nn::SamplingConfig& sampling,
+                                     const std::string& dump_logits, const Progress& progress) {
+  const auto model = ssmkit::nn::MambaLM<float>::from_pretrained(dir);
+  if (!dump_logits.empty()) {
+    // Its own pass over the prompt: generation only keeps the last position's logits.
+    const auto L = static_cast<ssmkit::Index>(ids.size());
+    ssmkit::HostTensor<float, 3> logits({1, L, model.vocab_size()});
+    model.forward(ssmkit::TensorView<const std::int64_t, 2>(ids.data(), {1, L}, "ids"),
+                  logits.view());
+    ssmkit::io::SafetensorsWriter w;
+    w.add("logits", logits.view()[0]);
+    w.write(dump_logits);
+  }
+  return ssmkit::nn::generate(model, {ids}, max_new, sampling, progress);
+}
+
+ssmkit::nn::GenerationResult run_cuda(const std::string& dir, const std::vector<std::int64_t>& ids,
+                                      ssmkit::Index max_new,
+                                      const ssmkit::nn::SamplingConfig& sampling, bool bf16,
+                                      const std::string& dump_logits, const Progress& progress) {
+#ifdef MAMBA_GENERATE_CUDA
+  return generate_cuda(dir, ids, max_new, sampling, bf16, dump_logits, progress);
+#else
+  (void)dir, (void)ids, (void)max_new, (void)sampling, (void)bf16, (void)dump_logits,
+      (void)progress;
+  throw ssmkit::Error("ssmkit: --device cuda: this build has no CUDA backend (no nvcc found)");
+#endif
+}
+
 int run(int argc, char** argv) {
   const auto flags = parse_flags(argc, argv);
   const auto get = [&](const char* k, const char* fallback) {
@@ -113,10 +154,13 @@ int run(int argc, char** argv) {
     return it == flags.end() ? std::string(fallback) : it->second;
   };
   const std::string device = get("--device", "cpu");
-  if (device == "cuda")
-    throw ssmkit::Error("ssmkit: --device cuda: the CUDA MambaLM is not yet supported; use cpu");
-  if (device != "cpu")
+  if (device != "cpu" && device != "cuda")
     throw UsageError("--device: expected cpu or cuda, got '" + device + "'");
+  const std::string dtype = get("--dtype", "float");
+  if (dtype != "float" && dtype != "bf16")
+    throw UsageError("--dtype: expected float or bf16, got '" + dtype + "'");
+  if (dtype == "bf16" && device != "cuda")
+    throw UsageError("--dtype bf16: only with --device cuda");
   const auto max_new = parse_number<ssmkit::Index>("--max-new-tokens", get("--max-new-tokens", ""));
   if (max_new < 0)
     throw UsageError("--max-new-tokens: must be >= 0");
@@ -134,24 +178,15 @@ int run(int argc, char** argv) {
   sampling.validate();
   const auto ids = parse_ids(get("--ids", ""));
 
-  const auto model = ssmkit::nn::MambaLM<float>::from_pretrained(get("--model", ""));
-  const auto L = static_cast<ssmkit::Index>(ids.size());
-  const ssmkit::TensorView<const std::int64_t, 2> prompt(ids.data(), {1, L}, "ids");
-
-  if (flags.count("--dump-logits")) {
-    // Its own pass over the prompt: generation only keeps the last position's logits.
-    ssmkit::HostTensor<float, 3> logits({1, L, model.vocab_size()});
-    model.forward(prompt, logits.view());
-    ssmkit::io::SafetensorsWriter w;
-    w.add("logits", logits.view()[0]);
-    w.write(get("--dump-logits", ""));
-  }
-
   const bool bar = isatty(STDERR_FILENO) && max_new >= 16;
-  const auto r = ssmkit::nn::generate(model, {ids}, max_new, sampling, [&](ssmkit::Index i) {
+  const auto progress = [&](ssmkit::Index i) {
     if (bar)
       draw_progress(i + 1, max_new);
-  });
+  };
+  const auto r = device == "cuda" ? run_cuda(get("--model", ""), ids, max_new, sampling,
+                                             dtype == "bf16", get("--dump-logits", ""), progress)
+                                  : run_cpu(get("--model", ""), ids, max_new, sampling,
+                                            get("--dump-logits", ""), progress);
 
   std::string line;
   for (std::size_t i = 0; i < r.tokens[0].size(); ++i)
@@ -160,9 +195,11 @@ int run(int argc, char** argv) {
   std::fprintf(stderr, "prefill: %lld tokens in %.3f s (%.1f tokens/s)\n",
                static_cast<long long>(r.prefill_tokens), r.prefill_seconds,
                r.prefill_tokens / std::max(r.prefill_seconds, 1e-9));
-  std::fprintf(stderr, "decode: %lld tokens in %.3f s (%.1f tokens/s), %d threads\n",
+  std::fprintf(stderr, "decode: %lld tokens in %.3f s (%.1f tokens/s), %s\n",
                static_cast<long long>(r.decode_tokens), r.decode_seconds,
-               r.decode_tokens / std::max(r.decode_seconds, 1e-9), ssmkit::max_threads());
+               r.decode_tokens / std::max(r.decode_seconds, 1e-9),
+               device == "cuda" ? ("cuda, " + dtype + " weights").c_str()
+                                : (std::to_string(ssmkit::max_threads()) + " threads").c_str());
   return 0;
 }
 

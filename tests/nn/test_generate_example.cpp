@@ -134,9 +134,30 @@ TEST(GenerateExampleFlags, ErrorsAreOneLineWithNonZeroStatus) {
   expect_one_line_error(run_example(model + " --ids 1,x --max-new-tokens 3"), 2, "--ids");
   expect_one_line_error(run_example(model + " --ids 1,,2 --max-new-tokens 3"), 2, "--ids");
   expect_one_line_error(run_example(model + " --ids 1 --max-new-tokens 3 --top-p 0"), 1, "top_p");
-  expect_one_line_error(run_example(model + " --ids 1 --max-new-tokens 3 --device cuda"), 1,
-                        "not yet supported");
+  expect_one_line_error(run_example(model + " --ids 1 --max-new-tokens 3 --device gpu"), 2,
+                        "--device");
+  expect_one_line_error(run_example(model + " --ids 1 --max-new-tokens 3 --dtype bf16"), 2,
+                        "--dtype");
   expect_one_line_error(run_example(model + " --ids 1"), 2, "--max-new-tokens");
+}
+
+// Where a GPU is there, --device cuda gives transformers' greedy ids (float weights; bf16 only
+// runs); elsewhere it fails with one line that says why.
+TEST_P(GenerateExample, CudaDeviceMatchesTransformersOrSaysWhy) {
+  const std::string name = GetParam();
+  const Golden g = golden(name, 0);
+  const std::string base = "--model '" + mamba_data(name) + "' --ids " + g.ids_flag() +
+                           " --max-new-tokens " + std::to_string(g.greedy.size()) +
+                           " --device cuda";
+  const ExampleRun r = run_example(base);
+  if (r.status != 0) {
+    expect_one_line_error(r, 1, "CUDA");
+    return;
+  }
+  EXPECT_EQ(r.out, g.greedy_line());
+  const ExampleRun bf16 = run_example(base + " --dtype bf16");
+  EXPECT_EQ(bf16.status, 0) << bf16.err;
+  EXPECT_NE(bf16.err.find("bf16 weights"), std::string::npos) << bf16.err;
 }
 
 }  // namespace
