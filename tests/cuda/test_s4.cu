@@ -28,7 +28,8 @@ struct Dev {
   std::vector<X> host;
   cuda::DeviceBuffer<X> dev;
   Dev(std::vector<X> h, cudaStream_t s) : host(std::move(h)), dev(Index(host.size())) {
-    dev.copy_from_host_async(host.data(), Index(host.size()), s);
+    if (!host.empty())
+      dev.copy_from_host_async(host.data(), Index(host.size()), s);
   }
   template <int Rank>
   TensorView<const X, Rank> view(const Shape<Rank>& shape) {

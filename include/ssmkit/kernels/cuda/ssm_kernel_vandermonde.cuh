@@ -20,6 +20,7 @@ namespace detail {
 struct VandermondePolicy {
   static constexpr int kThreads = 256, kReps = 8, kChunk = 32, kSplit = 16;
   static constexpr Index kTile = Index{kThreads} * kReps;
+  static_assert(kThreads == kSplit * kSplit, "a thread's offset is two table entries");
 };
 
 template <class T>
