@@ -86,17 +86,22 @@ struct BackwardTiming {
   double total_ms, local_ms, join_ms, chunks_ms, finish_ms, workspace_mb;
 };
 
-template <class T>
+/// B and C read from global memory by every lane instead of staged in shared memory.
+struct UnstagedPolicy : cuda::SelectiveScanBackwardPolicy {
+  static constexpr bool kStageStates = false;
+};
+
+template <class Policy, class T>
 BackwardTiming time_backward(const BackwardShape& shape, bool channel_major, int runs) {
-  using Policy = cuda::SelectiveScanBackwardPolicy;
   BackwardProblem<T> pr(shape, channel_major);
-  const std::size_t bytes = cuda::selective_scan_backward_workspace_size(pr.p);
+  const std::size_t bytes = cuda::selective_scan_backward_workspace_size<Policy>(pr.p);
   cuda::DeviceBuffer<char> ws(static_cast<Index>(bytes));
   SSMKIT_CUDA_CHECK(cudaDeviceSynchronize());
   BackwardTiming t{};
   t.workspace_mb = static_cast<double>(bytes) / 1e6;
-  t.total_ms = median_ms(
-      3, runs, [&](int) { cuda::selective_scan_backward(pr.p, nullptr, ws.data(), bytes); });
+  t.total_ms = median_ms(3, runs, [&](int) {
+    cuda::selective_scan_backward<Policy>(pr.p, nullptr, ws.data(), bytes);
+  });
   // Each pass alone, on the state the full call leaves (the join rewrites its input in place,
   // which changes its numbers, not its work).
   const cuda::detail::ScanBackwardPlan<Policy> plan(shape.batch, shape.L, shape.D, shape.N, 1);
@@ -143,24 +148,33 @@ int main(int argc, char** argv) {
       shapes.resize(1);
     std::printf("## selective scan backward (N=16, z, D, delta_bias, softplus)\n\n");
     std::printf(
-        "| shape | dtype | layout | time ms | mamba_ssm bwd ms | x faster | pass 1 ms | "
+        "| shape | dtype | layout | policy | time ms | mamba_ssm bwd ms | x faster | pass 1 ms | "
         "join ms | pass 3 ms | finish ms | workspace MB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n");
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    using Default = ssmkit::cuda::SelectiveScanBackwardPolicy;
     for (const BackwardShape& s : shapes)
       for (const bool bf16 : {false, true})
-        for (const bool cm : {false, true}) {
-          const BackwardTiming t =
-              bf16 ? time_backward<__nv_bfloat16>(s, cm, runs) : time_backward<float>(s, cm, runs);
-          const double mamba = bf16 ? s.mamba_bf16_ms : s.mamba_fp32_ms;
-          std::printf(
-              "| B=%lld D=%lld L=%lld | %s | %s | %.3f | %.2f | %.2f | %.3f | %.3f | %.3f | "
-              "%.3f | %.0f |\n",
-              static_cast<long long>(s.batch), static_cast<long long>(s.D),
-              static_cast<long long>(s.L), bf16 ? "bf16" : "fp32", cm ? "channel" : "token",
-              t.total_ms, mamba, mamba / t.total_ms, t.local_ms, t.join_ms, t.chunks_ms,
-              t.finish_ms, t.workspace_mb);
-          std::fflush(stdout);
-        }
+        for (const bool cm : {false, true})
+          for (const bool staged : {true, false}) {
+            if (!staged && quick)
+              continue;
+            BackwardTiming t;
+            if (bf16)
+              t = staged ? time_backward<Default, __nv_bfloat16>(s, cm, runs)
+                         : time_backward<UnstagedPolicy, __nv_bfloat16>(s, cm, runs);
+            else
+              t = staged ? time_backward<Default, float>(s, cm, runs)
+                         : time_backward<UnstagedPolicy, float>(s, cm, runs);
+            const double mamba = bf16 ? s.mamba_bf16_ms : s.mamba_fp32_ms;
+            std::printf(
+                "| B=%lld D=%lld L=%lld | %s | %s | %s | %.3f | %.2f | %.2f | %.3f | %.3f | "
+                "%.3f | %.3f | %.0f |\n",
+                static_cast<long long>(s.batch), static_cast<long long>(s.D),
+                static_cast<long long>(s.L), bf16 ? "bf16" : "fp32", cm ? "channel" : "token",
+                staged ? "staged" : "unstaged", t.total_ms, mamba, mamba / t.total_ms, t.local_ms,
+                t.join_ms, t.chunks_ms, t.finish_ms, t.workspace_mb);
+            std::fflush(stdout);
+          }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_scan_backward: %s\n", e.what());
     return 1;

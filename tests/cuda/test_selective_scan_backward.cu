@@ -27,8 +27,13 @@ struct BackwardCase {
   }
 };
 
+/// B and C read from global memory by every lane instead of staged in shared memory.
+struct UnstagedPolicy : cuda::SelectiveScanBackwardPolicy {
+  static constexpr bool kStageStates = false;
+};
+
 /// Runs `c` on the GPU and the oracle and checks every gradient's relative error against `tol`.
-template <class T>
+template <class T, class Policy = cuda::SelectiveScanBackwardPolicy>
 void check_backward(const BackwardCase& c, double tol) {
   SCOPED_TRACE(c.name());
   TestStream stream;
@@ -114,7 +119,7 @@ void check_backward(const BackwardCase& c, double tol) {
   for (auto* t : {&du, &ddelta, &dz})
     t->poison(s);
   dB.poison(s), dC.poison(s), dA.poison(s), dD.poison(s), dbias.poison(s), dh0.poison(s);
-  cuda::selective_scan_backward(p, s);
+  cuda::selective_scan_backward<Policy>(p, s);
   SSMKIT_CUDA_CHECK(cudaGetLastError());
   EXPECT_LE(rel_error(du.download(s), r_du), tol) << "du";
   EXPECT_LE(rel_error(ddelta.download(s), r_ddelta), tol) << "ddelta";
@@ -139,6 +144,18 @@ TEST(CudaSelectiveScanBackward, FloatEveryOptionBothLayouts) {
     c.channel_major = cm;
     c.seed = cm ? 2 : 1;
     check_backward<float>(c, 1e-5);
+  }
+}
+
+TEST(CudaSelectiveScanBackward, UnstagedStates) {
+  SSMKIT_REQUIRE_GPU();
+  for (const bool cm : {false, true}) {
+    BackwardCase c;
+    c.channel_major = cm;
+    c.seed = cm ? 4 : 3;
+    check_backward<float, UnstagedPolicy>(c, 1e-5);
+    c.N = 5;
+    check_backward<float, UnstagedPolicy>(c, 1e-5);
   }
 }
 
@@ -196,14 +213,22 @@ TEST(CudaSelectiveScanBackward, ManyChannelsPerSliceAndManyChunks) {
   check_backward<float>(c, 1e-5);
 }
 
-TEST(CudaSelectiveScanBackward, ShortAndEmptySequences) {
+TEST(CudaSelectiveScanBackward, ShortSequences) {
   SSMKIT_REQUIRE_GPU();
   BackwardCase c;
   c.seed = 60;
-  for (const Index L : {1, 8, 0}) {  // L = 0: dA, dD, dδ_bias are zero, dh0 is dh_final
+  for (const Index L : {1, 8, 9}) {
     c.L = L;
     check_backward<float>(c, 1e-5);
   }
+}
+
+TEST(CudaSelectiveScanBackward, EmptySequence) {
+  SSMKIT_REQUIRE_GPU();
+  BackwardCase c;  // dA, dD, dδ_bias are zero; dh0 is dh_final
+  c.L = 0;
+  c.seed = 65;
+  check_backward<float>(c, 1e-5);
 }
 
 TEST(CudaSelectiveScanBackwardLong, LongSequence) {

@@ -42,6 +42,9 @@ struct SelectiveScanBackwardPolicy {
   /// one atomic per element goes out.
   static constexpr int kChannelsPerBlock = 256;
   static constexpr int kMinBlocksPerSM = 3;  ///< the occupancy the registers are budgeted for
+  /// B and C rows of a chunk staged in shared memory as float by the whole block (read back as
+  /// 16-byte broadcasts) instead of each lane loading its states from global memory each step.
+  static constexpr bool kStageStates = true;
 };
 
 /// Largest state size N the CUDA backward accepts.
@@ -96,7 +99,8 @@ struct ScanBackwardArgs {
   float* chunk_q;    // (chunks, batch, D, N): local adjoint, then (pass 2) the adjoint leaving
 
   int batch, L, D, N, G, channels_per_group;
-  int lanes_per_channel, chunk_len, chunks, slices_per_group, channels_per_slice;
+  int lanes_per_channel, padded_n;  // padded_n = lanes_per_channel · states per lane
+  int chunk_len, chunks, slices_per_group, channels_per_slice, local_blocks_per_group;
   bool softplus;
 };
 
@@ -170,20 +174,66 @@ __device__ __forceinline__ LanePlace lane_place(int lanes_per_channel, int state
           tid / lanes_per_channel};
 }
 
+/// The chunk's rows of B and C for group g as float, [step][B|C][state padded to padded_n],
+/// zero past N; the whole block takes part.
+template <int kThreads, class T>
+__device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a, float* bc, int b,
+                                                   int g, int t_begin, int len) {
+  const int row = 2 * a.padded_n;
+  for (int i = static_cast<int>(threadIdx.x); i < len * row; i += kThreads) {
+    const int t = t_begin + i / row, which = i % row / a.padded_n, n = i % a.padded_n;
+    float v = 0.f;
+    if (n < a.N)
+      v = which == 0
+              ? to_float(__ldg(a.B + b * a.B_s[0] + t * a.B_s[1] + g * a.B_s[2] + n * a.B_s[3]))
+              : to_float(__ldg(a.C + b * a.C_s[0] + t * a.C_s[1] + g * a.C_s[2] + n * a.C_s[3]));
+    bc[i] = v;
+  }
+}
+
+/// This lane's S states from n0 of B (which = 0) or C (1) at step t of the chunk that starts at
+/// t_begin: from the staged rows `bc`, or else from global memory.
+template <bool kStaged, int S, class T>
+__device__ __forceinline__ void chunk_states(const ScanBackwardArgs<T>& a, const float* bc, int b,
+                                             int g, int t, int t_begin, int which, int n0,
+                                             float (&v)[S]) {
+  if constexpr (kStaged) {
+    static_assert(S % 4 == 0, "staged states are read as 16-byte vectors");
+    const float* row = bc + ((t - t_begin) * 2 + which) * a.padded_n + n0;
+#pragma unroll
+    for (int i = 0; i < S; i += 4) {
+      const float4 q = *reinterpret_cast<const float4*>(row + i);
+      v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
+    }
+  } else if (which == 0) {
+    load_states<S>(a.B + b * a.B_s[0] + t * a.B_s[1] + g * a.B_s[2], a.B_s[3], n0, a.N, v);
+  } else {
+    load_states<S>(a.C + b * a.C_s[0] + t * a.C_s[1] + g * a.C_s[2], a.C_s[3], n0, a.N, v);
+  }
+}
+
 /// Pass 1: each chunk from a zero state and a zero adjoint, walking forwards: its local final
 /// state, its ΣΔ and its local adjoint Σ_t P_t·C_t·dy_t with P_t = Π_{s<=t} Ā_s.
 template <class Policy, class T>
 __global__ void __launch_bounds__(Policy::kThreads)
     scan_backward_local_kernel(const ScanBackwardArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread;
+  constexpr bool kStaged = Policy::kStageStates;
+  extern __shared__ __align__(16) float bc[];  // the chunk's B and C rows, when staged
   const LanePlace lp = lane_place(a.lanes_per_channel, S);
-  const int d =
-      static_cast<int>(blockIdx.y) * (Policy::kThreads / a.lanes_per_channel) + lp.channel;
-  if (d >= a.D)
-    return;  // no lane of another channel waits for this one
+  const int g = static_cast<int>(blockIdx.y) / a.local_blocks_per_group;
+  const int in_group = static_cast<int>(blockIdx.y) % a.local_blocks_per_group *
+                           (Policy::kThreads / a.lanes_per_channel) +
+                       lp.channel;
+  const int d = g * a.channels_per_group + in_group;
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
-  const int g = d / a.channels_per_group;
   const int t_begin = c * a.chunk_len, t_end = min(a.L, t_begin + a.chunk_len);
+  if constexpr (kStaged) {
+    stage_chunk_states<Policy::kThreads>(a, bc, b, g, t_begin, t_end - t_begin);
+    __syncthreads();
+  }
+  if (in_group >= a.channels_per_group)
+    return;  // no lane of another channel waits for this one
   float a2[S], h[S], decay[S], q[S];
 #pragma unroll
   for (int i = 0; i < S; ++i) {
@@ -193,8 +243,6 @@ __global__ void __launch_bounds__(Policy::kThreads)
     decay[i] = 1.f;
   }
   const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
-  const T* B_row = a.B + b * a.B_s[0] + g * a.B_s[2];
-  const T* C_row = a.C + b * a.C_s[0] + g * a.C_s[2];
   float sum_dt = 0.f;
 #pragma unroll 2
   for (int t = t_begin; t < t_end; ++t) {
@@ -207,8 +255,8 @@ __global__ void __launch_bounds__(Policy::kThreads)
       dy *= z * sigmoid_f(z);
     }
     float Bv[S], Cv[S];
-    load_states<S>(B_row + t * a.B_s[1], a.B_s[3], lp.n0, a.N, Bv);
-    load_states<S>(C_row + t * a.C_s[1], a.C_s[3], lp.n0, a.N, Cv);
+    chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
+    chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
     sum_dt += dt;
 #pragma unroll
     for (int i = 0; i < S; ++i) {
@@ -263,10 +311,17 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
     a.dh0[b * a.dh0_s[0] + d * a.dh0_s[1] + n * a.dh0_s[2]] = q;
 }
 
-/// Shared memory of pass 3, in floats: the chunk's dB, dC sums and the sub-chunks' entry states.
+/// Shared memory of pass 1, in floats: the chunk's B and C rows when staged.
 template <class Policy>
-constexpr int backward_smem_floats(int chunk_len, int N) {
-  return chunk_len * 2 * N +
+constexpr int local_smem_floats(int chunk_len, int padded_n) {
+  return Policy::kStageStates ? chunk_len * 2 * padded_n : 0;
+}
+
+/// Shared memory of pass 3, in floats: the staged B and C rows, the chunk's dB, dC sums and the
+/// sub-chunks' entry states.
+template <class Policy>
+constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N) {
+  return local_smem_floats<Policy>(chunk_len, padded_n) + chunk_len * 2 * N +
          chunk_len / Policy::kSubChunk * Policy::kStatesPerThread * Policy::kThreads;
 }
 
@@ -279,10 +334,12 @@ template <class Policy, class T>
 __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     scan_backward_chunk_kernel(const ScanBackwardArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk, NT = Policy::kThreads;
-  extern __shared__ float smem[];
+  constexpr bool kStaged = Policy::kStageStates;
+  extern __shared__ __align__(16) float smem[];
   const int N = a.N, two_n = 2 * a.N;
-  float* acc = smem;                          // [step][B|C][state]
-  float* entry = smem + a.chunk_len * two_n;  // [sub-chunk][i][thread]
+  float* bc = smem;  // [step][B|C][padded state], when staged
+  float* acc = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n);  // [step][B|C][state]
+  float* entry = acc + a.chunk_len * two_n;                              // [sub-chunk][i][thread]
   const int tid = static_cast<int>(threadIdx.x);
   const int lanes = a.lanes_per_channel;
   const LanePlace lp = lane_place(lanes, S);
@@ -295,9 +352,9 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
   const int subs = (len + K - 1) / K;
   for (int i = tid; i < len * two_n; i += NT)
     acc[i] = 0.f;
+  if constexpr (kStaged)
+    stage_chunk_states<NT>(a, bc, b, g, t_begin, len);
   __syncthreads();
-  const T* B_row = a.B + b * a.B_s[0] + g * a.B_s[2];
-  const T* C_row = a.C + b * a.C_s[0] + g * a.C_s[2];
   const bool has_z = a.z != nullptr;
 
   for (int d_round = d_begin; d_round < d_end; d_round += NT / lanes) {
@@ -334,7 +391,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         const float dt = a.softplus ? softplus_f(raw) : raw;
         const float du = dt * load_act(a.u, a.u_s, b, t, d);
         float Bv[S];
-        load_states<S>(B_row + t * a.B_s[1], a.B_s[3], lp.n0, N, Bv);
+        chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
 #pragma unroll
         for (int i = 0; i < S; ++i)
           h[i] = fmaf(ex2_mufu(dt * a2[i]), h[i], du * Bv[i]);
@@ -346,9 +403,10 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
       const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
       float hs[K + 1][S], decay[K][S], dt_r[K], u_r[K], dy_r[K], dsp_r[K];
 #pragma unroll
-      for (int i = 0; i < S; ++i)
+      for (int i = 0; i < S; ++i) {
         hs[0][i] = entry[(j * S + i) * NT + tid];
-        // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
+      }
+      // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         if (k < steps) {
@@ -359,7 +417,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           const float u = load_act(a.u, a.u_s, b, t, d);
           const float du = dt * u;
           float Bv[S];
-          load_states<S>(B_row + t * a.B_s[1], a.B_s[3], lp.n0, N, Bv);
+          chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
 #pragma unroll
           for (int i = 0; i < S; ++i) {
             decay[k][i] = ex2_mufu(dt * a2[i]);
@@ -369,7 +427,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           float dy = dout;
           if (has_z) {
             float Cv[S];
-            load_states<S>(C_row + t * a.C_s[1], a.C_s[3], lp.n0, N, Cv);
+            chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
             float y = 0.f;
 #pragma unroll
             for (int i = 0; i < S; ++i)
@@ -393,8 +451,8 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           const int t = t0 + k;
           const float dt = dt_r[k], u = u_r[k], dy = dy_r[k], dtu = dt * u;
           float Bv[S], Cv[S];
-          load_states<S>(B_row + t * a.B_s[1], a.B_s[3], lp.n0, N, Bv);
-          load_states<S>(C_row + t * a.C_s[1], a.C_s[3], lp.n0, N, Cv);
+          chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
+          chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
           float gB = 0.f, gAh = 0.f, parts[2 * S];
 #pragma unroll
           for (int i = 0; i < S; ++i) {
@@ -480,16 +538,16 @@ __global__ void scan_backward_params_kernel(const ScanBackwardArgs<T> a) {
 /// The launch plan: lanes per channel, chunks, and the channel slices of pass 3.
 template <class Policy>
 struct ScanBackwardPlan {
-  int lanes_per_channel = 1, chunk_len = 0, chunks = 0, slices_per_group = 1;
-  int channels_per_slice = 1;
-  Index channel_blocks = 0;  // blocks of pass 1 along the channels
+  int lanes_per_channel = 1, padded_n = 0, chunk_len = 0, chunks = 0, slices_per_group = 1;
+  int channels_per_slice = 1, local_blocks_per_group = 1;
   Index accumulator_floats = 0, chunk_floats = 0;
 
   ScanBackwardPlan(Index batch, Index L, Index D, Index N, Index G) {
     while (lanes_per_channel * Policy::kStatesPerThread < N)
       lanes_per_channel *= 2;
+    padded_n = lanes_per_channel * Policy::kStatesPerThread;
     chunk_len = Policy::kChunk;
-    while (chunk_len > Policy::kSubChunk && chunk_len * N > Policy::kChunk * 16)
+    while (chunk_len > Policy::kSubChunk && chunk_len * padded_n > Policy::kChunk * 16)
       chunk_len /= 2;
     chunks = static_cast<int>((L + chunk_len - 1) / chunk_len);
     const Index per_group = D / std::max<Index>(G, 1);
@@ -498,7 +556,7 @@ struct ScanBackwardPlan {
         std::min<Index>(per_group, std::max<Index>(round, Policy::kChannelsPerBlock)));
     channels_per_slice = std::max(channels_per_slice, 1);
     slices_per_group = static_cast<int>((per_group + channels_per_slice - 1) / channels_per_slice);
-    channel_blocks = (D + round - 1) / round;
+    local_blocks_per_group = static_cast<int>(std::max<Index>(1, (per_group + round - 1) / round));
     accumulator_floats = batch * L * G * 2 * N + D * N + 2 * D;
     chunk_floats = static_cast<Index>(chunks) * batch * D * (2 * N + 1);
   }
@@ -575,6 +633,8 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
   a.G = static_cast<int>(G);
   a.channels_per_group = static_cast<int>(D / G);
   a.lanes_per_channel = plan.lanes_per_channel;
+  a.padded_n = plan.padded_n;
+  a.local_blocks_per_group = plan.local_blocks_per_group;
   a.chunk_len = plan.chunk_len;
   a.chunks = plan.chunks;
   a.slices_per_group = plan.slices_per_group;
@@ -584,6 +644,14 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
 }
 
 constexpr int kFlatThreads = 256;
+
+/// Lets `kernel` take `bytes` of dynamic shared memory (beyond the default 48 KB needs opting in).
+template <class Kernel>
+void allow_dynamic_smem(Kernel kernel, std::size_t bytes) {
+  if (bytes > 48 * 1024)
+    SSMKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(bytes)));
+}
 
 inline unsigned flat_blocks(Index n) {
   return static_cast<unsigned>((n + kFlatThreads - 1) / kFlatThreads);
@@ -605,9 +673,14 @@ void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<
                            cudaStream_t stream) {
   if (a.batch == 0 || plan.chunks == 0)
     return;
-  const dim3 grid(static_cast<unsigned>(plan.chunks), static_cast<unsigned>(plan.channel_blocks),
+  const dim3 grid(static_cast<unsigned>(plan.chunks),
+                  static_cast<unsigned>(a.G * plan.local_blocks_per_group),
                   static_cast<unsigned>(a.batch));
-  scan_backward_local_kernel<Policy><<<grid, Policy::kThreads, 0, stream>>>(a);
+  const std::size_t smem =
+      static_cast<std::size_t>(local_smem_floats<Policy>(plan.chunk_len, plan.padded_n)) *
+      sizeof(float);
+  allow_dynamic_smem(scan_backward_local_kernel<Policy, T>, smem);
+  scan_backward_local_kernel<Policy><<<grid, Policy::kThreads, smem, stream>>>(a);
   SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_local_kernel");
 }
 
@@ -630,7 +703,9 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
                   static_cast<unsigned>(a.G * plan.slices_per_group),
                   static_cast<unsigned>(a.batch));
   const std::size_t smem =
-      static_cast<std::size_t>(backward_smem_floats<Policy>(plan.chunk_len, a.N)) * sizeof(float);
+      static_cast<std::size_t>(chunk_smem_floats<Policy>(plan.chunk_len, plan.padded_n, a.N)) *
+      sizeof(float);
+  allow_dynamic_smem(scan_backward_chunk_kernel<Policy, T>, smem);
   scan_backward_chunk_kernel<Policy><<<grid, Policy::kThreads, smem, stream>>>(a);
   SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_chunk_kernel");
 }
@@ -685,8 +760,8 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
   SSMKIT_CHECK(batch <= 65535, "u", "batch size", "<= 65535 on CUDA", batch);
   SSMKIT_CHECK(L <= (Index{1} << 31) - 1 - Policy::kChunk, "u", "length", "< 2^31 on CUDA", L);
   const detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, G);
-  SSMKIT_CHECK(plan.channel_blocks <= 65535 && G * plan.slices_per_group <= 65535, "u", "channels",
-               "at most 65535 blocks of channels on CUDA", D);
+  SSMKIT_CHECK(G * plan.local_blocks_per_group <= 65535 && G * plan.slices_per_group <= 65535, "u",
+               "channels", "at most 65535 blocks of channels on CUDA", D);
   const std::size_t need = plan.workspace_bytes();
   SSMKIT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need), "workspace", "bytes",
                ">= " + std::to_string(need), workspace == nullptr ? 0 : workspace_bytes);
