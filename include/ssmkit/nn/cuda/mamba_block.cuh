@@ -145,8 +145,8 @@ class MambaBlock<T, Cuda> {
   }
 
   /// out (batch, L, d_model) = block(x (batch, L, d_model)), or out += block(x) when
-  /// `accumulate` (a residual stream), ordered on `stream`; device memory, features contiguous,
-  /// sequences evenly spaced. With a state (device views) the sequences continue from it and it
+  /// `accumulate` (a residual stream), ordered on `stream`; device memory, features contiguous.
+  /// With a state (device views) the sequences continue from it and it
   /// is left at their ends; without, they start from zero. out may be x unless accumulating.
   void forward(TensorView<const float, 3> x, TensorView<float, 3> out, Workspace& ws,
                cudaStream_t stream, MambaBlockStateView<float> state = {},
@@ -160,8 +160,11 @@ class MambaBlock<T, Cuda> {
     const Index tokens = batch * L;
     ws.reserve(c_, tokens);
     float* xz = ws.xz_.data();
-    cuda::linear<T>(ws.cublas_, rows_of(x), in_proj_.view(), cuda::vector_view(in_bias_),
-                    mat(xz, tokens, 2 * di, 2 * di), false, ws.rounded_, stream);
+    for_token_rows(x, [&](Index first, TensorView<const float, 2> rows) {
+      cuda::linear<T>(ws.cublas_, rows, in_proj_.view(), cuda::vector_view(in_bias_),
+                      mat(xz + first * 2 * di, rows.size(0), 2 * di, 2 * di), false, ws.rounded_,
+                      stream);
+    });
     CausalConv1dParams<float> conv;
     conv.x = seq(xz, batch, L, di, 2 * di);
     conv.weight = conv_weight();
@@ -178,8 +181,11 @@ class MambaBlock<T, Cuda> {
     if (ws.scan_.bytes() < need)
       ws.scan_ = cuda::DeviceBuffer<unsigned char>(static_cast<Index>(need), "scan workspace");
     cuda::selective_scan(p, stream, ws.scan_.data(), ws.scan_.bytes());
-    cuda::linear<T>(ws.cublas_, cmat(ws.y_.data(), tokens, di, di), out_proj_.view(),
-                    cuda::vector_view(out_bias_), rows_of(out), accumulate, ws.rounded_, stream);
+    for_token_rows(out, [&](Index first, TensorView<float, 2> rows) {
+      cuda::linear<T>(ws.cublas_, cmat(ws.y_.data() + first * di, rows.size(0), di, di),
+                      out_proj_.view(), cuda::vector_view(out_bias_), rows, accumulate, ws.rounded_,
+                      stream);
+    });
   }
 
   /// One decoding token of every sequence: out (batch, d_model) = block(x (batch, d_model)), or
@@ -265,11 +271,19 @@ class MambaBlock<T, Cuda> {
     return TensorView<P, 3>::unchecked(p, {batch, L, channels}, {L * row_stride, row_stride, 1},
                                        Device::CUDA);
   }
-  /// (batch·L, features) rows of an evenly spaced (batch, L, features) view.
-  template <class E>
-  static TensorView<E, 2> rows_of(const TensorView<E, 3>& v) {
-    return TensorView<E, 2>::unchecked(v.data(), {v.size(0) * v.size(1), v.size(2)},
-                                       {v.stride(1), 1}, Device::CUDA);
+  /// Calls fn(first_token, rows) over v (batch, L, features) as (tokens, features) rows: once
+  /// when the sequences are evenly spaced (one product for the batch), else once per sequence.
+  template <class E, class Fn>
+  static void for_token_rows(const TensorView<E, 3>& v, Fn&& fn) {
+    const Index batch = v.size(0), L = v.size(1);
+    if (batch <= 1 || v.stride(0) == L * v.stride(1)) {
+      fn(0, TensorView<E, 2>::unchecked(v.data(), {batch * L, v.size(2)}, {v.stride(1), 1},
+                                        Device::CUDA));
+      return;
+    }
+    for (Index b = 0; b < batch; ++b)
+      fn(b * L, TensorView<E, 2>::unchecked(v.data() + b * v.stride(0), {L, v.size(2)},
+                                            {v.stride(1), 1}, Device::CUDA));
   }
 
   template <class E>
@@ -277,8 +291,6 @@ class MambaBlock<T, Cuda> {
     check_device(v, arg, Device::CUDA);
     check_shape(v, arg, {batch, L, c_.d_model});
     SSMKIT_CHECK(v.stride(2) == 1, arg, "feature stride", "1", v.stride(2));
-    SSMKIT_CHECK(batch <= 1 || v.stride(0) == L * v.stride(1), arg, "sequence stride",
-                 "length · token stride (evenly spaced sequences)", v.stride(0));
   }
   template <class E>
   void check_matrix(const TensorView<E, 2>& v, const char* arg, Index batch) const {
