@@ -91,6 +91,11 @@ struct UnstagedPolicy : cuda::SelectiveScanBackwardPolicy {
   static constexpr bool kStageStates = false;
 };
 
+/// Every lane does its channel's per-step work itself.
+struct PerLanePolicy : cuda::SelectiveScanBackwardPolicy {
+  static constexpr bool kShareStepWork = false;
+};
+
 template <class Policy, class T>
 BackwardTiming time_backward(const BackwardShape& shape, bool channel_major, int runs) {
   BackwardProblem<T> pr(shape, channel_major);
@@ -155,24 +160,28 @@ int main(int argc, char** argv) {
     for (const BackwardShape& s : shapes)
       for (const bool bf16 : {false, true})
         for (const bool cm : {false, true})
-          for (const bool staged : {true, false}) {
-            if (!staged && quick)
+          for (const char* policy : {"default", "unstaged", "per-lane"}) {
+            const std::string name = policy;
+            if (quick && name != "default")
               continue;
             BackwardTiming t;
-            if (bf16)
-              t = staged ? time_backward<Default, __nv_bfloat16>(s, cm, runs)
-                         : time_backward<UnstagedPolicy, __nv_bfloat16>(s, cm, runs);
+            if (name == "default")
+              t = bf16 ? time_backward<Default, __nv_bfloat16>(s, cm, runs)
+                       : time_backward<Default, float>(s, cm, runs);
+            else if (name == "unstaged")
+              t = bf16 ? time_backward<UnstagedPolicy, __nv_bfloat16>(s, cm, runs)
+                       : time_backward<UnstagedPolicy, float>(s, cm, runs);
             else
-              t = staged ? time_backward<Default, float>(s, cm, runs)
-                         : time_backward<UnstagedPolicy, float>(s, cm, runs);
+              t = bf16 ? time_backward<PerLanePolicy, __nv_bfloat16>(s, cm, runs)
+                       : time_backward<PerLanePolicy, float>(s, cm, runs);
             const double mamba = bf16 ? s.mamba_bf16_ms : s.mamba_fp32_ms;
             std::printf(
                 "| B=%lld D=%lld L=%lld | %s | %s | %s | %.3f | %.2f | %.2f | %.3f | %.3f | "
                 "%.3f | %.3f | %.0f |\n",
                 static_cast<long long>(s.batch), static_cast<long long>(s.D),
                 static_cast<long long>(s.L), bf16 ? "bf16" : "fp32", cm ? "channel" : "token",
-                staged ? "staged" : "unstaged", t.total_ms, mamba, mamba / t.total_ms, t.local_ms,
-                t.join_ms, t.chunks_ms, t.finish_ms, t.workspace_mb);
+                policy, t.total_ms, mamba, mamba / t.total_ms, t.local_ms, t.join_ms, t.chunks_ms,
+                t.finish_ms, t.workspace_mb);
             std::fflush(stdout);
           }
   } catch (const std::exception& e) {

@@ -32,6 +32,11 @@ struct UnstagedPolicy : cuda::SelectiveScanBackwardPolicy {
   static constexpr bool kStageStates = false;
 };
 
+/// Every lane does its channel's per-step work itself.
+struct PerLanePolicy : cuda::SelectiveScanBackwardPolicy {
+  static constexpr bool kShareStepWork = false;
+};
+
 /// Runs `c` on the GPU and the oracle and checks every gradient's relative error against `tol`.
 template <class T, class Policy = cuda::SelectiveScanBackwardPolicy>
 void check_backward(const BackwardCase& c, double tol) {
@@ -147,15 +152,17 @@ TEST(CudaSelectiveScanBackward, FloatEveryOptionBothLayouts) {
   }
 }
 
-TEST(CudaSelectiveScanBackward, UnstagedStates) {
+TEST(CudaSelectiveScanBackward, UnstagedStatesAndPerLaneStepWork) {
   SSMKIT_REQUIRE_GPU();
   for (const bool cm : {false, true}) {
     BackwardCase c;
     c.channel_major = cm;
     c.seed = cm ? 4 : 3;
     check_backward<float, UnstagedPolicy>(c, 1e-5);
+    check_backward<float, PerLanePolicy>(c, 1e-5);
     c.N = 5;
     check_backward<float, UnstagedPolicy>(c, 1e-5);
+    check_backward<float, PerLanePolicy>(c, 1e-5);
   }
 }
 

@@ -45,6 +45,9 @@ struct SelectiveScanBackwardPolicy {
   /// B and C rows of a chunk staged in shared memory as float by the whole block (read back as
   /// 16-byte broadcasts) instead of each lane loading its states from global memory each step.
   static constexpr bool kStageStates = true;
+  /// The per-step work of a channel (loads, softplus, sigmoids) done once per step by one of its
+  /// lanes in turn and handed to the others through shared memory, instead of by every lane.
+  static constexpr bool kShareStepWork = true;
 };
 
 /// Largest state size N the CUDA backward accepts.
@@ -212,19 +215,94 @@ __device__ __forceinline__ void chunk_states(const ScanBackwardArgs<T>& a, const
   }
 }
 
+/// What one step of a channel needs besides the states: Δ, u, softplus'(δ + bias), dy = ∂ℓ/∂y,
+/// and the factor fz with ∂ℓ/∂z = y·fz.
+struct StepValues {
+  float dt, u, dsp, dy, fz;
+};
+
+/// The StepValues of step t of channel d; dy (zero when !live) only if kDy, dsp and fz only if
+/// kGrad.
+template <bool kDy, bool kGrad, class T>
+__device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, int b, int t, int d,
+                                                  float bias, bool live) {
+  StepValues v{0.f, 0.f, 1.f, 0.f, 0.f};
+  const float raw = load_act(a.delta, a.delta_s, b, t, d) + bias;
+  v.dt = a.softplus ? softplus_f(raw) : raw;
+  v.u = load_act(a.u, a.u_s, b, t, d);
+  if (kGrad && a.softplus)
+    v.dsp = raw > 20.f ? 1.f : sigmoid_f(raw);
+  if (kDy) {
+    const float dout = live ? load_act(a.dout, a.dout_s, b, t, d) : 0.f;
+    v.dy = dout;
+    if (a.z != nullptr) {
+      const float z = load_act(a.z, a.z_s, b, t, d), s = sigmoid_f(z);
+      v.dy = dout * z * s;
+      if (kGrad)
+        v.fz = dout * s * fmaf(z, 1.f - s, 1.f);
+    }
+  }
+  return v;
+}
+
+/// The lanes of the calling thread's channel, for __syncwarp.
+__device__ __forceinline__ unsigned channel_lanes_mask(int lanes_per_channel) {
+  if (lanes_per_channel >= 32)
+    return 0xffffffffu;
+  const int first = (static_cast<int>(threadIdx.x) & 31) & ~(lanes_per_channel - 1);
+  return ((1u << lanes_per_channel) - 1u) << first;
+}
+
+/// Floats of shared memory per channel for the shared step work of pass 1 ([step][Δ, Δ·u, dy, -])
+/// and pass 3 ([step][Δ, u, dsp, dy, fz, -, -, -]); the 4 extra floats shift neighbouring channels
+/// to other banks.
+template <class Policy>
+constexpr int local_step_stride() {
+  return Policy::kSubChunk * 4 + 4;
+}
+template <class Policy>
+constexpr int chunk_step_stride() {
+  return Policy::kSubChunk * 8 + 4;
+}
+
+/// Shared memory of pass 1, in floats: the chunk's B and C rows when staged, then (with
+/// lanes_per_channel > 0) the channels' shared step work.
+template <class Policy>
+constexpr int local_smem_floats(int chunk_len, int padded_n, int lanes_per_channel) {
+  return (Policy::kStageStates ? chunk_len * 2 * padded_n : 0) +
+         (Policy::kShareStepWork && lanes_per_channel > 0
+              ? Policy::kThreads / lanes_per_channel * local_step_stride<Policy>()
+              : 0);
+}
+
+/// Shared memory of pass 3, in floats: the staged B and C rows, the chunk's dB, dC sums, the
+/// sub-chunks' entry states, then the channels' shared step work.
+template <class Policy>
+constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N, int lanes_per_channel) {
+  return local_smem_floats<Policy>(chunk_len, padded_n, 0) + chunk_len * 2 * N +
+         chunk_len / Policy::kSubChunk * Policy::kStatesPerThread * Policy::kThreads +
+         (Policy::kShareStepWork
+              ? Policy::kThreads / lanes_per_channel * chunk_step_stride<Policy>()
+              : 0);
+}
+
 /// Pass 1: each chunk from a zero state and a zero adjoint, walking forwards: its local final
 /// state, its ΣΔ and its local adjoint Σ_t P_t·C_t·dy_t with P_t = Π_{s<=t} Ā_s.
 template <class Policy, class T>
 __global__ void __launch_bounds__(Policy::kThreads)
     scan_backward_local_kernel(const ScanBackwardArgs<T> a) {
-  constexpr int S = Policy::kStatesPerThread;
-  constexpr bool kStaged = Policy::kStageStates;
-  extern __shared__ __align__(16) float bc[];  // the chunk's B and C rows, when staged
-  const LanePlace lp = lane_place(a.lanes_per_channel, S);
+  constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk;
+  constexpr bool kStaged = Policy::kStageStates, kShare = Policy::kShareStepWork;
+  extern __shared__ __align__(16) float smem_local[];
+  const int lanes = a.lanes_per_channel;
+  const LanePlace lp = lane_place(lanes, S);
+  float* bc = smem_local;  // the chunk's B and C rows, when staged
+  float* mine = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n, 0) +
+                lp.channel * local_step_stride<Policy>();  // this channel's step work
   const int g = static_cast<int>(blockIdx.y) / a.local_blocks_per_group;
-  const int in_group = static_cast<int>(blockIdx.y) % a.local_blocks_per_group *
-                           (Policy::kThreads / a.lanes_per_channel) +
-                       lp.channel;
+  const int in_group =
+      static_cast<int>(blockIdx.y) % a.local_blocks_per_group * (Policy::kThreads / lanes) +
+      lp.channel;
   const int d = g * a.channels_per_group + in_group;
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
   const int t_begin = c * a.chunk_len, t_end = min(a.L, t_begin + a.chunk_len);
@@ -233,7 +311,8 @@ __global__ void __launch_bounds__(Policy::kThreads)
     __syncthreads();
   }
   if (in_group >= a.channels_per_group)
-    return;  // no lane of another channel waits for this one
+    return;  // whole channels leave: the lanes of the others only wait for each other
+  const unsigned mask = channel_lanes_mask(lanes);
   float a2[S], h[S], decay[S], q[S];
 #pragma unroll
   for (int i = 0; i < S; ++i) {
@@ -244,27 +323,40 @@ __global__ void __launch_bounds__(Policy::kThreads)
   }
   const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
   float sum_dt = 0.f;
+  for (int t0 = t_begin; t0 < t_end; t0 += K) {
+    const int steps = min(K, t_end - t0);
+    if constexpr (kShare) {
+      for (int k = lp.lane; k < steps; k += lanes) {
+        const StepValues v = step_values<true, false>(a, b, t0 + k, d, bias, true);
+        *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
+      }
+      __syncwarp(mask);
+    }
 #pragma unroll 2
-  for (int t = t_begin; t < t_end; ++t) {
-    const float raw = load_act(a.delta, a.delta_s, b, t, d) + bias;
-    const float dt = a.softplus ? softplus_f(raw) : raw;
-    const float du = dt * load_act(a.u, a.u_s, b, t, d);
-    float dy = load_act(a.dout, a.dout_s, b, t, d);
-    if (a.z != nullptr) {
-      const float z = load_act(a.z, a.z_s, b, t, d);
-      dy *= z * sigmoid_f(z);
-    }
-    float Bv[S], Cv[S];
-    chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
-    chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
-    sum_dt += dt;
+    for (int k = 0; k < steps; ++k) {
+      const int t = t0 + k;
+      float dt, du, dy;
+      if constexpr (kShare) {
+        const float4 v = *reinterpret_cast<const float4*>(mine + 4 * k);
+        dt = v.x, du = v.y, dy = v.z;
+      } else {
+        const StepValues v = step_values<true, false>(a, b, t, d, bias, true);
+        dt = v.dt, du = v.dt * v.u, dy = v.dy;
+      }
+      float Bv[S], Cv[S];
+      chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
+      chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
+      sum_dt += dt;
 #pragma unroll
-    for (int i = 0; i < S; ++i) {
-      const float ab = ex2_mufu(dt * a2[i]);
-      h[i] = fmaf(ab, h[i], du * Bv[i]);
-      decay[i] *= ab;
-      q[i] = fmaf(decay[i], Cv[i] * dy, q[i]);
+      for (int i = 0; i < S; ++i) {
+        const float ab = ex2_mufu(dt * a2[i]);
+        h[i] = fmaf(ab, h[i], du * Bv[i]);
+        decay[i] *= ab;
+        q[i] = fmaf(decay[i], Cv[i] * dy, q[i]);
+      }
     }
+    if constexpr (kShare)
+      __syncwarp(mask);  // read before the next sub-chunk's values overwrite them
   }
   const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
   if (lp.lane == 0)
@@ -311,20 +403,6 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
     a.dh0[b * a.dh0_s[0] + d * a.dh0_s[1] + n * a.dh0_s[2]] = q;
 }
 
-/// Shared memory of pass 1, in floats: the chunk's B and C rows when staged.
-template <class Policy>
-constexpr int local_smem_floats(int chunk_len, int padded_n) {
-  return Policy::kStageStates ? chunk_len * 2 * padded_n : 0;
-}
-
-/// Shared memory of pass 3, in floats: the staged B and C rows, the chunk's dB, dC sums and the
-/// sub-chunks' entry states.
-template <class Policy>
-constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N) {
-  return local_smem_floats<Policy>(chunk_len, padded_n) + chunk_len * 2 * N +
-         chunk_len / Policy::kSubChunk * Policy::kStatesPerThread * Policy::kThreads;
-}
-
 /// Pass 3: a block takes one chunk of one batch element and a slice of one group's channels,
 /// a round of kThreads / lanes_per_channel channels at a time. Per round: a walk forwards
 /// from the entry state keeps the state entering each sub-chunk in shared memory; then, sub-chunk
@@ -334,15 +412,18 @@ template <class Policy, class T>
 __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     scan_backward_chunk_kernel(const ScanBackwardArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk, NT = Policy::kThreads;
-  constexpr bool kStaged = Policy::kStageStates;
+  constexpr bool kStaged = Policy::kStageStates, kShare = Policy::kShareStepWork;
   extern __shared__ __align__(16) float smem[];
   const int N = a.N, two_n = 2 * a.N;
-  float* bc = smem;  // [step][B|C][padded state], when staged
-  float* acc = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n);  // [step][B|C][state]
-  float* entry = acc + a.chunk_len * two_n;                              // [sub-chunk][i][thread]
   const int tid = static_cast<int>(threadIdx.x);
   const int lanes = a.lanes_per_channel;
   const LanePlace lp = lane_place(lanes, S);
+  float* bc = smem;  // [step][B|C][padded state], when staged
+  float* acc = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n, 0);  // [step][B|C][state]
+  float* entry = acc + a.chunk_len * two_n;  // [sub-chunk][i][thread]
+  float* mine = entry + a.chunk_len / K * S * NT +
+                lp.channel * chunk_step_stride<Policy>();  // this channel's step work
+  const unsigned mask = channel_lanes_mask(lanes);
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
   const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
   const int slice = static_cast<int>(blockIdx.y) % a.slices_per_group;
@@ -385,17 +466,32 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
 #pragma unroll
       for (int i = 0; i < S; ++i)
         entry[(j * S + i) * NT + tid] = h[i];
-      const int t0 = t_begin + j * K, t1 = min(t0 + K, t_begin + len);
-      for (int t = t0; t < t1; ++t) {
-        const float raw = load_act(a.delta, a.delta_s, b, t, d) + bias;
-        const float dt = a.softplus ? softplus_f(raw) : raw;
-        const float du = dt * load_act(a.u, a.u_s, b, t, d);
+      const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
+      if constexpr (kShare) {
+        for (int k = lp.lane; k < steps; k += lanes) {
+          const StepValues v = step_values<false, false>(a, b, t0 + k, d, bias, active);
+          *reinterpret_cast<float2*>(mine + 8 * k) = make_float2(v.dt, v.dt * v.u);
+        }
+        __syncwarp(mask);
+      }
+      for (int k = 0; k < steps; ++k) {
+        const int t = t0 + k;
+        float dt, du;
+        if constexpr (kShare) {
+          const float2 v = *reinterpret_cast<const float2*>(mine + 8 * k);
+          dt = v.x, du = v.y;
+        } else {
+          const StepValues v = step_values<false, false>(a, b, t, d, bias, active);
+          dt = v.dt, du = v.dt * v.u;
+        }
         float Bv[S];
         chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
 #pragma unroll
         for (int i = 0; i < S; ++i)
           h[i] = fmaf(ex2_mufu(dt * a2[i]), h[i], du * Bv[i]);
       }
+      if constexpr (kShare)
+        __syncwarp(mask);  // read before the next sub-chunk's values overwrite them
     }
 
     float d_skip = 0.f, d_bias = 0.f;
@@ -407,15 +503,27 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         hs[0][i] = entry[(j * S + i) * NT + tid];
       }
       // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
+      if constexpr (kShare) {
+        for (int k = lp.lane; k < steps; k += lanes) {
+          const StepValues v = step_values<true, true>(a, b, t0 + k, d, bias, active);
+          *reinterpret_cast<float4*>(mine + 8 * k) = make_float4(v.dt, v.u, v.dsp, v.dy);
+          mine[8 * k + 4] = v.fz;
+        }
+        __syncwarp(mask);
+      }
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         if (k < steps) {
           const int t = t0 + k;
-          const float raw = load_act(a.delta, a.delta_s, b, t, d) + bias;
-          const float dt = a.softplus ? softplus_f(raw) : raw;
-          dsp_r[k] = a.softplus ? (raw > 20.f ? 1.f : sigmoid_f(raw)) : 1.f;
-          const float u = load_act(a.u, a.u_s, b, t, d);
-          const float du = dt * u;
+          StepValues v;
+          if constexpr (kShare) {
+            const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
+            v = {w.x, w.y, w.z, w.w, mine[8 * k + 4]};
+          } else {
+            v = step_values<true, true>(a, b, t, d, bias, active);
+          }
+          const float dt = v.dt, u = v.u, du = dt * u;
+          dsp_r[k] = v.dsp;
           float Bv[S];
           chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
 #pragma unroll
@@ -423,8 +531,6 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
             decay[k][i] = ex2_mufu(dt * a2[i]);
             hs[k + 1][i] = fmaf(decay[k][i], hs[k][i], du * Bv[i]);
           }
-          const float dout = active ? load_act(a.dout, a.dout_s, b, t, d) : 0.f;
-          float dy = dout;
           if (has_z) {
             float Cv[S];
             chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
@@ -433,18 +539,18 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
             for (int i = 0; i < S; ++i)
               y = fmaf(Cv[i], hs[k + 1][i], y);
             y = fmaf(skip, u, sum_channel_lanes(y, lanes));
-            const float z = load_act(a.z, a.z_s, b, t, d), s = sigmoid_f(z);
             if (active && lp.lane == 0)
-              store_act(a.dz, a.dz_s, b, t, d, dout * y * s * fmaf(z, 1.f - s, 1.f));
-            dy = dout * z * s;
+              store_act(a.dz, a.dz_s, b, t, d, y * v.fz);
           }
           dt_r[k] = dt;
           u_r[k] = u;
-          dy_r[k] = dy;
-          d_skip = fmaf(dy, u, d_skip);
+          dy_r[k] = v.dy;
+          d_skip = fmaf(v.dy, u, d_skip);
         }
       }
-      // Backwards through it.
+      if constexpr (kShare)
+        __syncwarp(mask);  // read before the next sub-chunk's values overwrite them
+                           // Backwards through it.
 #pragma unroll
       for (int k = K - 1; k >= 0; --k) {
         if (k < steps) {
@@ -676,9 +782,9 @@ void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<
   const dim3 grid(static_cast<unsigned>(plan.chunks),
                   static_cast<unsigned>(a.G * plan.local_blocks_per_group),
                   static_cast<unsigned>(a.batch));
-  const std::size_t smem =
-      static_cast<std::size_t>(local_smem_floats<Policy>(plan.chunk_len, plan.padded_n)) *
-      sizeof(float);
+  const std::size_t smem = static_cast<std::size_t>(local_smem_floats<Policy>(
+                               plan.chunk_len, plan.padded_n, plan.lanes_per_channel)) *
+                           sizeof(float);
   allow_dynamic_smem(scan_backward_local_kernel<Policy, T>, smem);
   scan_backward_local_kernel<Policy><<<grid, Policy::kThreads, smem, stream>>>(a);
   SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_local_kernel");
@@ -702,9 +808,9 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
   const dim3 grid(static_cast<unsigned>(plan.chunks),
                   static_cast<unsigned>(a.G * plan.slices_per_group),
                   static_cast<unsigned>(a.batch));
-  const std::size_t smem =
-      static_cast<std::size_t>(chunk_smem_floats<Policy>(plan.chunk_len, plan.padded_n, a.N)) *
-      sizeof(float);
+  const std::size_t smem = static_cast<std::size_t>(chunk_smem_floats<Policy>(
+                               plan.chunk_len, plan.padded_n, a.N, plan.lanes_per_channel)) *
+                           sizeof(float);
   allow_dynamic_smem(scan_backward_chunk_kernel<Policy, T>, smem);
   scan_backward_chunk_kernel<Policy><<<grid, Policy::kThreads, smem, stream>>>(a);
   SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_chunk_kernel");
