@@ -143,7 +143,7 @@ void check_backward(const BackwardCase& c, double tol) {
 
 TEST(CudaSelectiveScanBackward, FloatEveryOptionBothLayouts) {
   SSMKIT_REQUIRE_GPU();
-  // L = 300: three chunks of 128, the last partial, its last sub-chunk partial too.
+  // L = 300: five chunks of 64, the last partial, its last sub-chunk partial too.
   for (const bool cm : {false, true}) {
     BackwardCase c;
     c.channel_major = cm;
@@ -214,7 +214,7 @@ TEST(CudaSelectiveScanBackward, HalfAndBfloat16Storage) {
 
 TEST(CudaSelectiveScanBackward, ManyChannelsPerSliceAndManyChunks) {
   SSMKIT_REQUIRE_GPU();
-  // 600 channels: slices of 256 channels in rounds of 32, the last slice partial; 9 chunks.
+  // 600 channels: slices of 256 channels in rounds of 32, the last slice partial; 18 chunks.
   BackwardCase c;
   c.batch = 1, c.D = 600, c.G = 1, c.L = 1100, c.seed = 50;
   check_backward<float>(c, 1e-5);

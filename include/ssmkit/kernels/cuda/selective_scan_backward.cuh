@@ -33,11 +33,11 @@ namespace ssmkit::cuda {
 struct SelectiveScanBackwardPolicy {
   static constexpr int kThreads = 128;        ///< threads per block
   static constexpr int kStatesPerThread = 4;  ///< states per lane; a channel has up to 32 lanes
-  static constexpr int kSubChunk =
-      8;  ///< steps whose states and decays one lane keeps in registers
+  /// Steps whose states and decays one lane keeps in registers.
+  static constexpr int kSubChunk = 8;
   /// Steps per chunk when N <= 16 (halved per doubling of N, so that a chunk's dB and dC sums
-  /// stay in 16 KB of shared memory). Each chunk stores one state per channel in the workspace.
-  static constexpr int kChunk = 128;
+  /// stay in 8 KB of shared memory). Each chunk stores one state per channel in the workspace.
+  static constexpr int kChunk = 64;
   /// Channels one block walks through in turn, summing their dB and dC in shared memory before
   /// one atomic per element goes out.
   static constexpr int kChannelsPerBlock = 256;
@@ -276,11 +276,13 @@ constexpr int local_smem_floats(int chunk_len, int padded_n, int lanes_per_chann
 }
 
 /// Shared memory of pass 3, in floats: the staged B and C rows, the chunk's dB, dC sums, the
-/// sub-chunks' entry states, then the channels' shared step work.
+/// sub-chunks' entry states, the warps' dB, dC sums of a sub-chunk (two buffers), then the
+/// channels' shared step work.
 template <class Policy>
 constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N, int lanes_per_channel) {
   return local_smem_floats<Policy>(chunk_len, padded_n, 0) + chunk_len * 2 * N +
          chunk_len / Policy::kSubChunk * Policy::kStatesPerThread * Policy::kThreads +
+         2 * Policy::kThreads / 32 * Policy::kSubChunk * 2 * padded_n +
          (Policy::kShareStepWork
               ? Policy::kThreads / lanes_per_channel * chunk_step_stride<Policy>()
               : 0);
@@ -421,8 +423,12 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
   float* bc = smem;  // [step][B|C][padded state], when staged
   float* acc = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n, 0);  // [step][B|C][state]
   float* entry = acc + a.chunk_len * two_n;  // [sub-chunk][i][thread]
-  float* mine = entry + a.chunk_len / K * S * NT +
+  constexpr int kWarps = NT / 32;
+  const int row_bc = 2 * a.padded_n;  // a step's dB and dC sums of one warp, states padded
+  float* warp_sums = entry + a.chunk_len / K * S * NT;  // [buffer][warp][step][B|C][state]
+  float* mine = warp_sums + 2 * kWarps * K * row_bc +
                 lp.channel * chunk_step_stride<Policy>();  // this channel's step work
+  int buffer = 0;
   const unsigned mask = channel_lanes_mask(lanes);
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
   const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
@@ -579,17 +585,34 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
             store_act(a.du, a.du_s, b, t, d, fmaf(dt, gB, dy * skip));
             store_act(a.ddelta, a.ddelta_s, b, t, d, draw);
           }
+          // Over the warp's channels; each (B|C, state) sum then has one owner lane.
           int first, held;
           if (reduce_over_channels(parts, lanes, first, held)) {
+            float* row = warp_sums + ((buffer * kWarps + tid / 32) * K + k) * row_bc;
 #pragma unroll
             for (int i = 0; i < 2 * S; ++i) {
-              const int v = first + i, n = lp.n0 + v % S;
-              if (i < held && n < N)
-                atomicAdd(&acc[(t - t_begin) * two_n + v / S * N + n], parts[i]);
+              const int v = first + i;
+              if (i < held)
+                row[v / S * a.padded_n + lp.n0 + v % S] = parts[i];
             }
           }
         }
       }
+      // Over the block's warps, into the chunk's sums. Two buffers: a warp may start on the next
+      // sub-chunk while others still read this one.
+      __syncthreads();
+      for (int i = tid; i < steps * row_bc; i += NT) {
+        const int k = i / row_bc, col = i % row_bc;
+        const int which = col / a.padded_n, n = col % a.padded_n;
+        if (n < N) {
+          float sum = 0.f;
+#pragma unroll
+          for (int w = 0; w < kWarps; ++w)
+            sum += warp_sums[((buffer * kWarps + w) * K + k) * row_bc + col];
+          acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
+        }
+      }
+      buffer ^= 1;
     }
     if (active) {
 #pragma unroll
