@@ -7,6 +7,7 @@
 #include "ssmkit/core/parallel.hpp"
 #include "ssmkit/core/tensor_view.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -34,6 +35,8 @@ class AdamW {
     check_shape(grad, "grad", {param.size(0)});
     slots_.push_back(Slot{param, grad, HostTensor<T, 1>({param.size(0)}, "exp_avg"),
                           HostTensor<T, 1>({param.size(0)}, "exp_avg_sq"), decay});
+    for (Index i = 0; i < param.size(0); i += kChunk)
+      chunks_.push_back({slots_.size() - 1, i, std::min(param.size(0), i + kChunk)});
   }
 
   /// add() for a whole contiguous host tensor of any rank.
@@ -56,11 +59,15 @@ class AdamW {
     const Acc b2 = static_cast<Acc>(options_.beta2), eps = static_cast<Acc>(options_.eps);
     const Acc step_size = static_cast<Acc>(options_.lr / bc1);
     const Acc bc2_sqrt = static_cast<Acc>(std::sqrt(bc2));
-    for (Slot& s : slots_) {
+    // One parallel region for all parameters: a model has many small tensors, each too short to
+    // be worth waking the threads for on its own.
+    parallel_for(0, static_cast<Index>(chunks_.size()), [&](Index c) {
+      const Chunk& k = chunks_[static_cast<std::size_t>(c)];
+      Slot& s = slots_[k.slot];
       const Acc shrink = s.decay ? Acc(1) - lr * static_cast<Acc>(options_.weight_decay) : Acc(1);
       T* m = s.exp_avg.data();
       T* v = s.exp_avg_sq.data();
-      parallel_for(0, s.param.size(0), [&](Index i) {
+      for (Index i = k.begin; i < k.end; ++i) {
         const Acc g = static_cast<Acc>(s.grad(i));
         const Acc mi = static_cast<Acc>(m[i]) + (g - static_cast<Acc>(m[i])) * (Acc(1) - b1);
         const Acc vi = static_cast<Acc>(v[i]) * b2 + (Acc(1) - b2) * g * g;
@@ -68,8 +75,8 @@ class AdamW {
         v[i] = static_cast<T>(vi);
         const Acc p = static_cast<Acc>(s.param(i)) * shrink;
         s.param(i) = static_cast<T>(p - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps));
-      });
-    }
+      }
+    });
   }
 
   /// The options; change lr here for a schedule.
@@ -77,6 +84,8 @@ class AdamW {
   long steps() const { return steps_; }
 
  private:
+  static constexpr Index kChunk = 4096;  ///< elements per parallel task
+
   struct Slot {
     TensorView<T, 1> param;
     TensorView<const T, 1> grad;
@@ -95,6 +104,11 @@ class AdamW {
 
   AdamWOptions options_;
   std::vector<Slot> slots_;
+  struct Chunk {
+    std::size_t slot;
+    Index begin, end;
+  };
+  std::vector<Chunk> chunks_;
   long steps_ = 0;
 };
 

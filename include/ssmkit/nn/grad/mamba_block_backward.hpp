@@ -29,6 +29,21 @@ MambaBlockWeights<T> zeros_like(const MambaBlockWeights<T>& w) {
   return g;
 }
 
+namespace detail {
+
+/// Whether every tensor of a and b has the same shape (absent ones included).
+template <class T>
+bool same_shapes(const MambaBlockWeights<T>& a, const MambaBlockWeights<T>& b) {
+  const auto same = [](const auto& x, const auto& y) { return x.shape() == y.shape(); };
+  return same(a.in_proj_weight, b.in_proj_weight) && same(a.in_proj_bias, b.in_proj_bias) &&
+         same(a.conv1d_weight, b.conv1d_weight) && same(a.conv1d_bias, b.conv1d_bias) &&
+         same(a.x_proj_weight, b.x_proj_weight) && same(a.dt_proj_weight, b.dt_proj_weight) &&
+         same(a.dt_proj_bias, b.dt_proj_bias) && same(a.A_log, b.A_log) && same(a.D, b.D) &&
+         same(a.out_proj_weight, b.out_proj_weight) && same(a.out_proj_bias, b.out_proj_bias);
+}
+
+}  // namespace detail
+
 /// Given the block's input x and dout = ∂ℓ/∂out (batch, L, d_model, contiguous), for a forward
 /// that starts from a zero state: writes dx and overwrites every tensor of `grads` (shaped as by
 /// zeros_like(block.weights())) with the gradient of the matching weight (A_log's included).
@@ -47,18 +62,8 @@ void mamba_block_backward(const MambaBlock<T>& block, TensorView<const T, 3> x,
   check_shape(x, "x", {batch, L, dm});
   check_shape(dout, "dout", {batch, L, dm});
   check_shape(dx, "dx", {batch, L, dm});
-  const auto shapes_match = [](const auto& a, const auto& b) { return a.shape() == b.shape(); };
-  SSMKIT_CHECK(
-      shapes_match(grads.in_proj_weight, w.in_proj_weight) &&
-          shapes_match(grads.in_proj_bias, w.in_proj_bias) &&
-          shapes_match(grads.conv1d_weight, w.conv1d_weight) &&
-          shapes_match(grads.conv1d_bias, w.conv1d_bias) &&
-          shapes_match(grads.x_proj_weight, w.x_proj_weight) &&
-          shapes_match(grads.dt_proj_weight, w.dt_proj_weight) &&
-          shapes_match(grads.dt_proj_bias, w.dt_proj_bias) && shapes_match(grads.A_log, w.A_log) &&
-          shapes_match(grads.D, w.D) && shapes_match(grads.out_proj_weight, w.out_proj_weight) &&
-          shapes_match(grads.out_proj_bias, w.out_proj_bias),
-      "grads", "shapes", "those of the block's weights (see zeros_like)", "different ones");
+  SSMKIT_CHECK(detail::same_shapes(grads, w), "grads", "shapes",
+               "those of the block's weights (see zeros_like)", "different ones");
   if (tokens == 0)
     return;
   auto buf = [](Index n) { return std::vector<T>(static_cast<std::size_t>(n)); };

@@ -37,44 +37,57 @@ MambaLMWeights<T> zeros_like(const MambaLM<T>& model) {
 
 namespace detail {
 
-/// The forward over ids (batch, L), then the backward from ∂ℓ/∂logits. `head_grad(x)` gets the
-/// final normed activations x (tokens, d_model) and returns the loss (which this returns) and a
-/// view of dlogits (tokens, vocab) that stays valid until this returns.
-template <class T, class HeadGrad>
-double mamba_lm_backward(const MambaLM<T>& model, TensorView<const std::int64_t, 2> ids,
-                         MambaLMWeights<T>& grads, HeadGrad&& head_grad) {
+/// Throws unless every id lies in [0, vocab) and grads has the shapes of zeros_like(model).
+/// Returns the ids, sequence after sequence.
+template <class T>
+std::vector<std::int64_t> checked_ids(const MambaLM<T>& model,
+                                      TensorView<const std::int64_t, 2> ids,
+                                      const MambaLMWeights<T>& grads) {
   const MambaLMConfig& c = model.config();
-  const Index batch = ids.size(0), L = ids.size(1), dm = c.d_model(), V = c.vocab_size;
-  const Index tokens = batch * L, n_layer = c.n_layer;
   check_device(ids, "ids", Device::CPU);
-  std::vector<std::int64_t> flat_ids;
-  for (Index b = 0; b < batch; ++b)
-    for (Index t = 0; t < L; ++t) {
-      SSMKIT_CHECK(ids(b, t) >= 0 && ids(b, t) < V, "ids",
+  std::vector<std::int64_t> flat;
+  for (Index b = 0; b < ids.size(0); ++b)
+    for (Index t = 0; t < ids.size(1); ++t) {
+      SSMKIT_CHECK(ids(b, t) >= 0 && ids(b, t) < c.vocab_size, "ids",
                    ("element (" + std::to_string(b) + ", " + std::to_string(t) + ")").c_str(),
-                   "in [0, vocab_size = " + std::to_string(V) + ")", ids(b, t));
-      flat_ids.push_back(ids(b, t));
+                   "in [0, vocab_size = " + std::to_string(c.vocab_size) + ")", ids(b, t));
+      flat.push_back(ids(b, t));
     }
-  auto same = [](const auto& a, const auto& b) { return a.shape() == b.shape(); };
-  bool shapes_ok = same(grads.embedding, model.embedding()) &&
-                   grads.layers.size() == static_cast<std::size_t>(n_layer) &&
-                   same(grads.norm_f, model.norm_f().weight) &&
-                   (c.tie_embeddings ? grads.lm_head.numel() == 0
-                                     : grads.lm_head.shape() == model.head().shape());
-  for (Index i = 0; shapes_ok && i < n_layer; ++i)
-    shapes_ok = same(grads.layers[static_cast<std::size_t>(i)].norm, model.norm(i).weight);
-  SSMKIT_CHECK(shapes_ok, "grads", "shapes", "those of the model's weights (see zeros_like)",
-               "different ones");
-  if (tokens == 0) {
-    for (auto& p : parameters(grads))
-      std::fill_n(p.value.data(), p.value.size(0), T(0));
-    return 0.0;
+  const auto same = [](const auto& a, const auto& b) { return a.shape() == b.shape(); };
+  bool ok = same(grads.embedding, model.embedding()) &&
+            grads.layers.size() == static_cast<std::size_t>(c.n_layer) &&
+            same(grads.norm_f, model.norm_f().weight) &&
+            (c.tie_embeddings ? grads.lm_head.numel() == 0
+                              : grads.lm_head.shape() == model.head().shape());
+  for (Index i = 0; ok && i < c.n_layer; ++i) {
+    const MambaLayerWeights<T>& g = grads.layers[static_cast<std::size_t>(i)];
+    ok = same(g.norm, model.norm(i).weight) && same_shapes(g.mixer, model.mixer(i).weights());
   }
+  SSMKIT_CHECK(ok, "grads", "shapes", "those of the model's weights (see zeros_like)",
+               "different ones");
+  return flat;
+}
 
+/// Sets every gradient to zero (the gradient of an empty batch); returns the loss, 0.
+template <class T>
+double zero(MambaLMWeights<T>& grads) {
+  for (auto& p : parameters(grads))
+    std::fill_n(p.value.data(), p.value.size(0), T(0));
+  return 0.0;
+}
+
+/// The forward over `batch` sequences of length L (ids contiguous, already checked), then the
+/// backward from ∂ℓ/∂logits into grads. `head_grad(x)` gets the final normed activations x
+/// (tokens, d_model) and returns a view of dlogits (tokens, vocab) valid until this returns.
+template <class T, class HeadGrad>
+void mamba_lm_backward_rows(const MambaLM<T>& model, const std::int64_t* ids, Index batch, Index L,
+                            MambaLMWeights<T>& grads, HeadGrad&& head_grad) {
+  const MambaLMConfig& c = model.config();
+  const Index dm = c.d_model(), tokens = batch * L, n_layer = c.n_layer;
   using Buffer = std::vector<T>;
   auto buf = [](Index n) { return Buffer(static_cast<std::size_t>(n)); };
-  auto mat = [&](Buffer& b, Index cols) {
-    return TensorView<T, 2>::unchecked(b.data(), {tokens, cols}, {cols, 1}, Device::CPU);
+  auto mat = [&](Buffer& b) {
+    return TensorView<T, 2>::unchecked(b.data(), {tokens, dm}, {dm, 1}, Device::CPU);
   };
   auto cmat = [&](const Buffer& b) {
     return TensorView<const T, 2>::unchecked(b.data(), {tokens, dm}, {dm, 1}, Device::CPU);
@@ -86,54 +99,81 @@ double mamba_lm_backward(const MambaLM<T>& model, TensorView<const std::int64_t,
     return TensorView<const T, 3>::unchecked(b.data(), {batch, L, dm}, {L * dm, dm, 1},
                                              Device::CPU);
   };
+  auto add = [&](Buffer& acc, const Buffer& x) {
+    parallel_for(0, batch, [&](Index s) {
+      for (Index f = s * L * dm; f < (s + 1) * L * dm; ++f)
+        acc[static_cast<std::size_t>(f)] += x[static_cast<std::size_t>(f)];
+    });
+  };
 
   // Forward: residual[i] is layer i's input, residual[n_layer] the input of norm_f.
   std::vector<Buffer> residual(static_cast<std::size_t>(n_layer + 1));
   residual[0] = buf(tokens * dm);
   for (Index t = 0; t < tokens; ++t)
-    std::copy_n(model.embedding().data() + flat_ids[static_cast<std::size_t>(t)] * dm, dm,
-                residual[0].data() + t * dm);
+    std::copy_n(model.embedding().data() + ids[t] * dm, dm, residual[0].data() + t * dm);
   Buffer normed = buf(tokens * dm), mixed = buf(tokens * dm);
   typename MambaBlock<T>::Workspace ws;
   for (Index i = 0; i < n_layer; ++i) {
     const auto k = static_cast<std::size_t>(i);
-    model.norm(i).forward(cmat(residual[k]), mat(normed, dm));
+    model.norm(i).forward(cmat(residual[k]), mat(normed));
     model.mixer(i).forward(cseq(normed), seq(mixed), ws);
     residual[k + 1] = residual[k];
-    T* r = residual[k + 1].data();
-    parallel_for(0, tokens, [&](Index t) {
-      for (Index f = t * dm; f < (t + 1) * dm; ++f)
-        r[f] += mixed[static_cast<std::size_t>(f)];
-    });
+    add(residual[k + 1], mixed);
   }
   const auto top = static_cast<std::size_t>(n_layer);
-  model.norm_f().forward(cmat(residual[top]), mat(normed, dm));
+  model.norm_f().forward(cmat(residual[top]), mat(normed));
 
   // Backward.
-  const auto [loss, dlogits] = head_grad(cmat(normed));
+  const TensorView<const T, 2> dlogits = head_grad(cmat(normed));
   const TensorView<T, 2> dhead = c.tie_embeddings ? grads.embedding.view() : grads.lm_head.view();
   Buffer dnormed = buf(tokens * dm), dres = buf(tokens * dm), dx = buf(tokens * dm);
-  linear_backward<T>(cmat(normed), model.head(), dlogits, mat(dnormed, dm), dhead, {});
+  linear_backward<T>(cmat(normed), model.head(), dlogits, mat(dnormed), dhead, {});
   rms_norm_backward<T>(cmat(residual[top]), model.norm_f().weight.view(), model.norm_f().eps,
-                       cmat(dnormed), mat(dres, dm), grads.norm_f.view());
+                       cmat(dnormed), mat(dres), grads.norm_f.view());
   for (Index i = n_layer - 1; i >= 0; --i) {
     const auto k = static_cast<std::size_t>(i);
     MambaLayerWeights<T>& g = grads.layers[k];
-    model.norm(i).forward(cmat(residual[k]), mat(normed, dm));
+    model.norm(i).forward(cmat(residual[k]), mat(normed));
     mamba_block_backward<T>(model.mixer(i), cseq(normed), cseq(dres), seq(dnormed), g.mixer);
     rms_norm_backward<T>(cmat(residual[k]), model.norm(i).weight.view(), model.norm(i).eps,
-                         cmat(dnormed), mat(dx, dm), g.norm.view());
-    // The residual path passes dres through unchanged; the norm's branch adds to it.
-    parallel_for(0, tokens, [&](Index t) {
-      for (Index f = t * dm; f < (t + 1) * dm; ++f)
-        dres[static_cast<std::size_t>(f)] += dx[static_cast<std::size_t>(f)];
-    });
-    residual[k + 1] = Buffer();  // no longer needed
+                         cmat(dnormed), mat(dx), g.norm.view());
+    add(dres, dx);  // the residual path passes dres through; the norm's branch adds to it
+    residual[k + 1] = Buffer();
   }
-  embedding_backward<T, std::int64_t>(
-      TensorView<const std::int64_t, 1>(flat_ids.data(), {tokens}, "ids"), cmat(dres),
-      grads.embedding.view(), /*accumulate=*/c.tie_embeddings);
-  return loss;
+  embedding_backward<T, std::int64_t>(TensorView<const std::int64_t, 1>(ids, {tokens}, "ids"),
+                                      cmat(dres), grads.embedding.view(),
+                                      /*accumulate=*/c.tie_embeddings);
+}
+
+/// Splits the batch into one shard of whole sequences per thread (a few large tasks rather than
+/// many small parallel regions: the kernels of a small model are too short to split) and calls
+/// shard(first, count, g) for each, g being `grads` for the first shard and a fresh gradient set
+/// for the others; then sums them into grads. Sequential with one thread or one sequence.
+template <class T, class Shard>
+void over_batch_shards(const MambaLM<T>& model, Index batch, MambaLMWeights<T>& grads,
+                       Shard&& shard) {
+  const Index shards = std::min<Index>(max_threads(), batch);
+  if (shards <= 1) {
+    shard(Index{0}, batch, grads);
+    return;
+  }
+  std::vector<MambaLMWeights<T>> extra;
+  for (Index k = 1; k < shards; ++k)
+    extra.push_back(zeros_like(model));
+  parallel_for(0, shards, [&](Index k) {
+    const Index first = batch * k / shards, end = batch * (k + 1) / shards;
+    shard(first, end - first, k == 0 ? grads : extra[static_cast<std::size_t>(k - 1)]);
+  });
+  auto total = parameters(grads);
+  std::vector<std::vector<NamedParameter<T>>> parts;
+  for (auto& e : extra)
+    parts.push_back(parameters(e));
+  parallel_for(0, static_cast<Index>(total.size()), [&](Index p) {
+    const auto k = static_cast<std::size_t>(p);
+    for (const auto& part : parts)
+      for (Index i = 0; i < total[k].value.size(0); ++i)
+        total[k].value(i) += part[k].value(i);
+  });
 }
 
 }  // namespace detail
@@ -141,35 +181,55 @@ double mamba_lm_backward(const MambaLM<T>& model, TensorView<const std::int64_t,
 /// Mean cross-entropy of the model's logits on ids (batch, L) against targets (batch, L) — tokens
 /// whose target is ignore_index do not count — and its gradient: every tensor of `grads`
 /// (shaped by zeros_like(model)) is overwritten. The tied embedding gets both of its gradients.
+/// With several threads the batch is split among them (see detail::over_batch_shards), so the
+/// result depends on the thread count at the level of rounding.
 template <class T>
 double mamba_lm_backward(const MambaLM<T>& model, TensorView<const std::int64_t, 2> ids,
                          TensorView<const std::int64_t, 2> targets, MambaLMWeights<T>& grads,
                          Index ignore_index = -100) {
+  const std::vector<std::int64_t> flat_ids = detail::checked_ids(model, ids, grads);
+  const Index batch = ids.size(0), L = ids.size(1), V = model.vocab_size();
   check_device(targets, "targets", Device::CPU);
-  check_shape(targets, "targets", {ids.size(0), ids.size(1)});
-  const Index tokens = ids.size(0) * ids.size(1), V = model.vocab_size();
-  // Validated before any work (cross_entropy checks them again, cheaply).
+  check_shape(targets, "targets", {batch, L});
   std::vector<std::int64_t> flat_targets;
-  for (Index b = 0; b < targets.size(0); ++b)
-    for (Index t = 0; t < targets.size(1); ++t) {
+  Index counted = 0;
+  for (Index b = 0; b < batch; ++b)
+    for (Index t = 0; t < L; ++t) {
       const std::int64_t y = targets(b, t);
       SSMKIT_CHECK(y == ignore_index || (y >= 0 && y < V), "targets",
                    ("element (" + std::to_string(b) + ", " + std::to_string(t) + ")").c_str(),
                    "in [0, " + std::to_string(V) + ") or the ignore_index", y);
       flat_targets.push_back(y);
+      counted += y != ignore_index;
     }
-  std::vector<T> logits, dlogits;
-  return detail::mamba_lm_backward<T>(model, ids, grads, [&](TensorView<const T, 2> x) {
-    logits.resize(static_cast<std::size_t>(tokens * V));
-    dlogits.resize(logits.size());
-    const auto lv = TensorView<T, 2>::unchecked(logits.data(), {tokens, V}, {V, 1}, Device::CPU);
-    const auto dv = TensorView<T, 2>::unchecked(dlogits.data(), {tokens, V}, {V, 1}, Device::CPU);
-    linear<T>(x, model.head(), {}, lv);
-    const double loss = cross_entropy<T, std::int64_t>(
-        lv, TensorView<const std::int64_t, 1>(flat_targets.data(), {tokens}, "targets"), dv,
-        ignore_index);
-    return std::pair<double, TensorView<const T, 2>>(loss, dv);
+  if (batch * L == 0)
+    return detail::zero(grads);
+  std::vector<double> loss(static_cast<std::size_t>(batch), 0.0);  // per shard, by first row
+  detail::over_batch_shards(model, batch, grads, [&](Index first, Index count, auto& g) {
+    const Index tokens = count * L;
+    const std::int64_t* y = flat_targets.data() + first * L;
+    const Index mine = static_cast<Index>(
+        std::count_if(y, y + tokens, [&](std::int64_t v) { return v != ignore_index; }));
+    std::vector<T> logits(static_cast<std::size_t>(tokens * V)), dlogits(logits.size());
+    detail::mamba_lm_backward_rows<
+        T>(model, flat_ids.data() + first * L, count, L, g, [&](TensorView<const T, 2> x) {
+      const auto lv = TensorView<T, 2>::unchecked(logits.data(), {tokens, V}, {V, 1}, Device::CPU);
+      const auto dv = TensorView<T, 2>::unchecked(dlogits.data(), {tokens, V}, {V, 1}, Device::CPU);
+      linear<T>(x, model.head(), {}, lv);
+      const double mean = cross_entropy<T, std::int64_t>(
+          lv, TensorView<const std::int64_t, 1>(y, {tokens}, "targets"), dv, ignore_index);
+      // This shard's mean over its own answers, reweighted to the mean over the batch's.
+      const double share = counted ? static_cast<double>(mine) / static_cast<double>(counted) : 0.0;
+      loss[static_cast<std::size_t>(first)] = mean * share;
+      for (T& d : dlogits)
+        d = static_cast<T>(d * share);
+      return TensorView<const T, 2>::unchecked(dlogits.data(), {tokens, V}, {V, 1}, Device::CPU);
+    });
   });
+  double total = 0;
+  for (double l : loss)
+    total += l;
+  return total;
 }
 
 /// The gradient of any loss of the logits, given dlogits = ∂ℓ/∂logits (batch, L, vocab,
@@ -177,14 +237,21 @@ double mamba_lm_backward(const MambaLM<T>& model, TensorView<const std::int64_t,
 template <class T>
 void mamba_lm_backward(const MambaLM<T>& model, TensorView<const std::int64_t, 2> ids,
                        TensorView<const T, 3> dlogits, MambaLMWeights<T>& grads) {
+  const std::vector<std::int64_t> flat_ids = detail::checked_ids(model, ids, grads);
   const Index batch = ids.size(0), L = ids.size(1), V = model.vocab_size();
   check_device(dlogits, "dlogits", Device::CPU);
   check_shape(dlogits, "dlogits", {batch, L, V});
   SSMKIT_CHECK(dlogits.is_contiguous(), "dlogits", "layout", "contiguous", "strided");
-  detail::mamba_lm_backward<T>(model, ids, grads, [&](TensorView<const T, 2>) {
-    return std::pair<double, TensorView<const T, 2>>(
-        0.0,
-        TensorView<const T, 2>::unchecked(dlogits.data(), {batch * L, V}, {V, 1}, Device::CPU));
+  if (batch * L == 0) {
+    detail::zero(grads);
+    return;
+  }
+  detail::over_batch_shards(model, batch, grads, [&](Index first, Index count, auto& g) {
+    detail::mamba_lm_backward_rows<T>(
+        model, flat_ids.data() + first * L, count, L, g, [&](TensorView<const T, 2>) {
+          return TensorView<const T, 2>::unchecked(dlogits.data() + first * L * V, {count * L, V},
+                                                   {V, 1}, Device::CPU);
+        });
   });
 }
 
