@@ -104,8 +104,9 @@ double per_call_ms(cudaStream_t s, int runs, int reps, F&& fn) {
   return ms[ms.size() / 2];
 }
 
-/// (a) One layer's step: kLayers copies of the layer run in turn (weights beyond L2), each
-/// step's time the total over kLayers.
+/// (a) One residual layer's step (pre-norm fused into in_proj, residual add into out_proj):
+/// kLayers copies of the layer run in turn (weights beyond L2), each step's time the total over
+/// kLayers.
 void bench_layer_step(const std::vector<Index>& batches, int runs, double bw) {
   constexpr int kLayers = 3;
   using W = __nv_bfloat16;
@@ -128,15 +129,16 @@ void bench_layer_step(const std::vector<Index>& batches, int runs, double bw) {
       states.emplace_back(c, batch, s);
     typename nn::MambaBlock<W, Cuda>::Workspace ws;
     ws.reserve(c, batch);
-    cuda::DeviceBuffer<float> x(batch * c.d_model), out(batch * c.d_model);
-    fill(x, 1, -1, 1);
-    fill(out, 2, -1, 1);
+    // A residual layer as the model runs it: residual += block(RMSNorm(residual)).
+    cuda::DeviceBuffer<float> residual(batch * c.d_model), gamma(c.d_model);
+    fill(residual, 1, -1, 1);
+    fill(gamma, 2, 0.5f, 1.5f);
     SSMKIT_CUDA_CHECK(cudaDeviceSynchronize());
-    const auto xv = x.view<2>({batch, c.d_model});
-    const auto ov = out.view<2>({batch, c.d_model});
+    const auto rv = residual.view<2>({batch, c.d_model});
+    const cuda::RowNorm norm{gamma.view<1>({c.d_model}), 1e-5};
     const auto step_all = [&] {
       for (int i = 0; i < kLayers; ++i)
-        layers[i].step(xv, ov, states[i].view(), ws, s, true);
+        layers[i].step(rv, rv, states[i].view(), ws, s, true, norm);
     };
     nn::detail::GraphExec graph;
     graph.capture(s, step_all);

@@ -28,10 +28,10 @@ cuda::DeviceBuffer<float> upload(const float* p, Index n, cudaStream_t s) {
 }
 
 template <class W>
-void check_gemv(Index tokens, Index N, Index K, bool bias_on, bool accumulate, double tol,
-                std::uint64_t seed) {
+void check_gemv(Index tokens, Index N, Index K, bool bias_on, bool accumulate, bool norm_on,
+                double tol, std::uint64_t seed) {
   SCOPED_TRACE("gemv tokens=" + std::to_string(tokens) + " N=" + std::to_string(N) +
-               " K=" + std::to_string(K));
+               " K=" + std::to_string(K) + " norm=" + std::to_string(norm_on));
   TestStream stream;
   const cudaStream_t s = stream.s;
   const Index ldx = K + 3;  // unaligned rows: the scalar x path
@@ -43,17 +43,31 @@ void check_gemv(Index tokens, Index N, Index K, bool bias_on, bool accumulate, d
   std::vector<float> w_stored(w.size());  // what the device holds, rounded to W
   for (std::size_t i = 0; i < w.size(); ++i)
     w_stored[i] = static_cast<float>(to_double(from_double<W>(w[i])));
+  const auto norm_w = random_vector<float>(static_cast<std::size_t>(K), seed + 4, 0.5, 1.5);
+  const double eps = 1e-5;
   std::vector<double> ref(static_cast<std::size_t>(tokens * N));
-  for (Index t = 0; t < tokens; ++t)
+  for (Index t = 0; t < tokens; ++t) {
+    // x̂: the row itself, or its RMSNorm times norm_w, in double.
+    std::vector<double> xh(&x[t * ldx], &x[t * ldx] + K);
+    if (norm_on) {
+      double ss = 0;
+      for (const double v : xh)
+        ss += v * v;
+      const double r = 1 / std::sqrt(ss / static_cast<double>(K) + eps);
+      for (Index k = 0; k < K; ++k)
+        xh[k] *= r * norm_w[k];
+    }
     for (Index n = 0; n < N; ++n) {
       double acc = (bias_on ? bias[n] : 0.0) + (accumulate ? old[t * N + n] : 0.0);
       for (Index k = 0; k < K; ++k)
-        acc += static_cast<double>(x[t * ldx + k]) * w_stored[n * K + k];
+        acc += xh[k] * w_stored[n * K + k];
       ref[t * N + n] = acc;
     }
+  }
   for (const bool vec_x : {false, true}) {
     auto xd = upload(x.data(), tokens * ldx, s);
     auto bd = upload(bias.data(), N, s);
+    auto nd = upload(norm_w.data(), K, s);
     auto od = upload(old.data(), tokens * N, s);
     cuda::GemvParams<W> p;
     // vec_x: the same values repacked with 16-byte rows.
@@ -71,6 +85,8 @@ void check_gemv(Index tokens, Index N, Index K, bool bias_on, bool accumulate, d
       p.bias = TensorView<const float, 1>(bd.data(), {N}, "bias", Device::CUDA);
     p.out = TensorView<float, 2>(od.data(), {tokens, N}, "out", Device::CUDA);
     p.accumulate = accumulate;
+    if (norm_on)
+      p.norm = {TensorView<const float, 1>(nd.data(), {K}, "norm", Device::CUDA), eps};
     if (!accumulate)
       od.fill_bytes_async(0xFF, s);
     cuda::gemv(p, s);
@@ -80,13 +96,15 @@ void check_gemv(Index tokens, Index N, Index K, bool bias_on, bool accumulate, d
 
 TEST(CudaGemv, MatchesFp64Product) {
   SSMKIT_REQUIRE_GPU();
-  // Long rows (one warp each), short rows (split across warps), K tails, 1..8 tokens.
-  check_gemv<float>(1, 300, 1000, true, false, 1e-6, 1);
-  check_gemv<float>(3, 7, 4099, false, true, 1e-6, 2);
-  check_gemv<float>(8, 1029, 64, true, true, 1e-6, 3);
-  check_gemv<__nv_bfloat16>(1, 513, 2563, true, false, 1e-6, 4);
-  check_gemv<__nv_bfloat16>(5, 20, 777, false, false, 1e-6, 5);
-  check_gemv<__nv_bfloat16>(8, 96, 9, true, true, 1e-6, 6);
+  // Long rows (one warp each), short rows (split across warps), K tails, 1..8 tokens, more
+  // rows than resident blocks take, with and without the fused RMSNorm.
+  check_gemv<float>(1, 300, 1000, true, false, false, 1e-6, 1);
+  check_gemv<float>(3, 7, 4099, false, true, true, 1e-6, 2);
+  check_gemv<float>(8, 1029, 64, true, true, false, 1e-6, 3);
+  check_gemv<float>(2, 40000, 24, false, false, true, 1e-6, 4);
+  check_gemv<__nv_bfloat16>(1, 513, 2563, true, false, true, 1e-6, 5);
+  check_gemv<__nv_bfloat16>(5, 20, 777, false, false, false, 1e-6, 6);
+  check_gemv<__nv_bfloat16>(8, 96, 9, true, true, true, 1e-6, 7);
 }
 
 /// The block on both backends, fed the MambaMixer golden's input: a full forward, then a prefill

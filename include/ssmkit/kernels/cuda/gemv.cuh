@@ -1,6 +1,8 @@
-// A bandwidth-bound matrix product for a few tokens (decoding): out[t,n] = Σ_k x[t,k]·W[n,k]
-// (+ bias[n]) (+ out[t,n]), W streamed once with 16-byte loads, float accumulation. Each row of
-// W belongs to `split` warps of one block, which cut its length and sum in shared memory.
+// A bandwidth-bound matrix product for a few tokens (decoding): out[t,n] = Σ_k x̂[t,k]·W[n,k]
+// (+ bias[n]) (+ out[t,n]), W streamed once with 16-byte loads, float accumulation; x̂ is x or,
+// fused, RMSNorm(x)·norm_weight (Zhang & Sennrich, arXiv 1910.07467) with the row's scale
+// factored out of the sum. Each row of W belongs to `split` warps of one block, which cut its
+// length and add up in shared memory; blocks stay resident and walk the rows.
 #pragma once
 
 #include "ssmkit/core/cuda_check.cuh"
@@ -9,6 +11,8 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -17,8 +21,15 @@ namespace ssmkit::cuda {
 /// Most tokens one gemv() call takes: each keeps a float accumulator per thread.
 inline constexpr Index kGemvMaxTokens = 8;
 
-/// out (tokens, N) = x (tokens, K) · weight (N, K)ᵀ + bias (N), plus out's old values when
-/// `accumulate` (a residual add). Views on Device::CUDA; weight rows contiguous (stride 1).
+/// An RMSNorm of x's rows applied before a product: weight (K) and eps. Absent weight: none.
+struct RowNorm {
+  TensorView<const float, 1> weight;
+  double eps = 0;
+};
+
+/// out (tokens, N) = x̂ (tokens, K) · weight (N, K)ᵀ + bias (N), plus out's old values when
+/// `accumulate` (a residual add); x̂ = x, or RMSNorm(x)·norm.weight when norm is given. Views on
+/// Device::CUDA; weight rows contiguous (stride 1).
 template <class W>
 struct GemvParams {
   TensorView<const float, 2> x;
@@ -26,6 +37,7 @@ struct GemvParams {
   TensorView<const float, 1> bias;  ///< optional
   TensorView<float, 2> out;         ///< must not overlap x
   bool accumulate = false;
+  RowNorm norm;  ///< optional
 };
 
 namespace detail {
@@ -43,6 +55,8 @@ struct GemvArgs {
   const float* bias;
   float* out;
   Index ldo;
+  const float* norm_w;  // null: no RMSNorm
+  float eps;
   int tokens, N, K, split;
   bool accumulate;
 };
@@ -61,94 +75,144 @@ __device__ __forceinline__ void widen(const uint4& q, float (&f)[8]) {
   }
 }
 
-template <class W, bool kXVec>
+template <class W, bool kXVec, bool kNorm>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a) {
   constexpr int V = 16 / sizeof(W);  // weights per 16-byte load
   __shared__ float partial[kGemvWarps][kGemvMaxTokens];
+  __shared__ float scale[kGemvMaxTokens];
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  if (kNorm) {
+    // Warp t: token t's 1 / sqrt(mean(x²) + eps), which multiplies its sums at the end.
+    if (warp < a.tokens) {
+      const float* xr = a.x + warp * a.ldx;
+      float ss = 0.f;
+      for (int k = lane; k < a.K; k += 32)
+        ss = fmaf(xr[k], xr[k], ss);
+      for (int off = 16; off > 0; off /= 2)
+        ss += __shfl_xor_sync(0xffffffffu, ss, off);
+      if (lane == 0)
+        scale[warp] = 1.f / sqrtf(ss / static_cast<float>(a.K) + a.eps);
+    }
+    __syncthreads();
+  }
   const int rows_per_block = kGemvWarps / a.split;
-  const int n = static_cast<int>(blockIdx.x) * rows_per_block + warp / a.split;
   const int part = warp % a.split;
-  float acc[kGemvMaxTokens] = {};
-  if (n < a.N) {
-    const W* w_row = a.w + static_cast<Index>(n) * a.ldw;
-    const int Kv = a.K / V * V;
-    const int stride = 32 * V * a.split;
-    for (int base = (part * 32 + lane) * V; base < Kv; base += stride * kGemvUnroll) {
-      uint4 q[kGemvUnroll];
+  const int Kv = a.K / V * V;
+  const int stride = 32 * V * a.split;
+  for (int group = static_cast<int>(blockIdx.x); group * rows_per_block < a.N;
+       group += static_cast<int>(gridDim.x)) {
+    const int n = group * rows_per_block + warp / a.split;
+    float acc[kGemvMaxTokens] = {};
+    if (n < a.N) {
+      const W* w_row = a.w + static_cast<Index>(n) * a.ldw;
+      for (int base = (part * 32 + lane) * V; base < Kv; base += stride * kGemvUnroll) {
+        uint4 q[kGemvUnroll];
 #pragma unroll
-      for (int u = 0; u < kGemvUnroll; ++u) {
-        const int k = base + u * stride;
-        q[u] = k < Kv ? __ldcs(reinterpret_cast<const uint4*>(w_row + k)) : make_uint4(0, 0, 0, 0);
-      }
+        for (int u = 0; u < kGemvUnroll; ++u) {
+          const int k = base + u * stride;
+          q[u] =
+              k < Kv ? __ldcs(reinterpret_cast<const uint4*>(w_row + k)) : make_uint4(0, 0, 0, 0);
+        }
 #pragma unroll
-      for (int u = 0; u < kGemvUnroll; ++u) {
-        const int k = base + u * stride;
-        if (k >= Kv)
-          break;
-        float wf[V];
-        widen(q[u], wf);
-#pragma unroll
-        for (int t = 0; t < kGemvMaxTokens; ++t) {
-          if (t >= a.tokens)
+        for (int u = 0; u < kGemvUnroll; ++u) {
+          const int k = base + u * stride;
+          if (k >= Kv)
             break;
-          const float* xp = a.x + t * a.ldx + k;
+          float wf[V];
+          widen(q[u], wf);
+          if (kNorm) {
 #pragma unroll
-          for (int j = 0; j < V; j += 4) {
-            float xv[4];
-            if (kXVec) {
-              const float4 v = __ldg(reinterpret_cast<const float4*>(xp + j));
-              xv[0] = v.x, xv[1] = v.y, xv[2] = v.z, xv[3] = v.w;
-            } else {
+            for (int j = 0; j < V; j += 4) {
+              const float4 g = __ldg(reinterpret_cast<const float4*>(a.norm_w + k + j));
+              wf[j] *= g.x, wf[j + 1] *= g.y, wf[j + 2] *= g.z, wf[j + 3] *= g.w;
+            }
+          }
+#pragma unroll
+          for (int t = 0; t < kGemvMaxTokens; ++t) {
+            if (t >= a.tokens)
+              break;
+            const float* xp = a.x + t * a.ldx + k;
+#pragma unroll
+            for (int j = 0; j < V; j += 4) {
+              float xv[4];
+              if (kXVec) {
+                const float4 v = __ldg(reinterpret_cast<const float4*>(xp + j));
+                xv[0] = v.x, xv[1] = v.y, xv[2] = v.z, xv[3] = v.w;
+              } else {
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                  xv[i] = __ldg(xp + j + i);
+              }
 #pragma unroll
               for (int i = 0; i < 4; ++i)
-                xv[i] = __ldg(xp + j + i);
+                acc[t] = fmaf(wf[j + i], xv[i], acc[t]);
             }
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-              acc[t] = fmaf(wf[j + i], xv[i], acc[t]);
           }
         }
       }
+      // The K % V tail (rows are 16-byte aligned, so only the last few columns).
+      for (int k = Kv + part * 32 + lane; k < a.K; k += 32 * a.split) {
+        const float wk = to_float(w_row[k]) * (kNorm ? a.norm_w[k] : 1.f);
+        for (int t = 0; t < a.tokens; ++t)
+          acc[t] = fmaf(wk, __ldg(a.x + t * a.ldx + k), acc[t]);
+      }
     }
-    // The K % V tail (rows are 16-byte aligned, so only the last few columns).
-    for (int k = Kv + part * 32 + lane; k < a.K; k += 32 * a.split)
-      for (int t = 0; t < a.tokens; ++t)
-        acc[t] = fmaf(to_float(w_row[k]), __ldg(a.x + t * a.ldx + k), acc[t]);
-  }
 #pragma unroll
-  for (int t = 0; t < kGemvMaxTokens; ++t) {
-    if (t >= a.tokens)
-      break;
-    for (int off = 16; off > 0; off /= 2)
-      acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], off);
-  }
-  if (a.split > 1) {
-    if (lane == 0)
-      for (int t = 0; t < a.tokens; ++t)
-        partial[warp][t] = acc[t];
-    __syncthreads();
-    if (part != 0)
-      return;
-    for (int t = 0; t < a.tokens; ++t) {
-      float s = 0.f;
-      for (int p = 0; p < a.split; ++p)
-        s += partial[warp + p][t];
-      acc[t] = s;
+    for (int t = 0; t < kGemvMaxTokens; ++t) {
+      if (t >= a.tokens)
+        break;
+      for (int off = 16; off > 0; off /= 2)
+        acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], off);
+    }
+    if (a.split > 1) {
+      if (lane == 0)
+        for (int t = 0; t < a.tokens; ++t)
+          partial[warp][t] = acc[t];
+      __syncthreads();
+      if (part == 0)
+        for (int t = 0; t < a.tokens; ++t) {
+          float sum = 0.f;
+          for (int p = 0; p < a.split; ++p)
+            sum += partial[warp + p][t];
+          acc[t] = sum;
+        }
+      __syncthreads();  // partial is reused by the next group
+    }
+    // Lane t of the row's first warp writes token t's output.
+    if (n < a.N && part == 0 && lane < a.tokens) {
+      float v = 0.f;
+#pragma unroll
+      for (int t = 0; t < kGemvMaxTokens; ++t)
+        if (t == lane)
+          v = acc[t];
+      if (kNorm)
+        v *= scale[lane];
+      if (a.bias != nullptr)
+        v += a.bias[n];
+      float* o = a.out + static_cast<Index>(lane) * a.ldo + n;
+      *o = a.accumulate ? *o + v : v;
     }
   }
-  // Lane t writes token t's output.
-  if (n >= a.N || lane >= a.tokens)
-    return;
-  float v = 0.f;
-#pragma unroll
-  for (int t = 0; t < kGemvMaxTokens; ++t)
-    if (t == lane)
-      v = acc[t];
-  if (a.bias != nullptr)
-    v += a.bias[n];
-  float* o = a.out + static_cast<Index>(lane) * a.ldo + n;
-  *o = a.accumulate ? *o + v : v;
+}
+
+/// Resident blocks of one instantiation on the whole GPU (asked once).
+template <class W, bool kXVec, bool kNorm>
+int gemv_resident_blocks() {
+  static const int blocks = [] {
+    int per_sm = 0;
+    SSMKIT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, gemv_kernel<W, kXVec, kNorm>, kGemvThreads, 0));
+    return std::max(1, per_sm) * multiprocessor_count();
+  }();
+  return blocks;
+}
+
+template <class W, bool kXVec, bool kNorm>
+void launch_gemv(const GemvArgs<W>& a, Index groups, cudaStream_t stream) {
+  const auto blocks =
+      static_cast<unsigned>(std::min<Index>(groups, gemv_resident_blocks<W, kXVec, kNorm>()));
+  gemv_kernel<W, kXVec, kNorm><<<blocks, kGemvThreads, 0, stream>>>(a);
+  SSMKIT_CUDA_CHECK_LAUNCH("gemv_kernel");
 }
 
 }  // namespace detail
@@ -172,10 +236,19 @@ void gemv(const GemvParams<W>& p, cudaStream_t stream) {
     check_shape(p.bias, "bias", {N});
     SSMKIT_CHECK(p.bias.stride(0) == 1, "bias", "stride", "1", p.bias.stride(0));
   }
+  const auto aligned = [](const void* q) { return reinterpret_cast<std::uintptr_t>(q) % 16 == 0; };
+  const bool norm = !p.norm.weight.absent();
+  if (norm) {
+    check_device(p.norm.weight, "norm.weight", Device::CUDA);
+    check_shape(p.norm.weight, "norm.weight", {K});
+    SSMKIT_CHECK(p.norm.weight.stride(0) == 1 && aligned(p.norm.weight.data()), "norm.weight",
+                 "layout", "contiguous, 16-byte aligned", "other");
+    SSMKIT_CHECK(std::isfinite(p.norm.eps) && p.norm.eps >= 0, "norm.eps", "value",
+                 "finite and >= 0", p.norm.eps);
+  }
   SSMKIT_CHECK(p.x.stride(1) == 1, "x", "feature stride", "1", p.x.stride(1));
   SSMKIT_CHECK(p.out.stride(1) == 1, "out", "feature stride", "1", p.out.stride(1));
   SSMKIT_CHECK(p.weight.stride(1) == 1, "weight", "column stride", "1", p.weight.stride(1));
-  const auto aligned = [](const void* q) { return reinterpret_cast<std::uintptr_t>(q) % 16 == 0; };
   SSMKIT_CHECK(aligned(p.weight.data()) && (p.weight.stride(0) * sizeof(W)) % 16 == 0, "weight",
                "row alignment", "16-byte aligned rows", "unaligned");
   SSMKIT_CHECK(K <= 2147483647 && N <= 2147483647, "weight", "shape", "< 2^31 rows and columns",
@@ -190,6 +263,8 @@ void gemv(const GemvParams<W>& p, cudaStream_t stream) {
   a.bias = p.bias.absent() ? nullptr : p.bias.data();
   a.out = p.out.data();
   a.ldo = p.out.stride(0);
+  a.norm_w = norm ? p.norm.weight.data() : nullptr;
+  a.eps = static_cast<float>(p.norm.eps);
   a.tokens = static_cast<int>(tokens);
   a.N = static_cast<int>(N);
   a.K = static_cast<int>(K);
@@ -201,13 +276,16 @@ void gemv(const GemvParams<W>& p, cudaStream_t stream) {
          K >= Index{2} * a.split * 32 * (16 / static_cast<Index>(sizeof(W))))
     a.split *= 2;
   const Index rows_per_block = detail::kGemvWarps / a.split;
-  const auto blocks = static_cast<unsigned>((N + rows_per_block - 1) / rows_per_block);
+  const Index groups = (N + rows_per_block - 1) / rows_per_block;
   const bool x_vec = aligned(p.x.data()) && p.x.stride(0) % 4 == 0;
-  if (x_vec)
-    detail::gemv_kernel<W, true><<<blocks, detail::kGemvThreads, 0, stream>>>(a);
+  if (x_vec && norm)
+    detail::launch_gemv<W, true, true>(a, groups, stream);
+  else if (x_vec)
+    detail::launch_gemv<W, true, false>(a, groups, stream);
+  else if (norm)
+    detail::launch_gemv<W, false, true>(a, groups, stream);
   else
-    detail::gemv_kernel<W, false><<<blocks, detail::kGemvThreads, 0, stream>>>(a);
-  SSMKIT_CUDA_CHECK_LAUNCH("gemv_kernel");
+    detail::launch_gemv<W, false, false>(a, groups, stream);
 }
 
 }  // namespace ssmkit::cuda

@@ -1,13 +1,15 @@
 // Linear layers on the GPU: out (tokens, N) = x (tokens, K) · Wᵀ + bias, as nn::linear computes
-// on the CPU. A few tokens (decoding) go through cuda::gemv, which streams W at memory speed;
-// more go through cuBLAS (float: FP32 compute, TF32 only when asked; bf16 weights: the tokens
-// rounded to bf16, products accumulated in float).
+// on the CPU, optionally of RMSNorm(x) (the pre-norm of a residual layer, fused for few tokens).
+// A few tokens (decoding) go through cuda::gemv, which streams W at memory speed; more go through
+// cuBLAS (float: FP32 compute, TF32 only when asked; bf16 weights: the tokens rounded to bf16,
+// products accumulated in float).
 #pragma once
 
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/core/host_tensor.hpp"
 #include "ssmkit/kernels/cuda/gemv.cuh"
+#include "ssmkit/kernels/cuda/rms_norm.cuh"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -166,14 +168,41 @@ __global__ void __launch_bounds__(kLinearThreads)
 
 }  // namespace detail
 
-/// out (tokens, N) = x (tokens, K) · weight (N, K)ᵀ + bias (N) (+ out's old values when
-/// `accumulate`), ordered on `stream`. `scratch` holds x rounded to bf16 for bf16 weights and
-/// more than kGemvMaxTokens tokens (tokens·K elements; grown here, so not while capturing a
-/// graph). out must not overlap x. Throws ssmkit::Error.
+/// What linear() needs besides its operands: the cuBLAS handle, and for many tokens the rows
+/// normalised (a RowNorm) and rounded to bf16 (bf16 weights). reserve() before capturing
+/// linear() calls in a CUDA graph, which must not allocate.
+class LinearWorkspace {
+ public:
+  explicit LinearWorkspace(const CudaOptions& options = {}) : cublas_(options) {}
+
+  /// Room for products of up to `tokens` tokens and `width` input features.
+  void reserve(Index tokens, Index width) {
+    if (tokens <= kGemvMaxTokens)
+      return;  // gemv needs no scratch
+    if (normed_.size() < tokens * width) {
+      normed_ = DeviceBuffer<float>(tokens * width, "linear scratch");
+      rounded_ = DeviceBuffer<__nv_bfloat16>(tokens * width, "linear scratch");
+    }
+  }
+
+  CublasHandle& cublas() { return cublas_; }
+  float* normed() { return normed_.data(); }
+  __nv_bfloat16* rounded() { return rounded_.data(); }
+
+ private:
+  CublasHandle cublas_;
+  DeviceBuffer<float> normed_;
+  DeviceBuffer<__nv_bfloat16> rounded_;
+};
+
+/// out (tokens, N) = x̂ (tokens, K) · weight (N, K)ᵀ + bias (N) (+ out's old values when
+/// `accumulate`), x̂ = x or RMSNorm(x)·norm.weight, ordered on `stream`. Up to kGemvMaxTokens
+/// tokens go through gemv, more through cuBLAS (scratch grown in `ws` unless reserved). out
+/// must not overlap x. Throws ssmkit::Error.
 template <class W>
-void linear(CublasHandle& cublas, TensorView<const float, 2> x, TensorView<const W, 2> weight,
-            TensorView<const float, 1> bias, TensorView<float, 2> out, bool accumulate,
-            DeviceBuffer<__nv_bfloat16>& scratch, cudaStream_t stream) {
+void linear(LinearWorkspace& ws, TensorView<const float, 2> x, TensorView<const W, 2> weight,
+            TensorView<const float, 1> bias, TensorView<float, 2> out, cudaStream_t stream,
+            bool accumulate = false, const RowNorm& norm = {}) {
   const Index tokens = x.size(0), K = x.size(1), N = weight.size(0);
   if (tokens <= kGemvMaxTokens) {
     GemvParams<W> p;
@@ -182,6 +211,7 @@ void linear(CublasHandle& cublas, TensorView<const float, 2> x, TensorView<const
     p.bias = bias;
     p.out = out;
     p.accumulate = accumulate;
+    p.norm = norm;
     gemv(p, stream);
     return;
   }
@@ -196,6 +226,13 @@ void linear(CublasHandle& cublas, TensorView<const float, 2> x, TensorView<const
                "< 2^31 in each dimension", "larger");
   if (tokens == 0 || N == 0)
     return;
+  ws.reserve(tokens, K);
+  if (!norm.weight.absent()) {
+    const auto normed =
+        TensorView<float, 2>::unchecked(ws.normed(), {tokens, K}, {K, 1}, Device::CUDA);
+    rms_norm(x, norm.weight, norm.eps, normed, stream);
+    x = normed;
+  }
   float beta = accumulate ? 1.f : 0.f;
   if (!bias.absent()) {
     check_device(bias, "bias", Device::CUDA);
@@ -210,24 +247,22 @@ void linear(CublasHandle& cublas, TensorView<const float, 2> x, TensorView<const
   Index ldx = x.stride(0);
   cudaDataType_t type = CUDA_R_32F;
   cublasComputeType_t compute =
-      cublas.options().allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+      ws.cublas().options().allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   if constexpr (std::is_same_v<W, __nv_bfloat16>) {
-    if (scratch.size() < tokens * K)
-      scratch = DeviceBuffer<__nv_bfloat16>(tokens * K, "linear scratch");
     detail::round_rows_kernel<<<static_cast<unsigned>(tokens), detail::kLinearThreads, 0, stream>>>(
-        x.data(), x.stride(0), scratch.data(), static_cast<int>(K));
+        x.data(), x.stride(0), ws.rounded(), static_cast<int>(K));
     SSMKIT_CUDA_CHECK_LAUNCH("round_rows_kernel");
-    xp = scratch.data();
+    xp = ws.rounded();
     ldx = K;
     type = CUDA_R_16BF;
     compute = CUBLAS_COMPUTE_32F;
   }
-  // Column-major view: outᵀ (N, tokens) = W (K, N)ᵀ · xᵀ (K, tokens).
-  SSMKIT_CUBLAS_CHECK(cublasGemmEx(cublas.on(stream), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N),
-                                   static_cast<int>(tokens), static_cast<int>(K), &alpha,
-                                   weight.data(), type, static_cast<int>(weight.stride(0)), xp,
-                                   type, static_cast<int>(ldx), &beta, out.data(), CUDA_R_32F,
-                                   static_cast<int>(out.stride(0)), compute, CUBLAS_GEMM_DEFAULT));
+  // Column-major view: outᵀ (N, tokens) = W (K, N)ᵀ · x̂ᵀ (K, tokens).
+  SSMKIT_CUBLAS_CHECK(cublasGemmEx(
+      ws.cublas().on(stream), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N),
+      static_cast<int>(tokens), static_cast<int>(K), &alpha, weight.data(), type,
+      static_cast<int>(weight.stride(0)), xp, type, static_cast<int>(ldx), &beta, out.data(),
+      CUDA_R_32F, static_cast<int>(out.stride(0)), compute, CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace ssmkit::cuda

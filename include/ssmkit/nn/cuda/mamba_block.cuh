@@ -76,7 +76,7 @@ class MambaBlock<T, Cuda> {
   /// cuBLAS handle the products run on.
   class Workspace {
    public:
-    explicit Workspace(const cuda::CudaOptions& options = {}) : cublas_(options) {}
+    explicit Workspace(const cuda::CudaOptions& options = {}) : linear_(options) {}
 
     /// Room for calls of up to `tokens` tokens of a block with config `c`.
     void reserve(const MambaBlockConfig& c, Index tokens) {
@@ -85,13 +85,11 @@ class MambaBlock<T, Cuda> {
       grow(xdbl_, tokens * x_proj_ld(c));
       grow(delta_, tokens * c.d_inner);
       grow(y_, tokens * c.d_inner);
-      if (std::is_same_v<T, __nv_bfloat16> && tokens > cuda::kGemvMaxTokens)
-        grow(rounded_, tokens * std::max(c.d_model, c.d_inner));
+      linear_.reserve(tokens, std::max(c.d_model, c.d_inner));
     }
 
-    /// The cuBLAS handle and bf16 scratch the block's products run on, for the model's head.
-    cuda::CublasHandle& cublas() { return cublas_; }
-    cuda::DeviceBuffer<__nv_bfloat16>& rounded() { return rounded_; }
+    /// What the block's products run on, for the model's head.
+    cuda::LinearWorkspace& linear() { return linear_; }
 
    private:
     friend class MambaBlock;
@@ -101,10 +99,9 @@ class MambaBlock<T, Cuda> {
         b = cuda::DeviceBuffer<E>(n, "block workspace");
     }
 
-    cuda::CublasHandle cublas_;
+    cuda::LinearWorkspace linear_;
     cuda::DeviceBuffer<float> xz_, u_, xdbl_, delta_, y_;
     cuda::DeviceBuffer<unsigned char> scan_;
-    cuda::DeviceBuffer<__nv_bfloat16> rounded_;
   };
 
   /// Uploads a (validated) CPU block's weights, synchronously.
@@ -144,13 +141,14 @@ class MambaBlock<T, Cuda> {
     return n;
   }
 
-  /// out (batch, L, d_model) = block(x (batch, L, d_model)), or out += block(x) when
-  /// `accumulate` (a residual stream), ordered on `stream`; device memory, features contiguous.
-  /// With a state (device views) the sequences continue from it and it
-  /// is left at their ends; without, they start from zero. out may be x unless accumulating.
+  /// out (batch, L, d_model) = block(x̂), or out += block(x̂) when `accumulate` (a residual
+  /// stream), with x̂ = x (batch, L, d_model) or, given `norm`, RMSNorm(x)·norm.weight (the layer's
+  /// pre-norm, fused into in_proj); ordered on `stream`, device memory, features contiguous. With
+  /// a state (device views) the sequences continue from it and it is left at their ends;
+  /// without, they start from zero. out may be x (x is consumed before out is written).
   void forward(TensorView<const float, 3> x, TensorView<float, 3> out, Workspace& ws,
-               cudaStream_t stream, MambaBlockStateView<float> state = {},
-               bool accumulate = false) const {
+               cudaStream_t stream, MambaBlockStateView<float> state = {}, bool accumulate = false,
+               const cuda::RowNorm& norm = {}) const {
     const Index batch = x.size(0), L = x.size(1), di = c_.d_inner;
     check_rows(x, "x", batch, L);
     check_rows(out, "out", batch, L);
@@ -161,9 +159,8 @@ class MambaBlock<T, Cuda> {
     ws.reserve(c_, tokens);
     float* xz = ws.xz_.data();
     for_token_rows(x, [&](Index first, TensorView<const float, 2> rows) {
-      cuda::linear<T>(ws.cublas_, rows, in_proj_.view(), cuda::vector_view(in_bias_),
-                      mat(xz + first * 2 * di, rows.size(0), 2 * di, 2 * di), false, ws.rounded_,
-                      stream);
+      cuda::linear<T>(ws.linear_, rows, in_proj_.view(), cuda::vector_view(in_bias_),
+                      mat(xz + first * 2 * di, rows.size(0), 2 * di, 2 * di), stream, false, norm);
     });
     CausalConv1dParams<float> conv;
     conv.x = seq(xz, batch, L, di, 2 * di);
@@ -182,19 +179,19 @@ class MambaBlock<T, Cuda> {
       ws.scan_ = cuda::DeviceBuffer<unsigned char>(static_cast<Index>(need), "scan workspace");
     cuda::selective_scan(p, stream, ws.scan_.data(), ws.scan_.bytes());
     for_token_rows(out, [&](Index first, TensorView<float, 2> rows) {
-      cuda::linear<T>(ws.cublas_, cmat(ws.y_.data() + first * di, rows.size(0), di, di),
-                      out_proj_.view(), cuda::vector_view(out_bias_), rows, accumulate, ws.rounded_,
-                      stream);
+      cuda::linear<T>(ws.linear_, cmat(ws.y_.data() + first * di, rows.size(0), di, di),
+                      out_proj_.view(), cuda::vector_view(out_bias_), rows, stream, accumulate);
     });
   }
 
-  /// One decoding token of every sequence: out (batch, d_model) = block(x (batch, d_model)), or
-  /// out += block(x) when `accumulate`, given the state (device views) of the tokens before,
-  /// which advances by this token. Ordered on `stream`; allocates nothing once `ws` has room
-  /// for `batch` tokens, so it can be captured in a CUDA graph.
+  /// One decoding token of every sequence: out (batch, d_model) = block(x̂), or out += block(x̂)
+  /// when `accumulate`, x̂ from x (batch, d_model) as in forward(), given the state (device
+  /// views) of the tokens before, which advances by this token. out may be x. Ordered on
+  /// `stream`; allocates nothing once `ws` has room for `batch` tokens, so it can be captured in
+  /// a CUDA graph.
   void step(TensorView<const float, 2> x, TensorView<float, 2> out,
             MambaBlockStateView<float> state, Workspace& ws, cudaStream_t stream,
-            bool accumulate = false) const {
+            bool accumulate = false, const cuda::RowNorm& norm = {}) const {
     const Index batch = x.size(0), di = c_.d_inner;
     check_matrix(x, "x", batch);
     check_matrix(out, "out", batch);
@@ -204,8 +201,8 @@ class MambaBlock<T, Cuda> {
       return;
     ws.reserve(c_, batch);
     float* xz = ws.xz_.data();
-    cuda::linear<T>(ws.cublas_, x, in_proj_.view(), cuda::vector_view(in_bias_),
-                    mat(xz, batch, 2 * di, 2 * di), false, ws.rounded_, stream);
+    cuda::linear<T>(ws.linear_, x, in_proj_.view(), cuda::vector_view(in_bias_),
+                    mat(xz, batch, 2 * di, 2 * di), stream, false, norm);
     CausalConv1dStepParams<float> conv;
     conv.x = cmat(xz, batch, di, 2 * di);
     conv.weight = conv_weight();
@@ -218,8 +215,8 @@ class MambaBlock<T, Cuda> {
     p.h0 = state.ssm;
     p.h_final = state.ssm;
     cuda::selective_state_update(p, stream);
-    cuda::linear<T>(ws.cublas_, cmat(ws.y_.data(), batch, di, di), out_proj_.view(),
-                    cuda::vector_view(out_bias_), out, accumulate, ws.rounded_, stream);
+    cuda::linear<T>(ws.linear_, cmat(ws.y_.data(), batch, di, di), out_proj_.view(),
+                    cuda::vector_view(out_bias_), out, stream, accumulate);
   }
 
  private:
@@ -234,10 +231,10 @@ class MambaBlock<T, Cuda> {
     const Index tokens = batch * L, di = c_.d_inner, N = c_.d_state, R = c_.dt_rank;
     const Index ld = x_proj_ld(c_);
     float* xdbl = ws.xdbl_.data();
-    cuda::linear<T>(ws.cublas_, cmat(ws.u_.data(), tokens, di, di), x_proj_.view(), {},
-                    mat(xdbl, tokens, R + 2 * N, ld), false, ws.rounded_, stream);
-    cuda::linear<T>(ws.cublas_, cmat(xdbl, tokens, R, ld), dt_proj_.view(), {},
-                    mat(ws.delta_.data(), tokens, di, di), false, ws.rounded_, stream);
+    cuda::linear<T>(ws.linear_, cmat(ws.u_.data(), tokens, di, di), x_proj_.view(), {},
+                    mat(xdbl, tokens, R + 2 * N, ld), stream);
+    cuda::linear<T>(ws.linear_, cmat(xdbl, tokens, R, ld), dt_proj_.view(), {},
+                    mat(ws.delta_.data(), tokens, di, di), stream);
     SelectiveScanParams<float> p;
     p.u = seq(ws.u_.data(), batch, L, di, di);
     p.delta = seq(ws.delta_.data(), batch, L, di, di);

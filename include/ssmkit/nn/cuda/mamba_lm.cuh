@@ -122,7 +122,6 @@ class MambaLM<T, Cuda> {
           logits_(batch * c.vocab_size, "logits"),
           next_(batch, "next ids"),
           residual_(batch * c.d_model(), "residual"),
-          normed_(batch * c.d_model(), "normed"),
           step_ws_(options),
           prefill_ws_(options) {
       for (Index i = 0; i < c.n_layer; ++i)
@@ -135,10 +134,8 @@ class MambaLM<T, Cuda> {
     void reserve_prefill(Index tokens, Index d_model) {
       if (ids_.size() < tokens)
         ids_ = cuda::DeviceBuffer<std::int64_t>(tokens, "prefill ids");
-      if (p_residual_.size() < tokens * d_model) {
+      if (p_residual_.size() < tokens * d_model)
         p_residual_ = cuda::DeviceBuffer<float>(tokens * d_model, "prefill residual");
-        p_normed_ = cuda::DeviceBuffer<float>(tokens * d_model, "prefill normed");
-      }
     }
 
     Index batch_, vocab_;
@@ -147,12 +144,12 @@ class MambaLM<T, Cuda> {
     cuda::DeviceBuffer<float> logits_;
     cuda::DeviceBuffer<std::int64_t> next_;
     // A step's buffers stay where they are, for the captured graph.
-    cuda::DeviceBuffer<float> residual_, normed_;
+    cuda::DeviceBuffer<float> residual_;
     typename Block::Workspace step_ws_;
     detail::GraphExec graph_;
     // prefill() grows its own.
     cuda::DeviceBuffer<std::int64_t> ids_;
-    cuda::DeviceBuffer<float> p_residual_, p_normed_;
+    cuda::DeviceBuffer<float> p_residual_;
     typename Block::Workspace prefill_ws_;
   };
 
@@ -226,23 +223,18 @@ class MambaLM<T, Cuda> {
     cache.reserve_prefill(tokens, dm);
     cache.ids_.copy_from_host_async(flat.data(), tokens, s);
     float* residual = cache.p_residual_.data();
-    float* normed = cache.p_normed_.data();
     cuda::embedding<T>(vec(cache.ids_.data(), tokens), embedding_.view(), mat(residual, tokens, dm),
                        s);
-    for (Index i = 0; i < c_.n_layer; ++i) {
-      cuda::rms_norm(cmat(residual, tokens, dm), norm(i), c_.norm_eps, mat(normed, tokens, dm), s);
+    for (Index i = 0; i < c_.n_layer; ++i)
       blocks_[static_cast<std::size_t>(i)].forward(
-          seq(normed, batch, L), seq(residual, batch, L), cache.prefill_ws_, s,
-          cache.layers_[static_cast<std::size_t>(i)].view(first, batch), true);
-    }
+          seq(residual, batch, L), seq(residual, batch, L), cache.prefill_ws_, s,
+          cache.layers_[static_cast<std::size_t>(i)].view(first, batch), true, norm(i));
     float* logits = cache.logits_.data() + first * V;
-    const auto norm_f = cuda::vector_view(norm_f_);
+    cuda::LinearWorkspace& lin = cache.prefill_ws_.linear();
     if (!all_logits.absent()) {
-      cuda::rms_norm(cmat(residual, tokens, dm), norm_f, c_.norm_eps, mat(normed, tokens, dm), s);
       const auto rows = TensorView<float, 2>::unchecked(all_logits.data(), {tokens, V},
                                                         {all_logits.stride(1), 1}, Device::CUDA);
-      cuda::linear<T>(cache.prefill_ws_.cublas(), cmat(normed, tokens, dm), head(), {}, rows, false,
-                      cache.prefill_ws_.rounded(), s);
+      cuda::linear<T>(lin, cmat(residual, tokens, dm), head(), {}, rows, s, false, norm_f());
       SSMKIT_CUDA_CHECK(cudaMemcpy2DAsync(logits, sizeof(float) * V,
                                           all_logits.data() + (L - 1) * all_logits.stride(1),
                                           sizeof(float) * (batch <= 1 ? V : all_logits.stride(0)),
@@ -251,9 +243,7 @@ class MambaLM<T, Cuda> {
       // Only the last position of each sequence: rows L-1, 2L-1, ... of the residual.
       const auto last = TensorView<const float, 2>::unchecked(residual + (L - 1) * dm, {batch, dm},
                                                               {L * dm, 1}, Device::CUDA);
-      cuda::rms_norm(last, norm_f, c_.norm_eps, mat(normed, batch, dm), s);
-      cuda::linear<T>(cache.prefill_ws_.cublas(), cmat(normed, batch, dm), head(), {},
-                      mat(logits, batch, V), false, cache.prefill_ws_.rounded(), s);
+      cuda::linear<T>(lin, last, head(), {}, mat(logits, batch, V), s, false, norm_f());
     }
     cuda::argmax(cmat(logits, batch, V), vec(cache.next_.data() + first, batch), s);
   }
@@ -292,19 +282,13 @@ class MambaLM<T, Cuda> {
     const Index batch = cache.batch(), dm = c_.d_model();
     cudaStream_t s = cache.stream_;
     float* residual = cache.residual_.data();
-    float* normed = cache.normed_.data();
     cuda::embedding<T>(cache.next_ids(), embedding_.view(), mat(residual, batch, dm), s);
-    for (Index i = 0; i < c_.n_layer; ++i) {
-      cuda::rms_norm(cmat(residual, batch, dm), norm(i), c_.norm_eps, mat(normed, batch, dm), s);
-      blocks_[static_cast<std::size_t>(i)].step(cmat(normed, batch, dm), mat(residual, batch, dm),
+    for (Index i = 0; i < c_.n_layer; ++i)
+      blocks_[static_cast<std::size_t>(i)].step(cmat(residual, batch, dm), mat(residual, batch, dm),
                                                 cache.layers_[static_cast<std::size_t>(i)].view(),
-                                                cache.step_ws_, s, true);
-    }
-    cuda::rms_norm(cmat(residual, batch, dm), cuda::vector_view(norm_f_), c_.norm_eps,
-                   mat(normed, batch, dm), s);
-    cuda::linear<T>(cache.step_ws_.cublas(), cmat(normed, batch, dm), head(), {},
-                    mat(cache.logits_.data(), batch, c_.vocab_size), false,
-                    cache.step_ws_.rounded(), s);
+                                                cache.step_ws_, s, true, norm(i));
+    cuda::linear<T>(cache.step_ws_.linear(), cmat(residual, batch, dm), head(), {},
+                    mat(cache.logits_.data(), batch, c_.vocab_size), s, false, norm_f());
     cuda::argmax(cache.logits(), vec(cache.next_.data(), batch), s);
   }
 
@@ -326,9 +310,11 @@ class MambaLM<T, Cuda> {
   static cuda::DeviceBuffer<float> upload(const HostTensor<float, 1>& t, const char* name) {
     return cuda::upload_vector(t.data(), t.numel(), name);
   }
-  TensorView<const float, 1> norm(Index i) const {
-    return cuda::vector_view(norms_[static_cast<std::size_t>(i)]);
+  /// Layer i's pre-norm and the final norm, fused into the products that follow them.
+  cuda::RowNorm norm(Index i) const {
+    return {cuda::vector_view(norms_[static_cast<std::size_t>(i)]), c_.norm_eps};
   }
+  cuda::RowNorm norm_f() const { return {cuda::vector_view(norm_f_), c_.norm_eps}; }
   TensorView<const T, 2> head() const {
     return c_.tie_embeddings ? embedding_.view() : lm_head_.view();
   }
