@@ -254,8 +254,8 @@ __device__ __forceinline__ unsigned channel_lanes_mask(int lanes_per_channel) {
 }
 
 /// Floats of shared memory per channel for the shared step work of pass 1 ([step][Δ, Δ·u, dy, -])
-/// and pass 3 ([step][Δ, u, dsp, dy, fz, -, -, -]); the 4 extra floats shift neighbouring channels
-/// to other banks.
+/// and pass 3 ([step][Δ, u, dsp, dy, fz, dz, du, dδ]: gradients go out through it too); the 4
+/// extra floats shift neighbouring channels to other banks.
 template <class Policy>
 constexpr int local_step_stride() {
   return Policy::kSubChunk * 4 + 4;
@@ -545,8 +545,12 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
             for (int i = 0; i < S; ++i)
               y = fmaf(Cv[i], hs[k + 1][i], y);
             y = fmaf(skip, u, sum_channel_lanes(y, lanes));
-            if (active && lp.lane == 0)
+            if constexpr (kShare) {
+              if (lp.lane == 0)
+                mine[8 * k + 5] = y * v.fz;  // stored below, by the lanes in turn
+            } else if (active && lp.lane == 0) {
               store_act(a.dz, a.dz_s, b, t, d, y * v.fz);
+            }
           }
           dt_r[k] = dt;
           u_r[k] = u;
@@ -554,9 +558,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           d_skip = fmaf(v.dy, u, d_skip);
         }
       }
-      if constexpr (kShare)
-        __syncwarp(mask);  // read before the next sub-chunk's values overwrite them
-                           // Backwards through it.
+      // Backwards through it.
 #pragma unroll
       for (int k = K - 1; k >= 0; --k) {
         if (k < steps) {
@@ -581,8 +583,12 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           gAh = sum_channel_lanes(gAh, lanes);
           const float draw = fmaf(u, gB, gAh) * dsp_r[k];
           d_bias += draw;
-          if (active && lp.lane == 0) {
-            store_act(a.du, a.du_s, b, t, d, fmaf(dt, gB, dy * skip));
+          const float du = fmaf(dt, gB, dy * skip);
+          if constexpr (kShare) {
+            if (lp.lane == 0)
+              *reinterpret_cast<float2*>(mine + 8 * k + 6) = make_float2(du, draw);
+          } else if (active && lp.lane == 0) {
+            store_act(a.du, a.du_s, b, t, d, du);
             store_act(a.ddelta, a.ddelta_s, b, t, d, draw);
           }
           // Over the warp's channels; each (B|C, state) sum then has one owner lane.
@@ -613,6 +619,18 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         }
       }
       buffer ^= 1;
+      if constexpr (kShare) {  // the barrier above made lane 0's gradients visible
+        if (active) {
+          for (int k = lp.lane; k < steps; k += lanes) {
+            const int t = t0 + k;
+            const float2 grads = *reinterpret_cast<const float2*>(mine + 8 * k + 6);
+            store_act(a.du, a.du_s, b, t, d, grads.x);
+            store_act(a.ddelta, a.ddelta_s, b, t, d, grads.y);
+            if (has_z)
+              store_act(a.dz, a.dz_s, b, t, d, mine[8 * k + 5]);
+          }
+        }
+      }
     }
     if (active) {
 #pragma unroll
