@@ -405,12 +405,13 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
     a.dh0[b * a.dh0_s[0] + d * a.dh0_s[1] + n * a.dh0_s[2]] = q;
 }
 
-/// Pass 3: a block takes one chunk of one batch element and a slice of one group's channels,
-/// a round of kThreads / lanes_per_channel channels at a time. Per round: a walk forwards
-/// from the entry state keeps the state entering each sub-chunk in shared memory; then, sub-chunk
-/// by sub-chunk from the last, the states and decays are recomputed into registers (writing dz)
-/// and the adjoint runs back through them (writing du, ddelta).
-template <class Policy, class T>
+/// Pass 3 (kLanes: lanes_per_channel compiled in, or 0 to read it from `a`): a block takes one
+/// chunk of one batch element and a slice of one group's channels, a round of
+/// kThreads / lanes_per_channel channels at a time. Per round: a walk forwards from the entry
+/// state keeps the state entering each sub-chunk in shared memory; then, sub-chunk by sub-chunk
+/// from the last, the states and decays are recomputed into registers (giving dz) and the
+/// adjoint runs back through them (giving du, ddelta).
+template <class Policy, int kLanes, class T>
 __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     scan_backward_chunk_kernel(const ScanBackwardArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk, NT = Policy::kThreads;
@@ -418,7 +419,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
   extern __shared__ __align__(16) float smem[];
   const int N = a.N, two_n = 2 * a.N;
   const int tid = static_cast<int>(threadIdx.x);
-  const int lanes = a.lanes_per_channel;
+  const int lanes = kLanes > 0 ? kLanes : a.lanes_per_channel;
   const LanePlace lp = lane_place(lanes, S);
   float* bc = smem;  // [step][B|C][padded state], when staged
   float* acc = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n, 0);  // [step][B|C][state]
@@ -852,8 +853,16 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
   const std::size_t smem = static_cast<std::size_t>(chunk_smem_floats<Policy>(
                                plan.chunk_len, plan.padded_n, a.N, plan.lanes_per_channel)) *
                            sizeof(float);
-  allow_dynamic_smem(scan_backward_chunk_kernel<Policy, T>, smem);
-  scan_backward_chunk_kernel<Policy><<<grid, Policy::kThreads, smem, stream>>>(a);
+  // The lane count of the usual state sizes (N = 9..16 with 4 states per lane) is compiled in, so
+  // that its shuffles and index arithmetic fold; other sizes read it at run time.
+  constexpr int kUsualLanes = 16 / Policy::kStatesPerThread;
+  if (plan.lanes_per_channel == kUsualLanes) {
+    allow_dynamic_smem(scan_backward_chunk_kernel<Policy, kUsualLanes, T>, smem);
+    scan_backward_chunk_kernel<Policy, kUsualLanes><<<grid, Policy::kThreads, smem, stream>>>(a);
+  } else {
+    allow_dynamic_smem(scan_backward_chunk_kernel<Policy, 0, T>, smem);
+    scan_backward_chunk_kernel<Policy, 0><<<grid, Policy::kThreads, smem, stream>>>(a);
+  }
   SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_chunk_kernel");
 }
 
