@@ -153,8 +153,10 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a)
       // The K % V tail (rows are 16-byte aligned, so only the last few columns).
       for (int k = Kv + part * 32 + lane; k < a.K; k += 32 * a.split) {
         const float wk = to_float(w_row[k]) * (kNorm ? a.norm_w[k] : 1.f);
-        for (int t = 0; t < a.tokens; ++t)
-          acc[t] = fmaf(wk, __ldg(a.x + t * a.ldx + k), acc[t]);
+#pragma unroll
+        for (int t = 0; t < kGemvMaxTokens; ++t)
+          if (t < a.tokens)
+            acc[t] = fmaf(wk, __ldg(a.x + t * a.ldx + k), acc[t]);
       }
     }
 #pragma unroll
@@ -165,17 +167,24 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a)
         acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], off);
     }
     if (a.split > 1) {
-      if (lane == 0)
-        for (int t = 0; t < a.tokens; ++t)
-          partial[warp][t] = acc[t];
+      if (lane == 0) {
+#pragma unroll
+        for (int t = 0; t < kGemvMaxTokens; ++t)
+          if (t < a.tokens)
+            partial[warp][t] = acc[t];
+      }
       __syncthreads();
-      if (part == 0)
-        for (int t = 0; t < a.tokens; ++t) {
-          float sum = 0.f;
-          for (int p = 0; p < a.split; ++p)
-            sum += partial[warp + p][t];
-          acc[t] = sum;
+      if (part == 0) {
+#pragma unroll
+        for (int t = 0; t < kGemvMaxTokens; ++t) {
+          if (t < a.tokens) {
+            float sum = 0.f;
+            for (int p = 0; p < a.split; ++p)
+              sum += partial[warp + p][t];
+            acc[t] = sum;
+          }
         }
+      }
       __syncthreads();  // partial is reused by the next group
     }
     // Lane t of the row's first warp writes token t's output.
