@@ -97,14 +97,15 @@ void check_gemv(Index tokens, Index N, Index K, bool bias_on, bool accumulate, b
 TEST(CudaGemv, MatchesFp64Product) {
   SSMKIT_REQUIRE_GPU();
   // Long rows (one warp each), short rows (split across warps), K tails, 1..8 tokens, more
-  // rows than resident blocks take, with and without the fused RMSNorm.
-  check_gemv<float>(1, 300, 1000, true, false, false, 1e-6, 1);
-  check_gemv<float>(3, 7, 4099, false, true, true, 1e-6, 2);
-  check_gemv<float>(8, 1029, 64, true, true, false, 1e-6, 3);
-  check_gemv<float>(2, 40000, 24, false, false, true, 1e-6, 4);
-  check_gemv<__nv_bfloat16>(1, 513, 2563, true, false, true, 1e-6, 5);
-  check_gemv<__nv_bfloat16>(5, 20, 777, false, false, false, 1e-6, 6);
-  check_gemv<__nv_bfloat16>(8, 96, 9, true, true, true, 1e-6, 7);
+  // rows than resident blocks take, with and without the fused RMSNorm; float sums of up to
+  // 4099 terms, so fp32's 1e-5.
+  check_gemv<float>(1, 300, 1000, true, false, false, 1e-5, 1);
+  check_gemv<float>(3, 7, 4099, false, true, true, 1e-5, 2);
+  check_gemv<float>(8, 1029, 64, true, true, false, 1e-5, 3);
+  check_gemv<float>(2, 40000, 24, false, false, true, 1e-5, 4);
+  check_gemv<__nv_bfloat16>(1, 513, 2563, true, false, true, 1e-5, 5);
+  check_gemv<__nv_bfloat16>(5, 20, 777, false, false, false, 1e-5, 6);
+  check_gemv<__nv_bfloat16>(8, 96, 9, true, true, true, 1e-5, 7);
 }
 
 /// The block on both backends, fed the MambaMixer golden's input: a full forward, then a prefill
