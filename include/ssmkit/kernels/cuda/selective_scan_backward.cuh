@@ -221,22 +221,44 @@ struct StepValues {
   float dt, u, dsp, dy, fz;
 };
 
-/// The StepValues of step t of channel d; dy (zero when !live) only if kDy, dsp and fz only if
-/// kGrad.
+/// The stored inputs of one step of a channel: δ, u, and for dy, dout and z.
+template <class T>
+struct RawStep {
+  T delta, u, dout, z;
+};
+
+/// Loads step t of channel d; dout (zero when !live) and z only if kDy.
+template <bool kDy, class T>
+__device__ __forceinline__ RawStep<T> load_step(const ScanBackwardArgs<T>& a, int b, int t, int d,
+                                                bool live) {
+  RawStep<T> r;
+  r.delta = __ldg(a.delta + b * a.delta_s[0] + t * a.delta_s[1] + d * a.delta_s[2]);
+  r.u = __ldg(a.u + b * a.u_s[0] + t * a.u_s[1] + d * a.u_s[2]);
+  r.dout = r.z = from_float<T>(0.f);
+  if (kDy) {
+    if (live)
+      r.dout = __ldg(a.dout + b * a.dout_s[0] + t * a.dout_s[1] + d * a.dout_s[2]);
+    if (a.z != nullptr)
+      r.z = __ldg(a.z + b * a.z_s[0] + t * a.z_s[1] + d * a.z_s[2]);
+  }
+  return r;
+}
+
+/// The StepValues of a loaded step; dy only if kDy, dsp and fz only if kGrad.
 template <bool kDy, bool kGrad, class T>
-__device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, int b, int t, int d,
-                                                  float bias, bool live) {
+__device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, const RawStep<T>& r,
+                                                  float bias) {
   StepValues v{0.f, 0.f, 1.f, 0.f, 0.f};
-  const float raw = load_act(a.delta, a.delta_s, b, t, d) + bias;
+  const float raw = to_float(r.delta) + bias;
   v.dt = a.softplus ? softplus_f(raw) : raw;
-  v.u = load_act(a.u, a.u_s, b, t, d);
+  v.u = to_float(r.u);
   if (kGrad && a.softplus)
     v.dsp = raw > 20.f ? 1.f : sigmoid_f(raw);
   if (kDy) {
-    const float dout = live ? load_act(a.dout, a.dout_s, b, t, d) : 0.f;
+    const float dout = to_float(r.dout);
     v.dy = dout;
     if (a.z != nullptr) {
-      const float z = load_act(a.z, a.z_s, b, t, d), s = sigmoid_f(z);
+      const float z = to_float(r.z), s = sigmoid_f(z);
       v.dy = dout * z * s;
       if (kGrad)
         v.fz = dout * s * fmaf(z, 1.f - s, 1.f);
@@ -244,6 +266,42 @@ __device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, 
   }
   return v;
 }
+
+/// The StepValues of step t of channel d, loaded now.
+template <bool kDy, bool kGrad, class T>
+__device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, int b, int t, int d,
+                                                  float bias, bool live) {
+  return step_values<kDy, kGrad>(a, load_step<kDy>(a, b, t, d, live), bias);
+}
+
+/// The inputs of the steps one lane prepares in a sub-chunk (steps lane + r·lanes, r < R), loaded
+/// a sub-chunk ahead so that their latency hides behind the current sub-chunk's arithmetic.
+template <int R, bool kDy, class T>
+struct StepPrefetch {
+  RawStep<T> raw[R];
+
+  __device__ __forceinline__ void load(const ScanBackwardArgs<T>& a, int b, int d, int t0,
+                                       int steps, int lane, int lanes, bool live) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (lane + r * lanes < steps)
+        raw[r] = load_step<kDy>(a, b, t0 + lane + r * lanes, d, live);
+  }
+
+  /// Calls put(k, values) for each step k of the lane's share of the sub-chunk at t0: the
+  /// prefetched ones, then any beyond R·lanes loaded now.
+  template <bool kGrad, class Put>
+  __device__ __forceinline__ void prepare(const ScanBackwardArgs<T>& a, int b, int d, int t0,
+                                          int steps, int lane, int lanes, bool live, float bias,
+                                          Put&& put) const {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (lane + r * lanes < steps)
+        put(lane + r * lanes, step_values<kDy, kGrad>(a, raw[r], bias));
+    for (int k = lane + R * lanes; k < steps; k += lanes)
+      put(k, step_values<kDy, kGrad>(a, b, t0 + k, d, bias, live));
+  }
+};
 
 /// The lanes of the calling thread's channel, for __syncwarp.
 __device__ __forceinline__ unsigned channel_lanes_mask(int lanes_per_channel) {
@@ -290,13 +348,14 @@ constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N, int lanes_pe
 
 /// Pass 1: each chunk from a zero state and a zero adjoint, walking forwards: its local final
 /// state, its ΣΔ and its local adjoint Σ_t P_t·C_t·dy_t with P_t = Π_{s<=t} Ā_s.
-template <class Policy, class T>
+template <class Policy, int kLanes, class T>
 __global__ void __launch_bounds__(Policy::kThreads)
     scan_backward_local_kernel(const ScanBackwardArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk;
   constexpr bool kStaged = Policy::kStageStates, kShare = Policy::kShareStepWork;
+  constexpr int R = (K + (kLanes > 0 ? kLanes : 1) - 1) / (kLanes > 0 ? kLanes : 1);
   extern __shared__ __align__(16) float smem_local[];
-  const int lanes = a.lanes_per_channel;
+  const int lanes = kLanes > 0 ? kLanes : a.lanes_per_channel;
   const LanePlace lp = lane_place(lanes, S);
   float* bc = smem_local;  // the chunk's B and C rows, when staged
   float* mine = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n, 0) +
@@ -325,13 +384,18 @@ __global__ void __launch_bounds__(Policy::kThreads)
   }
   const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
   float sum_dt = 0.f;
+  StepPrefetch<R, true, T> next;
+  if constexpr (kShare)
+    next.load(a, b, d, t_begin, min(K, t_end - t_begin), lp.lane, lanes, true);
   for (int t0 = t_begin; t0 < t_end; t0 += K) {
     const int steps = min(K, t_end - t0);
     if constexpr (kShare) {
-      for (int k = lp.lane; k < steps; k += lanes) {
-        const StepValues v = step_values<true, false>(a, b, t0 + k, d, bias, true);
-        *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
-      }
+      next.template prepare<false>(
+          a, b, d, t0, steps, lp.lane, lanes, true, bias, [&](int k, const StepValues& v) {
+            *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
+          });
+      if (t0 + K < t_end)
+        next.load(a, b, d, t0 + K, min(K, t_end - t0 - K), lp.lane, lanes, true);
       __syncwarp(mask);
     }
 #pragma unroll 2
@@ -416,6 +480,8 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     scan_backward_chunk_kernel(const ScanBackwardArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk, NT = Policy::kThreads;
   constexpr bool kStaged = Policy::kStageStates, kShare = Policy::kShareStepWork;
+  // Steps each lane prefetches per sub-chunk: all of its share when the lane count is known.
+  constexpr int R = kLanes > 0 ? (K + kLanes - 1) / kLanes : 1;
   extern __shared__ __align__(16) float smem[];
   const int N = a.N, two_n = 2 * a.N;
   const int tid = static_cast<int>(threadIdx.x);
@@ -469,16 +535,21 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     }
 
     // The state entering each sub-chunk.
+    StepPrefetch<R, false, T> sweep_next;
+    if constexpr (kShare)
+      sweep_next.load(a, b, d, t_begin, min(K, len), lp.lane, lanes, active);
     for (int j = 0; j < subs; ++j) {
 #pragma unroll
       for (int i = 0; i < S; ++i)
         entry[(j * S + i) * NT + tid] = h[i];
       const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
       if constexpr (kShare) {
-        for (int k = lp.lane; k < steps; k += lanes) {
-          const StepValues v = step_values<false, false>(a, b, t0 + k, d, bias, active);
-          *reinterpret_cast<float2*>(mine + 8 * k) = make_float2(v.dt, v.dt * v.u);
-        }
+        sweep_next.template prepare<false>(
+            a, b, d, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
+              *reinterpret_cast<float2*>(mine + 8 * k) = make_float2(v.dt, v.dt * v.u);
+            });
+        if (j + 1 < subs)
+          sweep_next.load(a, b, d, t0 + K, min(K, t_begin + len - t0 - K), lp.lane, lanes, active);
         __syncwarp(mask);
       }
       for (int k = 0; k < steps; ++k) {
@@ -502,6 +573,9 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     }
 
     float d_skip = 0.f, d_bias = 0.f;
+    StepPrefetch<R, true, T> next;
+    if constexpr (kShare)
+      next.load(a, b, d, t_begin + (subs - 1) * K, len - (subs - 1) * K, lp.lane, lanes, active);
     for (int j = subs - 1; j >= 0; --j) {
       const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
       float hs[K + 1][S], decay[K][S], dt_r[K], u_r[K], dy_r[K], dsp_r[K];
@@ -511,11 +585,13 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
       }
       // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
       if constexpr (kShare) {
-        for (int k = lp.lane; k < steps; k += lanes) {
-          const StepValues v = step_values<true, true>(a, b, t0 + k, d, bias, active);
-          *reinterpret_cast<float4*>(mine + 8 * k) = make_float4(v.dt, v.u, v.dsp, v.dy);
-          mine[8 * k + 4] = v.fz;
-        }
+        next.template prepare<true>(
+            a, b, d, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
+              *reinterpret_cast<float4*>(mine + 8 * k) = make_float4(v.dt, v.u, v.dsp, v.dy);
+              mine[8 * k + 4] = v.fz;
+            });
+        if (j > 0)
+          next.load(a, b, d, t0 - K, K, lp.lane, lanes, active);
         __syncwarp(mask);
       }
 #pragma unroll
@@ -564,7 +640,12 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
       for (int k = K - 1; k >= 0; --k) {
         if (k < steps) {
           const int t = t0 + k;
-          const float dt = dt_r[k], u = u_r[k], dy = dy_r[k], dtu = dt * u;
+          float dt = dt_r[k], u = u_r[k], dy = dy_r[k], dsp = dsp_r[k];
+          if constexpr (kShare) {  // still in the channel's slots: fewer live registers
+            const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
+            dt = w.x, u = w.y, dsp = w.z, dy = w.w;
+          }
+          const float dtu = dt * u;
           float Bv[S], Cv[S];
           chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
           chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
@@ -582,7 +663,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           }
           gB = sum_channel_lanes(gB, lanes);
           gAh = sum_channel_lanes(gAh, lanes);
-          const float draw = fmaf(u, gB, gAh) * dsp_r[k];
+          const float draw = fmaf(u, gB, gAh) * dsp;
           d_bias += draw;
           const float du = fmaf(dt, gB, dy * skip);
           if constexpr (kShare) {
@@ -827,8 +908,14 @@ void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<
   const std::size_t smem = static_cast<std::size_t>(local_smem_floats<Policy>(
                                plan.chunk_len, plan.padded_n, plan.lanes_per_channel)) *
                            sizeof(float);
-  allow_dynamic_smem(scan_backward_local_kernel<Policy, T>, smem);
-  scan_backward_local_kernel<Policy><<<grid, Policy::kThreads, smem, stream>>>(a);
+  constexpr int kUsualLanes = 16 / Policy::kStatesPerThread;  // as in pass 3
+  if (plan.lanes_per_channel == kUsualLanes) {
+    allow_dynamic_smem(scan_backward_local_kernel<Policy, kUsualLanes, T>, smem);
+    scan_backward_local_kernel<Policy, kUsualLanes><<<grid, Policy::kThreads, smem, stream>>>(a);
+  } else {
+    allow_dynamic_smem(scan_backward_local_kernel<Policy, 0, T>, smem);
+    scan_backward_local_kernel<Policy, 0><<<grid, Policy::kThreads, smem, stream>>>(a);
+  }
   SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_local_kernel");
 }
 
