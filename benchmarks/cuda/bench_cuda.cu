@@ -141,9 +141,7 @@ int main(int argc, char** argv) {
       shapes.resize(1);
     std::vector<ScanTiming> all = time_default_policy(shapes, runs);
     if (!quick) {
-      for (auto& t : time_occupancy4_policy(shapes, runs))
-        all.push_back(t);
-      for (auto& t : time_block64_policy(shapes, runs))
+      for (auto& t : time_variant_policies(shapes, runs))
         all.push_back(t);
     }
     std::printf("## selective scan forward (N=16, z, D, delta_bias, softplus)\n\n");

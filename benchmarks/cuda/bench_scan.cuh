@@ -1,5 +1,4 @@
-// Times one selective-scan policy on the shapes of DESIGN.md (shared by the benchmark's sources,
-// one policy per source file so that they compile in parallel).
+// Times one selective-scan policy on the shapes of DESIGN.md.
 #pragma once
 
 #include <ssmkit/cuda.cuh>
@@ -141,9 +140,8 @@ std::vector<ScanTiming> time_policy(const char* name, const std::vector<ScanShap
   return out;
 }
 
-// One per policy source file.
+// In bench_policy_default.cu.
 std::vector<ScanTiming> time_default_policy(const std::vector<ScanShape>& shapes, int runs);
-std::vector<ScanTiming> time_occupancy4_policy(const std::vector<ScanShape>& shapes, int runs);
-std::vector<ScanTiming> time_block64_policy(const std::vector<ScanShape>& shapes, int runs);
+std::vector<ScanTiming> time_variant_policies(const std::vector<ScanShape>& shapes, int runs);
 
 }  // namespace ssmkit::bench

@@ -1,11 +1,13 @@
 // The S6 selective scan forward on the GPU (Mamba, arXiv 2312.00752, Algorithm 2), the expanded
 // (B·L·D·N) state never leaving registers. Same math and argument struct as cpu::selective_scan.
 //
-// A thread owns one channel's slice of kStatesPerThread states (channels with more states get
-// several lanes, whose partial outputs meet through warp shuffles) and walks time with the next
-// tile of u/δ/z already in flight. When batch·channels cannot fill the GPU, the sequence is cut
-// into chunks: pass 1 computes each chunk's local final state (from zero) and ΣΔ; pass 2 starts
-// every chunk from h0 carried through its predecessors, h ← exp(A·ΣΔ)·h + h_local, and scans again.
+// K lanes (2 for N <= 16) share one channel: each keeps S of its K·S >= N states in registers,
+// and the per-step work outside the states (softplus, Δ·u, D skip, gate, loads and stores) is
+// split between them rather than repeated (see LaneSplit). The block stages each tile's B and C
+// rows in shared memory as float, a tile ahead. When batch·channels cannot fill the GPU, the
+// sequence is cut into chunks: pass 1 computes each chunk's local final state (from zero) and ΣΔ;
+// pass 2 starts every chunk from h0 carried through its predecessors,
+// h ← exp(A·ΣΔ)·h + h_local, and scans again.
 #pragma once
 
 #include "ssmkit/core/cuda_check.cuh"
@@ -22,28 +24,16 @@
 
 namespace ssmkit::cuda {
 
-/// Tuning knobs of selective_scan (pass another struct with the same members to try others).
+/// Tuning knobs of selective_scan (pass another struct with the same members to try others;
+/// only kThreads changes which kernels are built).
 struct SelectiveScanPolicy {
-  static constexpr int kThreads = 128;         ///< threads per block
-  static constexpr int kStatesPerThread = 16;  ///< states one thread keeps in registers
-  /// Time steps per unrolled tile, also the prefetch depth: 8 spills in the second pass.
-  static constexpr int kTile = 4;
-  static constexpr int kPolyStates = 0;  ///< of those states, how many take exp2 on the FMA pipes
-  /// Cut L into chunks until about this many warps run per SM sub-partition (4 per SM); also
-  /// the occupancy the registers are budgeted for.
-  static constexpr int kWarpsPerScheduler = 3;
+  static constexpr int kThreads = 128;  ///< threads per block
+  /// L is cut into chunks until about this many warps run per SM sub-partition (4 per SM).
+  static constexpr int kWarpsPerScheduler = 2;
   static constexpr int kMinChunk = 512;  ///< shortest chunk worth a second pass
 };
 
 namespace detail {
-
-/// How the kernel may address u, δ, z, out (and B, C).
-enum class ScanLayout {
-  kGeneric,       ///< any strides, scalar loads (also when B, C rows exceed the staging)
-  kTokenMajor,    ///< channel stride 1 (coalesced per step); B, C staged in shared memory
-  kChannelMajor,  ///< time stride 1, 16-byte aligned rows: a tile per thread as 16-byte
-                  ///< vectors; B, C staged in shared memory
-};
 
 template <class T>
 struct ScanArgs {
@@ -67,7 +57,8 @@ struct ScanArgs {
   Index h_final_s[3];
   float* chunk_state;  // (chunks-1, batch, D, N): local final state of each chunk but the last
   float* chunk_dt;     // (chunks-1, batch, D): ΣΔ over each of those chunks
-  int batch, L, D, N, channels_per_group, chunk_len, lanes_per_channel;
+  int batch, L, D, N, channels_per_group, chunk_len;
+  int lanes_per_channel;  // selective_state_update's split of a channel's states
   bool softplus;
 };
 
@@ -77,23 +68,6 @@ __device__ __forceinline__ float ex2_mufu(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
-}
-
-/// 2^x on the FMA pipes: 2^round(x) into the exponent bits times a degree-5 fit of 2^f on
-/// [-1/2, 1/2] (relative error 8e-8). x is clamped at -125, where the state has long decayed.
-__device__ __forceinline__ float ex2_poly(float x) {
-  x = fmaxf(x, -125.f);
-  const float shifter = 12582912.f;  // 1.5·2^23: adding it rounds to an integer in the low bits
-  const float r = x + shifter;
-  const int j = __float_as_int(r) - __float_as_int(shifter);
-  const float f = x - (r - shifter);
-  float p = 1.3266971e-3f;
-  p = fmaf(p, f, 9.6754599e-3f);
-  p = fmaf(p, f, 5.5507425e-2f);
-  p = fmaf(p, f, 2.4022122e-1f);
-  p = fmaf(p, f, 6.9314694e-1f);
-  p = fmaf(p, f, 1.0000001f);
-  return __int_as_float(__float_as_int(p) + (j << 23));
 }
 
 /// PyTorch's softplus (identity above 20) without branches, so that a tile of steps stays one
@@ -119,51 +93,55 @@ __device__ __forceinline__ float silu_f(float x) {
   return __fdividef(x, 1.f + __expf(-x));
 }
 
-/// The widest vector (16 or 8 bytes) that whole tiles of kTile elements of T are made of.
-template <int kTile, class T>
-using tile_vec_t = std::conditional_t<kTile * sizeof(T) % 16 == 0, uint4, uint2>;
+/// How a channel's work is split over lanes: K lanes hold S of its states each (K·S >= N, zero
+/// past N) and walk time in tiles of K·P steps, lane j preparing (softplus, Δ·u) and finishing
+/// (D skip, gate, store) steps [j·P, j·P + P) of each tile, so that per-step work is not
+/// repeated K times: Δ and Δ·u reach the other lanes by shuffles, and the K lanes' partial
+/// outputs meet in a reduce-scatter that leaves each lane the sums of its own steps.
+template <int K_, int S_, int P_>
+struct LaneSplit {
+  static constexpr int K = K_, S = S_, P = P_;
+  static constexpr int kTile = K_ * P_;     ///< steps per tile
+  static constexpr int kPaddedN = K_ * S_;  ///< states per channel, padded with zeros
+};
 
-/// Loads kTile consecutive elements at `p` (aligned to the vector) as vectors.
-template <int kTile, class T>
-__device__ __forceinline__ void load_vec(const T* p, T (&dst)[kTile]) {
-  using V = tile_vec_t<kTile, T>;
-  static_assert(kTile * sizeof(T) % sizeof(V) == 0, "a tile must be whole 8-byte vectors");
-  constexpr int kVecs = kTile * sizeof(T) / sizeof(V);
+/// Elements of the B and C rows of one tile each thread stages (room for two groups of a block).
+template <int kThreads, class Split>
+constexpr int stage_per_thread() {
+  const int want = 2 * 2 * Split::kTile * Split::kPaddedN / kThreads;
+  return want < 1 ? 1 : (want > 8 ? 8 : want);
+}
+
+/// P consecutive steps of one lane from `p` (stride `step` apart); steps at or past t_end are
+/// not read and keep their old value.
+template <int P, class T>
+__device__ __forceinline__ void load_steps(const T* p, Index step, int t, int t_end, T (&v)[P]) {
 #pragma unroll
-  for (int v = 0; v < kVecs; ++v) {
-    const V raw = __ldg(reinterpret_cast<const V*>(p) + v);
-    std::memcpy(&dst[v * sizeof(V) / sizeof(T)], &raw, sizeof(V));
+  for (int i = 0; i < P; ++i)
+    if (t + i < t_end)
+      v[i] = __ldg(p + i * step);
+}
+
+/// S consecutive floats of a staged row (aligned to the vector) as 16-, 8- or 4-byte loads.
+template <int S>
+__device__ __forceinline__ void read_states(const float* row, float (&v)[S]) {
+  if constexpr (S % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < S; i += 4) {
+      const float4 q = *reinterpret_cast<const float4*>(row + i);
+      v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
+    }
+  } else if constexpr (S == 2) {
+    const float2 q = *reinterpret_cast<const float2*>(row);
+    v[0] = q.x, v[1] = q.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < S; ++i)
+      v[i] = row[i];
   }
 }
 
-template <int kTile, class T>
-__device__ __forceinline__ void store_vec(T* p, const T (&src)[kTile]) {
-  using V = tile_vec_t<kTile, T>;
-  constexpr int kVecs = kTile * sizeof(T) / sizeof(V);
-#pragma unroll
-  for (int v = 0; v < kVecs; ++v) {
-    V raw;
-    std::memcpy(&raw, &src[v * sizeof(V) / sizeof(T)], sizeof(V));
-    reinterpret_cast<V*>(p)[v] = raw;
-  }
-}
-
-/// One tile of a (batch, time, channel) operand for one thread's channel: kTile steps from t0
-/// (steps at or past t_end are not read).
-template <ScanLayout kLayout, int kTile, class T>
-__device__ __forceinline__ void load_tile(const T* base, const Index (&s)[3], int t0, int t_end,
-                                          T (&dst)[kTile]) {
-  if (kLayout == ScanLayout::kChannelMajor && t0 + kTile <= t_end) {
-    load_vec<kTile>(base + t0, dst);
-    return;
-  }
-#pragma unroll
-  for (int i = 0; i < kTile; ++i)
-    if (t0 + i < t_end)
-      dst[i] = __ldg(base + static_cast<Index>(t0 + i) * s[1]);
-}
-
-/// This thread's slice [n0, n0 + S) of row B[b, t, g, :] (or C) from global memory, zero past N.
+/// This lane's states [n0, n0 + S) of a B or C row in global memory, zero past N.
 template <int S, class T>
 __device__ __forceinline__ void load_states(const T* row, Index stride_n, int n0, int N,
                                             float (&v)[S]) {
@@ -172,87 +150,42 @@ __device__ __forceinline__ void load_states(const T* row, Index stride_n, int n0
     v[i] = n0 + i < N ? to_float(__ldg(row + static_cast<Index>(n0 + i) * stride_n)) : 0.f;
 }
 
-/// Elements of B and C one tile stages in shared memory, at most: each thread carries
-/// kStagePerThread of them from global memory (issued a tile ahead) into the next buffer.
-constexpr int kStagePerThread = 8;
-
-/// The block's B and C rows of one tile, [B|C][step][group][state padded to a multiple of 4]
-/// as float: converted once per block instead of once per thread, and read as broadcasts.
-struct StateTile {
-  int groups, padded_n, count;  // count = 2 * tile * groups * padded_n
-};
-
-template <int kThreads, int kTile, class T>
-__device__ __forceinline__ void stage_states(const ScanArgs<T>& a, const StateTile& st, int b,
-                                             int g_lo, int t0, int t_end,
-                                             float (&stage)[kStagePerThread]) {
+/// Recursive halving over the K lanes of a channel: y[0, K·P) are one lane's partial outputs of
+/// a tile; afterwards y[0, P) hold lane j's steps [j·P, j·P + P) summed over all K lanes.
+template <int K, int P>
+__device__ __forceinline__ void reduce_scatter(float (&y)[K * P], int j) {
 #pragma unroll
-  for (int j = 0; j < kStagePerThread; ++j) {
-    const int e = static_cast<int>(threadIdx.x) + j * kThreads;
-    float v = 0.f;
-    if (e < st.count) {
-      const int n = e % st.padded_n;
-      int r = e / st.padded_n;
-      const int gl = r % st.groups;
-      r /= st.groups;
-      const int t = t0 + r % kTile;
-      const bool is_c = r >= kTile;
-      if (n < a.N && t < t_end) {
-        const T* base = is_c ? a.C : a.B;
-        const Index* str = is_c ? a.C_s : a.B_s;
-        v = to_float(__ldg(base + b * str[0] + t * str[1] + (g_lo + gl) * str[2] + n * str[3]));
-      }
+  for (int o = K / 2; o >= 1; o /= 2) {
+    const bool upper = (j & o) != 0;
+#pragma unroll
+    for (int k = 0; k < o * P; ++k) {
+      const float send = upper ? y[k] : y[k + o * P];
+      const float keep = upper ? y[k + o * P] : y[k];
+      y[k] = keep + __shfl_xor_sync(0xffffffffu, send, o);
     }
-    stage[j] = v;
   }
 }
 
-template <int kThreads>
-__device__ __forceinline__ void store_stage(float* buf, const StateTile& st,
-                                            const float (&stage)[kStagePerThread]) {
-#pragma unroll
-  for (int j = 0; j < kStagePerThread; ++j) {
-    const int e = static_cast<int>(threadIdx.x) + j * kThreads;
-    if (e < st.count)
-      buf[e] = stage[j];
-  }
-}
-
-/// This thread's states [n0, n0 + S) of step i from a staged tile, as 16-byte broadcasts.
-template <int S>
-__device__ __forceinline__ void read_states(const float* row, int n0, int padded_n, float (&v)[S]) {
-#pragma unroll
-  for (int j = 0; j < S; j += 4) {
-    float4 q = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (n0 + j < padded_n)
-      q = *reinterpret_cast<const float4*>(row + n0 + j);
-    v[j] = q.x;
-    v[j + 1] = q.y;
-    v[j + 2] = q.z;
-    v[j + 3] = q.w;
-  }
-}
-
-/// The scan of one chunk of one (batch, channel-slice). kPass1: local final state only.
-template <class Policy, ScanLayout kLayout, bool kPass1, class T>
-__global__ void __launch_bounds__(Policy::kThreads,
-                                  Policy::kWarpsPerScheduler * 128 / Policy::kThreads)
-    selective_scan_kernel(const ScanArgs<T> a) {
-  constexpr int S = Policy::kStatesPerThread;
-  constexpr int kTile = Policy::kTile;
-  const int K = a.lanes_per_channel;
-  const int lane_in_channel = static_cast<int>(threadIdx.x) % K;
-  const int d_raw =
-      static_cast<int>(blockIdx.x) * (Policy::kThreads / K) + static_cast<int>(threadIdx.x) / K;
+/// The scan of one chunk of one (batch, block of channels). kPass1: the chunk's local final
+/// state and ΣΔ only. kStaged: the tile's B and C rows go through shared memory as float, loaded
+/// a tile ahead by the whole block (else each lane reads its states from global memory).
+template <int kThreads, class Split, bool kStaged, bool kPass1, class T>
+__global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanArgs<T> a) {
+  constexpr int K = Split::K, S = Split::S, P = Split::P;
+  constexpr int kTile = Split::kTile, kPaddedN = Split::kPaddedN;
+  constexpr int kStage = stage_per_thread<kThreads, Split>();
+  const int tid = static_cast<int>(threadIdx.x);
+  const int j = tid % K;
+  const int d_raw = static_cast<int>(blockIdx.x) * (kThreads / K) + tid / K;
   const bool active = d_raw < a.D;
   const int d = active ? d_raw : a.D - 1;  // idle lanes still join the shuffles
   const int b = blockIdx.y, chunk = blockIdx.z;
-  const int n0 = lane_in_channel * S;
+  const int n0 = j * S;
   const int g = d / a.channels_per_group;
   const int t_begin = chunk * a.chunk_len;
   const int t_end = min(a.L, t_begin + a.chunk_len);
 
-  float a2[S], h[S];  // A·log2(e), so that exp(Δ·A) = 2^(Δ·a2)
+  float a2[S], h[S];  // A·log2(e), so that exp(Δ·A) = 2^(Δ·a2); zero past N
 #pragma unroll
   for (int i = 0; i < S; ++i) {
     const int n = n0 + i;
@@ -278,142 +211,165 @@ __global__ void __launch_bounds__(Policy::kThreads,
 
   const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
   const float d_skip = a.D_skip != nullptr ? a.D_skip[d * a.D_skip_s] : 0.f;
-  const bool has_z = a.z != nullptr;
-  const T* u_p = a.u + b * a.u_s[0] + d * a.u_s[2];
-  const T* dt_p = a.delta + b * a.delta_s[0] + d * a.delta_s[2];
-  const T* z_p = has_z ? a.z + b * a.z_s[0] + d * a.z_s[2] : nullptr;
-  T* out_p = a.out + b * a.out_s[0] + d * a.out_s[2];
-  const T* B_p = a.B + b * a.B_s[0] + g * a.B_s[2];
-  const T* C_p = a.C + b * a.C_s[0] + g * a.C_s[2];
-  const bool writer = active && lane_in_channel == 0;
+  const bool has_z = !kPass1 && a.z != nullptr;
+  // This lane's steps of the tile at t0 are t0 + j·P + i, i < P.
+  const Index first = t_begin + j * P;
+  const Index u_t = a.u_s[1], dt_t = a.delta_s[1], z_t = a.z_s[1], out_t = a.out_s[1];
+  const T* u_p = a.u + b * a.u_s[0] + d * a.u_s[2] + first * u_t;
+  const T* dt_p = a.delta + b * a.delta_s[0] + d * a.delta_s[2] + first * dt_t;
+  const T* z_p = has_z ? a.z + b * a.z_s[0] + d * a.z_s[2] + first * z_t : nullptr;
+  T* out_p = a.out + b * a.out_s[0] + d * a.out_s[2] + first * out_t;
+  const T* B_row = a.B + b * a.B_s[0] + g * a.B_s[2];
+  const T* C_row = a.C + b * a.C_s[0] + g * a.C_s[2];
 
-  constexpr bool kShared = kLayout != ScanLayout::kGeneric;
-  __shared__ __align__(
-      16) float states_s[kShared ? 2 : 1][kShared ? Policy::kThreads * kStagePerThread : 1];
-  StateTile st{};
-  int g_lo = 0, gl = 0;
-  float stage[kStagePerThread];
-  if constexpr (kShared) {
-    const int cpb = Policy::kThreads / K;
+  // Staging: element e of a tile's rows is [B|C][group - g_lo][step][state < kPaddedN], so that
+  // a lane's rows of successive steps are a compile-time distance apart; each thread's elements
+  // are the same every tile, so their offsets are worked out once.
+  __shared__ __align__(16) float stage_s[2][kStaged ? kStage * kThreads : 1];
+  int groups = 1, gl = 0, count = 0;
+  Index stage_off[kStage];
+  int stage_step[kStage];
+  bool stage_c[kStage], stage_ok[kStage];
+  float stage_v[kStage];
+  const T* B_tile = a.B + b * a.B_s[0] + static_cast<Index>(t_begin) * a.B_s[1];
+  const T* C_tile = a.C + b * a.C_s[0] + static_cast<Index>(t_begin) * a.C_s[1];
+  if constexpr (kStaged) {
+    const int cpb = kThreads / K;
     const int d_first = static_cast<int>(blockIdx.x) * cpb;
-    const int d_last = min(d_first + cpb, a.D) - 1;
-    g_lo = d_first / a.channels_per_group;
+    const int g_lo = d_first / a.channels_per_group;
+    groups = (min(d_first + cpb, a.D) - 1) / a.channels_per_group - g_lo + 1;
     gl = g - g_lo;
-    st.groups = d_last / a.channels_per_group - g_lo + 1;
-    st.padded_n = (a.N + 3) / 4 * 4;
-    st.count = 2 * kTile * st.groups * st.padded_n;
+    count = 2 * groups * kTile * kPaddedN;
+#pragma unroll
+    for (int s = 0; s < kStage; ++s) {
+      const int e = tid + s * kThreads;
+      const int n = e % kPaddedN;
+      stage_step[s] = e / kPaddedN % kTile;
+      const int r = e / (kPaddedN * kTile);
+      stage_c[s] = r >= groups;
+      const int gr = g_lo + (stage_c[s] ? r - groups : r);
+      stage_ok[s] = e < count && n < a.N && !(kPass1 && stage_c[s]);
+      const Index* str = stage_c[s] ? a.C_s : a.B_s;
+      stage_off[s] = stage_step[s] * str[1] + gr * str[2] + n * str[3];
+    }
+  }
+  // Loads the rows of the tile at t0 into stage_v (issued early, stored after the tile's scan).
+  const auto stage_load = [&](int t0) {
+#pragma unroll
+    for (int s = 0; s < kStage; ++s)
+      stage_v[s] = stage_ok[s] && t0 + stage_step[s] < t_end
+                       ? to_float(__ldg((stage_c[s] ? C_tile : B_tile) + stage_off[s]))
+                       : 0.f;
+  };
+  const auto stage_store = [&](float* buf) {
+#pragma unroll
+    for (int s = 0; s < kStage; ++s)
+      if (tid + s * kThreads < count)
+        buf[tid + s * kThreads] = stage_v[s];
+  };
+  int buf = 0;
+  if constexpr (kStaged) {
     if (t_begin < t_end) {
-      stage_states<Policy::kThreads, kTile>(a, st, b, g_lo, t_begin, t_end, stage);
-      store_stage<Policy::kThreads>(states_s[0], st, stage);
+      stage_load(t_begin);
+      stage_store(stage_s[0]);
     }
     __syncthreads();
   }
-  int buf = 0;
 
-  T u_r[kTile], dt_r[kTile], z_r[kTile];
-  float sum_dt = 0.f;
+  T u_r[P], dt_r[P], z_r[P];
+#pragma unroll
+  for (int i = 0; i < P; ++i)
+    u_r[i] = dt_r[i] = z_r[i] = T();
   if (t_begin < t_end) {
-    load_tile<kLayout, kTile>(u_p, a.u_s, t_begin, t_end, u_r);
-    load_tile<kLayout, kTile>(dt_p, a.delta_s, t_begin, t_end, dt_r);
-    if (!kPass1 && has_z)
-      load_tile<kLayout, kTile>(z_p, a.z_s, t_begin, t_end, z_r);
+    load_steps<P>(u_p, u_t, static_cast<int>(first), t_end, u_r);
+    load_steps<P>(dt_p, dt_t, static_cast<int>(first), t_end, dt_r);
+    if (has_z)
+      load_steps<P>(z_p, z_t, static_cast<int>(first), t_end, z_r);
   }
+  float sum_dt = 0.f;
+  // This lane's B and C rows of step 0 in each staging buffer.
+  const int B_row0 = gl * kTile * kPaddedN + n0;
+  const int C_row0 = (groups + gl) * kTile * kPaddedN + n0;
   for (int t0 = t_begin; t0 < t_end; t0 += kTile) {
+    const int mine = t0 + j * P;  // this lane's first step of the tile
+    // Prepare this lane's steps; steps past the end get Δ = 0 and u = 0, which leave h as it is.
+    float dt_l[P], du_l[P], u_l[P];
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const bool ok = mine + i < t_end;
+      float x = to_float(dt_r[i]) + bias;
+      x = a.softplus ? softplus_f(x) : x;
+      dt_l[i] = ok ? x : 0.f;
+      u_l[i] = ok ? to_float(u_r[i]) : 0.f;
+      du_l[i] = dt_l[i] * u_l[i];
+    }
+    float z_l[P];
+#pragma unroll
+    for (int i = 0; i < P; ++i)
+      z_l[i] = to_float(z_r[i]);
     // The next tile's loads go out before this tile's arithmetic, which hides their latency.
-    T u_n[kTile], dt_n[kTile], z_n[kTile];
     const int t1 = t0 + kTile;
-    if constexpr (kShared) {
-      if (t1 < t_end)
-        stage_states<Policy::kThreads, kTile>(a, st, b, g_lo, t1, t_end, stage);
-    }
     if (t1 < t_end) {
-      load_tile<kLayout, kTile>(u_p, a.u_s, t1, t_end, u_n);
-      load_tile<kLayout, kTile>(dt_p, a.delta_s, t1, t_end, dt_n);
-      if (!kPass1 && has_z)
-        load_tile<kLayout, kTile>(z_p, a.z_s, t1, t_end, z_n);
-    }
-    T y_r[kTile];
-    // One step; a full tile runs without per-step checks so that its steps form one basic
-    // block (the loads, exponentials and the h chain of neighbouring steps interleave).
-    const auto step = [&](int i) {
-      const int t = t0 + i;
-      float dt = to_float(dt_r[i]) + bias;
-      dt = a.softplus ? softplus_f(dt) : dt;
-      const float uf = to_float(u_r[i]);
-      const float du = dt * uf;
-      float Bv[S];
-      if constexpr (kShared)
-        read_states<S>(&states_s[buf][(i * st.groups + gl) * st.padded_n], n0, st.padded_n, Bv);
-      else
-        load_states<S>(B_p + t * a.B_s[1], a.B_s[3], n0, a.N, Bv);
-      if (kPass1) {
-        sum_dt += dt;
-#pragma unroll
-        for (int n = 0; n < S; ++n) {
-          const float x = dt * a2[n];
-          const float decay = n < Policy::kPolyStates ? ex2_poly(x) : ex2_mufu(x);
-          h[n] = fmaf(decay, h[n], du * Bv[n]);
-        }
-      } else {
-        float Cv[S];
-        if constexpr (kShared)
-          read_states<S>(&states_s[buf][((kTile + i) * st.groups + gl) * st.padded_n], n0,
-                         st.padded_n, Cv);
-        else
-          load_states<S>(C_p + t * a.C_s[1], a.C_s[3], n0, a.N, Cv);
-        float y0 = 0.f, y1 = 0.f;  // two partial sums halve the dependent chain
-#pragma unroll
-        for (int n = 0; n < S; ++n) {
-          const float x = dt * a2[n];
-          const float decay = n < Policy::kPolyStates ? ex2_poly(x) : ex2_mufu(x);
-          h[n] = fmaf(decay, h[n], du * Bv[n]);
-          if (n % 2 == 0)
-            y0 = fmaf(Cv[n], h[n], y0);
-          else
-            y1 = fmaf(Cv[n], h[n], y1);
-        }
-        float y = y0 + y1;
-        for (int off = K / 2; off > 0; off /= 2)
-          y += __shfl_xor_sync(0xffffffffu, y, off);
-        y = fmaf(d_skip, uf, y);
-        y = has_z ? y * silu_f(to_float(z_r[i])) : y;
-        y_r[i] = from_float<T>(y);
-        if (kLayout != ScanLayout::kChannelMajor && writer)
-          out_p[t * a.out_s[1]] = y_r[i];
+      u_p += kTile * u_t;
+      dt_p += kTile * dt_t;
+      load_steps<P>(u_p, u_t, mine + kTile, t_end, u_r);
+      load_steps<P>(dt_p, dt_t, mine + kTile, t_end, dt_r);
+      if (has_z) {
+        z_p += kTile * z_t;
+        load_steps<P>(z_p, z_t, mine + kTile, t_end, z_r);
       }
-    };
-    if (t1 <= t_end) {
-#pragma unroll
-      for (int i = 0; i < kTile; ++i)
-        step(i);
-    } else {
-#pragma unroll
-      for (int i = 0; i < kTile; ++i)
-        if (i < t_end - t0)
-          step(i);
-    }
-    if (kLayout == ScanLayout::kChannelMajor && !kPass1 && writer) {
-      if (t1 <= t_end) {
-        store_vec<kTile>(out_p + t0, y_r);
-      } else {
-#pragma unroll
-        for (int i = 0; i < kTile; ++i)
-          if (t0 + i < t_end)
-            out_p[t0 + i] = y_r[i];
+      if constexpr (kStaged) {
+        B_tile += kTile * a.B_s[1];
+        C_tile += kTile * a.C_s[1];
+        stage_load(t1);
       }
     }
-    if constexpr (kShared) {
+
+    float y[kTile];
+#pragma unroll
+    for (int s = 0; s < kTile; ++s) {
+      const float dts = K == 1 ? dt_l[s % P] : __shfl_sync(0xffffffffu, dt_l[s % P], s / P, K);
+      const float dus = K == 1 ? du_l[s % P] : __shfl_sync(0xffffffffu, du_l[s % P], s / P, K);
+      float Bv[S], Cv[S];
+      if constexpr (kStaged) {
+        read_states<S>(&stage_s[buf][B_row0 + s * kPaddedN], Bv);
+        if (!kPass1)
+          read_states<S>(&stage_s[buf][C_row0 + s * kPaddedN], Cv);
+      } else {
+        const bool ok = t0 + s < t_end;
+        const Index t = ok ? t0 + s : t_begin;
+        load_states<S>(B_row + t * a.B_s[1], a.B_s[3], n0, a.N, Bv);
+        if (!kPass1)
+          load_states<S>(C_row + t * a.C_s[1], a.C_s[3], n0, a.N, Cv);
+      }
+      float acc = 0.f;
+#pragma unroll
+      for (int n = 0; n < S; ++n) {
+        h[n] = fmaf(ex2_mufu(dts * a2[n]), h[n], dus * Bv[n]);
+        if (!kPass1)
+          acc = fmaf(Cv[n], h[n], acc);
+      }
+      y[s] = acc;
+      sum_dt += dts;
+    }
+
+    if (!kPass1) {
+      reduce_scatter<K, P>(y, j);
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        float v = fmaf(d_skip, u_l[i], y[i]);
+        v = has_z ? v * silu_f(z_l[i]) : v;
+        if (active && mine + i < t_end)
+          out_p[i * out_t] = from_float<T>(v);
+      }
+      out_p += kTile * out_t;
+    }
+    if constexpr (kStaged) {
       // The other buffer was last read in the previous tile, which every thread has left.
       if (t1 < t_end)
-        store_stage<Policy::kThreads>(states_s[buf ^ 1], st, stage);
+        stage_store(stage_s[buf ^ 1]);
       buf ^= 1;
       __syncthreads();
-    }
-#pragma unroll
-    for (int i = 0; i < kTile; ++i) {
-      u_r[i] = u_n[i];
-      dt_r[i] = dt_n[i];
-      z_r[i] = z_n[i];
     }
   }
 
@@ -421,7 +377,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
     return;
   if (kPass1) {
     const Index row = (static_cast<Index>(chunk) * a.batch + b) * a.D + d;
-    if (lane_in_channel == 0)
+    if (j == 0)
       a.chunk_dt[row] = sum_dt;
 #pragma unroll
     for (int i = 0; i < S; ++i)
@@ -481,63 +437,70 @@ inline bool aligned16(const void* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
-/// True when a (batch, time, channel) view can be read as 16-byte vectors along time.
-template <class T, class V>
-bool channel_major_vectorisable(const V& v) {
-  if (v.absent())
-    return true;
-  constexpr Index kVec = 16 / sizeof(T);
-  return v.stride(1) == 1 && aligned16(v.data()) && v.stride(0) % kVec == 0 &&
-         v.stride(2) % kVec == 0;
-}
+/// The splits the kernel is built for, by state size: two lanes of 8 states for N <= 16 (on an
+/// H200, 2 lanes beat 4, 8 and 16 at every shape of DESIGN.md: the shuffles and the
+/// reduce-scatter grow with the lanes), 4 of 16 for N <= 64, 16 of 16 for N <= 256.
+using SplitSmall = LaneSplit<2, 8, 4>;
+using SplitMid = LaneSplit<4, 16, 2>;
+using SplitLarge = LaneSplit<16, 16, 1>;
 
-/// True when a tile of the B and C rows any block touches fits the shared-memory staging.
-template <class Policy>
-bool states_fit_staging(Index D, Index N, Index G, int lanes_per_channel) {
-  const Index channels_per_block = Policy::kThreads / lanes_per_channel;
-  const Index channels_per_group = D / G;
-  const Index groups = std::min<Index>(G, (channels_per_block - 1) / channels_per_group + 2);
-  const Index padded_n = (N + 3) / 4 * 4;
-  return 2 * Policy::kTile * groups * padded_n <= Policy::kThreads * kStagePerThread;
-}
-
-/// The launch plan: lanes per channel, chunks and their length.
+/// The launch plan: the split, whether B and C are staged, chunks and their length.
 template <class Policy>
 struct ScanPlan {
-  int lanes_per_channel = 1;
+  int lanes = 0;
+  int tile = 0;
+  bool staged = false;
   int chunks = 1;
   int chunk_len = 0;
   dim3 grid;
 
-  ScanPlan(Index batch, Index L, Index D, Index N, int sm_count) {
-    while (lanes_per_channel * Policy::kStatesPerThread < N)
-      lanes_per_channel *= 2;
-    const Index channels_per_block = Policy::kThreads / lanes_per_channel;
-    const Index blocks = (D + channels_per_block - 1) / channels_per_block * batch;
+  ScanPlan(Index batch, Index L, Index D, Index N, Index G, int sm_count) {
+    lanes = N <= 16 ? SplitSmall::K : N <= 64 ? SplitMid::K : SplitLarge::K;
+    tile = N <= 16 ? SplitSmall::kTile : N <= 64 ? SplitMid::kTile : SplitLarge::kTile;
+    const Index cpb = Policy::kThreads / lanes;
+    if (N <= 16) {
+      // Groups one block of channels can span: their rows must fit the staging.
+      const Index groups = std::min<Index>(G, (cpb - 1) / std::max<Index>(D / G, 1) + 2);
+      staged = 2 * groups * tile * SplitSmall::kPaddedN <=
+               stage_per_thread<Policy::kThreads, SplitSmall>() * Policy::kThreads;
+    }
     const Index warps_wanted = static_cast<Index>(sm_count) * 4 * Policy::kWarpsPerScheduler;
-    const Index warps = blocks * (Policy::kThreads / 32);
+    const Index warps = (D + cpb - 1) / cpb * batch * (Policy::kThreads / 32);
     Index chunks = std::max<Index>(1, warps_wanted / std::max<Index>(warps, 1));
     chunks = std::min<Index>(chunks, std::max<Index>(1, L / Policy::kMinChunk));
     chunks = std::min<Index>(chunks, 65535);
     const Index len = (L + chunks - 1) / chunks;
-    chunk_len = static_cast<int>(
-        std::max<Index>(Policy::kTile, (len + Policy::kTile - 1) / Policy::kTile * Policy::kTile));
+    chunk_len = static_cast<int>(std::max<Index>(tile, (len + tile - 1) / tile * tile));
     this->chunks = static_cast<int>(std::max<Index>(1, (L + chunk_len - 1) / chunk_len));
-    grid = dim3(static_cast<unsigned>((D + channels_per_block - 1) / channels_per_block),
-                static_cast<unsigned>(batch), static_cast<unsigned>(this->chunks));
+    grid = dim3(static_cast<unsigned>((D + cpb - 1) / cpb), static_cast<unsigned>(batch),
+                static_cast<unsigned>(this->chunks));
   }
 };
 
-template <class Policy, ScanLayout kLayout, class T>
-void launch_scan(const ScanArgs<T>& args, const ScanPlan<Policy>& plan, cudaStream_t stream) {
-  if (plan.chunks > 1) {
-    dim3 grid1 = plan.grid;
-    grid1.z = plan.chunks - 1;
-    selective_scan_kernel<Policy, kLayout, true><<<grid1, Policy::kThreads, 0, stream>>>(args);
+template <int kThreads, class Split, bool kStaged, class T>
+void launch_scan(const ScanArgs<T>& args, dim3 grid, int chunks, cudaStream_t stream) {
+  if (chunks > 1) {
+    dim3 grid1 = grid;
+    grid1.z = chunks - 1;
+    selective_scan_kernel<kThreads, Split, kStaged, true><<<grid1, kThreads, 0, stream>>>(args);
     SSMKIT_CUDA_CHECK_LAUNCH("selective_scan_kernel (pass 1)");
   }
-  selective_scan_kernel<Policy, kLayout, false><<<plan.grid, Policy::kThreads, 0, stream>>>(args);
+  selective_scan_kernel<kThreads, Split, kStaged, false><<<grid, kThreads, 0, stream>>>(args);
   SSMKIT_CUDA_CHECK_LAUNCH("selective_scan_kernel");
+}
+
+template <class Policy, class T>
+void launch_plan(const ScanArgs<T>& args, const ScanPlan<Policy>& plan, Index N,
+                 cudaStream_t stream) {
+  constexpr int kT = Policy::kThreads;
+  if (N > 64)
+    launch_scan<kT, SplitLarge, false>(args, plan.grid, plan.chunks, stream);
+  else if (N > 16)
+    launch_scan<kT, SplitMid, false>(args, plan.grid, plan.chunks, stream);
+  else if (plan.staged)
+    launch_scan<kT, SplitSmall, true>(args, plan.grid, plan.chunks, stream);
+  else
+    launch_scan<kT, SplitSmall, false>(args, plan.grid, plan.chunks, stream);
 }
 
 }  // namespace detail
@@ -546,7 +509,7 @@ void launch_scan(const ScanArgs<T>& args, const ScanPlan<Policy>& plan, cudaStre
 template <class Policy = SelectiveScanPolicy, class T, class W>
 std::size_t selective_scan_workspace_size(const SelectiveScanParams<T, W>& p) {
   const detail::ScanPlan<Policy> plan(p.batch(), p.length(), p.channels(), p.state_size(),
-                                      multiprocessor_count());
+                                      p.groups(), multiprocessor_count());
   const std::size_t rows = static_cast<std::size_t>(plan.chunks - 1) *
                            static_cast<std::size_t>(p.batch()) *
                            static_cast<std::size_t>(p.channels());
@@ -565,12 +528,12 @@ void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, voi
   static_assert(
       std::is_same_v<T, float> || std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>,
       "the CUDA scan stores float, __half or __nv_bfloat16");
-  static_assert(Policy::kThreads % 32 == 0 && Policy::kStatesPerThread % 8 == 0,
-                "policy: whole warps, states in 16-byte vectors");
+  static_assert(Policy::kThreads % 32 == 0 && Policy::kThreads >= 32,
+                "policy: whole warps per block");
   validate(p, Device::CUDA);
   const Index batch = p.batch(), L = p.length(), D = p.channels(), N = p.state_size();
   SSMKIT_CHECK(batch <= 65535, "u", "batch size", "<= 65535 on CUDA", batch);
-  SSMKIT_CHECK(L <= (Index{1} << 31) - 1 - Policy::kTile, "u", "length", "< 2^31 on CUDA", L);
+  SSMKIT_CHECK(L <= (Index{1} << 31) - 1 - 64, "u", "length", "< 2^31 - 64 on CUDA", L);
   SSMKIT_CHECK(D <= (Index{1} << 31) - 1, "u", "channels", "< 2^31 on CUDA", D);
   if (batch == 0 || D == 0)
     return;
@@ -578,29 +541,13 @@ void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, voi
   SSMKIT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need), "workspace", "bytes",
                ">= " + std::to_string(need), workspace_bytes);
 
-  const detail::ScanPlan<Policy> plan(batch, L, D, N, multiprocessor_count());
+  const detail::ScanPlan<Policy> plan(batch, L, D, N, p.groups(), multiprocessor_count());
   detail::ScanArgs<T> args = detail::make_scan_args(p);
   args.chunk_dt = static_cast<float*>(workspace);
   args.chunk_state =
       need == 0 ? nullptr : args.chunk_dt + static_cast<Index>(plan.chunks - 1) * batch * D;
   args.chunk_len = plan.chunk_len;
-  args.lanes_per_channel = plan.lanes_per_channel;
-
-  const bool states_vec =
-      detail::states_fit_staging<Policy>(D, N, p.groups(), plan.lanes_per_channel);
-  const bool token_major = p.u.stride(2) == 1 && p.delta.stride(2) == 1 &&
-                           (p.z.absent() || p.z.stride(2) == 1) && p.out.stride(2) == 1;
-  const bool channel_major = detail::channel_major_vectorisable<T>(p.u) &&
-                             detail::channel_major_vectorisable<T>(p.delta) &&
-                             detail::channel_major_vectorisable<T>(p.z) &&
-                             detail::channel_major_vectorisable<T>(p.out);
-  using detail::ScanLayout;
-  if (states_vec && channel_major && !token_major)
-    detail::launch_scan<Policy, ScanLayout::kChannelMajor>(args, plan, stream);
-  else if (states_vec && token_major)
-    detail::launch_scan<Policy, ScanLayout::kTokenMajor>(args, plan, stream);
-  else
-    detail::launch_scan<Policy, ScanLayout::kGeneric>(args, plan, stream);
+  detail::launch_plan(args, plan, N, stream);
 }
 
 /// As above, with the workspace (if any) taken from and returned to the stream-ordered pool.
