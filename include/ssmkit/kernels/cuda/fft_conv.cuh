@@ -1,7 +1,8 @@
 // Causal long convolution y[b,t,h] = sum_{s<=t} K[h,s] u[b,t-s,h] + D[h] u[b,t,h] on the GPU
-// through cuFFT (S4, arXiv 2111.00396, Sec. 3.3): the rows of K and of u zero-padded to n >= 2L -
-// 1, one batched R2C, the pointwise product, one batched C2R, and the D skip fused into the
-// write-back. cpu::fft_conv's math and argument struct; token-major and channel-major views alike.
+// through cuFFT (S4, arXiv 2111.00396, Sec. 3.3): the rows of K, with D added to tap 0 so that the
+// skip rides along, and of u zero-padded to n >= 2L - 1, one batched R2C, the pointwise product,
+// one batched C2R, and the write-back. cpu::fft_conv's math and argument struct; token-major and
+// channel-major views alike.
 #pragma once
 
 #include "ssmkit/core/cufft_plan.cuh"
@@ -28,9 +29,11 @@ struct PackArgs {
   Index row0, L, n;
   int H;
   bool along_channel;  // the channel stride is the smaller one: threads walk channels on load
+  const T* tap0;       // (H) added at t = 0, or null
+  Index tap0_s;
 };
 
-/// rows[row0 + b H + h][t] = src(b, t, h) for t < L, 0 for L <= t < n.
+/// rows[row0 + b H + h][t] = src(b, t, h) (+ tap0[h] at t = 0) for t < L, 0 for L <= t < n.
 template <class T>
 __global__ void __launch_bounds__(kTileDim* kTileRows) pack_rows_kernel(const PackArgs<T> a) {
   __shared__ T tile[kTileDim][kTileDim + 1];  // [time][channel]
@@ -39,7 +42,9 @@ __global__ void __launch_bounds__(kTileDim* kTileRows) pack_rows_kernel(const Pa
   for (int i = threadIdx.y; i < kTileDim; i += kTileRows) {
     const Index t = t0 + (a.along_channel ? i : tx);
     const int h = h0 + (a.along_channel ? tx : i);
-    const T x = t < a.L && h < a.H ? a.src[b * a.s[0] + t * a.s[1] + h * a.s[2]] : T(0);
+    T x = t < a.L && h < a.H ? a.src[b * a.s[0] + t * a.s[1] + h * a.s[2]] : T(0);
+    if (t == 0 && h < a.H && a.tap0 != nullptr)
+      x += a.tap0[h * a.tap0_s];
     if (a.along_channel)
       tile[i][tx] = x;
     else
@@ -59,16 +64,12 @@ struct UnpackArgs {
   const T* rows;  // row (b H + h), n values each, already scaled by 1/n
   Index n, L;
   int H;
-  const T* u;  // (batch, time, channel), for the skip
-  Index u_s[3];
-  const T* D;  // (H) or null
-  Index D_s;
   T* y;
   Index y_s[3];
   bool along_channel;  // y's channel stride is the smaller one
 };
 
-/// y(b, t, h) = rows[b H + h][t] + D[h] u(b, t, h).
+/// y(b, t, h) = rows[b H + h][t].
 template <class T>
 __global__ void __launch_bounds__(kTileDim* kTileRows) unpack_rows_kernel(const UnpackArgs<T> a) {
   __shared__ T tile[kTileDim][kTileDim + 1];  // [time][channel]
@@ -86,10 +87,7 @@ __global__ void __launch_bounds__(kTileDim* kTileRows) unpack_rows_kernel(const 
     const int h = h0 + (a.along_channel ? tx : i);
     if (t >= a.L || h >= a.H)
       continue;
-    T v = a.along_channel ? tile[i][tx] : tile[tx][i];
-    if (a.D != nullptr)
-      v += a.D[h * a.D_s] * a.u[b * a.u_s[0] + t * a.u_s[1] + h * a.u_s[2]];
-    a.y[b * a.y_s[0] + t * a.y_s[1] + h * a.y_s[2]] = v;
+    a.y[b * a.y_s[0] + t * a.y_s[1] + h * a.y_s[2]] = a.along_channel ? tile[i][tx] : tile[tx][i];
   }
 }
 
@@ -195,6 +193,8 @@ void fft_conv(const cpu::FftConvParams<T>& p, FftConvPlan<T>& plan, cudaStream_t
   k.n = n;
   k.H = static_cast<int>(H);
   k.along_channel = k.s[2] < k.s[1];
+  k.tap0 = p.D_skip.absent() ? nullptr : p.D_skip.data();
+  k.tap0_s = p.D_skip.absent() ? 0 : p.D_skip.stride(0);
   detail::pack_rows_kernel<<<detail::tile_grid(n, H, 1), block, 0, stream>>>(k);
   SSMKIT_CUDA_CHECK_LAUNCH("pack_rows_kernel (K)");
 
@@ -203,6 +203,7 @@ void fft_conv(const cpu::FftConvParams<T>& p, FftConvPlan<T>& plan, cudaStream_t
   detail::copy_strides3<T>(p.u, u.s);
   u.row0 = H;
   u.along_channel = u.s[2] < u.s[1];
+  u.tap0 = nullptr;
   detail::pack_rows_kernel<<<detail::tile_grid(n, H, Bt), block, 0, stream>>>(u);
   SSMKIT_CUDA_CHECK_LAUNCH("pack_rows_kernel (u)");
 
@@ -220,10 +221,6 @@ void fft_conv(const cpu::FftConvParams<T>& p, FftConvPlan<T>& plan, cudaStream_t
   w.n = n;
   w.L = L;
   w.H = static_cast<int>(H);
-  w.u = p.u.data();
-  detail::copy_strides3<T>(p.u, w.u_s);
-  w.D = p.D_skip.absent() ? nullptr : p.D_skip.data();
-  w.D_s = p.D_skip.absent() ? 0 : p.D_skip.stride(0);
   w.y = p.y.data();
   detail::copy_strides3<T>(p.y, w.y_s);
   w.along_channel = w.y_s[2] < w.y_s[1];
