@@ -105,7 +105,11 @@ __global__ void __launch_bounds__(kDplrThreads) ssm_kernel_dplr_kernel(const Dpl
     __syncthreads();
     for (int n = 0; n < mc; ++n) {
       const Cplx<Acc> l = lam[n];
-      const Cplx<Acc> rn = recip(d0 - e * l), rc = recip(d0 - e * conj(l));
+      // 1/D and 1/Dc from one division: 1/|D|^2 = |Dc|^2 / (|D|^2 |Dc|^2) and vice versa.
+      const Cplx<Acc> dn = d0 - e * l, dc = d0 - e * conj(l);
+      const Acc nn = dn.re * dn.re + dn.im * dn.im, nc = dc.re * dc.re + dc.im * dc.im;
+      const Acc inv = Acc(1) / (nn * nc);
+      const Cplx<Acc> rn = (nc * inv) * conj(dn), rc = (nn * inv) * conj(dc);
 #pragma unroll
       for (int s = 0; s < S; ++s)
         acc[s] = acc[s] + v[n][s] * rn + conj(v[n][s]) * rc;
