@@ -96,6 +96,11 @@ struct PerLanePolicy : cuda::SelectiveScanBackwardPolicy {
   static constexpr bool kShareStepWork = false;
 };
 
+/// Every step of a sub-chunk checked against the chunk's end.
+struct GuardedPolicy : cuda::SelectiveScanBackwardPolicy {
+  static constexpr bool kUnguardedSubChunks = false;
+};
+
 template <class Policy, class T>
 BackwardTiming time_backward(const BackwardShape& shape, bool channel_major, int runs) {
   BackwardProblem<T> pr(shape, channel_major);
@@ -160,7 +165,7 @@ int main(int argc, char** argv) {
     for (const BackwardShape& s : shapes)
       for (const bool bf16 : {false, true})
         for (const bool cm : {false, true})
-          for (const char* policy : {"default", "unstaged", "per-lane"}) {
+          for (const char* policy : {"default", "guarded", "unstaged", "per-lane"}) {
             const std::string name = policy;
             if (quick && name != "default")
               continue;
@@ -168,6 +173,9 @@ int main(int argc, char** argv) {
             if (name == "default")
               t = bf16 ? time_backward<Default, __nv_bfloat16>(s, cm, runs)
                        : time_backward<Default, float>(s, cm, runs);
+            else if (name == "guarded")
+              t = bf16 ? time_backward<GuardedPolicy, __nv_bfloat16>(s, cm, runs)
+                       : time_backward<GuardedPolicy, float>(s, cm, runs);
             else if (name == "unstaged")
               t = bf16 ? time_backward<UnstagedPolicy, __nv_bfloat16>(s, cm, runs)
                        : time_backward<UnstagedPolicy, float>(s, cm, runs);

@@ -48,6 +48,9 @@ struct SelectiveScanBackwardPolicy {
   /// The per-step work of a channel (loads, softplus, sigmoids) done once per step by one of its
   /// lanes in turn and handed to the others through shared memory, instead of by every lane.
   static constexpr bool kShareStepWork = true;
+  /// A full sub-chunk runs as one basic block without per-step checks (more overlap between
+  /// neighbouring steps, more registers).
+  static constexpr bool kUnguardedSubChunks = true;
 };
 
 /// Largest state size N the CUDA backward accepts.
@@ -594,97 +597,103 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           next.load(a, b, d, t0 - K, K, lp.lane, lanes, active);
         __syncwarp(mask);
       }
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        if (k < steps) {
-          const int t = t0 + k;
-          StepValues v;
-          if constexpr (kShare) {
-            const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
-            v = {w.x, w.y, w.z, w.w, mine[8 * k + 4]};
-          } else {
-            v = step_values<true, true>(a, b, t, d, bias, active);
-          }
-          const float dt = v.dt, u = v.u, du = dt * u;
-          dsp_r[k] = v.dsp;
-          float Bv[S];
-          chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
-#pragma unroll
-          for (int i = 0; i < S; ++i) {
-            decay[k][i] = ex2_mufu(dt * a2[i]);
-            hs[k + 1][i] = fmaf(decay[k][i], hs[k][i], du * Bv[i]);
-          }
-          if (has_z) {
-            float Cv[S];
-            chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
-            float y = 0.f;
-#pragma unroll
-            for (int i = 0; i < S; ++i)
-              y = fmaf(Cv[i], hs[k + 1][i], y);
-            y = fmaf(skip, u, sum_channel_lanes(y, lanes));
-            if constexpr (kShare) {
-              if (lp.lane == 0)
-                mine[8 * k + 5] = y * v.fz;  // stored below, by the lanes in turn
-            } else if (active && lp.lane == 0) {
-              store_act(a.dz, a.dz_s, b, t, d, y * v.fz);
-            }
-          }
-          dt_r[k] = dt;
-          u_r[k] = u;
-          dy_r[k] = v.dy;
-          d_skip = fmaf(v.dy, u, d_skip);
+      const auto recompute = [&](int k) {
+        const int t = t0 + k;
+        StepValues v;
+        if constexpr (kShare) {
+          const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
+          v = {w.x, w.y, w.z, w.w, mine[8 * k + 4]};
+        } else {
+          v = step_values<true, true>(a, b, t, d, bias, active);
         }
-      }
+        const float dt = v.dt, u = v.u, du = dt * u;
+        dsp_r[k] = v.dsp;
+        float Bv[S], Cv[S];
+        chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
+        chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
+        float y = 0.f;  // needed for dz only; computing it anyway keeps the block branch-free
+#pragma unroll
+        for (int i = 0; i < S; ++i) {
+          decay[k][i] = ex2_mufu(dt * a2[i]);
+          hs[k + 1][i] = fmaf(decay[k][i], hs[k][i], du * Bv[i]);
+          y = fmaf(Cv[i], hs[k + 1][i], y);
+        }
+        y = fmaf(skip, u, sum_channel_lanes(y, lanes));
+        if constexpr (kShare) {
+          if (has_z && lp.lane == 0)
+            mine[8 * k + 5] = y * v.fz;  // stored below, by the lanes in turn
+        } else if (has_z && active && lp.lane == 0) {
+          store_act(a.dz, a.dz_s, b, t, d, y * v.fz);
+        }
+        dt_r[k] = dt;
+        u_r[k] = u;
+        dy_r[k] = v.dy;
+        d_skip = fmaf(v.dy, u, d_skip);
+      };
       // Backwards through it.
+      const auto reverse = [&](int k) {
+        const int t = t0 + k;
+        float dt = dt_r[k], u = u_r[k], dy = dy_r[k], dsp = dsp_r[k];
+        if constexpr (kShare) {  // still in the channel's slots: fewer live registers
+          const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
+          dt = w.x, u = w.y, dsp = w.z, dy = w.w;
+        }
+        const float dtu = dt * u;
+        float Bv[S], Cv[S];
+        chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
+        chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
+        float gB = 0.f, gAh = 0.f, parts[2 * S];
 #pragma unroll
-      for (int k = K - 1; k >= 0; --k) {
-        if (k < steps) {
-          const int t = t0 + k;
-          float dt = dt_r[k], u = u_r[k], dy = dy_r[k], dsp = dsp_r[k];
-          if constexpr (kShare) {  // still in the channel's slots: fewer live registers
-            const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
-            dt = w.x, u = w.y, dsp = w.z, dy = w.w;
-          }
-          const float dtu = dt * u;
-          float Bv[S], Cv[S];
-          chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
-          chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
-          float gB = 0.f, gAh = 0.f, parts[2 * S];
+        for (int i = 0; i < S; ++i) {
+          const float gi = fmaf(dy, Cv[i], q[i]);  // ∂ℓ/∂h_t
+          const float gah = gi * decay[k][i] * hs[k][i];
+          gAh = fmaf(gah, A[i], gAh);
+          dA[i] = fmaf(gah, dt, dA[i]);
+          gB = fmaf(gi, Bv[i], gB);
+          parts[i] = gi * dtu;               // dB
+          parts[S + i] = dy * hs[k + 1][i];  // dC
+          q[i] = gi * decay[k][i];           // ∂ℓ/∂h_{t-1} less its own C·dy
+        }
+        gB = sum_channel_lanes(gB, lanes);
+        gAh = sum_channel_lanes(gAh, lanes);
+        const float draw = fmaf(u, gB, gAh) * dsp;
+        d_bias += draw;
+        const float du = fmaf(dt, gB, dy * skip);
+        if constexpr (kShare) {
+          if (lp.lane == 0)
+            *reinterpret_cast<float2*>(mine + 8 * k + 6) = make_float2(du, draw);
+        } else if (active && lp.lane == 0) {
+          store_act(a.du, a.du_s, b, t, d, du);
+          store_act(a.ddelta, a.ddelta_s, b, t, d, draw);
+        }
+        // Over the warp's channels; each (B|C, state) sum then has one owner lane.
+        int first, held;
+        if (reduce_over_channels(parts, lanes, first, held)) {
+          float* row = warp_sums + ((buffer * kWarps + tid / 32) * K + k) * row_bc;
 #pragma unroll
-          for (int i = 0; i < S; ++i) {
-            const float gi = fmaf(dy, Cv[i], q[i]);  // ∂ℓ/∂h_t
-            const float gah = gi * decay[k][i] * hs[k][i];
-            gAh = fmaf(gah, A[i], gAh);
-            dA[i] = fmaf(gah, dt, dA[i]);
-            gB = fmaf(gi, Bv[i], gB);
-            parts[i] = gi * dtu;               // dB
-            parts[S + i] = dy * hs[k + 1][i];  // dC
-            q[i] = gi * decay[k][i];           // ∂ℓ/∂h_{t-1} less its own C·dy
-          }
-          gB = sum_channel_lanes(gB, lanes);
-          gAh = sum_channel_lanes(gAh, lanes);
-          const float draw = fmaf(u, gB, gAh) * dsp;
-          d_bias += draw;
-          const float du = fmaf(dt, gB, dy * skip);
-          if constexpr (kShare) {
-            if (lp.lane == 0)
-              *reinterpret_cast<float2*>(mine + 8 * k + 6) = make_float2(du, draw);
-          } else if (active && lp.lane == 0) {
-            store_act(a.du, a.du_s, b, t, d, du);
-            store_act(a.ddelta, a.ddelta_s, b, t, d, draw);
-          }
-          // Over the warp's channels; each (B|C, state) sum then has one owner lane.
-          int first, held;
-          if (reduce_over_channels(parts, lanes, first, held)) {
-            float* row = warp_sums + ((buffer * kWarps + tid / 32) * K + k) * row_bc;
-#pragma unroll
-            for (int i = 0; i < 2 * S; ++i) {
-              const int v = first + i;
-              if (i < held)
-                row[v / S * a.padded_n + lp.n0 + v % S] = parts[i];
-            }
+          for (int i = 0; i < 2 * S; ++i) {
+            const int v = first + i;
+            if (i < held)
+              row[v / S * a.padded_n + lp.n0 + v % S] = parts[i];
           }
         }
+      };
+      if (Policy::kUnguardedSubChunks && steps == K) {
+#pragma unroll
+        for (int k = 0; k < K; ++k)
+          recompute(k);
+#pragma unroll
+        for (int k = K - 1; k >= 0; --k)
+          reverse(k);
+      } else {
+#pragma unroll
+        for (int k = 0; k < K; ++k)
+          if (k < steps)
+            recompute(k);
+#pragma unroll
+        for (int k = K - 1; k >= 0; --k)
+          if (k < steps)
+            reverse(k);
       }
       // Over the block's warps, into the chunk's sums. Two buffers: a warp may start on the next
       // sub-chunk while others still read this one.
