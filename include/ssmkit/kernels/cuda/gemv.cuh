@@ -1,8 +1,9 @@
 // A bandwidth-bound matrix product for a few tokens (decoding): out[t,n] = Σ_k x̂[t,k]·W[n,k]
 // (+ bias[n]) (+ out[t,n]), W streamed once with 16-byte loads, float accumulation; x̂ is x or,
 // fused, RMSNorm(x)·norm_weight (Zhang & Sennrich, arXiv 1910.07467) with the row's scale
-// factored out of the sum. Each row of W belongs to `split` warps of one block, which cut its
-// length and add up in shared memory; blocks stay resident and walk the rows.
+// factored out of the sum. A warp streams kGemvRows rows at once (each load of x serves them
+// all); rows are cut in length among `split` warps of one block, which add up in shared memory;
+// blocks stay resident and walk the rows.
 #pragma once
 
 #include "ssmkit/core/cuda_check.cuh"
@@ -44,7 +45,10 @@ namespace detail {
 
 constexpr int kGemvThreads = 256;
 constexpr int kGemvWarps = kGemvThreads / 32;
-constexpr int kGemvUnroll = 4;  // 16-byte loads a lane keeps in flight
+constexpr int kGemvRows = 4;    // rows of W a warp streams together, reusing each load of x
+constexpr int kGemvUnroll = 2;  // 16-byte loads per row a lane keeps in flight
+constexpr int kGemvOut = kGemvRows * kGemvMaxTokens;  // a warp's outputs: one per lane
+static_assert(kGemvOut == 32, "one output per lane");
 
 template <class W>
 struct GemvArgs {
@@ -78,7 +82,7 @@ __device__ __forceinline__ void widen(const uint4& q, float (&f)[8]) {
 template <class W, bool kXVec, bool kNorm>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a) {
   constexpr int V = 16 / sizeof(W);  // weights per 16-byte load
-  __shared__ float partial[kGemvWarps][kGemvMaxTokens];
+  __shared__ float partial[kGemvWarps][kGemvOut];
   __shared__ float scale[kGemvMaxTokens];
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   if (kNorm) {
@@ -95,110 +99,114 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a)
     }
     __syncthreads();
   }
-  const int rows_per_block = kGemvWarps / a.split;
+  const int rows_per_block = kGemvWarps / a.split * kGemvRows;
   const int part = warp % a.split;
   const int Kv = a.K / V * V;
   const int stride = 32 * V * a.split;
   for (int group = static_cast<int>(blockIdx.x); group * rows_per_block < a.N;
        group += static_cast<int>(gridDim.x)) {
-    const int n = group * rows_per_block + warp / a.split;
-    float acc[kGemvMaxTokens] = {};
-    if (n < a.N) {
-      const W* w_row = a.w + static_cast<Index>(n) * a.ldw;
-      for (int base = (part * 32 + lane) * V; base < Kv; base += stride * kGemvUnroll) {
-        uint4 q[kGemvUnroll];
+    const int n0 = group * rows_per_block + warp / a.split * kGemvRows;
+    const W* w_row[kGemvRows];
+    bool row_ok[kGemvRows];
 #pragma unroll
-        for (int u = 0; u < kGemvUnroll; ++u) {
-          const int k = base + u * stride;
-          q[u] =
-              k < Kv ? __ldcs(reinterpret_cast<const uint4*>(w_row + k)) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < kGemvUnroll; ++u) {
-          const int k = base + u * stride;
-          if (k >= Kv)
-            break;
-          float wf[V];
-          widen(q[u], wf);
-          if (kNorm) {
-#pragma unroll
-            for (int j = 0; j < V; j += 4) {
-              const float4 g = __ldg(reinterpret_cast<const float4*>(a.norm_w + k + j));
-              wf[j] *= g.x, wf[j + 1] *= g.y, wf[j + 2] *= g.z, wf[j + 3] *= g.w;
-            }
-          }
-#pragma unroll
-          for (int t = 0; t < kGemvMaxTokens; ++t) {
-            if (t >= a.tokens)
-              break;
-            const float* xp = a.x + t * a.ldx + k;
-#pragma unroll
-            for (int j = 0; j < V; j += 4) {
-              float xv[4];
-              if (kXVec) {
-                const float4 v = __ldg(reinterpret_cast<const float4*>(xp + j));
-                xv[0] = v.x, xv[1] = v.y, xv[2] = v.z, xv[3] = v.w;
-              } else {
-#pragma unroll
-                for (int i = 0; i < 4; ++i)
-                  xv[i] = __ldg(xp + j + i);
-              }
-#pragma unroll
-              for (int i = 0; i < 4; ++i)
-                acc[t] = fmaf(wf[j + i], xv[i], acc[t]);
-            }
-          }
-        }
-      }
-      // The K % V tail (rows are 16-byte aligned, so only the last few columns).
-      for (int k = Kv + part * 32 + lane; k < a.K; k += 32 * a.split) {
-        const float wk = to_float(w_row[k]) * (kNorm ? a.norm_w[k] : 1.f);
-#pragma unroll
-        for (int t = 0; t < kGemvMaxTokens; ++t)
-          if (t < a.tokens)
-            acc[t] = fmaf(wk, __ldg(a.x + t * a.ldx + k), acc[t]);
-      }
+    for (int r = 0; r < kGemvRows; ++r) {
+      row_ok[r] = n0 + r < a.N;
+      w_row[r] = a.w + static_cast<Index>(row_ok[r] ? n0 + r : 0) * a.ldw;
     }
+    float acc[kGemvRows][kGemvMaxTokens] = {};
+    for (int base = (part * 32 + lane) * V; base < Kv; base += stride * kGemvUnroll) {
+      uint4 q[kGemvUnroll][kGemvRows];
 #pragma unroll
-    for (int t = 0; t < kGemvMaxTokens; ++t) {
-      if (t >= a.tokens)
-        break;
-      for (int off = 16; off > 0; off /= 2)
-        acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], off);
-    }
-    if (a.split > 1) {
-      if (lane == 0) {
+      for (int u = 0; u < kGemvUnroll; ++u) {
+        const int k = base + u * stride;
 #pragma unroll
-        for (int t = 0; t < kGemvMaxTokens; ++t)
-          if (t < a.tokens)
-            partial[warp][t] = acc[t];
+        for (int r = 0; r < kGemvRows; ++r)
+          q[u][r] = k < Kv && row_ok[r] ? __ldcs(reinterpret_cast<const uint4*>(w_row[r] + k))
+                                        : make_uint4(0, 0, 0, 0);
       }
-      __syncthreads();
-      if (part == 0) {
+#pragma unroll
+      for (int u = 0; u < kGemvUnroll; ++u) {
+        const int k = base + u * stride;
+        if (k >= Kv)
+          break;
+        float wf[kGemvRows][V];
+#pragma unroll
+        for (int r = 0; r < kGemvRows; ++r)
+          widen(q[u][r], wf[r]);
+        float g[V];
+#pragma unroll
+        for (int j = 0; j < V; j += 4) {
+          const float4 v = kNorm ? __ldg(reinterpret_cast<const float4*>(a.norm_w + k + j))
+                                 : make_float4(1.f, 1.f, 1.f, 1.f);
+          g[j] = v.x, g[j + 1] = v.y, g[j + 2] = v.z, g[j + 3] = v.w;
+        }
 #pragma unroll
         for (int t = 0; t < kGemvMaxTokens; ++t) {
-          if (t < a.tokens) {
-            float sum = 0.f;
-            for (int p = 0; p < a.split; ++p)
-              sum += partial[warp + p][t];
-            acc[t] = sum;
+          if (t >= a.tokens)
+            break;
+          const float* xp = a.x + t * a.ldx + k;
+          float xv[V];
+#pragma unroll
+          for (int j = 0; j < V; j += 4) {
+            if (kXVec) {
+              const float4 v = __ldg(reinterpret_cast<const float4*>(xp + j));
+              xv[j] = v.x, xv[j + 1] = v.y, xv[j + 2] = v.z, xv[j + 3] = v.w;
+            } else {
+#pragma unroll
+              for (int i = 0; i < 4; ++i)
+                xv[j + i] = __ldg(xp + j + i);
+            }
           }
+#pragma unroll
+          for (int r = 0; r < kGemvRows; ++r)
+#pragma unroll
+            for (int j = 0; j < V; ++j)
+              acc[r][t] = fmaf(wf[r][j], kNorm ? xv[j] * g[j] : xv[j], acc[r][t]);
         }
       }
+    }
+    // The K % V tail (rows are 16-byte aligned, so only the last few columns).
+    for (int k = Kv + part * 32 + lane; k < a.K; k += 32 * a.split) {
+      const float g = kNorm ? a.norm_w[k] : 1.f;
+#pragma unroll
+      for (int t = 0; t < kGemvMaxTokens; ++t) {
+        if (t >= a.tokens)
+          break;
+        const float xk = __ldg(a.x + t * a.ldx + k) * g;
+#pragma unroll
+        for (int r = 0; r < kGemvRows; ++r)
+          if (row_ok[r])
+            acc[r][t] = fmaf(to_float(w_row[r][k]), xk, acc[r][t]);
+      }
+    }
+    // Warp sums; lane r·kGemvMaxTokens + t keeps row r's token t.
+    float mine = 0.f;
+#pragma unroll
+    for (int r = 0; r < kGemvRows; ++r)
+#pragma unroll
+      for (int t = 0; t < kGemvMaxTokens; ++t) {
+        if (t >= a.tokens)
+          break;
+        float v = acc[r][t];
+        for (int off = 16; off > 0; off /= 2)
+          v += __shfl_xor_sync(0xffffffffu, v, off);
+        if (lane == r * kGemvMaxTokens + t)
+          mine = v;
+      }
+    if (a.split > 1) {
+      partial[warp][lane] = mine;
+      __syncthreads();
+      if (part == 0)
+        for (int p = 1; p < a.split; ++p)
+          mine += partial[warp + p][lane];
       __syncthreads();  // partial is reused by the next group
     }
-    // Lane t of the row's first warp writes token t's output.
-    if (n < a.N && part == 0 && lane < a.tokens) {
-      float v = 0.f;
-#pragma unroll
-      for (int t = 0; t < kGemvMaxTokens; ++t)
-        if (t == lane)
-          v = acc[t];
-      if (kNorm)
-        v *= scale[lane];
+    const int r = lane / kGemvMaxTokens, t = lane % kGemvMaxTokens, n = n0 + r;
+    if (part == 0 && t < a.tokens && n < a.N) {
+      float v = kNorm ? mine * scale[t] : mine;
       if (a.bias != nullptr)
         v += a.bias[n];
-      float* o = a.out + static_cast<Index>(lane) * a.ldo + n;
+      float* o = a.out + static_cast<Index>(t) * a.ldo + n;
       *o = a.accumulate ? *o + v : v;
     }
   }
@@ -281,10 +289,11 @@ void gemv(const GemvParams<W>& p, cudaStream_t stream) {
   // Split rows across warps until about 32 warps per SM stream W (few rows, long ones).
   const Index want_warps = Index{32} * multiprocessor_count();
   a.split = 1;
-  while (a.split < detail::kGemvWarps && N * a.split < want_warps &&
+  const Index teams = (N + detail::kGemvRows - 1) / detail::kGemvRows;
+  while (a.split < detail::kGemvWarps && teams * a.split < want_warps &&
          K >= Index{2} * a.split * 32 * (16 / static_cast<Index>(sizeof(W))))
     a.split *= 2;
-  const Index rows_per_block = detail::kGemvWarps / a.split;
+  const Index rows_per_block = detail::kGemvWarps / a.split * detail::kGemvRows;
   const Index groups = (N + rows_per_block - 1) / rows_per_block;
   const bool x_vec = aligned(p.x.data()) && p.x.stride(0) % 4 == 0;
   if (x_vec && norm)
