@@ -1,5 +1,6 @@
 // The GPU Mamba block and model against the weight-read floor: (a) one layer's decode step at
-// d_model 2560, d_inner 5120, N 16 with bf16 weights, batch 1 … 256, eager and CUDA graph;
+// d_model 2560, d_inner 5120, N 16 with bf16 weights, batch 1 … 256, eager and CUDA graph, and
+// its kernels one by one;
 // (b) greedy decoding of the 130M-shaped model (d_model 768, 24 layers, vocab 50280);
 // (c) its prefill at L 2048. Random weights; CUDA-event medians; markdown tables.
 //   bench_cuda_decode [--quick]   (--quick: fewer runs, batch 1 and 64 only)
@@ -10,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -161,6 +163,126 @@ void bench_layer_step(const std::vector<Index>& batches, int runs, double bw) {
   }
 }
 
+/// (a') The kernels of that step one by one at batch 1, each a graph of kReps back-to-back
+/// launches over kCopies weight copies (beyond L2): where the step's time goes.
+void bench_step_parts(int runs, double bw) {
+  constexpr int kCopies = 3, kReps = 12;
+  using W = __nv_bfloat16;
+  const nn::MambaBlockConfig c = block_config(2560, 5120);
+  const Index dm = c.d_model, di = c.d_inner, N = c.d_state, R = c.dt_rank, K = c.d_conv;
+  const Index xdbl_w = R + 2 * N;
+  Stream stream;
+  const cudaStream_t s = stream.s;
+  struct Matrix {
+    std::vector<cuda::DeviceBuffer<W>> copies;
+    Index rows, cols;
+    Matrix(Index r, Index c2, std::uint64_t seed) : rows(r), cols(c2) {
+      for (int i = 0; i < kCopies; ++i) {
+        copies.emplace_back(r * c2);
+        fill(copies.back(), seed + i, -0.02f, 0.02f);
+      }
+    }
+    TensorView<const W, 2> view(int i) const {
+      return TensorView<const W, 2>::unchecked(copies[i % kCopies].data(), {rows, cols}, {cols, 1},
+                                               Device::CUDA);
+    }
+  };
+  const Matrix in_proj(2 * di, dm, 10), x_proj(xdbl_w, di, 20), dt_proj(di, R, 30),
+      out_proj(dm, di, 40);
+  cuda::DeviceBuffer<float> residual(dm), gamma(dm), xz(2 * di), u(di), xdbl(xdbl_w), delta(di),
+      y(di), conv_w(di * K), conv_b(di), conv_state(di * (K - 1)), A(di * N), D(di), dt_bias(di),
+      h(di * N);
+  fill(residual, 1, -1, 1);
+  fill(gamma, 2, 0.5f, 1.5f);
+  fill(xz, 3, -1, 1);
+  fill(u, 4, -1, 1);
+  fill(xdbl, 5, -1, 1);
+  fill(delta, 6, -4, 1);
+  fill(y, 7, -1, 1);
+  fill(conv_w, 8, -0.5f, 0.5f);
+  fill(conv_b, 9, -0.1f, 0.1f);
+  fill(conv_state, 10, -1, 1);
+  fill(A, 11, -4, -0.1f);
+  fill(D, 12, 0.5f, 1.5f);
+  fill(dt_bias, 13, -4, -2);
+  fill(h, 14, -1, 1);
+  SSMKIT_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto mat = [](cuda::DeviceBuffer<float>& b, Index rows, Index cols, Index ld) {
+    return TensorView<float, 2>::unchecked(b.data(), {rows, cols}, {ld, 1}, Device::CUDA);
+  };
+  const auto gemv_part = [&](const Matrix& m, TensorView<const float, 2> x, TensorView<float, 2> o,
+                             bool norm, bool accumulate) {
+    return [&m, x, o, norm, accumulate, &gamma, s](int i) {
+      cuda::GemvParams<W> p;
+      p.x = x;
+      p.weight = m.view(i);
+      p.out = o;
+      p.accumulate = accumulate;
+      if (norm)
+        p.norm = {gamma.view<1>({m.cols}), 1e-5};
+      cuda::gemv(p, s);
+    };
+  };
+  CausalConv1dStepParams<float> conv;
+  conv.x = TensorView<const float, 2>::unchecked(xz.data(), {1, di}, {2 * di, 1}, Device::CUDA);
+  conv.weight = conv_w.view<2>({di, K});
+  conv.bias = conv_b.view<1>({di});
+  conv.state = conv_state.view<3>({1, di, K - 1});
+  conv.out = mat(u, 1, di, di);
+  conv.silu = true;
+  SelectiveScanParams<float> ssu;
+  ssu.u = u.view<3>({1, 1, di});
+  ssu.delta = delta.view<3>({1, 1, di});
+  ssu.A = A.view<2>({di, N});
+  ssu.B = TensorView<const float, 4>::unchecked(xdbl.data() + R, {1, 1, 1, N},
+                                                {xdbl_w, xdbl_w, N, 1}, Device::CUDA);
+  ssu.C = TensorView<const float, 4>::unchecked(xdbl.data() + R + N, {1, 1, 1, N},
+                                                {xdbl_w, xdbl_w, N, 1}, Device::CUDA);
+  ssu.D_skip = D.view<1>({di});
+  ssu.delta_bias = dt_bias.view<1>({di});
+  ssu.z = TensorView<const float, 3>::unchecked(xz.data() + di, {1, 1, di}, {2 * di, 2 * di, 1},
+                                                Device::CUDA);
+  ssu.h0 = h.view<3>({1, di, N});
+  ssu.h_final = h.view<3>({1, di, N});
+  ssu.out = y.view<3>({1, 1, di});
+  ssu.delta_softplus = true;
+  struct Part {
+    const char* name;
+    double bytes;
+    std::function<void(int)> run;
+  };
+  const double wb = sizeof(W);
+  const std::vector<Part> parts = {
+      {"in_proj (+ RMSNorm)", wb * 2 * di * dm,
+       gemv_part(in_proj, mat(residual, 1, dm, dm), mat(xz, 1, 2 * di, 2 * di), true, false)},
+      {"conv1d step", 4.0 * di * (2 * (K - 1) + K + 3),
+       [&](int) { cuda::causal_conv1d_update(conv, s); }},
+      {"x_proj", wb * xdbl_w * di,
+       gemv_part(x_proj, mat(u, 1, di, di), mat(xdbl, 1, xdbl_w, xdbl_w), false, false)},
+      {"dt_proj", wb * di * R,
+       gemv_part(dt_proj, mat(xdbl, 1, R, xdbl_w), mat(delta, 1, di, di), false, false)},
+      {"state update", 4.0 * di * (2 * N + N + 6),
+       [&](int) { cuda::selective_state_update(ssu, s); }},
+      {"out_proj (+ residual)", wb * dm * di,
+       gemv_part(out_proj, mat(y, 1, di, di), mat(residual, 1, dm, dm), false, true)},
+  };
+  std::printf("\n### Its kernels at batch 1 (graphs of %d launches)\n\n", kReps);
+  std::printf("| kernel | µs | MB | TB/s | floor µs |\n|---|---|---|---|---|\n");
+  double total = 0;
+  for (const Part& part : parts) {
+    nn::detail::GraphExec graph;
+    graph.capture(s, [&] {
+      for (int i = 0; i < kReps; ++i)
+        part.run(i);
+    });
+    const double us = per_call_ms(s, runs, 1, [&] { graph.launch(s); }) * 1e3 / kReps;
+    total += us;
+    std::printf("| %s | %.2f | %.2f | %.2f | %.2f |\n", part.name, us, part.bytes / 1e6,
+                part.bytes / (us * 1e-6) / 1e12, part.bytes / bw * 1e6);
+  }
+  std::printf("| sum | %.2f | | | |\n", total);
+}
+
 /// The 130M-shaped model with random weights, as the CPU model (validated) then uploaded.
 nn::MambaLM<float> random_lm_130m() {
   nn::MambaLMConfig c;
@@ -238,6 +360,7 @@ int main(int argc, char** argv) {
     const int runs = quick ? 5 : 21;
     bench::bench_layer_step(quick ? std::vector<Index>{1, 64} : std::vector<Index>{1, 8, 64, 256},
                             runs, bw);
+    bench::bench_step_parts(runs, bw);
     std::printf("\n## 130M-shaped Mamba LM (d_model 768, 24 layers, vocab 50280), batch 1\n\n");
     std::printf(
         "| weights | bytes | greedy tokens/s (graph) | eager | generate() | weights TB/s "
