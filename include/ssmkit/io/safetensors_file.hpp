@@ -141,7 +141,10 @@ class SafetensorsFile {
   Shape<Rank> shape_of(const TensorInfo& t) const {
     SSMKIT_CHECK_EQ(where(t.name), "rank", Rank, static_cast<int>(t.shape.size()));
     Shape<Rank> s{};
-    std::copy(t.shape.begin(), t.shape.end(), s.begin());
+    // Indexed by Rank, not by the vector's size: GCC 13 cannot see the check above and warns of
+    // a copy past the array.
+    for (int i = 0; i < Rank; ++i)
+      s[static_cast<std::size_t>(i)] = t.shape[static_cast<std::size_t>(i)];
     return s;
   }
 
