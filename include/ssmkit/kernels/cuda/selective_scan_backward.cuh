@@ -452,22 +452,38 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
   const float a2 = a.A[d * a.A_s[0] + n * a.A_s[1]] * kLog2e;
   const Index chunk_rows = static_cast<Index>(a.batch) * a.D;
   const Index row0 = static_cast<Index>(b) * a.D + d;
-  float h = a.h0 != nullptr ? a.h0[b * a.h0_s[0] + d * a.h0_s[1] + n * a.h0_s[2]] : 0.f;
-  for (int c = 0; c < a.chunks; ++c) {
-    const Index row = c * chunk_rows + row0;
-    const float local = a.chunk_h[row * a.N + n];
-    a.chunk_h[row * a.N + n] = h;
-    h = fmaf(ex2_mufu(a2 * a.chunk_dt[row]), h, local);
-  }
-  float q = a.dh_final != nullptr
-                ? a.dh_final[b * a.dh_final_s[0] + d * a.dh_final_s[1] + n * a.dh_final_s[2]]
-                : 0.f;
-  for (int c = a.chunks - 1; c >= 0; --c) {
-    const Index row = c * chunk_rows + row0;
-    const float local = a.chunk_q[row * a.N + n];
-    a.chunk_q[row * a.N + n] = q;
-    q = fmaf(ex2_mufu(a2 * a.chunk_dt[row]), q, local);
-  }
+  // The walks are sequential; batches of chunks are loaded at once so that the loads' latency
+  // is paid once per batch rather than once per chunk.
+  constexpr int kBatch = 16;
+  const auto walk = [&](float* values, float v, bool backwards) {
+    for (int c0 = 0; c0 < a.chunks; c0 += kBatch) {
+      float local[kBatch], decay[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i)
+        if (c0 + i < a.chunks) {
+          const int c = backwards ? a.chunks - 1 - (c0 + i) : c0 + i;
+          const Index row = c * chunk_rows + row0;
+          local[i] = values[row * a.N + n];
+          decay[i] = ex2_mufu(a2 * a.chunk_dt[row]);
+        }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i)
+        if (c0 + i < a.chunks) {
+          const int c = backwards ? a.chunks - 1 - (c0 + i) : c0 + i;
+          values[(c * chunk_rows + row0) * a.N + n] = v;
+          v = fmaf(decay[i], v, local[i]);
+        }
+    }
+    return v;
+  };
+  walk(a.chunk_h, a.h0 != nullptr ? a.h0[b * a.h0_s[0] + d * a.h0_s[1] + n * a.h0_s[2]] : 0.f,
+       false);
+  const float q =
+      walk(a.chunk_q,
+           a.dh_final != nullptr
+               ? a.dh_final[b * a.dh_final_s[0] + d * a.dh_final_s[1] + n * a.dh_final_s[2]]
+               : 0.f,
+           true);
   if (a.dh0 != nullptr)
     a.dh0[b * a.dh0_s[0] + d * a.dh0_s[1] + n * a.dh0_s[2]] = q;
 }
