@@ -180,7 +180,7 @@ class DplrKernelPlan {
 /// K (H, L) = the first L taps of each channel, with `s.C` holding C~ for this L
 /// (cpu::dplr_c_tilde), ordered on `stream`; T float or double, views on Device::CUDA, rank
 /// R <= 2. The Cauchy sums and the Woodbury solve run in Acc: double by default, since float
-/// sums lose up to ~3e-5 relative at L = 16384 (a NumPy model of this kernel), above the 1e-5
+/// sums lose up to ~2.5e-5 relative at L = 16384 (a NumPy model of this kernel), above the 1e-5
 /// that float storage is held to; Acc = float is the faster option. Throws ssmkit::Error on
 /// invalid arguments or a failed launch or cuFFT call.
 template <class T, class Acc = double>
