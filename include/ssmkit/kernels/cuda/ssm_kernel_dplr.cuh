@@ -180,9 +180,9 @@ class DplrKernelPlan {
 /// K (H, L) = the first L taps of each channel, with `s.C` holding C~ for this L
 /// (cpu::dplr_c_tilde), ordered on `stream`; T float or double, views on Device::CUDA, rank
 /// R <= 2. The Cauchy sums and the Woodbury solve run in Acc: double by default, since float
-/// sums go past the 1e-5 relative error float storage is held to for some C at L >= 4097 (up to
-/// 2.3e-5 in tools/model_dplr_float_sums.py); Acc = float is the faster option. Throws
-/// ssmkit::Error on invalid arguments or a failed launch or cuFFT call.
+/// sums go past the 1e-5 relative error float storage is held to for some C at L >= 4097
+/// (tools/model_dplr_float_sums.py); Acc = float is the faster option. Throws ssmkit::Error on
+/// invalid arguments or a failed launch or cuFFT call.
 template <class T, class Acc = double>
 void ssm_kernel_dplr(const cpu::DplrSsm<T>& s, const TensorView<T, 2>& K, DplrKernelPlan<T>& plan,
                      cudaStream_t stream) {
