@@ -86,23 +86,9 @@ struct BackwardTiming {
   double total_ms, local_ms, join_ms, chunks_ms, finish_ms, workspace_mb;
 };
 
-/// B and C read from global memory by every lane instead of staged in shared memory.
-struct UnstagedPolicy : cuda::SelectiveScanBackwardPolicy {
-  static constexpr bool kStageStates = false;
-};
-
-/// Every lane does its channel's per-step work itself.
-struct PerLanePolicy : cuda::SelectiveScanBackwardPolicy {
-  static constexpr bool kShareStepWork = false;
-};
-
-/// Every step of a sub-chunk checked against the chunk's end.
-struct GuardedPolicy : cuda::SelectiveScanBackwardPolicy {
-  static constexpr bool kUnguardedSubChunks = false;
-};
-
-template <class Policy, class T>
+template <class T>
 BackwardTiming time_backward(const BackwardShape& shape, bool channel_major, int runs) {
+  using Policy = cuda::SelectiveScanBackwardPolicy;
   BackwardProblem<T> pr(shape, channel_major);
   const std::size_t bytes = cuda::selective_scan_backward_workspace_size<Policy>(pr.p);
   cuda::DeviceBuffer<char> ws(static_cast<Index>(bytes));
@@ -158,40 +144,24 @@ int main(int argc, char** argv) {
       shapes.resize(1);
     std::printf("## selective scan backward (N=16, z, D, delta_bias, softplus)\n\n");
     std::printf(
-        "| shape | dtype | layout | policy | time ms | mamba_ssm bwd ms | x faster | pass 1 ms | "
-        "join ms | pass 3 ms | finish ms | workspace MB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    using Default = ssmkit::cuda::SelectiveScanBackwardPolicy;
+        "| shape | dtype | layout | time ms | mamba_ssm bwd ms | x faster | pass 1 ms | join ms | "
+        "pass 3 ms | finish ms | workspace MB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const BackwardShape& s : shapes)
       for (const bool bf16 : {false, true})
-        for (const bool cm : {false, true})
-          for (const char* policy : {"default", "guarded", "unstaged", "per-lane"}) {
-            const std::string name = policy;
-            if (quick && name != "default")
-              continue;
-            BackwardTiming t;
-            if (name == "default")
-              t = bf16 ? time_backward<Default, __nv_bfloat16>(s, cm, runs)
-                       : time_backward<Default, float>(s, cm, runs);
-            else if (name == "guarded")
-              t = bf16 ? time_backward<GuardedPolicy, __nv_bfloat16>(s, cm, runs)
-                       : time_backward<GuardedPolicy, float>(s, cm, runs);
-            else if (name == "unstaged")
-              t = bf16 ? time_backward<UnstagedPolicy, __nv_bfloat16>(s, cm, runs)
-                       : time_backward<UnstagedPolicy, float>(s, cm, runs);
-            else
-              t = bf16 ? time_backward<PerLanePolicy, __nv_bfloat16>(s, cm, runs)
-                       : time_backward<PerLanePolicy, float>(s, cm, runs);
-            const double mamba = bf16 ? s.mamba_bf16_ms : s.mamba_fp32_ms;
-            std::printf(
-                "| B=%lld D=%lld L=%lld | %s | %s | %s | %.3f | %.2f | %.2f | %.3f | %.3f | "
-                "%.3f | %.3f | %.0f |\n",
-                static_cast<long long>(s.batch), static_cast<long long>(s.D),
-                static_cast<long long>(s.L), bf16 ? "bf16" : "fp32", cm ? "channel" : "token",
-                policy, t.total_ms, mamba, mamba / t.total_ms, t.local_ms, t.join_ms, t.chunks_ms,
-                t.finish_ms, t.workspace_mb);
-            std::fflush(stdout);
-          }
+        for (const bool cm : {false, true}) {
+          const BackwardTiming t =
+              bf16 ? time_backward<__nv_bfloat16>(s, cm, runs) : time_backward<float>(s, cm, runs);
+          const double mamba = bf16 ? s.mamba_bf16_ms : s.mamba_fp32_ms;
+          std::printf(
+              "| B=%lld D=%lld L=%lld | %s | %s | %.3f | %.2f | %.2f | %.3f | %.3f | %.3f | "
+              "%.3f | %.0f |\n",
+              static_cast<long long>(s.batch), static_cast<long long>(s.D),
+              static_cast<long long>(s.L), bf16 ? "bf16" : "fp32", cm ? "channel" : "token",
+              t.total_ms, mamba, mamba / t.total_ms, t.local_ms, t.join_ms, t.chunks_ms,
+              t.finish_ms, t.workspace_mb);
+          std::fflush(stdout);
+        }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_scan_backward: %s\n", e.what());
     return 1;

@@ -27,18 +27,8 @@ struct BackwardCase {
   }
 };
 
-/// B and C read from global memory by every lane instead of staged in shared memory.
-struct UnstagedPolicy : cuda::SelectiveScanBackwardPolicy {
-  static constexpr bool kStageStates = false;
-};
-
-/// Every lane does its channel's per-step work itself.
-struct PerLanePolicy : cuda::SelectiveScanBackwardPolicy {
-  static constexpr bool kShareStepWork = false;
-};
-
 /// Runs `c` on the GPU and the oracle and checks every gradient's relative error against `tol`.
-template <class T, class Policy = cuda::SelectiveScanBackwardPolicy>
+template <class T>
 void check_backward(const BackwardCase& c, double tol) {
   SCOPED_TRACE(c.name());
   TestStream stream;
@@ -124,7 +114,7 @@ void check_backward(const BackwardCase& c, double tol) {
   for (auto* t : {&du, &ddelta, &dz})
     t->poison(s);
   dB.poison(s), dC.poison(s), dA.poison(s), dD.poison(s), dbias.poison(s), dh0.poison(s);
-  cuda::selective_scan_backward<Policy>(p, s);
+  cuda::selective_scan_backward(p, s);
   SSMKIT_CUDA_CHECK(cudaGetLastError());
   EXPECT_LE(rel_error(du.download(s), r_du), tol) << "du";
   EXPECT_LE(rel_error(ddelta.download(s), r_ddelta), tol) << "ddelta";
@@ -149,20 +139,6 @@ TEST(CudaSelectiveScanBackward, FloatEveryOptionBothLayouts) {
     c.channel_major = cm;
     c.seed = cm ? 2 : 1;
     check_backward<float>(c, 1e-5);
-  }
-}
-
-TEST(CudaSelectiveScanBackward, UnstagedStatesAndPerLaneStepWork) {
-  SSMKIT_REQUIRE_GPU();
-  for (const bool cm : {false, true}) {
-    BackwardCase c;
-    c.channel_major = cm;
-    c.seed = cm ? 4 : 3;
-    check_backward<float, UnstagedPolicy>(c, 1e-5);
-    check_backward<float, PerLanePolicy>(c, 1e-5);
-    c.N = 5;
-    check_backward<float, UnstagedPolicy>(c, 1e-5);
-    check_backward<float, PerLanePolicy>(c, 1e-5);
   }
 }
 

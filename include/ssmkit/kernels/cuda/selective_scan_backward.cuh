@@ -42,15 +42,6 @@ struct SelectiveScanBackwardPolicy {
   /// one atomic per element goes out.
   static constexpr int kChannelsPerBlock = 256;
   static constexpr int kMinBlocksPerSM = 3;  ///< the occupancy the registers are budgeted for
-  /// B and C rows of a chunk staged in shared memory as float by the whole block (read back as
-  /// 16-byte broadcasts) instead of each lane loading its states from global memory each step.
-  static constexpr bool kStageStates = true;
-  /// The per-step work of a channel (loads, softplus, sigmoids) done once per step by one of its
-  /// lanes in turn and handed to the others through shared memory, instead of by every lane.
-  static constexpr bool kShareStepWork = true;
-  /// A full sub-chunk runs as one basic block without per-step checks (more overlap between
-  /// neighbouring steps, more registers).
-  static constexpr bool kUnguardedSubChunks = true;
 };
 
 /// Largest state size N the CUDA backward accepts.
@@ -115,12 +106,7 @@ __device__ __forceinline__ float sigmoid_f(float x) {
   return __fdividef(1.f, 1.f + __expf(-x));
 }
 
-/// Scalar of a (batch, time, channel) operand as float.
-template <class T>
-__device__ __forceinline__ float load_act(const T* base, const Index (&s)[3], int b, int t, int d) {
-  return to_float(__ldg(base + b * s[0] + t * s[1] + d * s[2]));
-}
-
+/// Stores v at (b, t, d) of a (batch, time, channel) operand.
 template <class T>
 __device__ __forceinline__ void store_act(T* base, const Index (&s)[3], int b, int t, int d,
                                           float v) {
@@ -197,24 +183,18 @@ __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a,
   }
 }
 
-/// This lane's S states from n0 of B (which = 0) or C (1) at step t of the chunk that starts at
-/// t_begin: from the staged rows `bc`, or else from global memory.
-template <bool kStaged, int S, class T>
-__device__ __forceinline__ void chunk_states(const ScanBackwardArgs<T>& a, const float* bc, int b,
-                                             int g, int t, int t_begin, int which, int n0,
-                                             float (&v)[S]) {
-  if constexpr (kStaged) {
-    static_assert(S % 4 == 0, "staged states are read as 16-byte vectors");
-    const float* row = bc + ((t - t_begin) * 2 + which) * a.padded_n + n0;
+/// This lane's S states from n0 of B (which = 0) or C (1) at step k of the staged rows `bc`, as
+/// 16-byte broadcasts (staging once per block beat every lane loading its own states: 2.4x in
+/// pass 3 on the H200).
+template <int S>
+__device__ __forceinline__ void chunk_states(const float* bc, int padded_n, int k, int which,
+                                             int n0, float (&v)[S]) {
+  static_assert(S % 4 == 0, "staged states are read as 16-byte vectors");
+  const float* row = bc + (k * 2 + which) * padded_n + n0;
 #pragma unroll
-    for (int i = 0; i < S; i += 4) {
-      const float4 q = *reinterpret_cast<const float4*>(row + i);
-      v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
-    }
-  } else if (which == 0) {
-    load_states<S>(a.B + b * a.B_s[0] + t * a.B_s[1] + g * a.B_s[2], a.B_s[3], n0, a.N, v);
-  } else {
-    load_states<S>(a.C + b * a.C_s[0] + t * a.C_s[1] + g * a.C_s[2], a.C_s[3], n0, a.N, v);
+  for (int i = 0; i < S; i += 4) {
+    const float4 q = *reinterpret_cast<const float4*>(row + i);
+    v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
   }
 }
 
@@ -326,14 +306,13 @@ constexpr int chunk_step_stride() {
   return Policy::kSubChunk * 8 + 4;
 }
 
-/// Shared memory of pass 1, in floats: the chunk's B and C rows when staged, then (with
+/// Shared memory of pass 1, in floats: the chunk's B and C rows, then (with
 /// lanes_per_channel > 0) the channels' shared step work.
 template <class Policy>
 constexpr int local_smem_floats(int chunk_len, int padded_n, int lanes_per_channel) {
-  return (Policy::kStageStates ? chunk_len * 2 * padded_n : 0) +
-         (Policy::kShareStepWork && lanes_per_channel > 0
-              ? Policy::kThreads / lanes_per_channel * local_step_stride<Policy>()
-              : 0);
+  return chunk_len * 2 * padded_n +
+         (lanes_per_channel > 0 ? Policy::kThreads / lanes_per_channel * local_step_stride<Policy>()
+                                : 0);
 }
 
 /// Shared memory of pass 3, in floats: the staged B and C rows, the chunk's dB, dC sums, the
@@ -344,9 +323,7 @@ constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N, int lanes_pe
   return local_smem_floats<Policy>(chunk_len, padded_n, 0) + chunk_len * 2 * N +
          chunk_len / Policy::kSubChunk * Policy::kStatesPerThread * Policy::kThreads +
          2 * Policy::kThreads / 32 * Policy::kSubChunk * 2 * padded_n +
-         (Policy::kShareStepWork
-              ? Policy::kThreads / lanes_per_channel * chunk_step_stride<Policy>()
-              : 0);
+         Policy::kThreads / lanes_per_channel * chunk_step_stride<Policy>();
 }
 
 /// Pass 1: each chunk from a zero state and a zero adjoint, walking forwards: its local final
@@ -355,12 +332,11 @@ template <class Policy, int kLanes, class T>
 __global__ void __launch_bounds__(Policy::kThreads)
     scan_backward_local_kernel(const ScanBackwardArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk;
-  constexpr bool kStaged = Policy::kStageStates, kShare = Policy::kShareStepWork;
   constexpr int R = (K + (kLanes > 0 ? kLanes : 1) - 1) / (kLanes > 0 ? kLanes : 1);
   extern __shared__ __align__(16) float smem_local[];
   const int lanes = kLanes > 0 ? kLanes : a.lanes_per_channel;
   const LanePlace lp = lane_place(lanes, S);
-  float* bc = smem_local;  // the chunk's B and C rows, when staged
+  float* bc = smem_local;  // the chunk's B and C rows
   float* mine = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n, 0) +
                 lp.channel * local_step_stride<Policy>();  // this channel's step work
   const int g = static_cast<int>(blockIdx.y) / a.local_blocks_per_group;
@@ -370,10 +346,8 @@ __global__ void __launch_bounds__(Policy::kThreads)
   const int d = g * a.channels_per_group + in_group;
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
   const int t_begin = c * a.chunk_len, t_end = min(a.L, t_begin + a.chunk_len);
-  if constexpr (kStaged) {
-    stage_chunk_states<Policy::kThreads>(a, bc, b, g, t_begin, t_end - t_begin);
-    __syncthreads();
-  }
+  stage_chunk_states<Policy::kThreads>(a, bc, b, g, t_begin, t_end - t_begin);
+  __syncthreads();
   if (in_group >= a.channels_per_group)
     return;  // whole channels leave: the lanes of the others only wait for each other
   const unsigned mask = channel_lanes_mask(lanes);
@@ -388,33 +362,24 @@ __global__ void __launch_bounds__(Policy::kThreads)
   const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
   float sum_dt = 0.f;
   StepPrefetch<R, true, T> next;
-  if constexpr (kShare)
-    next.load(a, b, d, t_begin, min(K, t_end - t_begin), lp.lane, lanes, true);
+  next.load(a, b, d, t_begin, min(K, t_end - t_begin), lp.lane, lanes, true);
   for (int t0 = t_begin; t0 < t_end; t0 += K) {
     const int steps = min(K, t_end - t0);
-    if constexpr (kShare) {
-      next.template prepare<false>(
-          a, b, d, t0, steps, lp.lane, lanes, true, bias, [&](int k, const StepValues& v) {
-            *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
-          });
-      if (t0 + K < t_end)
-        next.load(a, b, d, t0 + K, min(K, t_end - t0 - K), lp.lane, lanes, true);
-      __syncwarp(mask);
-    }
+    next.template prepare<false>(
+        a, b, d, t0, steps, lp.lane, lanes, true, bias, [&](int k, const StepValues& v) {
+          *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
+        });
+    if (t0 + K < t_end)
+      next.load(a, b, d, t0 + K, min(K, t_end - t0 - K), lp.lane, lanes, true);
+    __syncwarp(mask);
 #pragma unroll 2
     for (int k = 0; k < steps; ++k) {
       const int t = t0 + k;
-      float dt, du, dy;
-      if constexpr (kShare) {
-        const float4 v = *reinterpret_cast<const float4*>(mine + 4 * k);
-        dt = v.x, du = v.y, dy = v.z;
-      } else {
-        const StepValues v = step_values<true, false>(a, b, t, d, bias, true);
-        dt = v.dt, du = v.dt * v.u, dy = v.dy;
-      }
+      const float4 v = *reinterpret_cast<const float4*>(mine + 4 * k);
+      const float dt = v.x, du = v.y, dy = v.z;
       float Bv[S], Cv[S];
-      chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
-      chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
+      chunk_states(bc, a.padded_n, t - t_begin, 0, lp.n0, Bv);
+      chunk_states(bc, a.padded_n, t - t_begin, 1, lp.n0, Cv);
       sum_dt += dt;
 #pragma unroll
       for (int i = 0; i < S; ++i) {
@@ -424,8 +389,7 @@ __global__ void __launch_bounds__(Policy::kThreads)
         q[i] = fmaf(decay[i], Cv[i] * dy, q[i]);
       }
     }
-    if constexpr (kShare)
-      __syncwarp(mask);  // read before the next sub-chunk's values overwrite them
+    __syncwarp(mask);  // read before the next sub-chunk's values overwrite them
   }
   const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
   if (lp.lane == 0)
@@ -454,7 +418,7 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
   const Index row0 = static_cast<Index>(b) * a.D + d;
   // The walks are sequential; batches of chunks are loaded at once so that the loads' latency
   // is paid once per batch rather than once per chunk.
-  constexpr int kBatch = 16;
+  constexpr int kBatch = 8;
   const auto walk = [&](float* values, float v, bool backwards) {
     for (int c0 = 0; c0 < a.chunks; c0 += kBatch) {
       float local[kBatch], decay[kBatch];
@@ -498,7 +462,6 @@ template <class Policy, int kLanes, class T>
 __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     scan_backward_chunk_kernel(const ScanBackwardArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk, NT = Policy::kThreads;
-  constexpr bool kStaged = Policy::kStageStates, kShare = Policy::kShareStepWork;
   // Steps each lane prefetches per sub-chunk: all of its share when the lane count is known.
   constexpr int R = kLanes > 0 ? (K + kLanes - 1) / kLanes : 1;
   extern __shared__ __align__(16) float smem[];
@@ -506,7 +469,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
   const int tid = static_cast<int>(threadIdx.x);
   const int lanes = kLanes > 0 ? kLanes : a.lanes_per_channel;
   const LanePlace lp = lane_place(lanes, S);
-  float* bc = smem;  // [step][B|C][padded state], when staged
+  float* bc = smem;  // [step][B|C][padded state]
   float* acc = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n, 0);  // [step][B|C][state]
   float* entry = acc + a.chunk_len * two_n;  // [sub-chunk][i][thread]
   constexpr int kWarps = NT / 32;
@@ -525,8 +488,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
   const int subs = (len + K - 1) / K;
   for (int i = tid; i < len * two_n; i += NT)
     acc[i] = 0.f;
-  if constexpr (kStaged)
-    stage_chunk_states<NT>(a, bc, b, g, t_begin, len);
+  stage_chunk_states<NT>(a, bc, b, g, t_begin, len);
   __syncthreads();
   const bool has_z = a.z != nullptr;
 
@@ -555,79 +517,58 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
 
     // The state entering each sub-chunk.
     StepPrefetch<R, false, T> sweep_next;
-    if constexpr (kShare)
-      sweep_next.load(a, b, d, t_begin, min(K, len), lp.lane, lanes, active);
+    sweep_next.load(a, b, d, t_begin, min(K, len), lp.lane, lanes, active);
     for (int j = 0; j < subs; ++j) {
 #pragma unroll
       for (int i = 0; i < S; ++i)
         entry[(j * S + i) * NT + tid] = h[i];
       const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
-      if constexpr (kShare) {
-        sweep_next.template prepare<false>(
-            a, b, d, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
-              *reinterpret_cast<float2*>(mine + 8 * k) = make_float2(v.dt, v.dt * v.u);
-            });
-        if (j + 1 < subs)
-          sweep_next.load(a, b, d, t0 + K, min(K, t_begin + len - t0 - K), lp.lane, lanes, active);
-        __syncwarp(mask);
-      }
+      sweep_next.template prepare<false>(
+          a, b, d, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
+            *reinterpret_cast<float2*>(mine + 8 * k) = make_float2(v.dt, v.dt * v.u);
+          });
+      if (j + 1 < subs)
+        sweep_next.load(a, b, d, t0 + K, min(K, t_begin + len - t0 - K), lp.lane, lanes, active);
+      __syncwarp(mask);
       for (int k = 0; k < steps; ++k) {
         const int t = t0 + k;
-        float dt, du;
-        if constexpr (kShare) {
-          const float2 v = *reinterpret_cast<const float2*>(mine + 8 * k);
-          dt = v.x, du = v.y;
-        } else {
-          const StepValues v = step_values<false, false>(a, b, t, d, bias, active);
-          dt = v.dt, du = v.dt * v.u;
-        }
+        const float2 v = *reinterpret_cast<const float2*>(mine + 8 * k);
+        const float dt = v.x, du = v.y;
         float Bv[S];
-        chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
+        chunk_states(bc, a.padded_n, t - t_begin, 0, lp.n0, Bv);
 #pragma unroll
         for (int i = 0; i < S; ++i)
           h[i] = fmaf(ex2_mufu(dt * a2[i]), h[i], du * Bv[i]);
       }
-      if constexpr (kShare)
-        __syncwarp(mask);  // read before the next sub-chunk's values overwrite them
+      __syncwarp(mask);  // read before the next sub-chunk's values overwrite them
     }
 
     float d_skip = 0.f, d_bias = 0.f;
     StepPrefetch<R, true, T> next;
-    if constexpr (kShare)
-      next.load(a, b, d, t_begin + (subs - 1) * K, len - (subs - 1) * K, lp.lane, lanes, active);
+    next.load(a, b, d, t_begin + (subs - 1) * K, len - (subs - 1) * K, lp.lane, lanes, active);
     for (int j = subs - 1; j >= 0; --j) {
       const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
-      float hs[K + 1][S], decay[K][S], dt_r[K], u_r[K], dy_r[K], dsp_r[K];
+      float hs[K + 1][S], decay[K][S];
 #pragma unroll
-      for (int i = 0; i < S; ++i) {
+      for (int i = 0; i < S; ++i)
         hs[0][i] = entry[(j * S + i) * NT + tid];
-      }
       // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
-      if constexpr (kShare) {
-        next.template prepare<true>(
-            a, b, d, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
-              *reinterpret_cast<float4*>(mine + 8 * k) = make_float4(v.dt, v.u, v.dsp, v.dy);
-              mine[8 * k + 4] = v.fz;
-            });
-        if (j > 0)
-          next.load(a, b, d, t0 - K, K, lp.lane, lanes, active);
-        __syncwarp(mask);
-      }
+      next.template prepare<true>(
+          a, b, d, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
+            *reinterpret_cast<float4*>(mine + 8 * k) = make_float4(v.dt, v.u, v.dsp, v.dy);
+            mine[8 * k + 4] = v.fz;
+          });
+      if (j > 0)
+        next.load(a, b, d, t0 - K, K, lp.lane, lanes, active);
+      __syncwarp(mask);
+      const int k0 = t0 - t_begin;  // the sub-chunk's first step in the staged rows
       const auto recompute = [&](int k) {
-        const int t = t0 + k;
-        StepValues v;
-        if constexpr (kShare) {
-          const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
-          v = {w.x, w.y, w.z, w.w, mine[8 * k + 4]};
-        } else {
-          v = step_values<true, true>(a, b, t, d, bias, active);
-        }
-        const float dt = v.dt, u = v.u, du = dt * u;
-        dsp_r[k] = v.dsp;
+        const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
+        const float dt = w.x, u = w.y, dy = w.w, fz = mine[8 * k + 4], du = dt * u;
         float Bv[S], Cv[S];
-        chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
-        chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
-        float y = 0.f;  // needed for dz only; computing it anyway keeps the block branch-free
+        chunk_states(bc, a.padded_n, k0 + k, 0, lp.n0, Bv);
+        chunk_states(bc, a.padded_n, k0 + k, 1, lp.n0, Cv);
+        float y = 0.f;  // needed for dz only, and cheaper to compute than to branch around
 #pragma unroll
         for (int i = 0; i < S; ++i) {
           decay[k][i] = ex2_mufu(dt * a2[i]);
@@ -635,29 +576,17 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           y = fmaf(Cv[i], hs[k + 1][i], y);
         }
         y = fmaf(skip, u, sum_channel_lanes(y, lanes));
-        if constexpr (kShare) {
-          if (has_z && lp.lane == 0)
-            mine[8 * k + 5] = y * v.fz;  // stored below, by the lanes in turn
-        } else if (has_z && active && lp.lane == 0) {
-          store_act(a.dz, a.dz_s, b, t, d, y * v.fz);
-        }
-        dt_r[k] = dt;
-        u_r[k] = u;
-        dy_r[k] = v.dy;
-        d_skip = fmaf(v.dy, u, d_skip);
+        if (has_z && lp.lane == 0)
+          mine[8 * k + 5] = y * fz;  // stored below, by the lanes in turn
+        d_skip = fmaf(dy, u, d_skip);
       };
       // Backwards through it.
       const auto reverse = [&](int k) {
-        const int t = t0 + k;
-        float dt = dt_r[k], u = u_r[k], dy = dy_r[k], dsp = dsp_r[k];
-        if constexpr (kShare) {  // still in the channel's slots: fewer live registers
-          const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
-          dt = w.x, u = w.y, dsp = w.z, dy = w.w;
-        }
-        const float dtu = dt * u;
+        const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
+        const float dt = w.x, u = w.y, dsp = w.z, dy = w.w, dtu = dt * u;
         float Bv[S], Cv[S];
-        chunk_states<kStaged>(a, bc, b, g, t, t_begin, 0, lp.n0, Bv);
-        chunk_states<kStaged>(a, bc, b, g, t, t_begin, 1, lp.n0, Cv);
+        chunk_states(bc, a.padded_n, k0 + k, 0, lp.n0, Bv);
+        chunk_states(bc, a.padded_n, k0 + k, 1, lp.n0, Cv);
         float gB = 0.f, gAh = 0.f, parts[2 * S];
 #pragma unroll
         for (int i = 0; i < S; ++i) {
@@ -674,14 +603,8 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         gAh = sum_channel_lanes(gAh, lanes);
         const float draw = fmaf(u, gB, gAh) * dsp;
         d_bias += draw;
-        const float du = fmaf(dt, gB, dy * skip);
-        if constexpr (kShare) {
-          if (lp.lane == 0)
-            *reinterpret_cast<float2*>(mine + 8 * k + 6) = make_float2(du, draw);
-        } else if (active && lp.lane == 0) {
-          store_act(a.du, a.du_s, b, t, d, du);
-          store_act(a.ddelta, a.ddelta_s, b, t, d, draw);
-        }
+        if (lp.lane == 0)  // stored below, by the lanes in turn
+          *reinterpret_cast<float2*>(mine + 8 * k + 6) = make_float2(fmaf(dt, gB, dy * skip), draw);
         // Over the warp's channels; each (B|C, state) sum then has one owner lane.
         int first, held;
         if (reduce_over_channels(parts, lanes, first, held)) {
@@ -694,23 +617,16 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           }
         }
       };
-      if (Policy::kUnguardedSubChunks && steps == K) {
+      // Every step checked against the chunk's end: one basic block per full sub-chunk ran
+      // 15-20 % slower on the H200 (more registers, spills).
 #pragma unroll
-        for (int k = 0; k < K; ++k)
+      for (int k = 0; k < K; ++k)
+        if (k < steps)
           recompute(k);
 #pragma unroll
-        for (int k = K - 1; k >= 0; --k)
+      for (int k = K - 1; k >= 0; --k)
+        if (k < steps)
           reverse(k);
-      } else {
-#pragma unroll
-        for (int k = 0; k < K; ++k)
-          if (k < steps)
-            recompute(k);
-#pragma unroll
-        for (int k = K - 1; k >= 0; --k)
-          if (k < steps)
-            reverse(k);
-      }
       // Over the block's warps, into the chunk's sums. Two buffers: a warp may start on the next
       // sub-chunk while others still read this one.
       __syncthreads();
@@ -726,16 +642,14 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         }
       }
       buffer ^= 1;
-      if constexpr (kShare) {  // the barrier above made lane 0's gradients visible
-        if (active) {
-          for (int k = lp.lane; k < steps; k += lanes) {
-            const int t = t0 + k;
-            const float2 grads = *reinterpret_cast<const float2*>(mine + 8 * k + 6);
-            store_act(a.du, a.du_s, b, t, d, grads.x);
-            store_act(a.ddelta, a.ddelta_s, b, t, d, grads.y);
-            if (has_z)
-              store_act(a.dz, a.dz_s, b, t, d, mine[8 * k + 5]);
-          }
+      if (active) {  // the barrier above made lane 0's gradients visible
+        for (int k = lp.lane; k < steps; k += lanes) {
+          const int t = t0 + k;
+          const float2 grads = *reinterpret_cast<const float2*>(mine + 8 * k + 6);
+          store_act(a.du, a.du_s, b, t, d, grads.x);
+          store_act(a.ddelta, a.ddelta_s, b, t, d, grads.y);
+          if (has_z)
+            store_act(a.dz, a.dz_s, b, t, d, mine[8 * k + 5]);
         }
       }
     }
