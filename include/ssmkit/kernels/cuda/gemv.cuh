@@ -61,7 +61,7 @@ struct GemvArgs {
   Index ldo;
   const float* norm_w;  // null: no RMSNorm
   float eps;
-  int tokens, N, K, split;
+  int tokens, N, K, split;  // split: warps sharing one row
   bool accumulate;
 };
 
@@ -85,6 +85,12 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a)
   __shared__ float partial[kGemvWarps][kGemvOut];
   __shared__ float scale[kGemvMaxTokens];
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+#if __CUDA_ARCH__ >= 900
+  // Launched as a programmatic dependent (Hopper): this grid starts while the previous kernel
+  // finishes and waits here for all of its results; the trigger lets the next one do the same.
+  cudaGridDependencySynchronize();
+  cudaTriggerProgrammaticLaunchCompletion();
+#endif
   if (kNorm) {
     // Warp t: token t's 1 / sqrt(mean(x²) + eps), which multiplies its sums at the end.
     if (warp < a.tokens) {
@@ -225,11 +231,38 @@ int gemv_resident_blocks() {
 }
 
 template <class W, bool kXVec, bool kNorm>
-void launch_gemv(const GemvArgs<W>& a, Index groups, cudaStream_t stream) {
-  const auto blocks =
-      static_cast<unsigned>(std::min<Index>(groups, gemv_resident_blocks<W, kXVec, kNorm>()));
-  gemv_kernel<W, kXVec, kNorm><<<blocks, kGemvThreads, 0, stream>>>(a);
-  SSMKIT_CUDA_CHECK_LAUNCH("gemv_kernel");
+void launch_gemv(GemvArgs<W> a, cudaStream_t stream) {
+  // Rows of one block's warps, cut in length among `split` warps each (while a warp still gets
+  // two 16-byte loads per lane of a row): the split that spreads the row groups most evenly over
+  // the resident blocks, the smallest of equals.
+  const int resident = gemv_resident_blocks<W, kXVec, kNorm>();
+  constexpr int V = 16 / sizeof(W);
+  double best = -1;
+  Index best_groups = 1;
+  for (int split = 1; split <= kGemvWarps; split *= 2) {
+    if (split > 1 && a.K < 2 * split * 32 * V)
+      break;
+    const Index rows_per_block = kGemvWarps / split * kGemvRows;
+    const Index groups = (a.N + rows_per_block - 1) / rows_per_block;
+    const double waves = static_cast<double>(groups) / resident;
+    const double balance = waves / std::ceil(waves);
+    if (balance > best + 1e-9) {
+      best = balance;
+      best_groups = groups;
+      a.split = split;
+    }
+  }
+  const auto blocks = static_cast<unsigned>(std::min<Index>(best_groups, resident));
+  cudaLaunchConfig_t config{};
+  config.gridDim = blocks;
+  config.blockDim = kGemvThreads;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  SSMKIT_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<W, kXVec, kNorm>, a));
 }
 
 }  // namespace detail
@@ -286,24 +319,15 @@ void gemv(const GemvParams<W>& p, cudaStream_t stream) {
   a.N = static_cast<int>(N);
   a.K = static_cast<int>(K);
   a.accumulate = p.accumulate;
-  // Split rows across warps until about 32 warps per SM stream W (few rows, long ones).
-  const Index want_warps = Index{32} * multiprocessor_count();
-  a.split = 1;
-  const Index teams = (N + detail::kGemvRows - 1) / detail::kGemvRows;
-  while (a.split < detail::kGemvWarps && teams * a.split < want_warps &&
-         K >= Index{2} * a.split * 32 * (16 / static_cast<Index>(sizeof(W))))
-    a.split *= 2;
-  const Index rows_per_block = detail::kGemvWarps / a.split * detail::kGemvRows;
-  const Index groups = (N + rows_per_block - 1) / rows_per_block;
   const bool x_vec = aligned(p.x.data()) && p.x.stride(0) % 4 == 0;
   if (x_vec && norm)
-    detail::launch_gemv<W, true, true>(a, groups, stream);
+    detail::launch_gemv<W, true, true>(a, stream);
   else if (x_vec)
-    detail::launch_gemv<W, true, false>(a, groups, stream);
+    detail::launch_gemv<W, true, false>(a, stream);
   else if (norm)
-    detail::launch_gemv<W, false, true>(a, groups, stream);
+    detail::launch_gemv<W, false, true>(a, stream);
   else
-    detail::launch_gemv<W, false, false>(a, groups, stream);
+    detail::launch_gemv<W, false, false>(a, stream);
 }
 
 }  // namespace ssmkit::cuda
