@@ -45,8 +45,7 @@ namespace detail {
 
 constexpr int kGemvThreads = 256;
 constexpr int kGemvWarps = kGemvThreads / 32;
-constexpr int kGemvRows = 4;    // rows of W a warp streams together, reusing each load of x
-constexpr int kGemvUnroll = 2;  // 16-byte loads per row a lane keeps in flight
+constexpr int kGemvRows = 4;  // rows of W a warp streams together, reusing each load of x
 constexpr int kGemvOut = kGemvRows * kGemvMaxTokens;  // a warp's outputs: one per lane
 static_assert(kGemvOut == 32, "one output per lane");
 
@@ -79,9 +78,12 @@ __device__ __forceinline__ void widen(const uint4& q, float (&f)[8]) {
   }
 }
 
-template <class W, bool kXVec, bool kNorm>
+/// kTok: the most tokens (1, or kGemvMaxTokens); one token frees the registers of the others'
+/// sums for twice as many loads in flight.
+template <class W, bool kXVec, bool kNorm, int kTok>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a) {
-  constexpr int V = 16 / sizeof(W);  // weights per 16-byte load
+  constexpr int V = 16 / sizeof(W);           // weights per 16-byte load
+  constexpr int kUnroll = kTok == 1 ? 4 : 2;  // 16-byte loads per row a lane keeps in flight
   __shared__ float partial[kGemvWarps][kGemvOut];
   __shared__ float scale[kGemvMaxTokens];
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -119,11 +121,11 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a)
       row_ok[r] = n0 + r < a.N;
       w_row[r] = a.w + static_cast<Index>(row_ok[r] ? n0 + r : 0) * a.ldw;
     }
-    float acc[kGemvRows][kGemvMaxTokens] = {};
-    for (int base = (part * 32 + lane) * V; base < Kv; base += stride * kGemvUnroll) {
-      uint4 q[kGemvUnroll][kGemvRows];
+    float acc[kGemvRows][kTok] = {};
+    for (int base = (part * 32 + lane) * V; base < Kv; base += stride * kUnroll) {
+      uint4 q[kUnroll][kGemvRows];
 #pragma unroll
-      for (int u = 0; u < kGemvUnroll; ++u) {
+      for (int u = 0; u < kUnroll; ++u) {
         const int k = base + u * stride;
 #pragma unroll
         for (int r = 0; r < kGemvRows; ++r)
@@ -131,7 +133,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a)
                                         : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
-      for (int u = 0; u < kGemvUnroll; ++u) {
+      for (int u = 0; u < kUnroll; ++u) {
         const int k = base + u * stride;
         if (k >= Kv)
           break;
@@ -147,7 +149,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a)
           g[j] = v.x, g[j + 1] = v.y, g[j + 2] = v.z, g[j + 3] = v.w;
         }
 #pragma unroll
-        for (int t = 0; t < kGemvMaxTokens; ++t) {
+        for (int t = 0; t < kTok; ++t) {
           if (t >= a.tokens)
             break;
           const float* xp = a.x + t * a.ldx + k;
@@ -175,7 +177,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a)
     for (int k = Kv + part * 32 + lane; k < a.K; k += 32 * a.split) {
       const float g = kNorm ? a.norm_w[k] : 1.f;
 #pragma unroll
-      for (int t = 0; t < kGemvMaxTokens; ++t) {
+      for (int t = 0; t < kTok; ++t) {
         if (t >= a.tokens)
           break;
         const float xk = __ldg(a.x + t * a.ldx + k) * g;
@@ -190,7 +192,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a)
 #pragma unroll
     for (int r = 0; r < kGemvRows; ++r)
 #pragma unroll
-      for (int t = 0; t < kGemvMaxTokens; ++t) {
+      for (int t = 0; t < kTok; ++t) {
         if (t >= a.tokens)
           break;
         float v = acc[r][t];
@@ -219,23 +221,23 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a)
 }
 
 /// Resident blocks of one instantiation on the whole GPU (asked once).
-template <class W, bool kXVec, bool kNorm>
+template <class W, bool kXVec, bool kNorm, int kTok>
 int gemv_resident_blocks() {
   static const int blocks = [] {
     int per_sm = 0;
     SSMKIT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, gemv_kernel<W, kXVec, kNorm>, kGemvThreads, 0));
+        &per_sm, gemv_kernel<W, kXVec, kNorm, kTok>, kGemvThreads, 0));
     return std::max(1, per_sm) * multiprocessor_count();
   }();
   return blocks;
 }
 
-template <class W, bool kXVec, bool kNorm>
-void launch_gemv(GemvArgs<W> a, cudaStream_t stream) {
+template <class W, bool kXVec, bool kNorm, int kTok>
+void launch_kernel(GemvArgs<W> a, cudaStream_t stream) {
   // Rows of one block's warps, cut in length among `split` warps each (while a warp still gets
   // two 16-byte loads per lane of a row): the split that spreads the row groups most evenly over
   // the resident blocks, the smallest of equals.
-  const int resident = gemv_resident_blocks<W, kXVec, kNorm>();
+  const int resident = gemv_resident_blocks<W, kXVec, kNorm, kTok>();
   constexpr int V = 16 / sizeof(W);
   double best = -1;
   Index best_groups = 1;
@@ -262,7 +264,15 @@ void launch_gemv(GemvArgs<W> a, cudaStream_t stream) {
   attribute.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  SSMKIT_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<W, kXVec, kNorm>, a));
+  SSMKIT_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<W, kXVec, kNorm, kTok>, a));
+}
+
+template <class W, bool kXVec, bool kNorm>
+void launch_gemv(const GemvArgs<W>& a, cudaStream_t stream) {
+  if (a.tokens == 1)
+    launch_kernel<W, kXVec, kNorm, 1>(a, stream);
+  else
+    launch_kernel<W, kXVec, kNorm, kGemvMaxTokens>(a, stream);
 }
 
 }  // namespace detail
