@@ -8,6 +8,7 @@
 #include "ssmkit/kernels/cuda/causal_conv1d.cuh"
 #include "ssmkit/kernels/cuda/fft_conv.cuh"
 #include "ssmkit/kernels/cuda/selective_scan.cuh"
+#include "ssmkit/kernels/cuda/selective_scan_backward.cuh"
 #include "ssmkit/kernels/cuda/selective_state_update.cuh"
 #include "ssmkit/kernels/cuda/ssm_kernel_dplr.cuh"
 #include "ssmkit/kernels/cuda/ssm_kernel_vandermonde.cuh"
