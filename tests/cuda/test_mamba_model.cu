@@ -206,9 +206,9 @@ struct LMGolden {
 class CudaMambaLMGolden : public ::testing::TestWithParam<const char*> {};
 
 template <class W>
-void check_lm_logits(const std::string& name, double tol) {
+void check_lm_logits(const std::string& name, double tol, const cuda::CudaOptions& options = {}) {
   TestStream stream;
-  const auto model = nn::MambaLM<W, Cuda>::from_pretrained(mamba_data(name));
+  const auto model = nn::MambaLM<W, Cuda>::from_pretrained(mamba_data(name), options);
   const LMGolden g(name);
   cuda::DeviceBuffer<float> logits(g.logits.numel());
   logits.fill_bytes_async(0xFF, stream.s);
@@ -227,6 +227,14 @@ TEST_P(CudaMambaLMGolden, LogitsMatchTransformersFloat) {
 TEST_P(CudaMambaLMGolden, LogitsMatchTransformersBf16Weights) {
   SSMKIT_REQUIRE_GPU();
   check_lm_logits<__nv_bfloat16>(GetParam(), 1e-2);
+}
+
+TEST_P(CudaMambaLMGolden, LogitsMatchTransformersTf32) {
+  SSMKIT_REQUIRE_GPU();
+  // The goldens' 2 × 12 prompt tokens go through cuBLAS, here with TF32 tensor cores.
+  cuda::CudaOptions tf32;
+  tf32.allow_tf32 = true;
+  check_lm_logits<float>(GetParam(), 1e-2, tf32);
 }
 
 TEST_P(CudaMambaLMGolden, GreedyContinuationMatchesTransformers) {
