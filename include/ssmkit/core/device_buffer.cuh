@@ -91,4 +91,22 @@ class DeviceBuffer {
   Index count_ = 0;
 };
 
+/// Calls fn(workspace, bytes) with `bytes` of device memory taken from the stream-ordered pool
+/// (nullptr when bytes is 0) and handed back to it afterwards, also when fn throws.
+template <class F>
+void with_pool_workspace(std::size_t bytes, cudaStream_t stream, F&& fn) {
+  void* ws = nullptr;
+  if (bytes > 0)
+    SSMKIT_CUDA_CHECK(cudaMallocAsync(&ws, bytes, stream));
+  try {
+    fn(ws, bytes);
+  } catch (...) {
+    if (ws != nullptr)
+      cudaFreeAsync(ws, stream);
+    throw;
+  }
+  if (ws != nullptr)
+    SSMKIT_CUDA_CHECK(cudaFreeAsync(ws, stream));
+}
+
 }  // namespace ssmkit::cuda

@@ -11,6 +11,7 @@
 #pragma once
 
 #include "ssmkit/core/cuda_check.cuh"
+#include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/core/dtype.cuh"
 #include "ssmkit/kernels/selective_scan_params.hpp"
 
@@ -554,19 +555,9 @@ void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, voi
 template <class Policy = SelectiveScanPolicy, class T, class W>
 void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream) {
   validate(p, Device::CUDA);
-  const std::size_t bytes = selective_scan_workspace_size<Policy>(p);
-  void* ws = nullptr;
-  if (bytes > 0)
-    SSMKIT_CUDA_CHECK(cudaMallocAsync(&ws, bytes, stream));
-  try {
-    selective_scan<Policy>(p, stream, ws, bytes);
-  } catch (...) {
-    if (ws != nullptr)
-      cudaFreeAsync(ws, stream);
-    throw;
-  }
-  if (ws != nullptr)
-    SSMKIT_CUDA_CHECK(cudaFreeAsync(ws, stream));
+  with_pool_workspace(
+      selective_scan_workspace_size<Policy>(p), stream,
+      [&](void* ws, std::size_t bytes) { selective_scan<Policy>(p, stream, ws, bytes); });
 }
 
 }  // namespace ssmkit::cuda

@@ -15,6 +15,7 @@
 #pragma once
 
 #include "ssmkit/core/cuda_check.cuh"
+#include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/core/dtype.cuh"
 #include "ssmkit/kernels/cuda/selective_scan.cuh"
 #include "ssmkit/kernels/selective_scan_backward_params.hpp"
@@ -962,19 +963,9 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
 template <class Policy = SelectiveScanBackwardPolicy, class T, class W>
 void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStream_t stream) {
   validate(p, Device::CUDA);
-  const std::size_t bytes = selective_scan_backward_workspace_size<Policy>(p);
-  void* ws = nullptr;
-  if (bytes > 0)
-    SSMKIT_CUDA_CHECK(cudaMallocAsync(&ws, bytes, stream));
-  try {
-    selective_scan_backward<Policy>(p, stream, ws, bytes);
-  } catch (...) {
-    if (ws != nullptr)
-      cudaFreeAsync(ws, stream);
-    throw;
-  }
-  if (ws != nullptr)
-    SSMKIT_CUDA_CHECK(cudaFreeAsync(ws, stream));
+  with_pool_workspace(
+      selective_scan_backward_workspace_size<Policy>(p), stream,
+      [&](void* ws, std::size_t bytes) { selective_scan_backward<Policy>(p, stream, ws, bytes); });
 }
 
 }  // namespace ssmkit::cuda
