@@ -13,18 +13,6 @@
 namespace ssmkit::bench {
 namespace {
 
-/// Device-to-device copy bandwidth (bytes read + written per second) over 1 GiB.
-double copy_bandwidth() {
-  const Index n = Index{1} << 30;
-  cuda::DeviceBuffer<char> a(n), b(n);
-  a.fill_bytes_async(1, nullptr);
-  const double ms = median_ms(3, 20, [&](int) {
-    SSMKIT_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), static_cast<std::size_t>(n),
-                                      cudaMemcpyDeviceToDevice, nullptr));
-  });
-  return 2.0 * static_cast<double>(n) / (ms * 1e-3);
-}
-
 constexpr int kExpChains = 8, kExpIters = 2048;
 
 __global__ void exp_rate_kernel(float* sink, float seed) {

@@ -64,18 +64,6 @@ nn::MambaBlockConfig block_config(Index d_model, Index d_inner) {
   return {d_model, d_inner, 16, 4, (d_model + 15) / 16};
 }
 
-/// Device-to-device copy bandwidth (bytes read + written per second) over 1 GiB.
-double copy_bandwidth() {
-  const Index n = Index{1} << 30;
-  cuda::DeviceBuffer<char> a(n), b(n);
-  a.fill_bytes_async(1, nullptr);
-  const double ms = median_ms(3, 20, [&](int) {
-    SSMKIT_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), static_cast<std::size_t>(n),
-                                      cudaMemcpyDeviceToDevice, nullptr));
-  });
-  return 2.0 * static_cast<double>(n) / (ms * 1e-3);
-}
-
 struct Stream {
   cudaStream_t s{};
   Stream() { SSMKIT_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }

@@ -2,6 +2,8 @@
 // convolution at S4-typical shapes (N = 64, H 256 … 1024, L 1024 … 16384, B = 8), timed with
 // CUDA events (median of runs after a warm-up) against the copy floor, as markdown tables.
 //   bench_cuda_s4 [--runs N] [--quick]   (--quick: the smallest shapes only)
+#include "bench_timing.cuh"
+
 #include <ssmkit/kernels/cuda/fft_conv.cuh>
 #include <ssmkit/kernels/cuda/ssm_kernel_dplr.cuh>
 #include <ssmkit/kernels/cuda/ssm_kernel_vandermonde.cuh>
@@ -23,28 +25,6 @@ namespace {
       ::ssmkit::detail::throw_error(std::string("cuRAND call failed: ") + #call); \
   } while (0)
 
-/// Median of `runs` event-timed calls of fn() after two untimed ones, in milliseconds.
-template <class F>
-double median_ms(int runs, F&& fn) {
-  fn();
-  fn();
-  cudaEvent_t start, stop;
-  SSMKIT_CUDA_CHECK(cudaEventCreate(&start));
-  SSMKIT_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> ms(static_cast<std::size_t>(runs));
-  for (auto& m : ms) {
-    SSMKIT_CUDA_CHECK(cudaEventRecord(start));
-    fn();
-    SSMKIT_CUDA_CHECK(cudaEventRecord(stop));
-    SSMKIT_CUDA_CHECK(cudaEventSynchronize(stop));
-    SSMKIT_CUDA_CHECK(cudaEventElapsedTime(&m, start, stop));
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
 /// Uniform values in [lo, hi) on the device.
 struct Random {
   curandGenerator_t gen{};
@@ -56,18 +36,6 @@ struct Random {
   void fill(float* p, Index n) { BENCH_CURAND_CHECK(curandGenerateUniform(gen, p, n)); }
   void fill(double* p, Index n) { BENCH_CURAND_CHECK(curandGenerateUniformDouble(gen, p, n)); }
 };
-
-/// Device-to-device copy bandwidth (bytes read + written per second) over 512 MiB.
-double copy_bandwidth(int runs) {
-  const Index n = Index{1} << 29;
-  cuda::DeviceBuffer<char> a(n), b(n);
-  a.fill_bytes_async(1, nullptr);
-  const double ms = median_ms(runs, [&] {
-    SSMKIT_CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), static_cast<std::size_t>(n),
-                                      cudaMemcpyDeviceToDevice, nullptr));
-  });
-  return 2.0 * static_cast<double>(n) / (ms * 1e-3);
-}
 
 template <class T>
 const char* type_name() {
@@ -113,18 +81,18 @@ void bench_kernels(Index H, Index L, int runs, double bw) {
   const Index M = 32;
   DeviceSystem<T> s(H, M);
   cuda::DeviceBuffer<T> K(H * L);
-  const double vand = median_ms(runs, [&] {
+  const double vand = median_ms(2, runs, [&](int) {
     cuda::ssm_kernel_vandermonde(s.diagonal(), math::Discretization::ZOH,
                                  K.template view<2>({H, L}), nullptr);
   });
   cuda::DplrKernelPlan<T> plan;
-  const double dplr = median_ms(runs, [&] {
+  const double dplr = median_ms(2, runs, [&](int) {
     cuda::ssm_kernel_dplr(s.dplr(), K.template view<2>({H, L}), plan, nullptr);
   });
   // fp32 storage with float sums too (the faster, less precise option).
   double dplr_fast = dplr;
   if (std::is_same_v<T, float>)
-    dplr_fast = median_ms(runs, [&] {
+    dplr_fast = median_ms(2, runs, [&](int) {
       cuda::ssm_kernel_dplr<T, T>(s.dplr(), K.template view<2>({H, L}), plan, nullptr);
     });
   const double bytes = double(H) * double(L) * sizeof(T), floor_ms = bytes / bw * 1e3;
@@ -146,7 +114,7 @@ void bench_conv(Index Bt, Index H, Index L, bool channel_major, int runs, double
   cpu::FftConvParams<T> p{u.template view<3>({Bt, L, H}, str), K.template view<2>({H, L}),
                           D.template view<1>({H}), y.template view<3>({Bt, L, H}, str)};
   cuda::FftConvPlan<T> plan;
-  const double ms = median_ms(runs, [&] { cuda::fft_conv(p, plan, nullptr); });
+  const double ms = median_ms(2, runs, [&](int) { cuda::fft_conv(p, plan, nullptr); });
   const double bytes = (2.0 * double(n) + double(H) * double(L)) * sizeof(T);
   const double floor_ms = bytes / bw * 1e3;
   std::printf("| %s | %s | B=%lld, H=%lld, L=%lld | %.4f | %.4f | %.2f | %.2fx |\n", type_name<T>(),
@@ -170,7 +138,7 @@ int run(int argc, char** argv) {
   }
   cudaDeviceProp prop{};
   SSMKIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  const double bw = copy_bandwidth(runs);
+  const double bw = copy_bandwidth();
   std::printf("device: %s, %d SMs\ncopy bandwidth: %.3f TB/s (read + write)\n\n", prop.name,
               prop.multiProcessorCount, bw * 1e-12);
 

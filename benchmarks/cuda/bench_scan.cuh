@@ -1,6 +1,8 @@
 // Times one selective-scan policy on the shapes of DESIGN.md.
 #pragma once
 
+#include "bench_timing.cuh"
+
 #include <ssmkit/cuda.cuh>
 
 #include <string>
@@ -39,28 +41,6 @@ template <class T>
 void fill(cuda::DeviceBuffer<T>& b, std::uint64_t seed, float lo, float hi) {
   fill_uniform<<<1024, 256>>>(b.data(), b.size(), seed, lo, hi);
   SSMKIT_CUDA_CHECK_LAUNCH("fill_uniform");
-}
-
-/// Median of `runs` event-timed calls of fn(i) after `warmup` untimed ones, in milliseconds.
-template <class F>
-double median_ms(int warmup, int runs, F&& fn) {
-  for (int i = 0; i < warmup; ++i)
-    fn(i);
-  cudaEvent_t start, stop;
-  SSMKIT_CUDA_CHECK(cudaEventCreate(&start));
-  SSMKIT_CUDA_CHECK(cudaEventCreate(&stop));
-  std::vector<float> ms(static_cast<std::size_t>(runs));
-  for (int i = 0; i < runs; ++i) {
-    SSMKIT_CUDA_CHECK(cudaEventRecord(start));
-    fn(warmup + i);
-    SSMKIT_CUDA_CHECK(cudaEventRecord(stop));
-    SSMKIT_CUDA_CHECK(cudaEventSynchronize(stop));
-    SSMKIT_CUDA_CHECK(cudaEventElapsedTime(&ms[static_cast<std::size_t>(i)], start, stop));
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
 }
 
 /// One input set of a shape: activations in token-major or channel-major memory.
