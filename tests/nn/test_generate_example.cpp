@@ -1,6 +1,7 @@
 // Runs the mamba_generate example on the golden models: its ids against transformers' greedy
 // continuations, --dump-logits against transformers' logits, sampling flags, and its errors.
 #include "nn_testing.hpp"
+#include "run_program.hpp"
 
 #include <cstdio>
 #include <filesystem>
@@ -12,35 +13,10 @@ using namespace ssmkit::testing;
 
 namespace {
 
-struct ExampleRun {
-  int status = -1;
-  std::string out, err;
-};
+using ExampleRun = ssmkit::testing::ProgramRun;
 
 ExampleRun run_example(const std::string& args) {
-  static int counter = 0;
-  const auto err_path =
-      std::filesystem::temp_directory_path() / ("mamba_generate_err_" + std::to_string(::getpid()) +
-                                                "_" + std::to_string(counter++) + ".txt");
-  const std::string cmd =
-      std::string("'") + MAMBA_GENERATE + "' " + args + " 2>'" + err_path.string() + "'";
-  ExampleRun r;
-  FILE* pipe = ::popen(cmd.c_str(), "r");
-  EXPECT_NE(pipe, nullptr) << cmd;
-  if (pipe == nullptr)
-    return r;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0)
-    r.out.append(buf, n);
-  const int raw = ::pclose(pipe);
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  std::ifstream e(err_path);
-  std::stringstream ss;
-  ss << e.rdbuf();
-  r.err = ss.str();
-  std::filesystem::remove(err_path);
-  return r;
+  return ssmkit::testing::run_program(MAMBA_GENERATE, args);
 }
 
 struct Golden {

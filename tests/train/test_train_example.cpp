@@ -1,9 +1,9 @@
 // Runs the train_selective_copying example briefly on short sequences: the CSV is well formed, the
 // training loss falls below its starting value, the same seed gives the same curve, and
 // --device cuda and bad flags fail with a message.
+#include "run_program.hpp"
 #include "testing.hpp"
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -16,35 +16,10 @@
 
 namespace {
 
-struct ExampleRun {
-  int status = -1;
-  std::string out, err;
-};
+using ExampleRun = ssmkit::testing::ProgramRun;
 
 ExampleRun run_example(const std::string& args) {
-  static int counter = 0;
-  const auto err_path =
-      std::filesystem::temp_directory_path() / ("train_example_err_" + std::to_string(::getpid()) +
-                                                "_" + std::to_string(counter++) + ".txt");
-  const std::string cmd =
-      std::string("'") + TRAIN_SELECTIVE_COPYING + "' " + args + " 2>'" + err_path.string() + "'";
-  ExampleRun r;
-  FILE* pipe = ::popen(cmd.c_str(), "r");
-  EXPECT_NE(pipe, nullptr) << cmd;
-  if (pipe == nullptr)
-    return r;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0)
-    r.out.append(buf, n);
-  const int raw = ::pclose(pipe);
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  std::ifstream e(err_path);
-  std::stringstream ss;
-  ss << e.rdbuf();
-  r.err = ss.str();
-  std::filesystem::remove(err_path);
-  return r;
+  return ssmkit::testing::run_program(TRAIN_SELECTIVE_COPYING, args);
 }
 
 struct Row {
