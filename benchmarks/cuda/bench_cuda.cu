@@ -101,14 +101,7 @@ std::pair<double, double> time_decode(Index batch) {
 
 int main(int argc, char** argv) {
   using namespace ssmkit::bench;
-  int runs = 20;
-  bool quick = false;
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc)
-      runs = std::max(3, std::atoi(argv[++i]));
-    else if (std::strcmp(argv[i], "--quick") == 0)
-      quick = true;
-  }
+  const auto [runs, quick] = parse_bench_args(argc, argv, 20);
   try {
     if (ssmkit::cuda::device_count() == 0) {
       std::printf("no CUDA device\n");

@@ -5,6 +5,8 @@
 #include <ssmkit/cuda.cuh>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace ssmkit::bench {
@@ -41,6 +43,23 @@ inline double copy_bandwidth() {
                                       cudaMemcpyDeviceToDevice, nullptr));
   });
   return 2.0 * static_cast<double>(n) / (ms * 1e-3);
+}
+
+/// The flags the scan benchmarks take: --runs N (at least 3) and --quick.
+struct BenchArgs {
+  int runs;
+  bool quick = false;
+};
+
+inline BenchArgs parse_bench_args(int argc, char** argv, int default_runs) {
+  BenchArgs a{default_runs};
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc)
+      a.runs = std::max(3, std::atoi(argv[++i]));
+    else if (std::strcmp(argv[i], "--quick") == 0)
+      a.quick = true;
+  }
+  return a;
 }
 
 }  // namespace ssmkit::bench
