@@ -191,18 +191,6 @@ TEST(CudaMambaBlock, MatchesCpuBlockBf16Weights) {
   check_block<__nv_bfloat16>("n64", 1e-2);
 }
 
-struct LMGolden {
-  HostTensor<std::int64_t, 2> input_ids, greedy;
-  HostTensor<float, 3> logits;
-
-  explicit LMGolden(const std::string& name) {
-    const auto f = io::SafetensorsFile::open(mamba_data(name + "/golden.safetensors"));
-    input_ids = f.read_as<std::int64_t, 2>("input_ids");
-    greedy = f.read_as<std::int64_t, 2>("greedy");
-    logits = f.read_as<float, 3>("logits");
-  }
-};
-
 class CudaMambaLMGolden : public ::testing::TestWithParam<const char*> {};
 
 template <class W>

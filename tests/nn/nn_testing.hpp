@@ -74,4 +74,17 @@ HostTensor<T, Rank> cast(const HostTensor<double, Rank>& t) {
   return out;
 }
 
+/// A golden LM checkpoint's ids, transformers' greedy continuation and its logits.
+struct LMGolden {
+  HostTensor<std::int64_t, 2> input_ids, greedy;
+  HostTensor<float, 3> logits;
+
+  explicit LMGolden(const std::string& name) {
+    const auto f = io::SafetensorsFile::open(mamba_data(name + "/golden.safetensors"));
+    input_ids = f.read_as<std::int64_t, 2>("input_ids");
+    greedy = f.read_as<std::int64_t, 2>("greedy");
+    logits = f.read_as<float, 3>("logits");
+  }
+};
+
 }  // namespace ssmkit::testing

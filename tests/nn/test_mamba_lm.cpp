@@ -12,18 +12,6 @@ using namespace ssmkit::testing;
 
 namespace {
 
-struct LMGolden {
-  HostTensor<std::int64_t, 2> input_ids, greedy;
-  HostTensor<float, 3> logits;
-
-  explicit LMGolden(const std::string& name) {
-    const auto f = io::SafetensorsFile::open(mamba_data(name + "/golden.safetensors"));
-    input_ids = f.read_as<std::int64_t, 2>("input_ids");
-    greedy = f.read_as<std::int64_t, 2>("greedy");
-    logits = f.read_as<float, 3>("logits");
-  }
-};
-
 class MambaLMGolden : public ::testing::TestWithParam<const char*> {};
 
 template <class T>
