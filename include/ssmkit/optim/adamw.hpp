@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace ssmkit::optim {
@@ -20,12 +21,31 @@ struct AdamWOptions {
   double weight_decay = 1e-2;
 };
 
+namespace detail {
+
+/// Throws ssmkit::Error naming the first option out of its range.
+inline void check_adamw_options(const AdamWOptions& o) {
+  SSMKIT_CHECK(std::isfinite(o.lr) && o.lr >= 0, "lr", "value", "finite and >= 0", o.lr);
+  SSMKIT_CHECK(o.beta1 >= 0 && o.beta1 < 1, "beta1", "value", "in [0, 1)", o.beta1);
+  SSMKIT_CHECK(o.beta2 >= 0 && o.beta2 < 1, "beta2", "value", "in [0, 1)", o.beta2);
+  SSMKIT_CHECK(o.eps > 0, "eps", "value", "> 0", o.eps);
+  SSMKIT_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "weight_decay", "value",
+               "finite and >= 0", o.weight_decay);
+}
+
+}  // namespace detail
+
 /// Keeps the moments of every registered parameter (in T, as PyTorch keeps them in the
 /// parameter's dtype) and updates the parameters in place from their gradient buffers.
-template <class T>
+/// AdamW<T, Cuda> (optim/cuda/adamw.cuh) steps device parameters.
+template <class T, class Backend = Cpu>
 class AdamW {
+  static_assert(std::is_same_v<Backend, Cpu>, "AdamW<T, Cuda> is in optim/cuda/adamw.cuh");
+
  public:
-  explicit AdamW(const AdamWOptions& options = {}) : options_(options) { check(options); }
+  explicit AdamW(const AdamWOptions& options = {}) : options_(options) {
+    detail::check_adamw_options(options);
+  }
 
   /// Registers a parameter and the buffer its gradient will be in (same length). `decay`: whether
   /// weight decay applies (it usually does not to biases, norms and A_log/D).
@@ -51,7 +71,7 @@ class AdamW {
   /// One update of every registered parameter from its gradient buffer.
   void step() {
     using Acc = accum_t<T>;
-    check(options_);
+    detail::check_adamw_options(options_);
     ++steps_;
     const double bc1 = 1 - std::pow(options_.beta1, static_cast<double>(steps_));
     const double bc2 = 1 - std::pow(options_.beta2, static_cast<double>(steps_));
@@ -92,15 +112,6 @@ class AdamW {
     HostTensor<T, 1> exp_avg, exp_avg_sq;
     bool decay;
   };
-
-  static void check(const AdamWOptions& o) {
-    SSMKIT_CHECK(std::isfinite(o.lr) && o.lr >= 0, "lr", "value", "finite and >= 0", o.lr);
-    SSMKIT_CHECK(o.beta1 >= 0 && o.beta1 < 1, "beta1", "value", "in [0, 1)", o.beta1);
-    SSMKIT_CHECK(o.beta2 >= 0 && o.beta2 < 1, "beta2", "value", "in [0, 1)", o.beta2);
-    SSMKIT_CHECK(o.eps > 0, "eps", "value", "> 0", o.eps);
-    SSMKIT_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "weight_decay", "value",
-                 "finite and >= 0", o.weight_decay);
-  }
 
   AdamWOptions options_;
   std::vector<Slot> slots_;

@@ -1,0 +1,166 @@
+// AdamW (Loshchilov & Hutter, arXiv 1711.05101) on the GPU: the update of optim::AdamW, same
+// options and order of operations, for float parameters in device memory. One kernel launch steps
+// every registered parameter: a block per 4096-element chunk finds its parameter in a device
+// table of segments (uploaded when the set of parameters changes).
+#pragma once
+
+#include "ssmkit/core/cuda_check.cuh"
+#include "ssmkit/core/device_buffer.cuh"
+#include "ssmkit/optim/adamw.hpp"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+namespace ssmkit::optim {
+
+namespace detail {
+
+constexpr int kAdamThreads = 256;
+constexpr Index kAdamChunk = 4096;  ///< elements per block
+
+/// A registered parameter: its views' data and strides, its moments' offset in the optimizer's
+/// moment buffers, and the first block (chunk) that steps it.
+struct AdamSegment {
+  float* param;
+  const float* grad;
+  Index param_s, grad_s, n, moment_offset, first_block;
+  bool decay;
+};
+
+/// The per-step constants, each rounded to float as the CPU step rounds it.
+struct AdamStep {
+  float one_minus_b1, b2, one_minus_b2, shrink, step_size, bc2_sqrt, eps;
+};
+
+template <class T>
+__global__ void __launch_bounds__(kAdamThreads)
+    adamw_step_kernel(const AdamSegment* segments, int count, T* exp_avg, T* exp_avg_sq,
+                      const AdamStep k) {
+  // The last segment whose first block is at or before this one (first_block increases).
+  const Index block = blockIdx.x;
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (segments[mid].first_block <= block)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const AdamSegment s = segments[lo];
+  const Index begin = (block - s.first_block) * kAdamChunk;
+  const Index end = min(begin + kAdamChunk, s.n);
+  const T shrink = s.decay ? k.shrink : T(1);
+  T* m = exp_avg + s.moment_offset;
+  T* v = exp_avg_sq + s.moment_offset;
+  for (Index i = begin + threadIdx.x; i < end; i += kAdamThreads) {
+    const T g = s.grad[i * s.grad_s];
+    const T mi = m[i] + (g - m[i]) * k.one_minus_b1;
+    const T vi = v[i] * k.b2 + k.one_minus_b2 * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const T p = s.param[i * s.param_s] * shrink;
+    s.param[i * s.param_s] = p - k.step_size * mi / (sqrtf(vi) / k.bc2_sqrt + k.eps);
+  }
+}
+
+}  // namespace detail
+
+/// AdamW over float parameters and gradients in device memory, the moments (float, zero at the
+/// start) in device memory too. Steps are ordered on the stream passed to step(); the first step
+/// after add() uploads the parameter table and synchronises that stream once.
+template <class T>
+class AdamW<T, Cuda> {
+  static_assert(std::is_same_v<T, float>, "AdamW<T, Cuda> steps float parameters");
+
+ public:
+  explicit AdamW(const AdamWOptions& options = {}) : options_(options) {
+    detail::check_adamw_options(options);
+  }
+
+  /// Registers a parameter and the buffer its gradient will be in (same length), both on
+  /// Device::CUDA. `decay`: whether weight decay applies (it usually does not to biases, norms
+  /// and A_log/D).
+  void add(TensorView<float, 1> param, TensorView<const float, 1> grad, bool decay = true) {
+    check_device(param, "param", Device::CUDA);
+    check_device(grad, "grad", Device::CUDA);
+    check_shape(grad, "grad", {param.size(0)});
+    const Index n = param.size(0);
+    if (n == 0)
+      return;
+    segments_.push_back(detail::AdamSegment{param.data(), grad.data(), param.stride(0),
+                                            grad.stride(0), n, elements_, blocks_, decay});
+    elements_ += n;
+    blocks_ += (n + detail::kAdamChunk - 1) / detail::kAdamChunk;
+  }
+
+  /// One update of every registered parameter from its gradient buffer: one kernel launch.
+  void step(cudaStream_t stream) {
+    detail::check_adamw_options(options_);
+    upload(stream);
+    ++steps_;
+    const double bc1 = 1 - std::pow(options_.beta1, static_cast<double>(steps_));
+    const double bc2 = 1 - std::pow(options_.beta2, static_cast<double>(steps_));
+    const float lr = static_cast<float>(options_.lr), b1 = static_cast<float>(options_.beta1);
+    const float b2 = static_cast<float>(options_.beta2);
+    detail::AdamStep k{};
+    k.one_minus_b1 = 1.f - b1;
+    k.b2 = b2;
+    k.one_minus_b2 = 1.f - b2;
+    k.shrink = 1.f - lr * static_cast<float>(options_.weight_decay);
+    k.step_size = static_cast<float>(options_.lr / bc1);
+    k.bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+    k.eps = static_cast<float>(options_.eps);
+    if (blocks_ == 0)
+      return;
+    SSMKIT_CHECK(blocks_ <= 2147483647, "param", "4096-element chunks", "< 2^31 on CUDA", blocks_);
+    detail::adamw_step_kernel<float>
+        <<<static_cast<unsigned>(blocks_), detail::kAdamThreads, 0, stream>>>(
+            table_.data(), static_cast<int>(segments_.size()), exp_avg_.data(), exp_avg_sq_.data(),
+            k);
+    SSMKIT_CUDA_CHECK_LAUNCH("adamw_step_kernel");
+  }
+
+  /// The options; change lr here for a schedule.
+  AdamWOptions& options() { return options_; }
+  long steps() const { return steps_; }
+
+ private:
+  /// After add(): grows the moments (keeping those of the parameters stepped so far, zeroing the
+  /// new ones) and uploads the table, then waits for the copies so the old buffers can go.
+  void upload(cudaStream_t stream) {
+    if (uploaded_ == segments_.size())
+      return;
+    cuda::DeviceBuffer<float> m(elements_, "exp_avg"), v(elements_, "exp_avg_sq");
+    const std::size_t kept = static_cast<std::size_t>(exp_avg_.size()) * sizeof(float);
+    const std::size_t fresh = static_cast<std::size_t>(elements_) * sizeof(float) - kept;
+    if (kept > 0) {
+      SSMKIT_CUDA_CHECK(
+          cudaMemcpyAsync(m.data(), exp_avg_.data(), kept, cudaMemcpyDeviceToDevice, stream));
+      SSMKIT_CUDA_CHECK(
+          cudaMemcpyAsync(v.data(), exp_avg_sq_.data(), kept, cudaMemcpyDeviceToDevice, stream));
+    }
+    SSMKIT_CUDA_CHECK(cudaMemsetAsync(m.data() + exp_avg_.size(), 0, fresh, stream));
+    SSMKIT_CUDA_CHECK(cudaMemsetAsync(v.data() + exp_avg_sq_.size(), 0, fresh, stream));
+    cuda::DeviceBuffer<detail::AdamSegment> table(static_cast<Index>(segments_.size()),
+                                                  "AdamW segments");
+    table.copy_from_host_async(segments_.data(), table.size(), stream);
+    SSMKIT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    exp_avg_ = std::move(m);
+    exp_avg_sq_ = std::move(v);
+    table_ = std::move(table);
+    uploaded_ = segments_.size();
+  }
+
+  AdamWOptions options_;
+  std::vector<detail::AdamSegment> segments_;
+  Index elements_ = 0, blocks_ = 0;
+  std::size_t uploaded_ = 0;  ///< segments in table_
+  cuda::DeviceBuffer<detail::AdamSegment> table_;
+  cuda::DeviceBuffer<float> exp_avg_, exp_avg_sq_;
+  long steps_ = 0;
+};
+
+}  // namespace ssmkit::optim
