@@ -1,5 +1,5 @@
 // train_selective_copying: trains a 2-layer Mamba from scratch on the Selective Copying task of
-// the Mamba paper (Gu & Dao, arXiv 2312.00752, §4.1.1) on the CPU.
+// the Mamba paper (Gu & Dao, arXiv 2312.00752, §4.1.1) on the CPU or, with --device cuda, the GPU.
 //
 //   train_selective_copying [--length L] [--steps S] [--batch B] [--lr LR] [--seed S]
 //                           [--threads T] [--eval-every E] [--target-accuracy A] [--csv FILE]
@@ -14,13 +14,19 @@
 // predicted exactly (argmax) on a fixed set of 256 sequences. stdout: the model size, one line per
 // evaluation, a summary. stderr: a progress bar when it is a terminal. --csv writes
 // step,loss,accuracy,seconds at each evaluation. --target-accuracy A (a fraction, e.g. 0.995)
-// stops at the first evaluation that reaches A. Any error: one line, exit status 1 (2 for usage).
+// stops at the first evaluation that reaches A. --device cuda runs the training steps on the GPU
+// (the CPU's arithmetic to float rounding) and evaluates a copy of the weights on the CPU;
+// --threads then only speeds up the evaluation. Any error: one line, exit status 1 (2 for usage).
 #include <ssmkit/core/parallel.hpp>
 #include <ssmkit/nn/grad/mamba_lm_backward.hpp>
 #include <ssmkit/nn/grad/mamba_lm_init.hpp>
 #include <ssmkit/nn/mamba_lm.hpp>
 #include <ssmkit/optim/adamw.hpp>
 #include <ssmkit/optim/clip_grad_norm.hpp>
+
+#ifdef TRAIN_SELECTIVE_COPYING_CUDA
+#include "train_cuda.hpp"
+#endif
 
 #include <unistd.h>
 
@@ -32,8 +38,10 @@
 #include <cstdlib>
 #include <exception>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -185,11 +193,7 @@ int run(int argc, char** argv) {
     return it == flags.end() ? std::string(fallback) : it->second;
   };
   const std::string device = get("--device", "cpu");
-  if (device == "cuda")
-    throw ssmkit::Error(
-        "ssmkit: --device cuda: the CUDA training path is not built yet (no CUDA MambaLM "
-        "backward); use --device cpu");
-  if (device != "cpu")
+  if (device != "cpu" && device != "cuda")
     throw UsageError("--device: expected cpu or cuda, got '" + device + "'");
   const auto L = parse_number<Index>("--length", get("--length", "128"));
   const auto steps = parse_number<Index>("--steps", get("--steps", "16000"));
@@ -224,27 +228,53 @@ int run(int argc, char** argv) {
   config.n_layer = 2;
   config.block = {64, 128, 16, 4, 4};
   ssmkit::nn::MambaLM<float> model(config, ssmkit::nn::init_mamba_lm<float>(config, seed));
-  auto grads = ssmkit::nn::zeros_like(model);
-  auto params = model.parameters();
-  const auto grad_list = ssmkit::nn::parameters(grads);
   ssmkit::optim::AdamWOptions adam;
   adam.lr = lr;
   adam.weight_decay = 0.1;
-  ssmkit::optim::AdamW<float> optimizer(adam);
-  std::vector<ssmkit::TensorView<float, 1>> grad_views;
   Index n_params = 0;
-  for (std::size_t k = 0; k < params.size(); ++k) {
-    optimizer.add(params[k].value, grad_list[k].value, params[k].decay);
-    grad_views.push_back(grad_list[k].value);
-    n_params += params[k].value.size(0);
+  for (const auto& p : model.parameters())
+    n_params += p.value.size(0);
+  // One training step (gradient, clipping to norm 1, AdamW at the given learning rate) returning
+  // the loss, and what makes `model` hold the trained weights before an evaluation.
+  std::function<double(const Batch&, double)> train_step;
+  std::function<void()> sync_model = [] {};
+  if (device == "cuda") {
+#ifdef TRAIN_SELECTIVE_COPYING_CUDA
+    auto trainer = std::make_shared<CudaTrainer>(model, adam);
+    train_step = [trainer](const Batch& b, double rate) {
+      return trainer->step(b.ids_view(), b.targets_view(), rate, 1.0);
+    };
+    sync_model = [trainer, &model] { trainer->download(model); };
+#else
+    throw ssmkit::Error("ssmkit: --device cuda: this build has no CUDA backend (no nvcc found)");
+#endif
+  } else {
+    auto grads = std::make_shared<ssmkit::nn::MambaLMWeights<float>>(ssmkit::nn::zeros_like(model));
+    auto optimizer = std::make_shared<ssmkit::optim::AdamW<float>>(adam);
+    auto params = model.parameters();
+    const auto grad_list = ssmkit::nn::parameters(*grads);
+    std::vector<ssmkit::TensorView<float, 1>> grad_views;
+    for (std::size_t k = 0; k < params.size(); ++k) {
+      optimizer->add(params[k].value, grad_list[k].value, params[k].decay);
+      grad_views.push_back(grad_list[k].value);
+    }
+    train_step = [&model, grads, optimizer, grad_views](const Batch& b, double rate) {
+      const double loss =
+          ssmkit::nn::mamba_lm_backward<float>(model, b.ids_view(), b.targets_view(), *grads);
+      ssmkit::optim::clip_grad_norm(grad_views, 1.0);
+      optimizer->options().lr = rate;
+      optimizer->step();
+      model.parameters_changed();
+      return loss;
+    };
   }
   std::printf(
       "selective copying: length %lld, batch %lld, %lld steps, lr %g, seed %llu, "
-      "%d threads\nmodel: 2 layers, d_model 64, d_state 16, d_conv 4, expand 2, "
+      "%d threads, %s\nmodel: 2 layers, d_model 64, d_state 16, d_conv 4, expand 2, "
       "vocab %lld: %lld parameters\n",
       static_cast<long long>(L), static_cast<long long>(batch), static_cast<long long>(steps), lr,
-      static_cast<unsigned long long>(seed), ssmkit::max_threads(), static_cast<long long>(kVocab),
-      static_cast<long long>(n_params));
+      static_cast<unsigned long long>(seed), ssmkit::max_threads(), device.c_str(),
+      static_cast<long long>(kVocab), static_cast<long long>(n_params));
   std::fflush(stdout);
 
   std::mt19937_64 held_out_rng(seed ^ 0x9e3779b97f4a7c15ULL), train_rng(seed);
@@ -259,17 +289,13 @@ int run(int argc, char** argv) {
   Eval eval;
   for (Index step = 0; step < steps; ++step) {
     const Batch b = make_batch(batch, L, train_rng);
-    const double loss =
-        ssmkit::nn::mamba_lm_backward<float>(model, b.ids_view(), b.targets_view(), grads);
+    const double loss = train_step(b, learning_rate(lr, step, steps));
     if (!std::isfinite(loss))
       throw ssmkit::Error("ssmkit: the loss diverged at step " + std::to_string(step + 1) +
                           "; try a smaller --lr");
-    ssmkit::optim::clip_grad_norm(grad_views, 1.0);
-    optimizer.options().lr = learning_rate(lr, step, steps);
-    optimizer.step();
-    model.parameters_changed();
     loss_sum += loss, ++loss_count, done = step + 1;
     if (done % eval_every == 0 || done == steps) {
+      sync_model();
       eval = evaluate(model, held_out);
       last_loss = loss_sum / static_cast<double>(loss_count);
       loss_sum = 0, loss_count = 0;
