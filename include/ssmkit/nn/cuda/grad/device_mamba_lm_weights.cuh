@@ -154,9 +154,7 @@ class DeviceMambaLMWeights {
   TensorView<float, 1> norm_f() { return vec(norm_f_); }
   TensorView<const float, 1> norm_f() const { return vec(norm_f_); }
   MambaBlockWeightViews<float> mixer(Index layer) { return block<float>(layer); }
-  MambaBlockWeightViews<const float> mixer(Index layer) const {
-    return const_cast<DeviceMambaLMWeights*>(this)->block<const float>(layer);
-  }
+  MambaBlockWeightViews<const float> mixer(Index layer) const { return block<const float>(layer); }
 
   /// Sets every tensor to zero, ordered on `stream`.
   void zero(cudaStream_t stream) { buf_.fill_bytes_async(0, stream); }
@@ -217,7 +215,7 @@ class DeviceMambaLMWeights {
   }
 
   template <class E>
-  MambaBlockWeightViews<E> block(Index layer) {
+  MambaBlockWeightViews<E> block(Index layer) const {
     const Layer& l = layers_.at(checked(layer));
     MambaBlockWeightViews<E> v;
     v.in_proj_weight = mat(l[kInW]), v.in_proj_bias = vec(l[kInB]);
