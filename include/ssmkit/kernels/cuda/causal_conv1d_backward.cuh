@@ -3,9 +3,9 @@
 // dw[k] = Σ_t dp[t]·x̃[t+k], dbias = Σ_t dp[t], summed over the batch.
 //
 // Pass 1: a block per (batch, 64 steps, 32 channels) stages its inputs and dp in shared memory,
-// writes dx (and dinitial_state) and its tile's partial dw, dbias into the workspace. Pass 2: a
-// thread per (channel, tap) sums the partials in tile order, so dweight and dbias are the same
-// on every run (no atomics).
+// writes dx (and dinitial_state) and its tile's partial dw, dbias into the workspace. Pass 2 sums
+// the partials per (channel, tap) in a fixed order, so dweight and dbias are the same on every
+// run (no atomics).
 #pragma once
 
 #include "ssmkit/core/cuda_check.cuh"
@@ -24,7 +24,7 @@ namespace detail {
 constexpr int kConvBwdChannels = 32;  ///< channels per block (a warp's row of loads)
 constexpr int kConvBwdRows = 4;       ///< warps per block, each taking every 4th step
 constexpr int kConvBwdSteps = 64;     ///< steps per block
-constexpr int kConvBwdMaxK = 64;      ///< longest kernel the shared tiles are sized for
+constexpr int kConvBwdMaxK = 16;      ///< longest kernel the shared tiles are sized for
 
 template <class T>
 struct ConvBwdArgs {
@@ -53,37 +53,44 @@ struct ConvBwdArgs {
 
 /// Pass 1. Shared rows: xs holds x̃ of times t0-(K-1) … t0+64+K-2 (zero past L or before an
 /// absent initial state), dp the gradient at the pre-activation of times t0 … t0+64+K-2 (zero
-/// past L), both 32 channels wide.
+/// past L), ws the taps, red each warp's partial dw and dbias; all 32 channels wide.
 template <class T>
 __global__ void __launch_bounds__(kConvBwdChannels* kConvBwdRows)
     causal_conv1d_backward_kernel(const ConvBwdArgs<T> a) {
+  constexpr int kW = kConvBwdChannels;
   extern __shared__ float smem[];
   const int K = a.K;
   const int x_rows = kConvBwdSteps + 2 * (K - 1), dp_rows = kConvBwdSteps + K - 1;
   float* xs = smem;
-  float* dp = smem + x_rows * kConvBwdChannels;
-  float* red = dp + dp_rows * kConvBwdChannels;  // (rows, channels) for the partial sums
+  float* dp = xs + x_rows * kW;
+  float* ws = dp + dp_rows * kW;
+  float* red = ws + K * kW;  // (K+1, warps, channels)
 
-  const int lane = static_cast<int>(threadIdx.x) % kConvBwdChannels;
-  const int row = static_cast<int>(threadIdx.x) / kConvBwdChannels;
+  const int lane = static_cast<int>(threadIdx.x) % kW;
+  const int row = static_cast<int>(threadIdx.x) / kW;
   const int ct = static_cast<int>(blockIdx.x % a.channel_tiles);
   const int tt = static_cast<int>(blockIdx.x / a.channel_tiles % a.time_tiles);
   const Index b = blockIdx.x / a.channel_tiles / a.time_tiles;
-  const int c = ct * kConvBwdChannels + lane;
+  const int c = ct * kW + lane;
   const bool active = c < a.C;
   const int t0 = tt * kConvBwdSteps;
   const int t1 = min(t0 + kConvBwdSteps, a.L);
 
+  // This thread's channel of batch b; time offsets are added per row.
+  const T* x = a.x + b * a.x_s[0] + c * a.x_s[2];
+  const T* dout = a.dout + b * a.dout_s[0] + c * a.dout_s[2];
+  for (int k = row; k < K; k += kConvBwdRows)
+    ws[k * kW + lane] = active ? a.weight[c * a.w_s[0] + k * a.w_s[1]] : 0.f;
   for (int r = row; r < x_rows; r += kConvBwdRows) {
     const int tau = t0 - (K - 1) + r;
     float v = 0.f;
     if (active && tau < a.L) {
       if (tau >= 0)
-        v = a.x[b * a.x_s[0] + tau * a.x_s[1] + c * a.x_s[2]];
+        v = x[tau * a.x_s[1]];
       else if (a.init != nullptr)
         v = a.init[b * a.init_s[0] + c * a.init_s[1] + (tau + K - 1) * a.init_s[2]];
     }
-    xs[r * kConvBwdChannels + lane] = v;
+    xs[r * kW + lane] = v;
   }
   __syncthreads();
 
@@ -92,76 +99,88 @@ __global__ void __launch_bounds__(kConvBwdChannels* kConvBwdRows)
     const int s = t0 + r;
     float g = 0.f;
     if (active && s < a.L) {
-      g = a.dout[b * a.dout_s[0] + s * a.dout_s[1] + c * a.dout_s[2]];
+      g = dout[s * a.dout_s[1]];
       if (a.silu) {
         float pre = bias;
         for (int k = 0; k < K; ++k)
-          pre = fmaf(a.weight[c * a.w_s[0] + k * a.w_s[1]], xs[(r + k) * kConvBwdChannels + lane],
-                     pre);
+          pre = fmaf(ws[k * kW + lane], xs[(r + k) * kW + lane], pre);
         const float sg = 1.f / (1.f + expf(-pre));
         g *= sg * (1.f + pre * (1.f - sg));
       }
     }
-    dp[r * kConvBwdChannels + lane] = g;
+    dp[r * kW + lane] = g;
   }
   __syncthreads();
 
   if (active) {
     // dx̃ at time τ gathers dp[τ+(K-1)-k]; this tile's times, and the initial state's in tile 0.
+    T* dx = a.dx + b * a.dx_s[0] + c * a.dx_s[2];
     const int first = tt == 0 && a.dinit != nullptr ? -(K - 1) : 0;
     for (int tau = t0 + first + row; tau < t1; tau += kConvBwdRows) {
       float sum = 0.f;
       for (int k = 0; k < K; ++k) {
         const int r = tau + (K - 1) - k - t0;
         if (r >= 0)
-          sum = fmaf(a.weight[c * a.w_s[0] + k * a.w_s[1]], dp[r * kConvBwdChannels + lane], sum);
+          sum = fmaf(ws[k * kW + lane], dp[r * kW + lane], sum);
       }
       if (tau >= 0)
-        a.dx[b * a.dx_s[0] + tau * a.dx_s[1] + c * a.dx_s[2]] = sum;
+        dx[tau * a.dx_s[1]] = sum;
       else
         a.dinit[b * a.dinit_s[0] + c * a.dinit_s[1] + (tau + K - 1) * a.dinit_s[2]] = sum;
     }
   }
 
   // Partial dw[k] (k < K) and dbias (k = K) over this tile's steps: each warp sums its steps,
-  // then warp 0 adds the warps' sums in order.
-  float* out = a.partial + ((b * a.time_tiles + tt) * a.C + c) * (K + 1);
+  // then the first K+1 warps' lanes add the warps' sums in order.
   for (int k = 0; k <= K; ++k) {
     float sum = 0.f;
     for (int r = row; r < t1 - t0; r += kConvBwdRows)
-      sum = fmaf(dp[r * kConvBwdChannels + lane],
-                 k < K ? xs[(r + k) * kConvBwdChannels + lane] : 1.f, sum);
-    red[row * kConvBwdChannels + lane] = sum;
-    __syncthreads();
-    if (row == 0 && active) {
-      float total = red[lane];
+      sum = fmaf(dp[r * kW + lane], k < K ? xs[(r + k) * kW + lane] : 1.f, sum);
+    red[(k * kConvBwdRows + row) * kW + lane] = sum;
+  }
+  __syncthreads();
+  float* out = a.partial + (b * a.time_tiles + tt) * a.C * (K + 1);
+  for (int i = static_cast<int>(threadIdx.x); i < (K + 1) * kW;
+       i += kConvBwdChannels * kConvBwdRows) {
+    const int k = i % (K + 1), ch = i / (K + 1);  // consecutive threads, consecutive outputs
+    if (ct * kW + ch < a.C) {
+      float total = red[k * kConvBwdRows * kW + ch];
       for (int w = 1; w < kConvBwdRows; ++w)
-        total += red[w * kConvBwdChannels + lane];
-      out[k] = total;
+        total += red[(k * kConvBwdRows + w) * kW + ch];
+      out[static_cast<Index>(ct * kW + ch) * (K + 1) + k] = total;
     }
-    __syncthreads();
   }
 }
 
-/// Pass 2: a thread per (channel, tap or bias) adds the tiles' partials in order.
+/// Pass 2: 32 outputs (channel, tap or bias) per block; warp j adds the partials of tiles j,
+/// j+8, … in order, then the warps' sums are added in warp order.
 template <class T>
 __global__ void __launch_bounds__(256)
     causal_conv1d_backward_reduce_kernel(const ConvBwdArgs<T> a) {
-  const Index i = static_cast<Index>(blockIdx.x) * 256 + threadIdx.x;
+  constexpr int kWarps = 8;
+  __shared__ float sums[kWarps][32];
+  const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
   const int K = a.K;
-  if (i >= static_cast<Index>(a.C) * (K + 1))
-    return;
-  const Index tiles = static_cast<Index>(a.batch) * a.time_tiles;
   const Index per_tile = static_cast<Index>(a.C) * (K + 1);
+  const Index i = static_cast<Index>(blockIdx.x) * 32 + lane;
+  const Index tiles = static_cast<Index>(a.batch) * a.time_tiles;
   float sum = 0.f;
-  for (Index t = 0; t < tiles; ++t)
-    sum += a.partial[t * per_tile + i];
+  if (i < per_tile)
+    for (Index t = warp; t < tiles; t += kWarps)
+      sum += a.partial[t * per_tile + i];
+  sums[warp][lane] = sum;
+  __syncthreads();
+  if (warp != 0 || i >= per_tile)
+    return;
+  float total = sums[0][lane];
+  for (int j = 1; j < kWarps; ++j)
+    total += sums[j][lane];
   const Index c = i / (K + 1);
   const int k = static_cast<int>(i % (K + 1));
   if (k < K)
-    a.dweight[c * a.dw_s[0] + k * a.dw_s[1]] = sum;
+    a.dweight[c * a.dw_s[0] + k * a.dw_s[1]] = total;
   else if (a.dbias != nullptr)
-    a.dbias[c * a.dbias_s] = sum;
+    a.dbias[c * a.dbias_s] = total;
 }
 
 inline int conv_bwd_time_tiles(Index L) {
@@ -169,7 +188,8 @@ inline int conv_bwd_time_tiles(Index L) {
 }
 
 inline std::size_t conv_bwd_shared_bytes(int K) {
-  const int rows = (kConvBwdSteps + 2 * (K - 1)) + (kConvBwdSteps + K - 1) + kConvBwdRows;
+  const int rows =
+      (kConvBwdSteps + 2 * (K - 1)) + (kConvBwdSteps + K - 1) + K + (K + 1) * kConvBwdRows;
   return static_cast<std::size_t>(rows) * kConvBwdChannels * sizeof(float);
 }
 
@@ -241,7 +261,7 @@ void causal_conv1d_backward(const CausalConv1dBackwardParams<T, W>& p, cudaStrea
   if (batch > 0) {
     const Index blocks = batch * a.time_tiles * a.channel_tiles;
     SSMKIT_CHECK(blocks <= 2147483647, "x", "batch·time·channel tiles", "< 2^31 on CUDA", blocks);
-    const std::size_t shared = detail::conv_bwd_shared_bytes(a.K);  // < 48 KB for K <= 64
+    const std::size_t shared = detail::conv_bwd_shared_bytes(a.K);  // < 48 KB for K <= 16
     detail::causal_conv1d_backward_kernel<T>
         <<<static_cast<unsigned>(blocks), detail::kConvBwdChannels * detail::kConvBwdRows, shared,
            stream>>>(a);
@@ -249,7 +269,7 @@ void causal_conv1d_backward(const CausalConv1dBackwardParams<T, W>& p, cudaStrea
   }
   const Index outputs = C * (K + 1);
   detail::causal_conv1d_backward_reduce_kernel<T>
-      <<<static_cast<unsigned>((outputs + 255) / 256), 256, 0, stream>>>(a);
+      <<<static_cast<unsigned>((outputs + 31) / 32), 256, 0, stream>>>(a);
   SSMKIT_CUDA_CHECK_LAUNCH("causal_conv1d_backward_reduce_kernel");
 }
 

@@ -21,7 +21,7 @@ namespace ssmkit::cuda {
 namespace detail {
 
 constexpr int kNormBwdThreads = 256;
-constexpr Index kNormBwdMaxRowBlocks = 512;  ///< pass 1 blocks (and partial rows) at most
+constexpr Index kNormBwdMaxRowBlocks = 2048;  ///< pass 1 blocks (and partial rows) at most
 
 /// Rows per pass-1 block for `tokens` rows.
 inline Index norm_bwd_rows_per_block(Index tokens) {
