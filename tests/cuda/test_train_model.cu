@@ -1,7 +1,8 @@
 // The Mamba LM's backward on the GPU (nn/cuda/grad/mamba_lm_backward.cuh) against the CPU
 // nn::mamba_lm_backward on the same random model: the loss and every parameter's gradient, tied
-// and untied heads, with and without biases, a batch of several sequences with ignored targets;
-// one AdamW step on both sides; the trainable-weights round trip; bad arguments.
+// and untied heads, with and without biases, a batch of several sequences with ignored targets,
+// and given dlogits; one AdamW step on both sides; the trainable-weights round trip; bad
+// arguments. Gradients are compared norm-wise per tensor (‖gpu − cpu‖ / ‖cpu‖).
 #include "cuda_testing.hpp"
 
 #include <ssmkit/nn/cuda/grad/mamba_lm_backward.cuh>
@@ -163,6 +164,38 @@ TEST(TrainModel, TheSelectiveCopyingModelMatchesTheCpu) {
   for (std::size_t k = 0; k < g.size(); ++k)
     EXPECT_LE(rel_error(g[k].value.data(), w[k].value.data(), w[k].value.size(0)), 1e-5)
         << g[k].name;
+}
+
+TEST(TrainModel, GivenDlogitsMatchesTheCpu) {
+  // The overload for any loss of the logits: ℓ = Σ G·logits with random G, against the CPU's.
+  SSMKIT_REQUIRE_GPU();
+  const MambaLMConfig cfg = small_config(true);
+  nn::MambaLM<float> cpu(cfg, random_weights<float>(cfg, true, 80));
+  const Data d = random_data(cfg.vocab_size, 3, 21, 81);
+  HostTensor<float, 3> G({d.batch, d.L, cfg.vocab_size});
+  testing::fill_random(G, 82);
+  auto want = nn::zeros_like(cpu);
+  nn::mamba_lm_backward<float>(cpu, d.ids_view(), G.view(), want);
+  TestStream stream;
+  DeviceMambaLMWeights weights(cpu);
+  weights.upload(cpu);
+  DeviceMambaLMWeights grads = DeviceMambaLMWeights::zeros_like(weights);
+  SSMKIT_CUDA_CHECK(cudaMemset(grads.flat().data(), 0xFF, sizeof(float) * grads.flat().size(0)));
+  cuda::DeviceBuffer<float> dlogits(G.numel());
+  dlogits.copy_from_host_async(G.data(), G.numel(), stream.s);
+  nn::MambaLMBackwardWorkspace ws;
+  nn::mamba_lm_backward(weights, d.ids_view(), dlogits.view<3>(G.shape()), grads, ws, stream.s);
+  SSMKIT_CUDA_CHECK(cudaStreamSynchronize(stream.s));
+  MambaLMWeights<float> got = download(grads, cpu);
+  const auto g = nn::parameters(got), w = nn::parameters(want);
+  for (std::size_t k = 0; k < g.size(); ++k)
+    EXPECT_LE(rel_error(g[k].value.data(), w[k].value.data(), w[k].value.size(0)), 1e-5)
+        << g[k].name;
+  // Host dlogits are refused.
+  SSMKIT_EXPECT_ERROR(
+      nn::mamba_lm_backward(weights, d.ids_view(), TensorView<const float, 3>(G.view()), grads, ws,
+                            stream.s),
+      "dlogits", "device");
 }
 
 TEST(TrainModel, OneAdamWStepGivesTheCpuParameters) {

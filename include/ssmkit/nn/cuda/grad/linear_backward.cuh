@@ -110,7 +110,8 @@ inline void linear_forward(LinearBackwardWorkspace& ws, TensorView<const float, 
 /// Given x (tokens, in), weight (out, in) and dy = ∂ℓ/∂y (tokens, out), device views with
 /// contiguous rows: writes dx (tokens, in) unless absent (adds to it with `accumulate_dx`), and
 /// dweight (out, in) and dbias (out, unless absent), added to with `accumulate`. Ordered on
-/// `stream`; ws must have room for `tokens` (reserve()) when dbias is given. Throws
+/// `stream`; ws must have room for `tokens` (reserve()) when dbias is given. dx must not overlap
+/// x or dy (dW reads x after dx is written). Throws
 /// ssmkit::Error.
 inline void linear_backward(LinearBackwardWorkspace& ws, TensorView<const float, 2> x,
                             TensorView<const float, 2> weight, TensorView<const float, 2> dy,

@@ -57,10 +57,89 @@ class MambaLMBackwardWorkspace {
   friend double mamba_lm_backward(const DeviceMambaLMWeights&, TensorView<const std::int64_t, 2>,
                                   TensorView<const std::int64_t, 2>, DeviceMambaLMWeights&,
                                   MambaLMBackwardWorkspace&, cudaStream_t, Index);
+  friend void mamba_lm_backward(const DeviceMambaLMWeights&, TensorView<const std::int64_t, 2>,
+                                TensorView<const float, 3>, DeviceMambaLMWeights&,
+                                MambaLMBackwardWorkspace&, cudaStream_t);
 
   static void grow(cuda::DeviceBuffer<float>& b, Index n) {
     if (b.size() < n)
       b = cuda::DeviceBuffer<float>(n, "LM backward workspace");
+  }
+
+  /// Throws unless grads is laid out as the model's weights and ids (host, batch × L) lie in
+  /// [0, vocab); returns them, sequence after sequence.
+  static std::vector<std::int64_t> checked_ids(const DeviceMambaLMWeights& model,
+                                               TensorView<const std::int64_t, 2> ids,
+                                               const DeviceMambaLMWeights& grads) {
+    SSMKIT_CHECK(grads.same_layout(model), "grads", "tensors",
+                 "those of the model's weights (DeviceMambaLMWeights::zeros_like)",
+                 "different ones");
+    check_device(ids, "ids", Device::CPU);
+    const Index V = model.config().vocab_size;
+    std::vector<std::int64_t> flat;
+    for (Index b = 0; b < ids.size(0); ++b)
+      for (Index t = 0; t < ids.size(1); ++t) {
+        SSMKIT_CHECK(ids(b, t) >= 0 && ids(b, t) < V, "ids",
+                     ("element (" + std::to_string(b) + ", " + std::to_string(t) + ")").c_str(),
+                     "in [0, vocab_size = " + std::to_string(V) + ")", ids(b, t));
+        flat.push_back(ids(b, t));
+      }
+    return flat;
+  }
+
+  /// The forward over `batch` sequences of length L (checked ids, batch·L >= 1), then the
+  /// backward from ∂ℓ/∂logits into grads. `head_grad(normed, scratch, bytes)` gets the final
+  /// normed activations (tokens, d_model) and the kernels' scratch, and returns dlogits (tokens,
+  /// vocab) on the device, ordered on `stream`.
+  template <class HeadGrad>
+  void backward(const DeviceMambaLMWeights& model, const std::vector<std::int64_t>& ids,
+                Index batch, Index L, DeviceMambaLMWeights& grads, cudaStream_t stream,
+                HeadGrad&& head_grad) {
+    const MambaLMConfig& c = model.config();
+    const Index dm = c.d_model(), tokens = batch * L, n_layer = c.n_layer;
+    reserve(c, batch, L);
+    ids_.copy_from_host_async(ids.data(), tokens, stream);
+    const auto ids_dev =
+        TensorView<const std::int64_t, 1>::unchecked(ids_.data(), {tokens}, {1}, Device::CUDA);
+    auto mat = [&](float* p) {
+      return TensorView<float, 2>::unchecked(p, {tokens, dm}, {dm, 1}, Device::CUDA);
+    };
+    auto seq = [&](float* p) {
+      return TensorView<float, 3>::unchecked(p, {batch, L, dm}, {L * dm, dm, 1}, Device::CUDA);
+    };
+    auto residual = [&](Index i) { return residual_.data() + i * tokens * dm; };
+    float *normed = normed_.data(), *dnormed = dnormed_.data(), *dres = dres_.data();
+    void* scratch = scratch_.data();
+    const std::size_t scratch_bytes = scratch_.bytes();
+
+    // Forward: residual(i) is layer i's input, residual(n_layer) the input of norm_f.
+    cuda::embedding<float>(ids_dev, model.embedding(), mat(residual(0)), stream);
+    for (Index i = 0; i < n_layer; ++i) {
+      cuda::rms_norm(mat(residual(i)), model.norm(i), c.norm_eps, mat(normed), stream);
+      SSMKIT_CUDA_CHECK(cudaMemcpyAsync(residual(i + 1), residual(i), sizeof(float) * tokens * dm,
+                                        cudaMemcpyDeviceToDevice, stream));
+      mamba_block_forward(c.block, model.mixer(i), seq(normed), seq(residual(i + 1)), block_,
+                          stream, /*accumulate=*/true);
+    }
+    cuda::rms_norm(mat(residual(n_layer)), model.norm_f(), c.norm_eps, mat(normed), stream);
+
+    // Backward.
+    const TensorView<const float, 2> dlogits = head_grad(mat(normed), scratch, scratch_bytes);
+    cuda::linear_backward(block_.linear(), mat(normed), model.head(), dlogits, mat(dnormed),
+                          grads.head(), {}, stream);
+    cuda::rms_norm_backward(mat(residual(n_layer)), model.norm_f(), c.norm_eps, mat(dnormed),
+                            mat(dres), grads.norm_f(), stream, scratch, scratch_bytes);
+    for (Index i = n_layer - 1; i >= 0; --i) {
+      cuda::rms_norm(mat(residual(i)), model.norm(i), c.norm_eps, mat(normed), stream);
+      mamba_block_backward(c.block, model.mixer(i), seq(normed), seq(dres), seq(dnormed),
+                           grads.mixer(i), block_, stream);
+      cuda::rms_norm_backward(mat(residual(i)), model.norm(i), c.norm_eps, mat(dnormed),
+                              mat(dx_.data()), grads.norm(i), stream, scratch, scratch_bytes);
+      // The residual path passes dres through; the norm's branch adds to it.
+      detail::add(dres, dx_.data(), tokens * dm, stream);
+    }
+    cuda::embedding_backward(ids_dev, mat(dres), grads.embedding(), stream,
+                             /*accumulate=*/c.tie_embeddings);
   }
 
   MambaBlockBackwardWorkspace block_;
@@ -79,25 +158,20 @@ inline double mamba_lm_backward(const DeviceMambaLMWeights& model,
                                 TensorView<const std::int64_t, 2> targets,
                                 DeviceMambaLMWeights& grads, MambaLMBackwardWorkspace& ws,
                                 cudaStream_t stream, Index ignore_index = -100) {
-  const MambaLMConfig& c = model.config();
-  const Index batch = ids.size(0), L = ids.size(1), V = c.vocab_size, dm = c.d_model();
-  const Index tokens = batch * L, n_layer = c.n_layer;
-  SSMKIT_CHECK(grads.same_layout(model), "grads", "tensors",
-               "those of the model's weights (DeviceMambaLMWeights::zeros_like)", "different ones");
-  check_device(ids, "ids", Device::CPU);
+  const std::vector<std::int64_t> flat_ids =
+      MambaLMBackwardWorkspace::checked_ids(model, ids, grads);
+  const Index batch = ids.size(0), L = ids.size(1), V = model.config().vocab_size;
+  const Index tokens = batch * L;
   check_device(targets, "targets", Device::CPU);
   check_shape(targets, "targets", {batch, L});
-  std::vector<std::int64_t> flat_ids, flat_targets;
+  std::vector<std::int64_t> flat_targets;
   Index counted = 0;
   for (Index b = 0; b < batch; ++b)
     for (Index t = 0; t < L; ++t) {
-      const std::string at = "element (" + std::to_string(b) + ", " + std::to_string(t) + ")";
-      SSMKIT_CHECK(ids(b, t) >= 0 && ids(b, t) < V, "ids", at.c_str(),
-                   "in [0, vocab_size = " + std::to_string(V) + ")", ids(b, t));
       const std::int64_t y = targets(b, t);
-      SSMKIT_CHECK(y == ignore_index || (y >= 0 && y < V), "targets", at.c_str(),
+      SSMKIT_CHECK(y == ignore_index || (y >= 0 && y < V), "targets",
+                   ("element (" + std::to_string(b) + ", " + std::to_string(t) + ")").c_str(),
                    "in [0, " + std::to_string(V) + ") or the ignore_index", y);
-      flat_ids.push_back(ids(b, t));
       flat_targets.push_back(y);
       counted += y != ignore_index;
     }
@@ -106,62 +180,49 @@ inline double mamba_lm_backward(const DeviceMambaLMWeights& model,
     SSMKIT_CUDA_CHECK(cudaStreamSynchronize(stream));
     return 0.0;
   }
-  ws.reserve(c, batch, L);
-  ws.ids_.copy_from_host_async(flat_ids.data(), tokens, stream);
+  ws.reserve(model.config(), batch, L);
   ws.targets_.copy_from_host_async(flat_targets.data(), tokens, stream);
-  const auto ids_dev =
-      TensorView<const std::int64_t, 1>::unchecked(ws.ids_.data(), {tokens}, {1}, Device::CUDA);
-  auto mat = [&](float* p) {
-    return TensorView<float, 2>::unchecked(p, {tokens, dm}, {dm, 1}, Device::CUDA);
-  };
-  auto seq = [&](float* p) {
-    return TensorView<float, 3>::unchecked(p, {batch, L, dm}, {L * dm, dm, 1}, Device::CUDA);
-  };
-  auto residual = [&](Index i) { return ws.residual_.data() + i * tokens * dm; };
-  float *normed = ws.normed_.data(), *dnormed = ws.dnormed_.data(), *dres = ws.dres_.data();
-  cuda::LinearBackwardWorkspace& lin = ws.block_.linear();
-
-  // Forward: residual(i) is layer i's input, residual(n_layer) the input of norm_f.
-  cuda::embedding<float>(ids_dev, model.embedding(), mat(residual(0)), stream);
-  for (Index i = 0; i < n_layer; ++i) {
-    cuda::rms_norm(mat(residual(i)), model.norm(i), c.norm_eps, mat(normed), stream);
-    SSMKIT_CUDA_CHECK(cudaMemcpyAsync(residual(i + 1), residual(i), sizeof(float) * tokens * dm,
-                                      cudaMemcpyDeviceToDevice, stream));
-    mamba_block_forward(c.block, model.mixer(i), seq(normed), seq(residual(i + 1)), ws.block_,
-                        stream, /*accumulate=*/true);
-  }
-  cuda::rms_norm(mat(residual(n_layer)), model.norm_f(), c.norm_eps, mat(normed), stream);
-  const auto logits =
-      TensorView<float, 2>::unchecked(ws.logits_.data(), {tokens, V}, {V, 1}, Device::CUDA);
-  cuda::linear_forward(lin, mat(normed), model.head(), {}, logits, stream);
-  const auto targets_dev =
-      TensorView<const std::int64_t, 1>::unchecked(ws.targets_.data(), {tokens}, {1}, Device::CUDA);
-  void* scratch = ws.scratch_.data();
-  const std::size_t scratch_bytes = ws.scratch_.bytes();
-  // dlogits in place: the mean's gradient, (softmax − onehot) / counted.
-  cuda::cross_entropy(logits, targets_dev, logits, ws.loss_.data(), stream, scratch, scratch_bytes,
-                      ignore_index, counted ? 1.0 / static_cast<double>(counted) : 0.0);
-
-  // Backward.
-  cuda::linear_backward(lin, mat(normed), model.head(), logits, mat(dnormed), grads.head(), {},
-                        stream);
-  cuda::rms_norm_backward(mat(residual(n_layer)), model.norm_f(), c.norm_eps, mat(dnormed),
-                          mat(dres), grads.norm_f(), stream, scratch, scratch_bytes);
-  for (Index i = n_layer - 1; i >= 0; --i) {
-    cuda::rms_norm(mat(residual(i)), model.norm(i), c.norm_eps, mat(normed), stream);
-    mamba_block_backward(c.block, model.mixer(i), seq(normed), seq(dres), seq(dnormed),
-                         grads.mixer(i), ws.block_, stream);
-    cuda::rms_norm_backward(mat(residual(i)), model.norm(i), c.norm_eps, mat(dnormed),
-                            mat(ws.dx_.data()), grads.norm(i), stream, scratch, scratch_bytes);
-    // The residual path passes dres through; the norm's branch adds to it.
-    detail::add(dres, ws.dx_.data(), tokens * dm, stream);
-  }
-  cuda::embedding_backward(ids_dev, mat(dres), grads.embedding(), stream,
-                           /*accumulate=*/c.tie_embeddings);
+  ws.backward(
+      model, flat_ids, batch, L, grads, stream,
+      [&](TensorView<const float, 2> normed, void* scratch, std::size_t bytes) {
+        const auto logits =
+            TensorView<float, 2>::unchecked(ws.logits_.data(), {tokens, V}, {V, 1}, Device::CUDA);
+        cuda::linear_forward(ws.block_.linear(), normed, model.head(), {}, logits, stream);
+        const auto targets_dev = TensorView<const std::int64_t, 1>::unchecked(
+            ws.targets_.data(), {tokens}, {1}, Device::CUDA);
+        // dlogits in place: the mean's gradient, (softmax − onehot) / counted.
+        cuda::cross_entropy(logits, targets_dev, logits, ws.loss_.data(), stream, scratch, bytes,
+                            ignore_index, counted ? 1.0 / static_cast<double>(counted) : 0.0);
+        return TensorView<const float, 2>(logits);
+      });
   float loss_sum = 0;
   ws.loss_.copy_to_host_async(&loss_sum, 1, stream);
   SSMKIT_CUDA_CHECK(cudaStreamSynchronize(stream));
   return counted ? static_cast<double>(loss_sum) / static_cast<double>(counted) : 0.0;
+}
+
+/// The gradient of any loss of the logits, given dlogits = ∂ℓ/∂logits (batch, L, vocab, device,
+/// contiguous) for host ids (batch, L): every tensor of `grads` is overwritten. Ordered on
+/// `stream` (no synchronisation). As the CPU overload; throws ssmkit::Error.
+inline void mamba_lm_backward(const DeviceMambaLMWeights& model,
+                              TensorView<const std::int64_t, 2> ids,
+                              TensorView<const float, 3> dlogits, DeviceMambaLMWeights& grads,
+                              MambaLMBackwardWorkspace& ws, cudaStream_t stream) {
+  const std::vector<std::int64_t> flat_ids =
+      MambaLMBackwardWorkspace::checked_ids(model, ids, grads);
+  const Index batch = ids.size(0), L = ids.size(1), V = model.config().vocab_size;
+  check_device(dlogits, "dlogits", Device::CUDA);
+  check_shape(dlogits, "dlogits", {batch, L, V});
+  SSMKIT_CHECK(dlogits.is_contiguous(), "dlogits", "layout", "contiguous", "strided");
+  if (batch * L == 0) {
+    grads.zero(stream);
+    return;
+  }
+  ws.backward(model, flat_ids, batch, L, grads, stream,
+              [&](TensorView<const float, 2>, void*, std::size_t) {
+                return TensorView<const float, 2>::unchecked(dlogits.data(), {batch * L, V}, {V, 1},
+                                                             Device::CUDA);
+              });
 }
 
 }  // namespace ssmkit::nn
