@@ -11,6 +11,7 @@
 #include <ssmkit/optim/adamw.hpp>
 #include <ssmkit/optim/cuda/adamw.cuh>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -164,6 +165,40 @@ TEST(TrainModel, TheSelectiveCopyingModelMatchesTheCpu) {
   for (std::size_t k = 0; k < g.size(); ++k)
     EXPECT_LE(rel_error(g[k].value.data(), w[k].value.data(), w[k].value.size(0)), 1e-5)
         << g[k].name;
+}
+
+TEST(TrainModel, Tf32ProductsStayNearTheCpu) {
+  // CudaOptions::allow_tf32: the products on TF32 tensor cores (10-bit mantissas) change the
+  // gradients at the 1e-3 level, as they change the forward's logits (test_cuda_nn's 1e-2).
+  SSMKIT_REQUIRE_GPU();
+  MambaLMConfig cfg;
+  cfg.vocab_size = 18;
+  cfg.n_layer = 2;
+  cfg.block = {64, 128, 16, 4, 4};
+  nn::MambaLM<float> cpu(cfg, random_weights<float>(cfg, false, 90));
+  const Data d = random_data(cfg.vocab_size, 2, 64, 91);
+  auto want = nn::zeros_like(cpu);
+  const double want_loss = nn::mamba_lm_backward<float>(cpu, d.ids_view(), d.targets_view(), want);
+  TestStream stream;
+  DeviceMambaLMWeights weights(cpu);
+  weights.upload(cpu);
+  DeviceMambaLMWeights grads = DeviceMambaLMWeights::zeros_like(weights);
+  cuda::CudaOptions tf32;
+  tf32.allow_tf32 = true;
+  nn::MambaLMBackwardWorkspace ws(tf32);
+  const double loss =
+      nn::mamba_lm_backward(weights, d.ids_view(), d.targets_view(), grads, ws, stream.s);
+  EXPECT_NEAR(loss, want_loss, 1e-2 * want_loss);
+  MambaLMWeights<float> got = download(grads, cpu);
+  const auto g = nn::parameters(got), w = nn::parameters(want);
+  double worst = 0;
+  for (std::size_t k = 0; k < g.size(); ++k) {
+    const double e = rel_error(g[k].value.data(), w[k].value.data(), w[k].value.size(0));
+    EXPECT_LE(e, 1e-2) << g[k].name;
+    worst = std::max(worst, e);
+  }
+  // TF32 is really on: FP32 products agree to ~2e-6 (the test above), TF32 ones far less.
+  EXPECT_GT(worst, 1e-5);
 }
 
 TEST(TrainModel, GivenDlogitsMatchesTheCpu) {
