@@ -2,7 +2,8 @@
 // ignored, loss_t = logsumexp(z_t) − z_t[y_t] and dlogits_t = scale·(softmax(z_t) − onehot(y_t)),
 // as nn::cross_entropy (nn/grad/cross_entropy.hpp) computes them with scale = 1/count.
 //
-// A block per row: one pass of an online max and sum of exponentials, a second writing dlogits.
+// A block per row: one pass of an online max and sum of exponentials, a second writing dlogits
+// (float4 loads and stores where the rows are aligned).
 // The row losses go to the workspace and one block adds them in a fixed order, so the sum is the
 // same on every run (no atomics).
 #pragma once
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 namespace ssmkit::cuda {
 
@@ -33,12 +35,25 @@ __device__ __forceinline__ void xent_merge(T& m, T& s, T m2, T s2) {
   m = mx;
 }
 
-/// Row t: loss into row_loss[t], gradient into dlogits (which may be logits).
+/// Adds z to a running (max, Σ exp(z − max)).
+template <class T>
+__device__ __forceinline__ void xent_add(T& m, T& s, T z) {
+  if (z > m) {
+    s = s * expf(m - z) + 1;
+    m = z;
+  } else {
+    s += expf(z - m);
+  }
+}
+
+/// Row t: loss into row_loss[t], gradient into dlogits (which may be logits). Rows whose start is
+/// 16-byte aligned (logits' and dlogits') are read and written as float4 up to the last 4 columns.
 template <class T>
 __global__ void __launch_bounds__(kXentThreads)
     cross_entropy_rows_kernel(const T* logits, Index ld, const std::int64_t* targets, Index tgt_s,
                               T* dlogits, Index ldd, T* row_loss, Index vocab,
                               std::int64_t ignore_index, T scale) {
+  static_assert(std::is_same_v<T, float>, "float4 rows");
   __shared__ T warp_m[kXentThreads / 32], warp_s[kXentThreads / 32];
   __shared__ T target_logit;
   const Index t = blockIdx.x;
@@ -53,20 +68,20 @@ __global__ void __launch_bounds__(kXentThreads)
         dz[v] = 0;
     return;
   }
+  const bool vec = reinterpret_cast<std::uintptr_t>(z) % 16 == 0 &&
+                   reinterpret_cast<std::uintptr_t>(dz) % 16 == 0;
+  const Index head = vec ? vocab / 4 * 4 : 0;  // columns read four at a time
   // A target out of range is the caller's error: a NaN loss and gradient, and no read of z[y].
   const bool valid = y >= 0 && y < vocab;
   if (threadIdx.x == 0)
     target_logit = valid ? z[y] : NAN;  // read before any thread overwrites the row
   T m = -INFINITY, s = 0;
-  for (Index v = threadIdx.x; v < vocab; v += kXentThreads) {
-    const T zv = z[v];
-    if (zv > m) {
-      s = s * expf(m - zv) + 1;
-      m = zv;
-    } else {
-      s += expf(zv - m);
-    }
+  for (Index v = 4 * threadIdx.x; v < head; v += 4 * kXentThreads) {
+    const float4 q = *reinterpret_cast<const float4*>(z + v);
+    xent_add(m, s, q.x), xent_add(m, s, q.y), xent_add(m, s, q.z), xent_add(m, s, q.w);
   }
+  for (Index v = head + threadIdx.x; v < vocab; v += kXentThreads)
+    xent_add(m, s, z[v]);
   for (int off = 16; off > 0; off /= 2)
     xent_merge(m, s, __shfl_xor_sync(0xffffffffu, m, off), __shfl_xor_sync(0xffffffffu, s, off));
   if (threadIdx.x % 32 == 0)
@@ -80,10 +95,17 @@ __global__ void __launch_bounds__(kXentThreads)
     row_loss[t] = lse - target_logit;
   if (dz == nullptr)
     return;
-  for (Index v = threadIdx.x; v < vocab; v += kXentThreads) {
-    const T p = expf(z[v] - lse);
-    dz[v] = valid ? scale * (v == y ? p - 1 : p) : NAN;
+  const auto grad = [&](Index v, T zv) -> T {
+    const T p = expf(zv - lse);
+    return valid ? scale * (v == y ? p - 1 : p) : NAN;
+  };
+  for (Index v = 4 * threadIdx.x; v < head; v += 4 * kXentThreads) {
+    const float4 q = *reinterpret_cast<const float4*>(z + v);
+    *reinterpret_cast<float4*>(dz + v) =
+        make_float4(grad(v, q.x), grad(v + 1, q.y), grad(v + 2, q.z), grad(v + 3, q.w));
   }
+  for (Index v = head + threadIdx.x; v < vocab; v += kXentThreads)
+    dz[v] = grad(v, z[v]);
 }
 
 /// Σ row_loss in a fixed order (per-thread strided sums in double, then a fixed tree).
