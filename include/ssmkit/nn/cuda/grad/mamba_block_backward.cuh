@@ -25,7 +25,8 @@ namespace ssmkit::nn {
 
 /// Scratch device memory of mamba_block_forward() and mamba_block_backward(): the recomputed
 /// forward's internals, their gradients, the kernels' workspace and the cuBLAS handle. It grows
-/// to the largest call; reserve() up front allocates once for a (batch, L).
+/// to the largest call: reserve() allocates the buffers of a (batch, L) up front, the scan's and
+/// conv's workspace is sized by the first call; later calls of that size allocate nothing.
 class MambaBlockBackwardWorkspace {
  public:
   explicit MambaBlockBackwardWorkspace(const cuda::CudaOptions& options = {}) : linear_(options) {}

@@ -27,7 +27,8 @@
 namespace ssmkit::nn {
 
 /// Device memory of mamba_lm_backward: token ids and targets, every layer's residual input, the
-/// logits, the blocks' workspace. reserve() once for a (batch, L); a step then allocates nothing.
+/// logits, the blocks' workspace. reserve() once for a (batch, L); after the first step of that
+/// size, a step allocates nothing.
 class MambaLMBackwardWorkspace {
  public:
   explicit MambaLMBackwardWorkspace(const cuda::CudaOptions& options = {}) : block_(options) {}
