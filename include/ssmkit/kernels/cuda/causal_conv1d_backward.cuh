@@ -11,6 +11,7 @@
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/kernels/cpu/causal_conv1d_backward.hpp"
+#include "ssmkit/kernels/cuda/causal_conv1d.cuh"  // detail::conv_strides
 
 #include <cuda_runtime.h>
 
@@ -193,12 +194,6 @@ inline std::size_t conv_bwd_shared_bytes(int K) {
   return static_cast<std::size_t>(rows) * kConvBwdChannels * sizeof(float);
 }
 
-template <class V, std::size_t R>
-void conv_bwd_strides(const V& v, Index (&s)[R]) {
-  for (std::size_t i = 0; i < R; ++i)
-    s[i] = v.absent() ? 0 : v.stride(static_cast<int>(i));
-}
-
 }  // namespace detail
 
 /// Bytes of device workspace causal_conv1d_backward needs for `p`: the per-tile partial sums
@@ -233,21 +228,21 @@ void causal_conv1d_backward(const CausalConv1dBackwardParams<T, W>& p, cudaStrea
     return;
   detail::ConvBwdArgs<T> a{};
   a.x = p.x.data();
-  detail::conv_bwd_strides(p.x, a.x_s);
+  detail::conv_strides(p.x, a.x_s);
   a.weight = p.weight.data();
-  detail::conv_bwd_strides(p.weight, a.w_s);
+  detail::conv_strides(p.weight, a.w_s);
   a.bias = p.bias.absent() ? nullptr : p.bias.data();
   a.bias_s = p.bias.absent() ? 0 : p.bias.stride(0);
   a.init = p.initial_state.absent() ? nullptr : p.initial_state.data();
-  detail::conv_bwd_strides(p.initial_state, a.init_s);
+  detail::conv_strides(p.initial_state, a.init_s);
   a.dout = p.dout.data();
-  detail::conv_bwd_strides(p.dout, a.dout_s);
+  detail::conv_strides(p.dout, a.dout_s);
   a.dx = p.dx.data();
-  detail::conv_bwd_strides(p.dx, a.dx_s);
+  detail::conv_strides(p.dx, a.dx_s);
   a.dinit = p.dinitial_state.absent() ? nullptr : p.dinitial_state.data();
-  detail::conv_bwd_strides(p.dinitial_state, a.dinit_s);
+  detail::conv_strides(p.dinitial_state, a.dinit_s);
   a.dweight = p.dweight.data();
-  detail::conv_bwd_strides(p.dweight, a.dw_s);
+  detail::conv_strides(p.dweight, a.dw_s);
   a.dbias = p.dbias.absent() ? nullptr : p.dbias.data();
   a.dbias_s = p.dbias.absent() ? 0 : p.dbias.stride(0);
   a.partial = static_cast<float*>(workspace);

@@ -7,6 +7,7 @@
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/optim/adamw.hpp"
+#include "ssmkit/optim/cuda/segments.cuh"
 
 #include <cuda_runtime.h>
 
@@ -39,19 +40,8 @@ template <class T>
 __global__ void __launch_bounds__(kAdamThreads)
     adamw_step_kernel(const AdamSegment* segments, int count, T* exp_avg, T* exp_avg_sq,
                       const AdamStep k) {
-  // The last segment whose first block is at or before this one (first_block increases).
-  const Index block = blockIdx.x;
-  int lo = 0, hi = count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (segments[mid].first_block <= block)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  const AdamSegment s = segments[lo];
-  const Index begin = (block - s.first_block) * kAdamChunk;
-  const Index end = min(begin + kAdamChunk, s.n);
+  Index begin = 0, end = 0;
+  const AdamSegment s = find_segment(segments, count, blockIdx.x, kAdamChunk, begin, end);
   const T shrink = s.decay ? k.shrink : T(1);
   T* m = exp_avg + s.moment_offset;
   T* v = exp_avg_sq + s.moment_offset;

@@ -10,6 +10,7 @@
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/core/tensor_view.hpp"
+#include "ssmkit/optim/cuda/segments.cuh"
 
 #include <cuda_runtime.h>
 
@@ -29,30 +30,13 @@ struct ClipSegment {
   Index stride, n, first_block;
 };
 
-/// The segment and element range of this block (first_block increases along the table).
-__device__ __forceinline__ const ClipSegment& clip_segment(const ClipSegment* segments, int count,
-                                                           Index block, Index& begin, Index& end) {
-  int lo = 0, hi = count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (segments[mid].first_block <= block)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  const ClipSegment& s = segments[lo];
-  begin = (block - s.first_block) * kClipChunk;
-  end = min(begin + kClipChunk, s.n);
-  return s;
-}
-
 /// Σ g² of this block's chunk in double: per-thread sums, then a fixed tree.
 template <class T>
 __global__ void __launch_bounds__(kClipThreads)
     clip_sum_squares_kernel(const ClipSegment* segments, int count, T* partial) {
   __shared__ T sums[kClipThreads];
   Index begin = 0, end = 0;
-  const ClipSegment& s = clip_segment(segments, count, blockIdx.x, begin, end);
+  const ClipSegment& s = find_segment(segments, count, blockIdx.x, kClipChunk, begin, end);
   T sum = 0;
   for (Index i = begin + threadIdx.x; i < end; i += kClipThreads) {
     const T g = s.data[i * s.stride];
@@ -100,7 +84,7 @@ __global__ void __launch_bounds__(kClipThreads)
   if (!(coef < T(1)))
     return;
   Index begin = 0, end = 0;
-  const ClipSegment& s = clip_segment(segments, count, blockIdx.x, begin, end);
+  const ClipSegment& s = find_segment(segments, count, blockIdx.x, kClipChunk, begin, end);
   for (Index i = begin + threadIdx.x; i < end; i += kClipThreads)
     s.data[i * s.stride] = static_cast<float>(static_cast<T>(s.data[i * s.stride]) * coef);
 }
