@@ -28,6 +28,12 @@ inline Index norm_bwd_rows_per_block(Index tokens) {
   return std::max<Index>(1, (tokens + kNormBwdMaxRowBlocks - 1) / kNormBwdMaxRowBlocks);
 }
 
+/// Pass-1 blocks, each writing one partial row of dweight.
+inline Index norm_bwd_row_blocks(Index tokens) {
+  const Index per_block = norm_bwd_rows_per_block(tokens);
+  return tokens <= 0 ? 0 : (tokens + per_block - 1) / per_block;
+}
+
 /// The block's sum of `v` (every thread gets it), in a fixed order: warps, then their sums.
 template <class T>
 __device__ __forceinline__ T norm_bwd_block_sum(T v, T* warp_sums) {
@@ -105,11 +111,10 @@ __global__ void __launch_bounds__(kNormBwdThreads)
 
 /// Bytes of device workspace rms_norm_backward needs for `tokens` rows of `features`.
 inline std::size_t rms_norm_backward_workspace_size(Index tokens, Index features) {
-  if (tokens <= 0 || features <= 0)
+  if (features <= 0)
     return 0;
-  const Index row_blocks = (tokens + detail::norm_bwd_rows_per_block(tokens) - 1) /
-                           detail::norm_bwd_rows_per_block(tokens);
-  return static_cast<std::size_t>(row_blocks) * static_cast<std::size_t>(features) * sizeof(float);
+  return static_cast<std::size_t>(detail::norm_bwd_row_blocks(tokens)) *
+         static_cast<std::size_t>(features) * sizeof(float);
 }
 
 /// Given x, weight and dy = ∂ℓ/∂y (tokens, features; rows with a row stride, features
@@ -141,7 +146,7 @@ inline void rms_norm_backward(TensorView<const float, 2> x, TensorView<const flo
   if (features == 0)
     return;
   const Index rows_per_block = detail::norm_bwd_rows_per_block(tokens);
-  const Index row_blocks = tokens == 0 ? 0 : (tokens + rows_per_block - 1) / rows_per_block;
+  const Index row_blocks = detail::norm_bwd_row_blocks(tokens);
   auto* partial = static_cast<float*>(workspace);
   if (row_blocks > 0) {
     detail::rms_norm_backward_rows_kernel<float>
