@@ -7,6 +7,7 @@
 #pragma once
 
 #include "ssmkit/core/cuda_check.cuh"
+#include "ssmkit/core/dependent_launch.cuh"
 #include "ssmkit/core/dtype.cuh"
 #include "ssmkit/core/tensor_view.hpp"
 
@@ -87,23 +88,32 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(const GemvArgs<W> a)
   __shared__ float partial[kGemvWarps][kGemvOut];
   __shared__ float scale[kGemvMaxTokens];
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-#if __CUDA_ARCH__ >= 900
-  // Launched as a programmatic dependent (Hopper): this grid starts while the previous kernel
-  // finishes and waits here for all of its results; the trigger lets the next one do the same.
-  cudaGridDependencySynchronize();
-  cudaTriggerProgrammaticLaunchCompletion();
-#endif
+  // Launched as a dependent of the kernel before, which may still be running.
+  wait_for_producer();
   if (kNorm) {
-    // Warp t: token t's 1 / sqrt(mean(x²) + eps), which multiplies its sums at the end.
-    if (warp < a.tokens) {
-      const float* xr = a.x + warp * a.ldx;
+    // Token t's 1 / sqrt(mean(x²) + eps), which multiplies its sums at the end: the whole block
+    // reads each row once (one round of loads, not a warp walking it).
+    for (int t = 0; t < a.tokens; ++t) {
+      const float* xr = a.x + t * a.ldx;
       float ss = 0.f;
-      for (int k = lane; k < a.K; k += 32)
+      const int K4 = kXVec ? a.K / 4 * 4 : 0;
+      for (int k = 4 * static_cast<int>(threadIdx.x); k < K4; k += 4 * kGemvThreads) {
+        const float4 v = __ldg(reinterpret_cast<const float4*>(xr + k));
+        ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
+      }
+      for (int k = K4 + static_cast<int>(threadIdx.x); k < a.K; k += kGemvThreads)
         ss = fmaf(xr[k], xr[k], ss);
       for (int off = 16; off > 0; off /= 2)
         ss += __shfl_xor_sync(0xffffffffu, ss, off);
       if (lane == 0)
-        scale[warp] = 1.f / sqrtf(ss / static_cast<float>(a.K) + a.eps);
+        partial[warp][t] = ss;
+    }
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < a.tokens) {
+      float ss = 0.f;
+      for (int w = 0; w < kGemvWarps; ++w)
+        ss += partial[w][threadIdx.x];
+      scale[threadIdx.x] = 1.f / sqrtf(ss / static_cast<float>(a.K) + a.eps);
     }
     __syncthreads();
   }
@@ -255,16 +265,7 @@ void launch_kernel(GemvArgs<W> a, cudaStream_t stream) {
     }
   }
   const auto blocks = static_cast<unsigned>(std::min<Index>(best_groups, resident));
-  cudaLaunchConfig_t config{};
-  config.gridDim = blocks;
-  config.blockDim = kGemvThreads;
-  config.stream = stream;
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  SSMKIT_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<W, kXVec, kNorm, kTok>, a));
+  launch_dependent(gemv_kernel<W, kXVec, kNorm, kTok>, blocks, kGemvThreads, 0, stream, a);
 }
 
 template <class W, bool kXVec, bool kNorm>
