@@ -177,15 +177,11 @@ void bench_step_parts(int runs, double bw) {
   };
   const Matrix in_proj(2 * di, dm, 10), x_proj(xdbl_w, di, 20), dt_proj(di, R, 30),
       out_proj(dm, di, 40);
-  cuda::DeviceBuffer<float> residual(dm), gamma(dm), xz(2 * di), u(di), xdbl(xdbl_w), delta(di),
-      y(di), conv_w(di * K), conv_b(di), conv_state(di * (K - 1)), A(di * N), D(di), dt_bias(di),
-      h(di * N);
+  cuda::DeviceBuffer<float> residual(dm), gamma(dm), xz(2 * di), y(di), conv_w(di * K), conv_b(di),
+      conv_state(di * (K - 1)), A(di * N), D(di), dt_bias(di), h(di * N);
   fill(residual, 1, -1, 1);
   fill(gamma, 2, 0.5f, 1.5f);
   fill(xz, 3, -1, 1);
-  fill(u, 4, -1, 1);
-  fill(xdbl, 5, -1, 1);
-  fill(delta, 6, -4, 1);
   fill(y, 7, -1, 1);
   fill(conv_w, 8, -0.5f, 0.5f);
   fill(conv_b, 9, -0.1f, 0.1f);
@@ -211,29 +207,19 @@ void bench_step_parts(int runs, double bw) {
       cuda::gemv(p, s);
     };
   };
-  CausalConv1dStepParams<float> conv;
-  conv.x = TensorView<const float, 2>::unchecked(xz.data(), {1, di}, {2 * di, 1}, Device::CUDA);
-  conv.weight = conv_w.view<2>({di, K});
-  conv.bias = conv_b.view<1>({di});
-  conv.state = conv_state.view<3>({1, di, K - 1});
-  conv.out = mat(u, 1, di, di);
-  conv.silu = true;
-  SelectiveScanParams<float> ssu;
-  ssu.u = u.view<3>({1, 1, di});
-  ssu.delta = delta.view<3>({1, 1, di});
-  ssu.A = A.view<2>({di, N});
-  ssu.B = TensorView<const float, 4>::unchecked(xdbl.data() + R, {1, 1, 1, N},
-                                                {xdbl_w, xdbl_w, N, 1}, Device::CUDA);
-  ssu.C = TensorView<const float, 4>::unchecked(xdbl.data() + R + N, {1, 1, 1, N},
-                                                {xdbl_w, xdbl_w, N, 1}, Device::CUDA);
-  ssu.D_skip = D.view<1>({di});
-  ssu.delta_bias = dt_bias.view<1>({di});
-  ssu.z = TensorView<const float, 3>::unchecked(xz.data() + di, {1, 1, di}, {2 * di, 2 * di, 1},
-                                                Device::CUDA);
-  ssu.h0 = h.view<3>({1, di, N});
-  ssu.h_final = h.view<3>({1, di, N});
-  ssu.out = y.view<3>({1, 1, di});
-  ssu.delta_softplus = true;
+  cuda::MambaInnerStepParams<W> inner;
+  inner.xz =
+      TensorView<const float, 2>::unchecked(xz.data(), {1, 2 * di}, {2 * di, 1}, Device::CUDA);
+  inner.conv_weight = conv_w.view<2>({di, K});
+  inner.conv_bias = conv_b.view<1>({di});
+  inner.dt_bias = dt_bias.view<1>({di});
+  inner.A = A.view<2>({di, N});
+  inner.D = D.view<1>({di});
+  inner.conv_state = conv_state.view<3>({1, di, K - 1});
+  inner.ssm_state = h.view<3>({1, di, N});
+  inner.y = mat(y, 1, di, di);
+  cuda::DeviceBuffer<unsigned char> inner_ws(
+      static_cast<Index>(cuda::mamba_inner_step_workspace_size(1, di, N, R)));
   struct Part {
     const char* name;
     double bytes;
@@ -243,14 +229,13 @@ void bench_step_parts(int runs, double bw) {
   const std::vector<Part> parts = {
       {"in_proj (+ RMSNorm)", wb * 2 * di * dm,
        gemv_part(in_proj, mat(residual, 1, dm, dm), mat(xz, 1, 2 * di, 2 * di), true, false)},
-      {"conv1d step", 4.0 * di * (2 * (K - 1) + K + 3),
-       [&](int) { cuda::causal_conv1d_update(conv, s); }},
-      {"x_proj", wb * xdbl_w * di,
-       gemv_part(x_proj, mat(u, 1, di, di), mat(xdbl, 1, xdbl_w, xdbl_w), false, false)},
-      {"dt_proj", wb * di * R,
-       gemv_part(dt_proj, mat(xdbl, 1, R, xdbl_w), mat(delta, 1, di, di), false, false)},
-      {"state update", 4.0 * di * (2 * N + N + 6),
-       [&](int) { cuda::selective_state_update(ssu, s); }},
+      {"inner step (conv, x_proj, dt_proj, state update: 2 kernels)",
+       wb * di * (xdbl_w + R) + 4.0 * di * (2 * (K - 1) + K + 2 * N + N + 6),
+       [&](int i) {
+         inner.x_proj_weight = x_proj.view(i);
+         inner.dt_proj_weight = dt_proj.view(i);
+         cuda::mamba_inner_step(inner, s, inner_ws.data(), inner_ws.bytes());
+       }},
       {"out_proj (+ residual)", wb * dm * di,
        gemv_part(out_proj, mat(y, 1, di, di), mat(residual, 1, dm, dm), false, true)},
   };

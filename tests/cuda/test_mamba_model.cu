@@ -6,6 +6,9 @@
 #include "nn/nn_testing.hpp"
 
 #include <ssmkit/nn/cuda/mamba_lm.cuh>
+#include <ssmkit/nn/grad/mamba_lm_init.hpp>
+
+#include <random>
 
 using namespace ssmkit;
 using namespace ssmkit::testing;
@@ -96,9 +99,9 @@ void check_gemv(Index tokens, Index N, Index K, bool bias_on, bool accumulate, b
 
 TEST(CudaGemv, MatchesFp64Product) {
   SSMKIT_REQUIRE_GPU();
-  // Long rows (one warp each), short rows (split across warps), K tails, 1..8 tokens, more
-  // rows than resident blocks take, with and without the fused RMSNorm; float sums of up to
-  // 4099 terms, so fp32's 1e-5.
+  // Long rows (one or a few per warp), short rows (many per warp, rows shorter than a warp's
+  // words), K tails, 1..8 tokens, more rows than resident warps, with and without the fused
+  // RMSNorm; float sums of up to 4099 terms, so fp32's 1e-5.
   check_gemv<float>(1, 300, 1000, true, false, false, 1e-5, 1);
   check_gemv<float>(3, 7, 4099, false, true, true, 1e-5, 2);
   check_gemv<float>(8, 1029, 64, true, true, false, 1e-5, 3);
@@ -106,6 +109,106 @@ TEST(CudaGemv, MatchesFp64Product) {
   check_gemv<__nv_bfloat16>(1, 513, 2563, true, false, true, 1e-5, 5);
   check_gemv<__nv_bfloat16>(5, 20, 777, false, false, false, 1e-5, 6);
   check_gemv<__nv_bfloat16>(8, 96, 9, true, true, true, 1e-5, 7);
+}
+
+/// The fused inner decoding step (conv step, x_proj, dt_proj, state update, gate) against the
+/// same math in double on the host, for 1 to kGemvMaxTokens sequences, sizes that are no
+/// multiples of its tiles (d_inner 300, N 12, dt_rank 5) and weights rounded to W as stored.
+template <class W>
+void check_inner_step(Index tokens, std::uint64_t seed) {
+  SCOPED_TRACE("inner step tokens=" + std::to_string(tokens));
+  TestStream stream;
+  const cudaStream_t s = stream.s;
+  const Index di = 300, K = 4, N = 12, R = 5, width = R + 2 * N;
+  const auto rounded = [](std::vector<float> v) {
+    for (float& e : v)
+      e = static_cast<float>(to_double(from_double<W>(e)));
+    return v;
+  };
+  const auto xz = random_vector<float>(static_cast<std::size_t>(tokens * 2 * di), seed);
+  const auto conv_w = random_vector<float>(static_cast<std::size_t>(di * K), seed + 1, -0.5, 0.5);
+  const auto conv_b = random_vector<float>(static_cast<std::size_t>(di), seed + 2, -0.1, 0.1);
+  const auto xw = random_vector<float>(static_cast<std::size_t>(width * di), seed + 3, -0.1, 0.1);
+  const auto dtw = random_vector<float>(static_cast<std::size_t>(di * R), seed + 4, -0.5, 0.5);
+  const auto dt_b = random_vector<float>(static_cast<std::size_t>(di), seed + 5, -4, -1);
+  const auto A = random_vector<float>(static_cast<std::size_t>(di * N), seed + 6, -4, -0.1);
+  const auto D = random_vector<float>(static_cast<std::size_t>(di), seed + 7, 0.5, 1.5);
+  const auto cs = random_vector<float>(static_cast<std::size_t>(tokens * di * (K - 1)), seed + 8);
+  const auto hs = random_vector<float>(static_cast<std::size_t>(tokens * di * N), seed + 9);
+  const auto xw_r = rounded(xw), dtw_r = rounded(dtw);
+  // The reference, in double.
+  std::vector<double> y_ref(static_cast<std::size_t>(tokens * di)), cs_ref(cs.begin(), cs.end()),
+      h_ref(hs.begin(), hs.end());
+  const auto silu = [](double v) { return v / (1 + std::exp(-v)); };
+  for (Index t = 0; t < tokens; ++t) {
+    std::vector<double> u(static_cast<std::size_t>(di)), xdbl(static_cast<std::size_t>(width));
+    for (Index c = 0; c < di; ++c) {
+      double* st = &cs_ref[(t * di + c) * (K - 1)];
+      const double x_new = xz[t * 2 * di + c];
+      double acc = conv_b[c];
+      for (Index k = 0; k < K - 1; ++k)
+        acc += conv_w[c * K + k] * st[k];
+      acc += conv_w[c * K + K - 1] * x_new;
+      for (Index k = 0; k + 1 < K - 1; ++k)
+        st[k] = st[k + 1];
+      st[K - 2] = x_new;
+      u[c] = silu(acc);
+    }
+    for (Index j = 0; j < width; ++j)
+      for (Index c = 0; c < di; ++c)
+        xdbl[j] += xw_r[j * di + c] * u[c];
+    for (Index c = 0; c < di; ++c) {
+      double d = dt_b[c];
+      for (Index r = 0; r < R; ++r)
+        d += dtw_r[c * R + r] * xdbl[r];
+      d = d > 20 ? d : std::log1p(std::exp(d));
+      double y = D[c] * u[c];
+      for (Index n = 0; n < N; ++n) {
+        double& h = h_ref[(t * di + c) * N + n];
+        h = std::exp(d * A[c * N + n]) * h + d * u[c] * xdbl[R + n];
+        y += xdbl[R + N + n] * h;
+      }
+      y_ref[t * di + c] = y * silu(xz[t * 2 * di + di + c]);
+    }
+  }
+  // The device.
+  auto xz_d = upload(xz.data(), tokens * 2 * di, s);
+  auto conv_w_d = upload(conv_w.data(), di * K, s), conv_b_d = upload(conv_b.data(), di, s);
+  auto dt_b_d = upload(dt_b.data(), di, s), A_d = upload(A.data(), di * N, s);
+  auto D_d = upload(D.data(), di, s), cs_d = upload(cs.data(), tokens * di * (K - 1), s);
+  auto hs_d = upload(hs.data(), tokens * di * N, s);
+  const cuda::DeviceMatrix<W> xw_d(TensorView<const float, 2>(xw.data(), {width, di}), "x_proj");
+  const cuda::DeviceMatrix<W> dtw_d(TensorView<const float, 2>(dtw.data(), {di, R}), "dt_proj");
+  cuda::DeviceBuffer<float> y_d(tokens * di);
+  y_d.fill_bytes_async(0xFF, s);
+  cuda::MambaInnerStepParams<W> p;
+  p.xz = xz_d.view<2>({tokens, 2 * di});
+  p.conv_weight = conv_w_d.view<2>({di, K});
+  p.conv_bias = conv_b_d.view<1>({di});
+  p.x_proj_weight = xw_d.view();
+  p.dt_proj_weight = dtw_d.view();
+  p.dt_bias = dt_b_d.view<1>({di});
+  p.A = A_d.view<2>({di, N});
+  p.D = D_d.view<1>({di});
+  p.conv_state = cs_d.view<3>({tokens, di, K - 1});
+  p.ssm_state = hs_d.view<3>({tokens, di, N});
+  p.y = y_d.view<2>({tokens, di});
+  cuda::DeviceBuffer<unsigned char> ws(
+      static_cast<Index>(cuda::mamba_inner_step_workspace_size(p)));
+  cuda::mamba_inner_step(p, s, ws.data(), ws.bytes());
+  EXPECT_LE(rel_error(download<float>(y_d.data(), y_d.size(), s), y_ref), 1e-5) << "y";
+  EXPECT_LE(rel_error(download<float>(hs_d.data(), hs_d.size(), s), h_ref), 1e-5) << "ssm state";
+  EXPECT_LE(rel_error(download<float>(cs_d.data(), cs_d.size(), s), cs_ref), 1e-5) << "conv state";
+  // A workspace too small is refused before anything runs.
+  EXPECT_THROW(cuda::mamba_inner_step(p, s, ws.data(), ws.bytes() - 4), Error);
+}
+
+TEST(CudaMambaInnerStep, MatchesFp64Step) {
+  SSMKIT_REQUIRE_GPU();
+  for (const Index tokens : {Index{1}, Index{3}, cuda::kGemvMaxTokens}) {
+    check_inner_step<float>(tokens, 10 * static_cast<std::uint64_t>(tokens));
+    check_inner_step<__nv_bfloat16>(tokens, 10 * static_cast<std::uint64_t>(tokens) + 1);
+  }
 }
 
 /// The block on both backends, fed the MambaMixer golden's input: a full forward, then a prefill
@@ -189,6 +292,67 @@ TEST(CudaMambaBlock, MatchesCpuBlockBf16Weights) {
   SSMKIT_REQUIRE_GPU();
   check_block<__nv_bfloat16>("bias", 1e-2);
   check_block<__nv_bfloat16>("n64", 1e-2);
+}
+
+/// Decoding steps against the CPU block at batch sizes that take the fused inner step (one
+/// sequence) and the separate kernels (more; the GEMV's limit of kGemvMaxTokens and beyond), on a
+/// freshly initialised block whose sizes are no multiples of the kernels' tiles (d_inner 200,
+/// N 12, dt_rank 5): outputs and both states after a few tokens.
+template <class W>
+void check_steps_at_batches(double tol) {
+  TestStream stream;
+  const cudaStream_t s = stream.s;
+  nn::MambaLMConfig lc;
+  lc.vocab_size = 4;
+  lc.n_layer = 1;
+  lc.block = {100, 200, 12, 4, 5};
+  nn::MambaInitOptions init;
+  init.in_proj_bias = init.out_proj_bias = true;
+  const nn::MambaBlock<float> cpu_block(
+      lc.block, std::move(nn::init_mamba_lm<float>(lc, 11, init).layers[0].mixer));
+  const nn::MambaBlock<W, Cuda> gpu_block(cpu_block);
+  const auto& c = lc.block;
+  for (const Index batch : {Index{1}, Index{3}, cuda::kGemvMaxTokens, cuda::kGemvMaxTokens + 1}) {
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    const Index steps = 4, dm = c.d_model;
+    HostTensor<float, 2> x({batch, dm}), want({batch, dm});
+    std::mt19937_64 rng(static_cast<std::uint64_t>(batch));
+    std::uniform_real_distribution<float> dist(-1.f, 1.f);
+    nn::MambaBlockState<float> cpu_state(c, batch);
+    nn::DeviceMambaBlockState gpu_state(c, batch, s);
+    typename nn::MambaBlock<float>::Workspace cpu_ws;
+    typename nn::MambaBlock<W, Cuda>::Workspace ws;
+    cuda::DeviceBuffer<float> xd(batch * dm), out(batch * dm);
+    for (Index t = 0; t < steps; ++t) {
+      for (Index i = 0; i < x.numel(); ++i)
+        x.data()[i] = dist(rng);
+      cpu_block.step(TensorView<const float, 2>(x.view()), want.view(), cpu_state.view(), cpu_ws);
+      xd.copy_from_host_async(x.data(), x.numel(), s);
+      out.fill_bytes_async(0xFF, s);
+      gpu_block.step(xd.view<2>({batch, dm}), out.view<2>({batch, dm}), gpu_state.view(), ws, s);
+      EXPECT_LE(rel_error(download<float>(out.data(), out.size(), s),
+                          std::vector<double>(want.data(), want.data() + want.numel())),
+                tol)
+          << "token " << t;
+    }
+    const auto states = gpu_state.view();
+    EXPECT_LE(rel_error(download<float>(states.ssm.data(), states.ssm.numel(), s),
+                        std::vector<double>(cpu_state.ssm().data(),
+                                            cpu_state.ssm().data() + cpu_state.ssm().numel())),
+              tol)
+        << "ssm state";
+    EXPECT_LE(rel_error(download<float>(states.conv.data(), states.conv.numel(), s),
+                        std::vector<double>(cpu_state.conv().data(),
+                                            cpu_state.conv().data() + cpu_state.conv().numel())),
+              tol)
+        << "conv state";
+  }
+}
+
+TEST(CudaMambaBlock, StepsMatchCpuAtEveryBatch) {
+  SSMKIT_REQUIRE_GPU();
+  check_steps_at_batches<float>(1e-5);
+  check_steps_at_batches<__nv_bfloat16>(1e-2);
 }
 
 class CudaMambaLMGolden : public ::testing::TestWithParam<const char*> {};

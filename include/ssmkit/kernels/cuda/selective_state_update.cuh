@@ -19,6 +19,43 @@ namespace detail {
 
 constexpr int kUpdateThreads = 128;
 
+/// States n0 … n0+3 (those below N) of one channel advanced by one token — h ← exp(Δ·A)·h +
+/// Δu·B — from h0 into h (which may alias: each is read before written); returns Σ C·h over them.
+/// `vec`: both state rows are contiguous 16-byte vectors (strides then 1).
+template <class LoadB, class LoadC>
+__device__ __forceinline__ float advance_states4(const float* h0, float* h, Index h0_s, Index h_s,
+                                                 bool vec, const float* A, Index A_s, int n0, int N,
+                                                 float dt, float du, LoadB&& B, LoadC&& C) {
+  float v[4];
+  if (vec) {
+    const float4 q = *reinterpret_cast<const float4*>(h0 + n0);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      v[j] = n0 + j < N ? h0[(n0 + j) * h0_s] : 0.f;
+  }
+  float y = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int n = n0 + j;
+    if (n < N) {
+      const float decay = ex2_mufu(dt * A[n * A_s] * kLog2e);
+      v[j] = fmaf(decay, v[j], du * B(n));
+      y = fmaf(C(n), v[j], y);
+    }
+  }
+  if (vec) {
+    *reinterpret_cast<float4*>(h + n0) = make_float4(v[0], v[1], v[2], v[3]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (n0 + j < N)
+        h[(n0 + j) * h_s] = v[j];
+  }
+  return y;
+}
+
 /// K lanes per (batch, channel), each owning runs of 4 consecutive states (16-byte vectors of
 /// h0 and h_final when `vec`): a warp then reads and writes whole contiguous state rows. The
 /// lanes' partial outputs meet in a shuffle sum; each lane repeats the channel's softplus.
@@ -44,36 +81,11 @@ __global__ void __launch_bounds__(kUpdateThreads)
   const float* h0_p = a.h0 + b * a.h0_s[0] + d * a.h0_s[1];
   float* h_p = a.h_final + b * a.h_final_s[0] + d * a.h_final_s[1];
   float y = 0.f;
-  for (int n0 = 4 * lane; active && n0 < a.N; n0 += 4 * K) {
-    float h[4];
-    if (vec) {
-      const float4 q = *reinterpret_cast<const float4*>(h0_p + n0);
-      h[0] = q.x, h[1] = q.y, h[2] = q.z, h[3] = q.w;
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        h[j] = n0 + j < a.N ? h0_p[(n0 + j) * a.h0_s[2]] : 0.f;
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int n = n0 + j;
-      if (n < a.N) {
-        const float decay = ex2_mufu(dt * A_p[n * a.A_s[1]] * kLog2e);
-        h[j] = fmaf(decay, h[j], du * to_float(B_p[n * a.B_s[3]]));
-        y = fmaf(to_float(C_p[n * a.C_s[3]]), h[j], y);
-      }
-    }
-    // Written after this lane's own reads; no other lane touches these states, so h0 and
-    // h_final may alias.
-    if (vec) {
-      *reinterpret_cast<float4*>(h_p + n0) = make_float4(h[0], h[1], h[2], h[3]);
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (n0 + j < a.N)
-          h_p[(n0 + j) * a.h_final_s[2]] = h[j];
-    }
-  }
+  for (int n0 = 4 * lane; active && n0 < a.N; n0 += 4 * K)
+    y += advance_states4(
+        h0_p, h_p, a.h0_s[2], a.h_final_s[2], vec, A_p, a.A_s[1], n0, a.N, dt, du,
+        [&](int n) { return to_float(B_p[n * a.B_s[3]]); },
+        [&](int n) { return to_float(C_p[n * a.C_s[3]]); });
   for (int off = K / 2; off > 0; off /= 2)
     y += __shfl_xor_sync(0xffffffffu, y, off);
   if (!active || lane != 0)
