@@ -211,6 +211,21 @@ TEST(CudaMambaInnerStep, MatchesFp64Step) {
   }
 }
 
+/// Both decoding states of the GPU block against the CPU block's, within `tol`.
+void expect_states_match(nn::DeviceMambaBlockState& gpu, const nn::MambaBlockState<float>& cpu,
+                         double tol, cudaStream_t s) {
+  const auto states = gpu.view();
+  const auto host = [](const auto& t) {
+    return std::vector<double>(t.data(), t.data() + t.numel());
+  };
+  EXPECT_LE(rel_error(download<float>(states.ssm.data(), states.ssm.numel(), s), host(cpu.ssm())),
+            tol)
+      << "ssm state";
+  EXPECT_LE(
+      rel_error(download<float>(states.conv.data(), states.conv.numel(), s), host(cpu.conv())), tol)
+      << "conv state";
+}
+
 /// The block on both backends, fed the MambaMixer golden's input: a full forward, then a prefill
 /// of the first tokens with a state followed by steps through the rest.
 template <class W>
@@ -269,17 +284,7 @@ void check_block(const std::string& name, double tol) {
                       std::vector<double>(cpu_out.data(), cpu_out.data() + cpu_out.numel())),
             tol)
       << "prefill + steps";
-  const auto states = gpu_state.view();
-  EXPECT_LE(rel_error(download<float>(states.ssm.data(), states.ssm.numel(), s),
-                      std::vector<double>(cpu_state.ssm().data(),
-                                          cpu_state.ssm().data() + cpu_state.ssm().numel())),
-            tol)
-      << "ssm state";
-  EXPECT_LE(rel_error(download<float>(states.conv.data(), states.conv.numel(), s),
-                      std::vector<double>(cpu_state.conv().data(),
-                                          cpu_state.conv().data() + cpu_state.conv().numel())),
-            tol)
-      << "conv state";
+  expect_states_match(gpu_state, cpu_state, tol, s);
 }
 
 TEST(CudaMambaBlock, MatchesCpuBlockFloat) {
@@ -335,17 +340,7 @@ void check_steps_at_batches(double tol) {
                 tol)
           << "token " << t;
     }
-    const auto states = gpu_state.view();
-    EXPECT_LE(rel_error(download<float>(states.ssm.data(), states.ssm.numel(), s),
-                        std::vector<double>(cpu_state.ssm().data(),
-                                            cpu_state.ssm().data() + cpu_state.ssm().numel())),
-              tol)
-        << "ssm state";
-    EXPECT_LE(rel_error(download<float>(states.conv.data(), states.conv.numel(), s),
-                        std::vector<double>(cpu_state.conv().data(),
-                                            cpu_state.conv().data() + cpu_state.conv().numel())),
-              tol)
-        << "conv state";
+    expect_states_match(gpu_state, cpu_state, tol, s);
   }
 }
 
