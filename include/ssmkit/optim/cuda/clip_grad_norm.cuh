@@ -30,6 +30,20 @@ struct ClipSegment {
   Index stride, n, first_block;
 };
 
+/// The sum of every thread's `mine`, added in a fixed tree over `sums` (a slot per thread), for
+/// every thread.
+template <class T>
+__device__ __forceinline__ T clip_block_sum(T (&sums)[kClipThreads], T mine) {
+  sums[threadIdx.x] = mine;
+  __syncthreads();
+  for (int half = kClipThreads / 2; half > 0; half /= 2) {
+    if (static_cast<int>(threadIdx.x) < half)
+      sums[threadIdx.x] += sums[threadIdx.x + half];
+    __syncthreads();
+  }
+  return sums[0];
+}
+
 /// Σ g² of this block's chunk in double: per-thread sums, then a fixed tree.
 template <class T>
 __global__ void __launch_bounds__(kClipThreads)
@@ -42,15 +56,9 @@ __global__ void __launch_bounds__(kClipThreads)
     const T g = s.data[i * s.stride];
     sum += g * g;
   }
-  sums[threadIdx.x] = sum;
-  __syncthreads();
-  for (int half = kClipThreads / 2; half > 0; half /= 2) {
-    if (static_cast<int>(threadIdx.x) < half)
-      sums[threadIdx.x] += sums[threadIdx.x + half];
-    __syncthreads();
-  }
+  sum = clip_block_sum(sums, sum);
   if (threadIdx.x == 0)
-    partial[blockIdx.x] = sums[0];
+    partial[blockIdx.x] = sum;
 }
 
 /// One block: norm_and_coef[0] = ‖g‖₂ from the partials (added in a fixed order),
@@ -62,15 +70,9 @@ __global__ void __launch_bounds__(kClipThreads)
   T sum = 0;
   for (Index b = threadIdx.x; b < blocks; b += kClipThreads)
     sum += partial[b];
-  sums[threadIdx.x] = sum;
-  __syncthreads();
-  for (int half = kClipThreads / 2; half > 0; half /= 2) {
-    if (static_cast<int>(threadIdx.x) < half)
-      sums[threadIdx.x] += sums[threadIdx.x + half];
-    __syncthreads();
-  }
+  sum = clip_block_sum(sums, sum);
   if (threadIdx.x == 0) {
-    const T total = sqrt(sums[0]);
+    const T total = sqrt(sum);
     norm_and_coef[0] = total;
     norm_and_coef[1] = fmin(T(1), max_norm / (total + T(1e-6)));
   }
