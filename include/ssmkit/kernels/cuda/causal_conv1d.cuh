@@ -15,8 +15,9 @@ namespace detail {
 
 constexpr int kConvThreads = 128;
 
+/// The operands the convolution and its backward (causal_conv1d_backward.cuh) both read.
 template <class T, class W>
-struct ConvArgs {
+struct ConvInputs {
   const T* x;
   Index x_s[3];  // (batch, time, channel)
   const W* weight;
@@ -25,6 +26,10 @@ struct ConvArgs {
   Index bias_s;
   const T* init;  // (batch, channel, K-1) or null
   Index init_s[3];
+};
+
+template <class T, class W>
+struct ConvArgs : ConvInputs<T, W> {
   T* out;
   Index out_s[3];
   T* state;  // final state (sequence) or the state updated in place (step)
@@ -113,6 +118,20 @@ void conv_strides(const V& v, Index (&s)[R]) {
     s[i] = v.absent() ? 0 : v.stride(static_cast<int>(i));
 }
 
+/// The sequence's inputs of `p` (CausalConv1dParams or CausalConv1dBackwardParams): x, the taps,
+/// the bias and initial state (null and zero strides when absent).
+template <class T, class W, class P>
+void set_conv_inputs(ConvInputs<T, W>& a, const P& p) {
+  a.x = p.x.data();
+  conv_strides(p.x, a.x_s);
+  a.weight = p.weight.data();
+  conv_strides(p.weight, a.w_s);
+  a.bias = p.bias.absent() ? nullptr : p.bias.data();
+  a.bias_s = p.bias.absent() ? 0 : p.bias.stride(0);
+  a.init = p.initial_state.absent() ? nullptr : p.initial_state.data();
+  conv_strides(p.initial_state, a.init_s);
+}
+
 }  // namespace detail
 
 /// The causal convolution of a whole sequence, ordered on `stream` (views on Device::CUDA;
@@ -124,14 +143,7 @@ void causal_conv1d(const CausalConv1dParams<T, W>& p, cudaStream_t stream) {
   const Index batch = p.batch(), L = p.length(), C = p.channels();
   SSMKIT_CHECK(L <= 2147483647, "x", "length", "< 2^31 on CUDA", L);
   detail::ConvArgs<T, W> a{};
-  a.x = p.x.data();
-  detail::conv_strides(p.x, a.x_s);
-  a.weight = p.weight.data();
-  detail::conv_strides(p.weight, a.w_s);
-  a.bias = p.bias.absent() ? nullptr : p.bias.data();
-  a.bias_s = p.bias.absent() ? 0 : p.bias.stride(0);
-  a.init = p.initial_state.absent() ? nullptr : p.initial_state.data();
-  detail::conv_strides(p.initial_state, a.init_s);
+  detail::set_conv_inputs(a, p);
   a.out = p.out.data();
   detail::conv_strides(p.out, a.out_s);
   a.state = p.final_state.absent() ? nullptr : p.final_state.data();

@@ -11,7 +11,7 @@
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/kernels/cpu/causal_conv1d_backward.hpp"
-#include "ssmkit/kernels/cuda/causal_conv1d.cuh"  // detail::conv_strides
+#include "ssmkit/kernels/cuda/causal_conv1d.cuh"  // detail::ConvInputs, conv_strides
 
 #include <cuda_runtime.h>
 
@@ -28,15 +28,7 @@ constexpr int kConvBwdSteps = 64;     ///< steps per block
 constexpr int kConvBwdMaxK = 16;      ///< longest kernel the shared tiles are sized for
 
 template <class T>
-struct ConvBwdArgs {
-  const T* x;
-  Index x_s[3];  // (batch, time, channel)
-  const float* weight;
-  Index w_s[2];
-  const float* bias;
-  Index bias_s;
-  const T* init;  // (batch, channel, K-1) or null
-  Index init_s[3];
+struct ConvBwdArgs : ConvInputs<T, float> {
   const T* dout;
   Index dout_s[3];
   T* dx;
@@ -227,14 +219,7 @@ void causal_conv1d_backward(const CausalConv1dBackwardParams<T, W>& p, cudaStrea
   if (C == 0)
     return;
   detail::ConvBwdArgs<T> a{};
-  a.x = p.x.data();
-  detail::conv_strides(p.x, a.x_s);
-  a.weight = p.weight.data();
-  detail::conv_strides(p.weight, a.w_s);
-  a.bias = p.bias.absent() ? nullptr : p.bias.data();
-  a.bias_s = p.bias.absent() ? 0 : p.bias.stride(0);
-  a.init = p.initial_state.absent() ? nullptr : p.initial_state.data();
-  detail::conv_strides(p.initial_state, a.init_s);
+  detail::set_conv_inputs(a, p);
   a.dout = p.dout.data();
   detail::conv_strides(p.dout, a.dout_s);
   a.dx = p.dx.data();
