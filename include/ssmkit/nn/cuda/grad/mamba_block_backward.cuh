@@ -58,6 +58,12 @@ class MambaBlockBackwardWorkspace {
                                    TensorView<float, 3>, const MambaBlockWeightViews<float>&,
                                    MambaBlockBackwardWorkspace&, cudaStream_t);
 
+  /// The selective scan's inputs (SelectiveScanParams or SelectiveScanBackwardParams) as
+  /// mamba_block_forward leaves them here for (batch, L) sequences.
+  template <class Scan>
+  void scan_inputs(Scan& s, const MambaBlockConfig& c, const MambaBlockWeightViews<const float>& w,
+                   Index batch, Index L) const;
+
   static void grow(cuda::DeviceBuffer<float>& b, Index n) {
     if (b.size() < n)
       b = cuda::DeviceBuffer<float>(n, "block backward workspace");
@@ -181,6 +187,23 @@ TensorView<P, 4> state_rows(P* xdbl, Index col, Index batch, Index L, Index N, I
 
 }  // namespace detail
 
+template <class Scan>
+void MambaBlockBackwardWorkspace::scan_inputs(Scan& s, const MambaBlockConfig& c,
+                                              const MambaBlockWeightViews<const float>& w,
+                                              Index batch, Index L) const {
+  using detail::sequence;
+  const Index di = c.d_inner, N = c.d_state, R = c.dt_rank, width = R + 2 * N;
+  s.u = sequence<const float>(u_.data(), batch, L, di, di);
+  s.delta = sequence<const float>(delta_.data(), batch, L, di, di);
+  s.A = detail::rows<const float>(A_.data(), di, N, N);
+  s.B = detail::state_rows<const float>(xdbl_.data(), R, batch, L, N, width);
+  s.C = detail::state_rows<const float>(xdbl_.data(), R + N, batch, L, N, width);
+  s.D_skip = w.D;
+  s.delta_bias = w.dt_proj_bias;
+  s.z = sequence<const float>(xz_.data() + di, batch, L, di, 2 * di);
+  s.delta_softplus = true;
+}
+
 /// out (batch, L, d_model) = block(x), or out += block(x) with `accumulate` (a residual stream),
 /// for a block of config `c` with weights `w` (device views), from zero states; x and out device,
 /// contiguous, not overlapping; out may be absent. Leaves the internals in `ws`. Ordered on
@@ -222,16 +245,8 @@ inline void mamba_block_forward(const MambaBlockConfig& c,
       w.A_log.data(), ws.A_.data(), dn);
   SSMKIT_CUDA_CHECK_LAUNCH("neg_exp_kernel");
   SelectiveScanParams<float> s;
-  s.u = sequence<const float>(u, batch, L, di, di);
-  s.delta = sequence<const float>(ws.delta_.data(), batch, L, di, di);
-  s.A = rows<const float>(ws.A_.data(), di, N, N);
-  s.B = detail::state_rows<const float>(xdbl, R, batch, L, N, width);
-  s.C = detail::state_rows<const float>(xdbl, R + N, batch, L, N, width);
-  s.D_skip = w.D;
-  s.delta_bias = w.dt_proj_bias;
-  s.z = sequence<const float>(xz + di, batch, L, di, 2 * di);
+  ws.scan_inputs(s, c, w, batch, L);
   s.out = sequence(ws.y_.data(), batch, L, di, di);
-  s.delta_softplus = true;
   const std::size_t scan_bytes = cuda::selective_scan_workspace_size(s);
   cuda::selective_scan(s, stream, ws.scratch(scan_bytes), scan_bytes);
   if (!out.absent())
@@ -277,15 +292,7 @@ inline void mamba_block_backward(const MambaBlockConfig& c,
                         rows(dout.data(), tokens, dm, dm), rows(dy, tokens, di, di),
                         grads.out_proj_weight, grads.out_proj_bias, stream);
   SelectiveScanBackwardParams<float> s;
-  s.u = sequence<const float>(u, batch, L, di, di);
-  s.delta = sequence<const float>(ws.delta_.data(), batch, L, di, di);
-  s.A = rows<const float>(ws.A_.data(), di, N, N);
-  s.B = detail::state_rows<const float>(xdbl, R, batch, L, N, width);
-  s.C = detail::state_rows<const float>(xdbl, R + N, batch, L, N, width);
-  s.D_skip = w.D;
-  s.delta_bias = w.dt_proj_bias;
-  s.z = sequence<const float>(xz + di, batch, L, di, 2 * di);
-  s.delta_softplus = true;
+  ws.scan_inputs(s, c, w, batch, L);
   s.dout = sequence<const float>(dy, batch, L, di, di);
   s.du = sequence(du, batch, L, di, di);
   s.ddelta = sequence(ddelta, batch, L, di, di);
