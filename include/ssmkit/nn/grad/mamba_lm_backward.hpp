@@ -3,6 +3,7 @@
 // only each layer's residual input; each block's backward recomputes its own internals.
 #pragma once
 
+#include "ssmkit/nn/grad/checked_tokens.hpp"
 #include "ssmkit/nn/grad/cross_entropy.hpp"
 #include "ssmkit/nn/grad/embedding_backward.hpp"
 #include "ssmkit/nn/grad/linear_backward.hpp"
@@ -12,7 +13,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <string>
 #include <utility>
 #include <vector>
 
@@ -44,15 +44,7 @@ std::vector<std::int64_t> checked_ids(const MambaLM<T>& model,
                                       TensorView<const std::int64_t, 2> ids,
                                       const MambaLMWeights<T>& grads) {
   const MambaLMConfig& c = model.config();
-  check_device(ids, "ids", Device::CPU);
-  std::vector<std::int64_t> flat;
-  for (Index b = 0; b < ids.size(0); ++b)
-    for (Index t = 0; t < ids.size(1); ++t) {
-      SSMKIT_CHECK(ids(b, t) >= 0 && ids(b, t) < c.vocab_size, "ids",
-                   ("element (" + std::to_string(b) + ", " + std::to_string(t) + ")").c_str(),
-                   "in [0, vocab_size = " + std::to_string(c.vocab_size) + ")", ids(b, t));
-      flat.push_back(ids(b, t));
-    }
+  std::vector<std::int64_t> flat = checked_token_ids(ids, c.vocab_size);
   const auto same = [](const auto& a, const auto& b) { return a.shape() == b.shape(); };
   bool ok = same(grads.embedding, model.embedding()) &&
             grads.layers.size() == static_cast<std::size_t>(c.n_layer) &&
@@ -189,19 +181,9 @@ double mamba_lm_backward(const MambaLM<T>& model, TensorView<const std::int64_t,
                          Index ignore_index = -100) {
   const std::vector<std::int64_t> flat_ids = detail::checked_ids(model, ids, grads);
   const Index batch = ids.size(0), L = ids.size(1), V = model.vocab_size();
-  check_device(targets, "targets", Device::CPU);
-  check_shape(targets, "targets", {batch, L});
-  std::vector<std::int64_t> flat_targets;
   Index counted = 0;
-  for (Index b = 0; b < batch; ++b)
-    for (Index t = 0; t < L; ++t) {
-      const std::int64_t y = targets(b, t);
-      SSMKIT_CHECK(y == ignore_index || (y >= 0 && y < V), "targets",
-                   ("element (" + std::to_string(b) + ", " + std::to_string(t) + ")").c_str(),
-                   "in [0, " + std::to_string(V) + ") or the ignore_index", y);
-      flat_targets.push_back(y);
-      counted += y != ignore_index;
-    }
+  const std::vector<std::int64_t> flat_targets =
+      detail::checked_targets(targets, batch, L, V, ignore_index, counted);
   if (batch * L == 0)
     return detail::zero(grads);
   std::vector<double> loss(static_cast<std::size_t>(batch), 0.0);  // per shard, by first row

@@ -15,13 +15,13 @@
 #include "ssmkit/nn/cuda/grad/device_mamba_lm_weights.cuh"
 #include "ssmkit/nn/cuda/grad/linear_backward.cuh"
 #include "ssmkit/nn/cuda/grad/mamba_block_backward.cuh"
+#include "ssmkit/nn/grad/checked_tokens.hpp"
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
-#include <string>
 #include <vector>
 
 namespace ssmkit::nn {
@@ -75,17 +75,7 @@ class MambaLMBackwardWorkspace {
     SSMKIT_CHECK(grads.same_layout(model), "grads", "tensors",
                  "those of the model's weights (DeviceMambaLMWeights::zeros_like)",
                  "different ones");
-    check_device(ids, "ids", Device::CPU);
-    const Index V = model.config().vocab_size;
-    std::vector<std::int64_t> flat;
-    for (Index b = 0; b < ids.size(0); ++b)
-      for (Index t = 0; t < ids.size(1); ++t) {
-        SSMKIT_CHECK(ids(b, t) >= 0 && ids(b, t) < V, "ids",
-                     ("element (" + std::to_string(b) + ", " + std::to_string(t) + ")").c_str(),
-                     "in [0, vocab_size = " + std::to_string(V) + ")", ids(b, t));
-        flat.push_back(ids(b, t));
-      }
-    return flat;
+    return detail::checked_token_ids(ids, model.config().vocab_size);
   }
 
   /// The forward over `batch` sequences of length L (checked ids, batch·L >= 1), then the
@@ -163,19 +153,9 @@ inline double mamba_lm_backward(const DeviceMambaLMWeights& model,
       MambaLMBackwardWorkspace::checked_ids(model, ids, grads);
   const Index batch = ids.size(0), L = ids.size(1), V = model.config().vocab_size;
   const Index tokens = batch * L;
-  check_device(targets, "targets", Device::CPU);
-  check_shape(targets, "targets", {batch, L});
-  std::vector<std::int64_t> flat_targets;
   Index counted = 0;
-  for (Index b = 0; b < batch; ++b)
-    for (Index t = 0; t < L; ++t) {
-      const std::int64_t y = targets(b, t);
-      SSMKIT_CHECK(y == ignore_index || (y >= 0 && y < V), "targets",
-                   ("element (" + std::to_string(b) + ", " + std::to_string(t) + ")").c_str(),
-                   "in [0, " + std::to_string(V) + ") or the ignore_index", y);
-      flat_targets.push_back(y);
-      counted += y != ignore_index;
-    }
+  const std::vector<std::int64_t> flat_targets =
+      detail::checked_targets(targets, batch, L, V, ignore_index, counted);
   if (tokens == 0) {
     grads.zero(stream);
     SSMKIT_CUDA_CHECK(cudaStreamSynchronize(stream));
