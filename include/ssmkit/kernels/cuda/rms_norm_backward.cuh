@@ -9,6 +9,7 @@
 
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/tensor_view.hpp"
+#include "ssmkit/nn/grad/rms_norm_backward.hpp"  // nn::detail::check_rms_norm_backward
 
 #include <cuda_runtime.h>
 
@@ -126,19 +127,10 @@ inline void rms_norm_backward(TensorView<const float, 2> x, TensorView<const flo
                               double eps, TensorView<const float, 2> dy, TensorView<float, 2> dx,
                               TensorView<float, 1> dweight, cudaStream_t stream, void* workspace,
                               std::size_t workspace_bytes, bool accumulate = false) {
+  nn::detail::check_rms_norm_backward(x, weight, eps, dy, dx, dweight, Device::CUDA);
   const Index tokens = x.size(0), features = x.size(1);
-  check_device(x, "x", Device::CUDA);
-  check_device(weight, "weight", Device::CUDA);
-  check_device(dy, "dy", Device::CUDA);
-  check_device(dx, "dx", Device::CUDA);
-  check_device(dweight, "dweight", Device::CUDA);
-  check_shape(weight, "weight", {features});
-  check_shape(dy, "dy", {tokens, features});
-  check_shape(dx, "dx", {tokens, features});
-  check_shape(dweight, "dweight", {features});
   SSMKIT_CHECK(x.stride(1) == 1 && dy.stride(1) == 1 && dx.stride(1) == 1, "x, dy, dx",
                "feature stride", "1", "other");
-  SSMKIT_CHECK(std::isfinite(eps) && eps >= 0, "eps", "value", "finite and >= 0", eps);
   SSMKIT_CHECK(features <= 2147483647, "x", "features", "< 2^31 on CUDA", features);
   const std::size_t need = rms_norm_backward_workspace_size(tokens, features);
   SSMKIT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need), "workspace", "bytes",

@@ -4,9 +4,33 @@
 
 #include "ssmkit/nn/rms_norm.hpp"
 
+#include <cmath>
 #include <vector>
 
 namespace ssmkit::nn {
+
+namespace detail {
+
+/// Throws unless the arguments of rms_norm_backward (CPU or CUDA) lie on `device` with its
+/// shapes and eps is finite and >= 0.
+template <class T>
+void check_rms_norm_backward(TensorView<const T, 2> x, TensorView<const T, 1> weight, double eps,
+                             TensorView<const T, 2> dy, TensorView<T, 2> dx,
+                             TensorView<T, 1> dweight, Device device) {
+  const Index tokens = x.size(0), features = x.size(1);
+  check_device(x, "x", device);
+  check_device(weight, "weight", device);
+  check_device(dy, "dy", device);
+  check_device(dx, "dx", device);
+  check_device(dweight, "dweight", device);
+  check_shape(weight, "weight", {features});
+  check_shape(dy, "dy", {tokens, features});
+  check_shape(dx, "dx", {tokens, features});
+  check_shape(dweight, "dweight", {features});
+  SSMKIT_CHECK(std::isfinite(eps) && eps >= 0, "eps", "value", "finite and >= 0", eps);
+}
+
+}  // namespace detail
 
 /// Given x, weight and dy = ∂ℓ/∂y (tokens, features): writes dx (tokens, features) and dweight
 /// (features; added to with `accumulate`). Statistics run in accum_t<T>.
@@ -15,17 +39,8 @@ void rms_norm_backward(TensorView<const T, 2> x, TensorView<const T, 1> weight, 
                        TensorView<const T, 2> dy, TensorView<T, 2> dx, TensorView<T, 1> dweight,
                        bool accumulate = false) {
   using Acc = accum_t<T>;
+  detail::check_rms_norm_backward(x, weight, eps, dy, dx, dweight, Device::CPU);
   const Index tokens = x.size(0), features = x.size(1);
-  check_device(x, "x", Device::CPU);
-  check_device(weight, "weight", Device::CPU);
-  check_device(dy, "dy", Device::CPU);
-  check_device(dx, "dx", Device::CPU);
-  check_device(dweight, "dweight", Device::CPU);
-  check_shape(weight, "weight", {features});
-  check_shape(dy, "dy", {tokens, features});
-  check_shape(dx, "dx", {tokens, features});
-  check_shape(dweight, "dweight", {features});
-  SSMKIT_CHECK(std::isfinite(eps) && eps >= 0, "eps", "value", "finite and >= 0", eps);
   // dweight sums over tokens: per-token rows in parallel, then a fixed-order sum.
   std::vector<Acc> dw_rows(static_cast<std::size_t>(tokens * features));
   parallel_for(0, tokens, [&](Index t) {
