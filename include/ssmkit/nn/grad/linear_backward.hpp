@@ -6,6 +6,34 @@
 
 namespace ssmkit::nn {
 
+namespace detail {
+
+/// Throws unless the arguments of linear_backward (CPU or CUDA) have its shapes and dbias lies on
+/// `device`; `rows(view, name)` checks a matrix's device and row layout.
+template <class T, class CheckRows>
+void check_linear_backward(TensorView<const T, 2> x, TensorView<const T, 2> weight,
+                           TensorView<const T, 2> dy, TensorView<T, 2> dx, TensorView<T, 2> dweight,
+                           TensorView<T, 1> dbias, Device device, const CheckRows& rows) {
+  rows(x, "x");
+  rows(weight, "weight");
+  rows(dy, "dy");
+  rows(dweight, "dweight");
+  const Index tokens = x.size(0), in = x.size(1), out = weight.size(0);
+  check_shape(weight, "weight", {out, in});
+  check_shape(dy, "dy", {tokens, out});
+  check_shape(dweight, "dweight", {out, in});
+  if (!dx.absent()) {
+    rows(dx, "dx");
+    check_shape(dx, "dx", {tokens, in});
+  }
+  if (!dbias.absent()) {
+    check_device(dbias, "dbias", device);
+    check_shape(dbias, "dbias", {out});
+  }
+}
+
+}  // namespace detail
+
 /// Given x (tokens, in), weight (out, in) and dy = ∂ℓ/∂y (tokens, out): writes dx (tokens, in)
 /// unless absent, and dweight (out, in) and dbias (out, unless absent). With `accumulate` the
 /// parameter gradients are added to (a weight used twice, as a tied embedding is); dx is always
@@ -16,22 +44,9 @@ void linear_backward(TensorView<const T, 2> x, TensorView<const T, 2> weight,
                      TensorView<T, 1> dbias, bool accumulate = false) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "nn::linear_backward runs on float or double");
-  detail::check_rows(x, "x");
-  detail::check_rows(weight, "weight");
-  detail::check_rows(dy, "dy");
-  detail::check_rows(dweight, "dweight");
-  const Index tokens = x.size(0), in = x.size(1), out = weight.size(0);
-  check_shape(weight, "weight", {out, in});
-  check_shape(dy, "dy", {tokens, out});
-  check_shape(dweight, "dweight", {out, in});
-  if (!dx.absent()) {
-    detail::check_rows(dx, "dx");
-    check_shape(dx, "dx", {tokens, in});
-  }
-  if (!dbias.absent()) {
-    check_shape(dbias, "dbias", {out});
-    check_device(dbias, "dbias", Device::CPU);
-  }
+  detail::check_linear_backward(x, weight, dy, dx, dweight, dbias, Device::CPU,
+                                [](const auto& v, const char* arg) { detail::check_rows(v, arg); });
+  const Index in = x.size(1);
   const auto X = detail::rows_map(x);
   const auto Wt = detail::rows_map(weight);
   const auto dY = detail::rows_map(dy);

@@ -9,6 +9,7 @@
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/nn/cuda/linear.cuh"
+#include "ssmkit/nn/grad/linear_backward.hpp"  // nn::detail::check_linear_backward
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -119,20 +120,10 @@ inline void linear_backward(LinearBackwardWorkspace& ws, TensorView<const float,
                             TensorView<float, 1> dbias, cudaStream_t stream,
                             bool accumulate = false, bool accumulate_dx = false) {
   const Index tokens = x.size(0), in = x.size(1), out = weight.size(0);
-  detail::check_rows(x, "x");
-  detail::check_rows(weight, "weight");
-  detail::check_rows(dy, "dy");
-  detail::check_rows(dweight, "dweight");
-  check_shape(weight, "weight", {out, in});
-  check_shape(dy, "dy", {tokens, out});
-  check_shape(dweight, "dweight", {out, in});
-  if (!dx.absent()) {
-    detail::check_rows(dx, "dx");
-    check_shape(dx, "dx", {tokens, in});
-  }
+  nn::detail::check_linear_backward(
+      x, weight, dy, dx, dweight, dbias, Device::CUDA,
+      [](const auto& v, const char* arg) { detail::check_rows(v, arg); });
   if (!dbias.absent()) {
-    check_device(dbias, "dbias", Device::CUDA);
-    check_shape(dbias, "dbias", {out});
     SSMKIT_CHECK(ws.ones_size() >= tokens, "ws", "ones vector",
                  ">= " + std::to_string(tokens) + " elements (reserve())", ws.ones_size());
   }
