@@ -83,6 +83,36 @@ MambaLMWeights<float> download(const DeviceMambaLMWeights& dev, const nn::MambaL
   return host;
 }
 
+/// `model`'s weights uploaded to the device and a gradient buffer of their layout; with `poison`
+/// NaN everywhere (every gradient must be written, none accumulated into stale values).
+struct OnDevice {
+  DeviceMambaLMWeights weights, grads;
+  OnDevice(nn::MambaLM<float>& model, bool poison) : weights(model) {
+    weights.upload(model);
+    grads = DeviceMambaLMWeights::zeros_like(weights);
+    if (poison)
+      SSMKIT_CUDA_CHECK(
+          cudaMemset(grads.flat().data(), 0xFF, sizeof(float) * grads.flat().size(0)));
+  }
+};
+
+/// Every tensor of `got` within `tol` of the same one of `want`, norm-wise (‖got − want‖ /
+/// ‖want‖); `worst`, when given, gets the largest of those errors.
+template <class T>
+void expect_tensors_near(MambaLMWeights<float>& got, MambaLMWeights<T>& want, double tol,
+                         double* worst = nullptr) {
+  const auto g = nn::parameters(got);
+  const auto w = nn::parameters(want);
+  ASSERT_EQ(g.size(), w.size());
+  for (std::size_t k = 0; k < g.size(); ++k) {
+    ASSERT_EQ(g[k].name, w[k].name);
+    const double e = rel_error(g[k].value.data(), w[k].value.data(), w[k].value.size(0));
+    EXPECT_LE(e, tol) << g[k].name;
+    if (worst != nullptr)
+      *worst = std::max(*worst, e);
+  }
+}
+
 class TrainModel : public ::testing::TestWithParam<std::tuple<bool, bool, Index, Index>> {};
 
 TEST_P(TrainModel, GradientsAndLossMatchTheCpu) {
@@ -100,11 +130,8 @@ TEST_P(TrainModel, GradientsAndLossMatchTheCpu) {
       nn::mamba_lm_backward<double>(cpu64, d.ids_view(), d.targets_view(), exact);
 
   TestStream stream;
-  DeviceMambaLMWeights weights(cpu);
-  weights.upload(cpu);
-  DeviceMambaLMWeights grads = DeviceMambaLMWeights::zeros_like(weights);
-  // NaN everywhere first: every gradient must be written, none accumulated into stale values.
-  SSMKIT_CUDA_CHECK(cudaMemset(grads.flat().data(), 0xFF, sizeof(float) * grads.flat().size(0)));
+  OnDevice dev(cpu, true);
+  auto& [weights, grads] = dev;
   nn::MambaLMBackwardWorkspace ws;
   double loss = 0;
   for (int run = 0; run < 2; ++run)  // the second run reuses the workspace
@@ -114,19 +141,11 @@ TEST_P(TrainModel, GradientsAndLossMatchTheCpu) {
   EXPECT_NEAR(loss, exact_loss, 1e-5 * exact_loss);
 
   MambaLMWeights<float> got = download(grads, cpu);
-  const auto g = nn::parameters(got), w = nn::parameters(want);
-  const auto x = nn::parameters(exact);
-  ASSERT_EQ(g.size(), w.size());
-  EXPECT_EQ(g.size(), static_cast<std::size_t>(2 * (biases ? 12 : 10) + 2 + (tied ? 0 : 1)));
-  for (std::size_t k = 0; k < g.size(); ++k) {
-    ASSERT_EQ(g[k].name, w[k].name);
-    // Norm-wise per tensor: ‖gpu − cpu‖ / ‖cpu‖.
-    EXPECT_LE(rel_error(g[k].value.data(), w[k].value.data(), w[k].value.size(0)), 1e-5)
-        << g[k].name;
-    // The double CPU backward as the oracle, at the bound the float CPU meets (its own test).
-    EXPECT_LE(rel_error(g[k].value.data(), x[k].value.data(), x[k].value.size(0)), 1e-4)
-        << g[k].name;
-  }
+  EXPECT_EQ(nn::parameters(got).size(),
+            static_cast<std::size_t>(2 * (biases ? 12 : 10) + 2 + (tied ? 0 : 1)));
+  expect_tensors_near(got, want, 1e-5);
+  // The double CPU backward as the oracle, at the bound the float CPU meets (its own test).
+  expect_tensors_near(got, exact, 1e-4);
 }
 
 INSTANTIATE_TEST_SUITE_P(TiedBiasesBatchLength, TrainModel,
@@ -153,18 +172,13 @@ TEST(TrainModel, TheSelectiveCopyingModelMatchesTheCpu) {
   auto want = nn::zeros_like(cpu);
   const double want_loss = nn::mamba_lm_backward<float>(cpu, d.ids_view(), d.targets_view(), want);
   TestStream stream;
-  DeviceMambaLMWeights weights(cpu);
-  weights.upload(cpu);
-  DeviceMambaLMWeights grads = DeviceMambaLMWeights::zeros_like(weights);
+  OnDevice dev(cpu, false);
   nn::MambaLMBackwardWorkspace ws;
   const double loss =
-      nn::mamba_lm_backward(weights, d.ids_view(), d.targets_view(), grads, ws, stream.s);
+      nn::mamba_lm_backward(dev.weights, d.ids_view(), d.targets_view(), dev.grads, ws, stream.s);
   EXPECT_NEAR(loss, want_loss, 1e-6 * want_loss);
-  MambaLMWeights<float> got = download(grads, cpu);
-  const auto g = nn::parameters(got), w = nn::parameters(want);
-  for (std::size_t k = 0; k < g.size(); ++k)
-    EXPECT_LE(rel_error(g[k].value.data(), w[k].value.data(), w[k].value.size(0)), 1e-5)
-        << g[k].name;
+  MambaLMWeights<float> got = download(dev.grads, cpu);
+  expect_tensors_near(got, want, 1e-5);
 }
 
 TEST(TrainModel, Tf32ProductsStayNearTheCpu) {
@@ -180,23 +194,16 @@ TEST(TrainModel, Tf32ProductsStayNearTheCpu) {
   auto want = nn::zeros_like(cpu);
   const double want_loss = nn::mamba_lm_backward<float>(cpu, d.ids_view(), d.targets_view(), want);
   TestStream stream;
-  DeviceMambaLMWeights weights(cpu);
-  weights.upload(cpu);
-  DeviceMambaLMWeights grads = DeviceMambaLMWeights::zeros_like(weights);
+  OnDevice dev(cpu, false);
   cuda::CudaOptions tf32;
   tf32.allow_tf32 = true;
   nn::MambaLMBackwardWorkspace ws(tf32);
   const double loss =
-      nn::mamba_lm_backward(weights, d.ids_view(), d.targets_view(), grads, ws, stream.s);
+      nn::mamba_lm_backward(dev.weights, d.ids_view(), d.targets_view(), dev.grads, ws, stream.s);
   EXPECT_NEAR(loss, want_loss, 1e-2 * want_loss);
-  MambaLMWeights<float> got = download(grads, cpu);
-  const auto g = nn::parameters(got), w = nn::parameters(want);
+  MambaLMWeights<float> got = download(dev.grads, cpu);
   double worst = 0;
-  for (std::size_t k = 0; k < g.size(); ++k) {
-    const double e = rel_error(g[k].value.data(), w[k].value.data(), w[k].value.size(0));
-    EXPECT_LE(e, 1e-2) << g[k].name;
-    worst = std::max(worst, e);
-  }
+  expect_tensors_near(got, want, 1e-2, &worst);
   // TF32 is really on: FP32 products agree to ~2e-6 (the test above), TF32 ones far less.
   EXPECT_GT(worst, 1e-5);
 }
@@ -212,20 +219,15 @@ TEST(TrainModel, GivenDlogitsMatchesTheCpu) {
   auto want = nn::zeros_like(cpu);
   nn::mamba_lm_backward<float>(cpu, d.ids_view(), G.view(), want);
   TestStream stream;
-  DeviceMambaLMWeights weights(cpu);
-  weights.upload(cpu);
-  DeviceMambaLMWeights grads = DeviceMambaLMWeights::zeros_like(weights);
-  SSMKIT_CUDA_CHECK(cudaMemset(grads.flat().data(), 0xFF, sizeof(float) * grads.flat().size(0)));
+  OnDevice dev(cpu, true);
+  auto& [weights, grads] = dev;
   cuda::DeviceBuffer<float> dlogits(G.numel());
   dlogits.copy_from_host_async(G.data(), G.numel(), stream.s);
   nn::MambaLMBackwardWorkspace ws;
   nn::mamba_lm_backward(weights, d.ids_view(), dlogits.view<3>(G.shape()), grads, ws, stream.s);
   SSMKIT_CUDA_CHECK(cudaStreamSynchronize(stream.s));
   MambaLMWeights<float> got = download(grads, cpu);
-  const auto g = nn::parameters(got), w = nn::parameters(want);
-  for (std::size_t k = 0; k < g.size(); ++k)
-    EXPECT_LE(rel_error(g[k].value.data(), w[k].value.data(), w[k].value.size(0)), 1e-5)
-        << g[k].name;
+  expect_tensors_near(got, want, 1e-5);
   // Host dlogits are refused.
   SSMKIT_EXPECT_ERROR(
       nn::mamba_lm_backward(weights, d.ids_view(), TensorView<const float, 3>(G.view()), grads, ws,
@@ -239,9 +241,8 @@ TEST(TrainModel, OneAdamWStepGivesTheCpuParameters) {
   nn::MambaLM<float> cpu(cfg, random_weights<float>(cfg, true, 40));
   const Data d = random_data(cfg.vocab_size, 2, 33, 41);
   TestStream stream;
-  DeviceMambaLMWeights weights(cpu);
-  weights.upload(cpu);
-  DeviceMambaLMWeights grads = DeviceMambaLMWeights::zeros_like(weights);
+  OnDevice dev(cpu, false);
+  auto& [weights, grads] = dev;
   nn::MambaLMBackwardWorkspace ws;
   optim::AdamWOptions o;
   o.lr = 1e-2;
@@ -317,10 +318,8 @@ TEST(TrainModel, EmptyBatchGivesZeroGradients) {
   const MambaLMConfig cfg = small_config(true);
   nn::MambaLM<float> cpu(cfg, random_weights<float>(cfg, false, 60));
   TestStream stream;
-  DeviceMambaLMWeights weights(cpu);
-  weights.upload(cpu);
-  DeviceMambaLMWeights grads = DeviceMambaLMWeights::zeros_like(weights);
-  SSMKIT_CUDA_CHECK(cudaMemset(grads.flat().data(), 0xFF, sizeof(float) * grads.flat().size(0)));
+  OnDevice dev(cpu, true);
+  auto& [weights, grads] = dev;
   nn::MambaLMBackwardWorkspace ws;
   const std::vector<std::int64_t> none;
   const TensorView<const std::int64_t, 2> empty(none.data(), {0, 4}, "ids");
@@ -336,9 +335,8 @@ TEST(TrainModel, RejectsBadArguments) {
   const MambaLMConfig cfg = small_config(true);
   nn::MambaLM<float> cpu(cfg, random_weights<float>(cfg, false, 70));
   TestStream stream;
-  DeviceMambaLMWeights weights(cpu);
-  weights.upload(cpu);
-  DeviceMambaLMWeights grads = DeviceMambaLMWeights::zeros_like(weights);
+  OnDevice dev(cpu, false);
+  auto& [weights, grads] = dev;
   nn::MambaLMBackwardWorkspace ws;
   Data d = random_data(cfg.vocab_size, 2, 6, 71);
   d.ids[7] = cfg.vocab_size;
