@@ -37,10 +37,16 @@ struct Rows {
   Rows(Index r, Index c, Index ld_, std::uint64_t seed, double lo, double hi, cudaStream_t s)
       : rows(r), cols(c), ld(ld_), host(static_cast<std::size_t>(r * ld_)), dev(r * ld_) {
     std::fill(host.begin(), host.end(), std::numeric_limits<float>::quiet_NaN());
+    fill(seed, lo, hi, s);
+  }
+
+  /// Fresh values, uniform in [lo, hi), on the host and the device.
+  void fill(std::uint64_t seed, double lo, double hi, cudaStream_t s) {
     std::mt19937_64 rng(seed);
     std::uniform_real_distribution<double> dist(lo, hi);
-    for (Index i = 0; i < r; ++i)
-      for (Index j = 0; j < c; ++j) {
+    exact.clear();
+    for (Index i = 0; i < rows; ++i)
+      for (Index j = 0; j < cols; ++j) {
         const float v = static_cast<float>(dist(rng));
         host[static_cast<std::size_t>(i * ld + j)] = v;
         exact.push_back(v);
@@ -492,38 +498,12 @@ TEST(CudaTrainKernels, EmbeddingBackwardRejectsBadArguments) {
 // ---------------------------------------------------------------------------------------------
 // AdamW and clip_grad_norm
 
-/// A float vector on the device with element stride `stride` (NaN between elements), as double.
-struct Strided {
-  Index n, stride;
-  std::vector<float> host;
-  std::vector<double> exact;
-  cuda::DeviceBuffer<float> dev;
-
-  Strided(Index n_, Index stride_, std::uint64_t seed, double lo, double hi, cudaStream_t s)
-      : n(n_), stride(stride_), dev(n_ * stride_) {
-    host.assign(static_cast<std::size_t>(n * stride), std::numeric_limits<float>::quiet_NaN());
-    fill(seed, lo, hi, s);
-  }
-  void fill(std::uint64_t seed, double lo, double hi, cudaStream_t s) {
-    std::mt19937_64 rng(seed);
-    std::uniform_real_distribution<double> dist(lo, hi);
-    exact.clear();
-    for (Index i = 0; i < n; ++i) {
-      host[static_cast<std::size_t>(i * stride)] = static_cast<float>(dist(rng));
-      exact.push_back(host[static_cast<std::size_t>(i * stride)]);
-    }
-    dev.copy_from_host_async(host.data(), dev.size(), s);
-  }
-  TensorView<float, 1> view() { return dev.view<1>({n}, {stride}); }
-  std::vector<double> download(cudaStream_t s) {
-    std::vector<float> all(host.size());
-    dev.copy_to_host_async(all.data(), dev.size(), s);
-    SSMKIT_CUDA_CHECK(cudaStreamSynchronize(s));
-    std::vector<double> out;
-    for (Index i = 0; i < n; ++i)
-      out.push_back(all[static_cast<std::size_t>(i * stride)]);
-    return out;
-  }
+/// A float vector on the device with element stride `stride` (NaN between elements), as double:
+/// one column of Rows.
+struct Strided : Rows {
+  Strided(Index n, Index stride, std::uint64_t seed, double lo, double hi, cudaStream_t s)
+      : Rows(n, 1, stride, seed, lo, hi, s) {}
+  TensorView<float, 1> view() { return dev.view<1>({rows}, {ld}); }
 };
 
 std::vector<double> difference(const std::vector<double>& a, const std::vector<double>& b) {
