@@ -160,50 +160,44 @@ INSTANTIATE_TEST_SUITE_P(TiedBiasesBatchLength, TrainModel,
                                   std::to_string(std::get<3>(info.param));
                          });
 
-TEST(TrainModel, TheSelectiveCopyingModelMatchesTheCpu) {
-  // The example's model (d_inner 128, vocabulary 18) at its sequence length.
-  SSMKIT_REQUIRE_GPU();
+/// The selective-copying example's model (d_inner 128, vocabulary 18), weights from `seed`, on
+/// random (batch, L) data: the GPU's loss and gradients (cuBLAS with `options`) against the CPU
+/// float backward's, within loss_tol and tol (expect_tensors_near); returns the largest error.
+double example_model_against_cpu(const cuda::CudaOptions& options, std::uint64_t seed, Index batch,
+                                 Index L, double loss_tol, double tol) {
   MambaLMConfig cfg;
   cfg.vocab_size = 18;
   cfg.n_layer = 2;
   cfg.block = {64, 128, 16, 4, 4};
-  nn::MambaLM<float> cpu(cfg, random_weights<float>(cfg, false, 30));
-  const Data d = random_data(cfg.vocab_size, 4, 128, 31);
+  nn::MambaLM<float> cpu(cfg, random_weights<float>(cfg, false, seed));
+  const Data d = random_data(cfg.vocab_size, batch, L, seed + 1);
   auto want = nn::zeros_like(cpu);
   const double want_loss = nn::mamba_lm_backward<float>(cpu, d.ids_view(), d.targets_view(), want);
   TestStream stream;
   OnDevice dev(cpu, false);
-  nn::MambaLMBackwardWorkspace ws;
+  nn::MambaLMBackwardWorkspace ws(options);
   const double loss =
       nn::mamba_lm_backward(dev.weights, d.ids_view(), d.targets_view(), dev.grads, ws, stream.s);
-  EXPECT_NEAR(loss, want_loss, 1e-6 * want_loss);
+  EXPECT_NEAR(loss, want_loss, loss_tol * want_loss);
   MambaLMWeights<float> got = download(dev.grads, cpu);
-  expect_tensors_near(got, want, 1e-5);
+  double worst = 0;
+  expect_tensors_near(got, want, tol, &worst);
+  return worst;
+}
+
+TEST(TrainModel, TheSelectiveCopyingModelMatchesTheCpu) {
+  // The example's model at its sequence length.
+  SSMKIT_REQUIRE_GPU();
+  example_model_against_cpu({}, 30, 4, 128, 1e-6, 1e-5);
 }
 
 TEST(TrainModel, Tf32ProductsStayNearTheCpu) {
   // CudaOptions::allow_tf32: the products on TF32 tensor cores (10-bit mantissas) change the
   // gradients at the 1e-3 level, as they change the forward's logits (test_cuda_nn's 1e-2).
   SSMKIT_REQUIRE_GPU();
-  MambaLMConfig cfg;
-  cfg.vocab_size = 18;
-  cfg.n_layer = 2;
-  cfg.block = {64, 128, 16, 4, 4};
-  nn::MambaLM<float> cpu(cfg, random_weights<float>(cfg, false, 90));
-  const Data d = random_data(cfg.vocab_size, 2, 64, 91);
-  auto want = nn::zeros_like(cpu);
-  const double want_loss = nn::mamba_lm_backward<float>(cpu, d.ids_view(), d.targets_view(), want);
-  TestStream stream;
-  OnDevice dev(cpu, false);
   cuda::CudaOptions tf32;
   tf32.allow_tf32 = true;
-  nn::MambaLMBackwardWorkspace ws(tf32);
-  const double loss =
-      nn::mamba_lm_backward(dev.weights, d.ids_view(), d.targets_view(), dev.grads, ws, stream.s);
-  EXPECT_NEAR(loss, want_loss, 1e-2 * want_loss);
-  MambaLMWeights<float> got = download(dev.grads, cpu);
-  double worst = 0;
-  expect_tensors_near(got, want, 1e-2, &worst);
+  const double worst = example_model_against_cpu(tf32, 90, 2, 64, 1e-2, 1e-2);
   // TF32 is really on: FP32 products agree to ~2e-6 (the test above), TF32 ones far less.
   EXPECT_GT(worst, 1e-5);
 }
