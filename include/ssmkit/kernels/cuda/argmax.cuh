@@ -25,7 +25,7 @@ __device__ __forceinline__ void argmax_merge(float& v, int& i, float v2, int i2)
 
 /// One block per row: strided per-thread maxima, then warp shuffles and shared memory. NaN
 /// never wins a comparison, so a row of NaN yields id 0.
-__global__ void __launch_bounds__(kArgmaxThreads)
+static __global__ void __launch_bounds__(kArgmaxThreads)
     argmax_kernel(const float* logits, Index ld, int V, std::int64_t* ids, Index ids_s) {
   __shared__ float best_v[kArgmaxThreads / 32];
   __shared__ int best_i[kArgmaxThreads / 32];

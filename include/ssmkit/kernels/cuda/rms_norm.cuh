@@ -16,7 +16,7 @@ namespace detail {
 constexpr int kNormThreads = 256;
 
 /// One block per row: a block-wide sum of squares, then the scaled row.
-__global__ void __launch_bounds__(kNormThreads)
+static __global__ void __launch_bounds__(kNormThreads)
     rms_norm_kernel(const float* x, Index ldx, const float* w, float eps, float* y, Index ldy,
                     int features) {
   __shared__ float warp_sums[kNormThreads / 32];

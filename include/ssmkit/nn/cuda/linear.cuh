@@ -150,7 +150,7 @@ namespace detail {
 constexpr int kLinearThreads = 256;
 
 /// out[t, n] = bias[n] (+ out[t, n]): cuBLAS then adds the product with beta = 1.
-__global__ void __launch_bounds__(kLinearThreads)
+static __global__ void __launch_bounds__(kLinearThreads)
     bias_rows_kernel(const float* bias, float* out, Index ldo, int N, bool accumulate) {
   float* o = out + static_cast<Index>(blockIdx.x) * ldo;
   for (int n = static_cast<int>(threadIdx.x); n < N; n += kLinearThreads)
@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kLinearThreads)
 }
 
 /// dst (rows, cols, ld = cols) = bf16(src (rows, cols, ld)).
-__global__ void __launch_bounds__(kLinearThreads)
+static __global__ void __launch_bounds__(kLinearThreads)
     round_rows_kernel(const float* src, Index lds, __nv_bfloat16* dst, int cols) {
   const float* s = src + static_cast<Index>(blockIdx.x) * lds;
   __nv_bfloat16* d = dst + static_cast<Index>(blockIdx.x) * cols;

@@ -90,7 +90,7 @@ inline unsigned elementwise_blocks(Index n) {
 }
 
 /// A = −exp(A_log), as the CPU block derives it.
-__global__ void __launch_bounds__(kBlockGradThreads)
+static __global__ void __launch_bounds__(kBlockGradThreads)
     neg_exp_kernel(const float* A_log, float* A, Index n) {
   for (Index i = blockIdx.x * Index{kBlockGradThreads} + threadIdx.x; i < n;
        i += Index{gridDim.x} * kBlockGradThreads)
@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kBlockGradThreads)
 }
 
 /// dA_log = dA·A (dA/dA_log = −exp(A_log) = A).
-__global__ void __launch_bounds__(kBlockGradThreads)
+static __global__ void __launch_bounds__(kBlockGradThreads)
     chain_A_log_kernel(const float* dA, const float* A, float* dA_log, Index n) {
   for (Index i = blockIdx.x * Index{kBlockGradThreads} + threadIdx.x; i < n;
        i += Index{gridDim.x} * kBlockGradThreads)
@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kBlockGradThreads)
 }
 
 /// acc += x over n contiguous floats.
-__global__ void __launch_bounds__(kBlockGradThreads)
+static __global__ void __launch_bounds__(kBlockGradThreads)
     add_kernel(float* acc, const float* x, Index n) {
   for (Index i = blockIdx.x * Index{kBlockGradThreads} + threadIdx.x; i < n;
        i += Index{gridDim.x} * kBlockGradThreads)
