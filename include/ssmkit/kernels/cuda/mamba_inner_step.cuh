@@ -76,6 +76,15 @@ struct InnerStepArgs {
   bool ssm_vec;
 };
 
+/// Asks for the 128-byte lines of [p, p + bytes) that thread `i` of `n` covers to be brought into
+/// this multiprocessor's L1: issued early, they overlap the kernel's other round trips.
+__device__ __forceinline__ void prefetch_l1(const void* p, std::size_t bytes, int i, int n) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  for (std::uintptr_t line = a / 128 + static_cast<std::uintptr_t>(i); line * 128 < a + bytes;
+       line += static_cast<std::uintptr_t>(n))
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(line * 128));
+}
+
 /// Four consecutive weights (of a row, from column c) widened to float, c a multiple of 4.
 __device__ __forceinline__ void load4(const float* p, float (&w)[4]) {
   const float4 q = *reinterpret_cast<const float4*>(p);
@@ -96,6 +105,15 @@ __global__ void __launch_bounds__(kInnerThreads1)
   const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;
   const int tile = static_cast<int>(blockIdx.x), c0 = tile * kInnerTile;
   const int tile_c = min(kInnerTile, a.d_inner - c0);
+  // Everything but the producer's output is requested before waiting for it: this tile's columns
+  // of x_proj (a warp per row), its conv taps and states.
+  for (int j = warp; j < a.width; j += kInnerThreads1 / 32)
+    prefetch_l1(a.x_proj + j * a.ld_x_proj + c0, sizeof(W) * tile_c, lane, 32);
+  prefetch_l1(a.conv_w + c0 * a.ld_conv_w, sizeof(float) * tile_c * a.ld_conv_w, tid,
+              kInnerThreads1);
+  for (int t = 0; t < a.tokens; ++t)
+    prefetch_l1(a.conv_state + t * a.conv_s[0] + c0 * a.conv_s[1],
+                sizeof(float) * tile_c * a.conv_s[1], tid, kInnerThreads1);
   wait_for_producer();
 
   for (int i = tid; i < a.tokens * kInnerTile; i += kInnerThreads1) {
@@ -173,7 +191,16 @@ __global__ void __launch_bounds__(kInnerThreads2)
   const int c = static_cast<int>(blockIdx.x) * kInnerChannels + tid / 4, q = tid % 4;
   const bool active = c < a.d_inner;
   const int cc = active ? c : a.d_inner - 1;  // idle lanes only join the shuffles
+  // The channel's dt_proj row, A row and states are requested before waiting for the producer,
+  // u and z right after: they arrive while the partials are summed.
+  prefetch_l1(a.dt_proj + static_cast<Index>(cc) * a.ld_dt_proj, sizeof(W) * a.R, q, 4);
+  prefetch_l1(a.A + static_cast<Index>(cc) * a.ld_A, sizeof(float) * a.N, q, 4);
+  for (int t = 0; t < a.tokens; ++t)
+    prefetch_l1(a.ssm_state + t * a.ssm_s[0] + cc * a.ssm_s[1], sizeof(float) * a.N, q, 4);
   wait_for_producer();
+  for (int t = q; t < 2 * a.tokens; t += 4)
+    prefetch_l1(t % 2 ? a.xz + (t / 2) * a.ld_xz + a.d_inner + cc : a.u + (t / 2) * a.d_inner + cc,
+                sizeof(float), 0, 1);
 
   // Sum the partials: thread (chunk s, group g) adds partials 8s … 8s+7 of 4 columns, all loads
   // in flight at once; then the chunks are added in order.
