@@ -17,49 +17,26 @@
 #include "generate_cuda.hpp"
 #endif
 
+#include "common/cli.hpp"
+
 #include <unistd.h>
 
-#include <charconv>
 #include <cstdio>
-#include <cstdlib>
-#include <exception>
 #include <functional>
 #include <iostream>
-#include <map>
 #include <string>
-#include <system_error>
 #include <vector>
 
 namespace {
+
+using namespace ssmkit::examples;
+
+constexpr int kBarWidth = 40;
 
 constexpr const char* kUsage =
     "usage: mamba_generate --model DIR --ids 1,2,3 --max-new-tokens N [--temperature T] "
     "[--top-k K] [--top-p P] [--seed S] [--dump-logits FILE] [--threads N] [--device cpu|cuda] "
     "[--dtype float|bf16]";
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-template <class N>
-N parse_number(const std::string& flag, const std::string& text) {
-  N value{};
-  const char* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, value);
-  if (ec != std::errc() || ptr != end || text.empty())
-    throw UsageError(flag + ": '" + text + "' is not a valid number");
-  return value;
-}
-
-// std::from_chars for double is in GCC 11+ and recent libc++; strtod keeps older ones working.
-template <>
-double parse_number<double>(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  const double value = std::strtod(text.c_str(), &end);
-  if (text.empty() || end != text.c_str() + text.size())
-    throw UsageError(flag + ": '" + text + "' is not a valid number");
-  return value;
-}
 
 std::vector<std::int64_t> parse_ids(const std::string& text) {
   std::vector<std::int64_t> ids;
@@ -76,42 +53,6 @@ std::vector<std::int64_t> parse_ids(const std::string& text) {
     start = comma + 1;
   }
   return ids;
-}
-
-std::map<std::string, std::string> parse_flags(int argc, char** argv) {
-  static const char* const known[] = {"--model",   "--ids",    "--max-new-tokens", "--temperature",
-                                      "--top-k",   "--top-p",  "--seed",           "--dump-logits",
-                                      "--threads", "--device", "--dtype"};
-  std::map<std::string, std::string> flags;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "-h" || flag == "--help")
-      throw UsageError("help");
-    bool ok = false;
-    for (const char* k : known)
-      ok = ok || flag == k;
-    if (!ok)
-      throw UsageError("unknown flag '" + flag + "'");
-    if (i + 1 >= argc)
-      throw UsageError(flag + " needs a value");
-    flags[flag] = argv[++i];
-  }
-  for (const char* required : {"--model", "--ids", "--max-new-tokens"})
-    if (!flags.count(required))
-      throw UsageError(std::string(required) + " is required");
-  return flags;
-}
-
-/// A one-line bar redrawn in place on stderr.
-void draw_progress(ssmkit::Index done, ssmkit::Index total) {
-  constexpr int kWidth = 40;
-  const int filled = static_cast<int>(kWidth * done / total);
-  std::fprintf(stderr, "\r[%s%s] %lld/%lld", std::string(filled, '#').c_str(),
-               std::string(kWidth - filled, ' ').c_str(), static_cast<long long>(done),
-               static_cast<long long>(total));
-  if (done == total)
-    std::fprintf(stderr, "\r%s\r", std::string(kWidth + 24, ' ').c_str());
-  std::fflush(stderr);
 }
 
 using Progress = std::function<void(ssmkit::Index)>;
@@ -148,45 +89,41 @@ ssmkit::nn::GenerationResult run_cuda(const std::string& dir, const std::vector<
 }
 
 int run(int argc, char** argv) {
-  const auto flags = parse_flags(argc, argv);
-  const auto get = [&](const char* k, const char* fallback) {
-    const auto it = flags.find(k);
-    return it == flags.end() ? std::string(fallback) : it->second;
-  };
-  const std::string device = get("--device", "cpu");
-  if (device != "cpu" && device != "cuda")
-    throw UsageError("--device: expected cpu or cuda, got '" + device + "'");
-  const std::string dtype = get("--dtype", "float");
+  const Flags flags(argc, argv,
+                    {"--model", "--ids", "--max-new-tokens", "--temperature", "--top-k", "--top-p",
+                     "--seed", "--dump-logits", "--threads", "--device", "--dtype"},
+                    {"--model", "--ids", "--max-new-tokens"});
+  const std::string device = flags.device();
+  const std::string dtype = flags.get("--dtype", "float");
   if (dtype != "float" && dtype != "bf16")
     throw UsageError("--dtype: expected float or bf16, got '" + dtype + "'");
   if (dtype == "bf16" && device != "cuda")
     throw UsageError("--dtype bf16: only with --device cuda");
-  const auto max_new = parse_number<ssmkit::Index>("--max-new-tokens", get("--max-new-tokens", ""));
+  const auto max_new =
+      parse_number<ssmkit::Index>("--max-new-tokens", flags.get("--max-new-tokens", ""));
   if (max_new < 0)
     throw UsageError("--max-new-tokens: must be >= 0");
-  if (flags.count("--threads")) {
-    const int threads = parse_number<int>("--threads", get("--threads", ""));
-    if (threads < 1)
-      throw UsageError("--threads: must be >= 1");
-    ssmkit::set_num_threads(threads);
-  }
+  flags.apply_threads();
   ssmkit::nn::SamplingConfig sampling;
-  sampling.temperature = parse_number<double>("--temperature", get("--temperature", "0"));
-  sampling.top_k = parse_number<ssmkit::Index>("--top-k", get("--top-k", "0"));
-  sampling.top_p = parse_number<double>("--top-p", get("--top-p", "1"));
-  sampling.seed = parse_number<std::uint64_t>("--seed", get("--seed", "0"));
+  sampling.temperature = parse_number<double>("--temperature", flags.get("--temperature", "0"));
+  sampling.top_k = parse_number<ssmkit::Index>("--top-k", flags.get("--top-k", "0"));
+  sampling.top_p = parse_number<double>("--top-p", flags.get("--top-p", "1"));
+  sampling.seed = parse_number<std::uint64_t>("--seed", flags.get("--seed", "0"));
   sampling.validate();
-  const auto ids = parse_ids(get("--ids", ""));
+  const auto ids = parse_ids(flags.get("--ids", ""));
 
   const bool bar = isatty(STDERR_FILENO) && max_new >= 16;
   const auto progress = [&](ssmkit::Index i) {
     if (bar)
-      draw_progress(i + 1, max_new);
+      draw_progress(i + 1, max_new, kBarWidth);
+    if (bar && i + 1 == max_new)
+      clear_progress(kBarWidth + 24);
   };
-  const auto r = device == "cuda" ? run_cuda(get("--model", ""), ids, max_new, sampling,
-                                             dtype == "bf16", get("--dump-logits", ""), progress)
-                                  : run_cpu(get("--model", ""), ids, max_new, sampling,
-                                            get("--dump-logits", ""), progress);
+  const auto r = device == "cuda"
+                     ? run_cuda(flags.get("--model", ""), ids, max_new, sampling, dtype == "bf16",
+                                flags.get("--dump-logits", ""), progress)
+                     : run_cpu(flags.get("--model", ""), ids, max_new, sampling,
+                               flags.get("--dump-logits", ""), progress);
 
   std::string line;
   for (std::size_t i = 0; i < r.tokens[0].size(); ++i)
@@ -206,21 +143,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const UsageError& e) {
-    if (std::string(e.what()) == "help") {
-      std::cout << kUsage << "\n";
-      return 0;
-    }
-    std::cerr << "mamba_generate: " << e.what() << "\n" << kUsage << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::string msg = e.what();
-    for (char& c : msg)  // one line, whatever the message holds
-      if (c == '\n')
-        c = ' ';
-    std::cerr << "mamba_generate: " << msg << "\n";
-    return 1;
-  }
+  return run_main("mamba_generate", kUsage, [&] { return run(argc, argv); });
 }

@@ -28,6 +28,8 @@
 #include "train_cuda.hpp"
 #endif
 
+#include "common/cli.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,12 +37,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <exception>
 #include <fstream>
 #include <functional>
-#include <iostream>
-#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -49,6 +47,11 @@
 namespace {
 
 using ssmkit::Index;
+using namespace ssmkit::examples;
+
+// The progress bar: its width, and the columns cleared before a line of stdout.
+constexpr int kBarWidth = 30;
+constexpr int kBarColumns = 80;
 
 constexpr const char* kUsage =
     "usage: train_selective_copying [--length L] [--steps S] [--batch B] [--lr LR] [--seed S] "
@@ -60,39 +63,6 @@ constexpr std::int64_t kNoise = 0, kMarker = kMemorize + 1;
 constexpr Index kVocab = kMemorize + 2;
 constexpr Index kHeldOut = 256;  // sequences
 constexpr std::int64_t kIgnore = -100;
-
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-template <class N>
-N parse_number(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  const double value = std::strtod(text.c_str(), &end);
-  if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(value))
-    throw UsageError(flag + ": '" + text + "' is not a valid number");
-  if (std::is_integral_v<N> && value != std::floor(value))
-    throw UsageError(flag + ": '" + text + "' is not an integer");
-  return static_cast<N>(value);
-}
-
-std::map<std::string, std::string> parse_flags(int argc, char** argv) {
-  static const char* const known[] = {
-      "--length", "--steps",      "--batch",           "--lr",    "--seed", "--threads",
-      "--csv",    "--eval-every", "--target-accuracy", "--device"};
-  std::map<std::string, std::string> flags;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "-h" || flag == "--help")
-      throw UsageError("help");
-    if (std::find(std::begin(known), std::end(known), flag) == std::end(known))
-      throw UsageError("unknown flag '" + flag + "'");
-    if (i + 1 >= argc)
-      throw UsageError(flag + " needs a value");
-    flags[flag] = argv[++i];
-  }
-  return flags;
-}
 
 /// A batch of sequences (batch, L) and their targets: kIgnore except at the 16 markers.
 struct Batch {
@@ -177,48 +147,31 @@ double learning_rate(double peak, Index step, Index steps) {
   return peak * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * progress)));
 }
 
-void draw_progress(Index done, Index total, double loss, double accuracy) {
-  constexpr int kWidth = 30;
-  const int filled = static_cast<int>(kWidth * done / total);
-  std::fprintf(stderr, "\r[%s%s] %lld/%lld loss %.4f held-out %.2f%%",
-               std::string(filled, '#').c_str(), std::string(kWidth - filled, ' ').c_str(),
-               static_cast<long long>(done), static_cast<long long>(total), loss, 100 * accuracy);
-  std::fflush(stderr);
-}
-
 int run(int argc, char** argv) {
-  const auto flags = parse_flags(argc, argv);
-  const auto get = [&](const char* k, const char* fallback) {
-    const auto it = flags.find(k);
-    return it == flags.end() ? std::string(fallback) : it->second;
-  };
-  const std::string device = get("--device", "cpu");
-  if (device != "cpu" && device != "cuda")
-    throw UsageError("--device: expected cpu or cuda, got '" + device + "'");
-  const auto L = parse_number<Index>("--length", get("--length", "128"));
-  const auto steps = parse_number<Index>("--steps", get("--steps", "16000"));
-  const auto batch = parse_number<Index>("--batch", get("--batch", "16"));
-  const auto lr = parse_number<double>("--lr", get("--lr", "3e-3"));
-  const auto seed = parse_number<std::uint64_t>("--seed", get("--seed", "1"));
-  const auto eval_every = parse_number<Index>("--eval-every", get("--eval-every", "400"));
-  const auto target = parse_number<double>("--target-accuracy", get("--target-accuracy", "2"));
+  const Flags flags(argc, argv,
+                    {"--length", "--steps", "--batch", "--lr", "--seed", "--threads", "--csv",
+                     "--eval-every", "--target-accuracy", "--device"});
+  const std::string device = flags.device();
+  const auto L = parse_number<Index>("--length", flags.get("--length", "128"));
+  const auto steps = parse_number<Index>("--steps", flags.get("--steps", "16000"));
+  const auto batch = parse_number<Index>("--batch", flags.get("--batch", "16"));
+  const auto lr = parse_number<double>("--lr", flags.get("--lr", "3e-3"));
+  const auto seed = parse_number<std::uint64_t>("--seed", flags.get("--seed", "1"));
+  const auto eval_every = parse_number<Index>("--eval-every", flags.get("--eval-every", "400"));
+  const auto target =
+      parse_number<double>("--target-accuracy", flags.get("--target-accuracy", "2"));
   if (L < 2 * kMemorize)
     throw UsageError("--length: must be >= " + std::to_string(2 * kMemorize));
   if (steps < 1 || batch < 1 || eval_every < 1)
     throw UsageError("--steps, --batch and --eval-every must be >= 1");
   if (!(lr > 0))
     throw UsageError("--lr: must be > 0");
-  if (flags.count("--threads")) {
-    const int threads = parse_number<int>("--threads", get("--threads", ""));
-    if (threads < 1)
-      throw UsageError("--threads: must be >= 1");
-    ssmkit::set_num_threads(threads);
-  }
+  flags.apply_threads();
   std::ofstream csv;
-  if (flags.count("--csv")) {
-    csv.open(get("--csv", ""));
+  if (flags.has("--csv")) {
+    csv.open(flags.get("--csv", ""));
     if (!csv)
-      throw ssmkit::Error("ssmkit: --csv: cannot write '" + get("--csv", "") + "'");
+      throw ssmkit::Error("ssmkit: --csv: cannot write '" + flags.get("--csv", "") + "'");
     csv << "step,loss,accuracy,seconds\n";
   }
 
@@ -300,7 +253,7 @@ int run(int argc, char** argv) {
       last_loss = loss_sum / static_cast<double>(loss_count);
       loss_sum = 0, loss_count = 0;
       if (bar)
-        std::fprintf(stderr, "\r%s\r", std::string(80, ' ').c_str());
+        clear_progress(kBarColumns);
       std::printf("step %6lld  loss %.4f  held-out loss %.4f  held-out accuracy %6.2f%%  %.1f s\n",
                   static_cast<long long>(done), last_loss, eval.loss, 100 * eval.accuracy,
                   seconds());
@@ -310,11 +263,14 @@ int run(int argc, char** argv) {
       if (eval.accuracy >= target)
         break;
     }
-    if (bar)
-      draw_progress(done, steps, loss, eval.accuracy);
+    if (bar) {
+      char suffix[64];
+      std::snprintf(suffix, sizeof suffix, " loss %.4f held-out %.2f%%", loss, 100 * eval.accuracy);
+      draw_progress(done, steps, kBarWidth, suffix);
+    }
   }
   if (bar)
-    std::fprintf(stderr, "\r%s\r", std::string(80, ' ').c_str());
+    clear_progress(kBarColumns);
   std::printf(
       "final: held-out accuracy %.2f%% after %lld steps (%lld sequences of length %lld) "
       "in %.1f s, %lld parameters\n",
@@ -326,21 +282,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const UsageError& e) {
-    if (std::string(e.what()) == "help") {
-      std::cout << kUsage << "\n";
-      return 0;
-    }
-    std::cerr << "train_selective_copying: " << e.what() << "\n" << kUsage << "\n";
-    return 2;
-  } catch (const std::exception& e) {
-    std::string msg = e.what();
-    for (char& c : msg)
-      if (c == '\n')
-        c = ' ';
-    std::cerr << "train_selective_copying: " << msg << "\n";
-    return 1;
-  }
+  return run_main("train_selective_copying", kUsage, [&] { return run(argc, argv); });
 }
