@@ -231,7 +231,9 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
   Index stage_off[kStage];
   int stage_step[kStage];
   bool stage_c[kStage], stage_ok[kStage];
-  float stage_v[kStage];
+  // Held as stored and widened only when written to shared memory: a conversion next to the load
+  // would wait for the load there instead of after the tile's scan.
+  T stage_v[kStage];
   const T* B_tile = a.B + b * a.B_s[0] + static_cast<Index>(t_begin) * a.B_s[1];
   const T* C_tile = a.C + b * a.C_s[0] + static_cast<Index>(t_begin) * a.C_s[1];
   if constexpr (kStaged) {
@@ -259,14 +261,14 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
 #pragma unroll
     for (int s = 0; s < kStage; ++s)
       stage_v[s] = stage_ok[s] && t0 + stage_step[s] < t_end
-                       ? to_float(__ldg((stage_c[s] ? C_tile : B_tile) + stage_off[s]))
-                       : 0.f;
+                       ? __ldg((stage_c[s] ? C_tile : B_tile) + stage_off[s])
+                       : from_float<T>(0.f);
   };
   const auto stage_store = [&](float* buf) {
 #pragma unroll
     for (int s = 0; s < kStage; ++s)
       if (tid + s * kThreads < count)
-        buf[tid + s * kThreads] = stage_v[s];
+        buf[tid + s * kThreads] = to_float(stage_v[s]);
   };
   int buf = 0;
   if constexpr (kStaged) {
