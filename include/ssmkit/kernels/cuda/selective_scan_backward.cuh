@@ -168,19 +168,28 @@ __device__ __forceinline__ LanePlace lane_place(int lanes_per_channel, int state
 }
 
 /// The chunk's rows of B and C for group g as float, [step][B|C][state padded to padded_n],
-/// zero past N; the whole block takes part.
+/// zero past N; the whole block takes part. Each thread has kBatch loads in flight before it
+/// widens and stores any of them (one load after another cost a memory latency each).
 template <int kThreads, class T>
 __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a, float* bc, int b,
                                                    int g, int t_begin, int len) {
-  const int row = 2 * a.padded_n;
-  for (int i = static_cast<int>(threadIdx.x); i < len * row; i += kThreads) {
-    const int t = t_begin + i / row, which = i % row / a.padded_n, n = i % a.padded_n;
-    float v = 0.f;
-    if (n < a.N)
-      v = which == 0
-              ? to_float(__ldg(a.B + b * a.B_s[0] + t * a.B_s[1] + g * a.B_s[2] + n * a.B_s[3]))
-              : to_float(__ldg(a.C + b * a.C_s[0] + t * a.C_s[1] + g * a.C_s[2] + n * a.C_s[3]));
-    bc[i] = v;
+  constexpr int kBatch = 8;
+  const int row = 2 * a.padded_n, total = len * row;
+  for (int i0 = static_cast<int>(threadIdx.x); i0 < total; i0 += kBatch * kThreads) {
+    T v[kBatch];
+#pragma unroll
+    for (int r = 0; r < kBatch; ++r) {
+      const int i = i0 + r * kThreads;
+      const int t = t_begin + i / row, which = i % row / a.padded_n, n = i % a.padded_n;
+      v[r] = from_float<T>(0.f);
+      if (i < total && n < a.N)
+        v[r] = which == 0 ? __ldg(a.B + b * a.B_s[0] + t * a.B_s[1] + g * a.B_s[2] + n * a.B_s[3])
+                          : __ldg(a.C + b * a.C_s[0] + t * a.C_s[1] + g * a.C_s[2] + n * a.C_s[3]);
+    }
+#pragma unroll
+    for (int r = 0; r < kBatch; ++r)
+      if (i0 + r * kThreads < total)
+        bc[i0 + r * kThreads] = to_float(v[r]);
   }
 }
 
