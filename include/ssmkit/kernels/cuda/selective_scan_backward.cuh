@@ -121,38 +121,14 @@ __device__ __forceinline__ float sum_channel_lanes(float v, int lanes) {
   return v;
 }
 
-/// Sums v over the channels of a warp (lanes that differ in bits >= lanes_per_channel hold the
-/// same states of different channels) by recursive halving: each exchange sends half the values
-/// a lane holds and keeps the other half summed, so V values cost V - 1 shuffles instead of V
-/// per level. Afterwards the lane holds v[0, held) = the sums of values [first, first + held);
-/// returns false for lanes that only hold copies of another lane's sums.
-template <int V>
-__device__ __forceinline__ bool reduce_over_channels(float (&v)[V], int lanes_per_channel,
-                                                     int& first, int& held) {
-  const int lane = static_cast<int>(threadIdx.x) & 31;
-  int m = lanes_per_channel;
-  first = 0;
-  held = V;
-#pragma unroll
-  for (int half = V / 2; half >= 1; half /= 2) {
-    if (m < 32) {
-      const bool upper = (lane & m) != 0;
-#pragma unroll
-      for (int i = 0; i < half; ++i) {
-        const float send = upper ? v[i] : v[i + half];
-        const float keep = upper ? v[i + half] : v[i];
-        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, m);
-      }
-      first += upper ? half : 0;
-      held = half;
-      m *= 2;
-    }
-  }
-  // Lane bits [m, 32) still name different channels whose sums are not yet added: a butterfly.
-  const int unique_mask = 31 & ~(m - 1);
-  for (; m < 32; m *= 2)
-    v[0] += __shfl_xor_sync(0xffffffffu, v[0], m);
-  return (lane & unique_mask) == 0;
+/// Floats one warp writes per step for the block's dB, dC sums: after one shuffle that adds each
+/// even channel's values to its odd neighbour's (the even lane keeps dB, the odd one dC), a row
+/// of [channel pair][B|C][state] — 32·S whatever the lane count; with 32 lanes per channel (no
+/// neighbour) the lanes write both halves, 64·S. Summing these rows over warps and pairs in a
+/// fixed order after the sub-chunk costs about a third of a shuffle reduction over the warp.
+template <int S>
+__host__ __device__ constexpr int warp_bc_row(int lanes_per_channel) {
+  return lanes_per_channel < 32 ? 32 * S : 64 * S;
 }
 
 /// Where a thread of passes 1 and 3 sits: lanes_per_channel consecutive lanes share a channel,
@@ -206,6 +182,16 @@ __device__ __forceinline__ void chunk_states(const float* bc, int padded_n, int 
     const float4 q = *reinterpret_cast<const float4*>(row + i);
     v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
   }
+}
+
+/// Stores v[from, from + S) at `dst` (16-byte aligned) as 16-byte vectors.
+template <int S, int V>
+__device__ __forceinline__ void store_states(float* dst, const float (&v)[V], int from = 0) {
+  static_assert(S % 4 == 0, "states are stored as 16-byte vectors");
+#pragma unroll
+  for (int i = 0; i < S; i += 4)
+    *reinterpret_cast<float4*>(dst + i) =
+        make_float4(v[from + i], v[from + i + 1], v[from + i + 2], v[from + i + 3]);
 }
 
 /// What one step of a channel needs besides the states: Δ, u, softplus'(δ + bias), dy = ∂ℓ/∂y,
@@ -332,7 +318,8 @@ template <class Policy>
 constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N, int lanes_per_channel) {
   return local_smem_floats<Policy>(chunk_len, padded_n, 0) + chunk_len * 2 * N +
          chunk_len / Policy::kSubChunk * Policy::kStatesPerThread * Policy::kThreads +
-         2 * Policy::kThreads / 32 * Policy::kSubChunk * 2 * padded_n +
+         2 * Policy::kThreads / 32 * Policy::kSubChunk *
+             warp_bc_row<Policy::kStatesPerThread>(lanes_per_channel) +
          Policy::kThreads / lanes_per_channel * chunk_step_stride<Policy>();
 }
 
@@ -483,8 +470,10 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
   float* acc = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n, 0);  // [step][B|C][state]
   float* entry = acc + a.chunk_len * two_n;  // [sub-chunk][i][thread]
   constexpr int kWarps = NT / 32;
-  const int row_bc = 2 * a.padded_n;  // a step's dB and dC sums of one warp, states padded
-  float* warp_sums = entry + a.chunk_len / K * S * NT;  // [buffer][warp][step][B|C][state]
+  const int padded_n = kLanes > 0 ? kLanes * S : a.padded_n;
+  const int row_bc = warp_bc_row<S>(lanes);  // a warp's dB, dC partial sums of one step
+  const int pairs = lanes < 32 ? 16 / lanes : 1;
+  float* warp_sums = entry + a.chunk_len / K * S * NT;  // [buffer][warp][step][pair][B|C][state]
   float* mine = warp_sums + 2 * kWarps * K * row_bc +
                 lp.channel * chunk_step_stride<Policy>();  // this channel's step work
   int buffer = 0;
@@ -545,7 +534,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         const float2 v = *reinterpret_cast<const float2*>(mine + 8 * k);
         const float dt = v.x, du = v.y;
         float Bv[S];
-        chunk_states(bc, a.padded_n, t - t_begin, 0, lp.n0, Bv);
+        chunk_states(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
 #pragma unroll
         for (int i = 0; i < S; ++i)
           h[i] = fmaf(ex2_mufu(dt * a2[i]), h[i], du * Bv[i]);
@@ -576,8 +565,8 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
         const float dt = w.x, u = w.y, dy = w.w, fz = mine[8 * k + 4], du = dt * u;
         float Bv[S], Cv[S];
-        chunk_states(bc, a.padded_n, k0 + k, 0, lp.n0, Bv);
-        chunk_states(bc, a.padded_n, k0 + k, 1, lp.n0, Cv);
+        chunk_states(bc, padded_n, k0 + k, 0, lp.n0, Bv);
+        chunk_states(bc, padded_n, k0 + k, 1, lp.n0, Cv);
         float y = 0.f;  // needed for dz only, and cheaper to compute than to branch around
 #pragma unroll
         for (int i = 0; i < S; ++i) {
@@ -595,8 +584,8 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
         const float dt = w.x, u = w.y, dsp = w.z, dy = w.w, dtu = dt * u;
         float Bv[S], Cv[S];
-        chunk_states(bc, a.padded_n, k0 + k, 0, lp.n0, Bv);
-        chunk_states(bc, a.padded_n, k0 + k, 1, lp.n0, Cv);
+        chunk_states(bc, padded_n, k0 + k, 0, lp.n0, Bv);
+        chunk_states(bc, padded_n, k0 + k, 1, lp.n0, Cv);
         float gB = 0.f, gAh = 0.f, parts[2 * S];
 #pragma unroll
         for (int i = 0; i < S; ++i) {
@@ -615,16 +604,22 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         d_bias += draw;
         if (lp.lane == 0)  // stored below, by the lanes in turn
           *reinterpret_cast<float2*>(mine + 8 * k + 6) = make_float2(fmaf(dt, gB, dy * skip), draw);
-        // Over the warp's channels; each (B|C, state) sum then has one owner lane.
-        int first, held;
-        if (reduce_over_channels(parts, lanes, first, held)) {
-          float* row = warp_sums + ((buffer * kWarps + tid / 32) * K + k) * row_bc;
+        // Neighbouring channels of the warp added, then the warp's row for this step.
+        float* row = warp_sums + ((buffer * kWarps + tid / 32) * K + k) * row_bc + lp.n0;
+        if (lanes < 32) {
+          const int c = (tid & 31) / lanes;
+          const bool odd = (c & 1) != 0;
+          float v[S];
 #pragma unroll
-          for (int i = 0; i < 2 * S; ++i) {
-            const int v = first + i;
-            if (i < held)
-              row[v / S * a.padded_n + lp.n0 + v % S] = parts[i];
+          for (int i = 0; i < S; ++i) {
+            const float send = odd ? parts[i] : parts[S + i];
+            const float keep = odd ? parts[S + i] : parts[i];
+            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, lanes);
           }
+          store_states<S>(row + (c & ~1) * padded_n + (odd ? padded_n : 0), v);
+        } else {
+          store_states<S>(row, parts, 0);
+          store_states<S>(row + padded_n, parts, S);
         }
       };
       // Every step checked against the chunk's end: one basic block per full sub-chunk ran
@@ -640,14 +635,17 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
       // Over the block's warps, into the chunk's sums. Two buffers: a warp may start on the next
       // sub-chunk while others still read this one.
       __syncthreads();
-      for (int i = tid; i < steps * row_bc; i += NT) {
-        const int k = i / row_bc, col = i % row_bc;
-        const int which = col / a.padded_n, n = col % a.padded_n;
+      for (int i = tid; i < steps * 2 * padded_n; i += NT) {
+        const int k = i / (2 * padded_n), col = i % (2 * padded_n);
+        const int which = col / padded_n, n = col % padded_n;
         if (n < N) {
           float sum = 0.f;
 #pragma unroll
-          for (int w = 0; w < kWarps; ++w)
-            sum += warp_sums[((buffer * kWarps + w) * K + k) * row_bc + col];
+          for (int w = 0; w < kWarps; ++w) {
+            const float* row = warp_sums + ((buffer * kWarps + w) * K + k) * row_bc + col;
+            for (int q = 0; q < pairs; ++q)
+              sum += row[q * 2 * padded_n];
+          }
           acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
         }
       }
