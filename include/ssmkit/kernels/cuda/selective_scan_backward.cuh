@@ -514,22 +514,26 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
       q[i] = here && active ? a.chunk_q[row * N + lp.n0 + i] : 0.f;
     }
 
-    // The state entering each sub-chunk.
+    // The state entering each sub-chunk (the last sub-chunk's states are not needed).
     StepPrefetch<R, false, T> sweep_next;
-    sweep_next.load(a, b, d, t_begin, min(K, len), lp.lane, lanes, active);
-    for (int j = 0; j < subs; ++j) {
+    if (subs > 1)
+      sweep_next.load(a, b, d, t_begin, K, lp.lane, lanes, active);
+    for (int j = 0;; ++j) {
 #pragma unroll
       for (int i = 0; i < S; ++i)
         entry[(j * S + i) * NT + tid] = h[i];
-      const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
+      if (j + 1 == subs)
+        break;
+      const int t0 = t_begin + j * K;
       sweep_next.template prepare<false>(
-          a, b, d, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
+          a, b, d, t0, K, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
             *reinterpret_cast<float2*>(mine + 8 * k) = make_float2(v.dt, v.dt * v.u);
           });
-      if (j + 1 < subs)
-        sweep_next.load(a, b, d, t0 + K, min(K, t_begin + len - t0 - K), lp.lane, lanes, active);
+      if (j + 2 < subs)
+        sweep_next.load(a, b, d, t0 + K, K, lp.lane, lanes, active);
       __syncwarp(mask);
-      for (int k = 0; k < steps; ++k) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
         const int t = t0 + k;
         const float2 v = *reinterpret_cast<const float2*>(mine + 8 * k);
         const float dt = v.x, du = v.y;
