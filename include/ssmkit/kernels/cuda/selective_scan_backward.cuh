@@ -144,13 +144,14 @@ __device__ __forceinline__ LanePlace lane_place(int lanes_per_channel, int state
 }
 
 /// The chunk's rows of B and C for group g as float, [step][B|C][state padded to padded_n],
-/// zero past N; the whole block takes part. Each thread has kBatch loads in flight before it
-/// widens and stores any of them (one load after another cost a memory latency each).
+/// zero past N and from step len to len_padded; the whole block takes part. Each thread has kBatch
+/// loads in flight before it widens and stores any of them (one load after another cost a memory
+/// latency each).
 template <int kThreads, class T>
 __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a, float* bc, int b,
-                                                   int g, int t_begin, int len) {
+                                                   int g, int t_begin, int len, int len_padded) {
   constexpr int kBatch = 8;
-  const int row = 2 * a.padded_n, total = len * row;
+  const int row = 2 * a.padded_n, total = len_padded * row;
   for (int i0 = static_cast<int>(threadIdx.x); i0 < total; i0 += kBatch * kThreads) {
     T v[kBatch];
 #pragma unroll
@@ -158,7 +159,7 @@ __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a,
       const int i = i0 + r * kThreads;
       const int t = t_begin + i / row, which = i % row / a.padded_n, n = i % a.padded_n;
       v[r] = from_float<T>(0.f);
-      if (i < total && n < a.N)
+      if (i < len * row && n < a.N)
         v[r] = which == 0 ? __ldg(a.B + b * a.B_s[0] + t * a.B_s[1] + g * a.B_s[2] + n * a.B_s[3])
                           : __ldg(a.C + b * a.C_s[0] + t * a.C_s[1] + g * a.C_s[2] + n * a.C_s[3]);
     }
@@ -280,6 +281,18 @@ struct StepPrefetch {
     for (int k = lane + R * lanes; k < steps; k += lanes)
       put(k, step_values<kDy, kGrad>(a, b, t0 + k, d, bias, live));
   }
+
+  /// As prepare, and puts a no-op step (Δ = u = dy = 0 and softplus' = 0: the state and the
+  /// adjoint pass through unchanged, every gradient term is zero) at each step of the lane's
+  /// share from `steps` to K, so that the sub-chunk's loops need no bound.
+  template <int K, class Put>
+  __device__ __forceinline__ void prepare_padded(const ScanBackwardArgs<T>& a, int b, int d, int t0,
+                                                 int steps, int lane, int lanes, bool live,
+                                                 float bias, Put&& put) const {
+    prepare<true>(a, b, d, t0, steps, lane, lanes, live, bias, put);
+    for (int k = lane + (steps - lane + lanes - 1) / lanes * lanes; k < K; k += lanes)
+      put(k, StepValues{0.f, 0.f, 0.f, 0.f, 0.f});
+  }
 };
 
 /// The lanes of the calling thread's channel, for __syncwarp.
@@ -343,7 +356,7 @@ __global__ void __launch_bounds__(Policy::kThreads)
   const int d = g * a.channels_per_group + in_group;
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
   const int t_begin = c * a.chunk_len, t_end = min(a.L, t_begin + a.chunk_len);
-  stage_chunk_states<Policy::kThreads>(a, bc, b, g, t_begin, t_end - t_begin);
+  stage_chunk_states<Policy::kThreads>(a, bc, b, g, t_begin, t_end - t_begin, t_end - t_begin);
   __syncthreads();
   if (in_group >= a.channels_per_group)
     return;  // whole channels leave: the lanes of the others only wait for each other
@@ -487,7 +500,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
   const int subs = (len + K - 1) / K;
   for (int i = tid; i < len * two_n; i += NT)
     acc[i] = 0.f;
-  stage_chunk_states<NT>(a, bc, b, g, t_begin, len);
+  stage_chunk_states<NT>(a, bc, b, g, t_begin, len, subs * K);
   __syncthreads();
   const bool has_z = a.z != nullptr;
 
@@ -556,7 +569,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
       for (int i = 0; i < S; ++i)
         hs[0][i] = entry[(j * S + i) * NT + tid];
       // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
-      next.template prepare<true>(
+      next.template prepare_padded<K>(
           a, b, d, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
             *reinterpret_cast<float4*>(mine + 8 * k) = make_float4(v.dt, v.u, v.dsp, v.dy);
             mine[8 * k + 4] = v.fz;
@@ -626,16 +639,14 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           store_states<S>(row + padded_n, parts, S);
         }
       };
-      // Every step checked against the chunk's end: one basic block per full sub-chunk ran
-      // 15-20 % slower on the H200 (more registers, spills).
+      // Whole sub-chunks: the steps past the chunk's end are no-ops (their staged B, C rows are
+      // zero), so each loop is one basic block.
 #pragma unroll
       for (int k = 0; k < K; ++k)
-        if (k < steps)
-          recompute(k);
+        recompute(k);
 #pragma unroll
       for (int k = K - 1; k >= 0; --k)
-        if (k < steps)
-          reverse(k);
+        reverse(k);
       // Over the block's warps, into the chunk's sums. Two buffers: a warp may start on the next
       // sub-chunk while others still read this one.
       __syncthreads();
