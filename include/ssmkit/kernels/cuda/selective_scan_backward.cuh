@@ -144,20 +144,22 @@ __device__ __forceinline__ LanePlace lane_place(int lanes_per_channel, int state
 }
 
 /// The chunk's rows of B and C for group g as float, [step][B|C][state padded to padded_n],
-/// zero past N and from step len to len_padded; the whole block takes part. Each thread has kBatch
+/// zero past N and from step len to len_padded (padded_n = a.padded_n, a constant where the
+/// lane count is compiled in); the whole block takes part. Each thread has kBatch
 /// loads in flight before it widens and stores any of them (one load after another cost a memory
 /// latency each).
 template <int kThreads, class T>
 __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a, float* bc, int b,
-                                                   int g, int t_begin, int len, int len_padded) {
+                                                   int g, int t_begin, int len, int len_padded,
+                                                   int padded_n) {
   constexpr int kBatch = 8;
-  const int row = 2 * a.padded_n, total = len_padded * row;
+  const int row = 2 * padded_n, total = len_padded * row;
   for (int i0 = static_cast<int>(threadIdx.x); i0 < total; i0 += kBatch * kThreads) {
     T v[kBatch];
 #pragma unroll
     for (int r = 0; r < kBatch; ++r) {
       const int i = i0 + r * kThreads;
-      const int t = t_begin + i / row, which = i % row / a.padded_n, n = i % a.padded_n;
+      const int t = t_begin + i / row, which = i % row / padded_n, n = i % padded_n;
       v[r] = from_float<T>(0.f);
       if (i < len * row && n < a.N)
         v[r] = which == 0 ? __ldg(a.B + b * a.B_s[0] + t * a.B_s[1] + g * a.B_s[2] + n * a.B_s[3])
@@ -207,22 +209,57 @@ struct RawStep {
   T delta, u, dout, z;
 };
 
-/// Loads step t of channel d; dout (zero when !live) and z only if kDy.
-template <bool kDy, class T>
-__device__ __forceinline__ RawStep<T> load_step(const ScanBackwardArgs<T>& a, int b, int t, int d,
-                                                bool live) {
-  RawStep<T> r;
-  r.delta = __ldg(a.delta + b * a.delta_s[0] + t * a.delta_s[1] + d * a.delta_s[2]);
-  r.u = __ldg(a.u + b * a.u_s[0] + t * a.u_s[1] + d * a.u_s[2]);
-  r.dout = r.z = from_float<T>(0.f);
-  if (kDy) {
-    if (live)
-      r.dout = __ldg(a.dout + b * a.dout_s[0] + t * a.dout_s[1] + d * a.dout_s[2]);
-    if (a.z != nullptr)
-      r.z = __ldg(a.z + b * a.z_s[0] + t * a.z_s[1] + d * a.z_s[2]);
+/// Where one channel's inputs start: (b, 0, d) of δ, u, dout and z (z null when absent), worked
+/// out once per channel so that a step's loads cost one product each (pass 1, which has the
+/// registers to keep them).
+template <class T>
+struct ChannelRows {
+  const T *delta, *u, *dout, *z;
+
+  __device__ __forceinline__ ChannelRows(const ScanBackwardArgs<T>& a, int b, int d)
+      : delta(a.delta + b * a.delta_s[0] + d * a.delta_s[2]),
+        u(a.u + b * a.u_s[0] + d * a.u_s[2]),
+        dout(a.dout + b * a.dout_s[0] + d * a.dout_s[2]),
+        z(a.z != nullptr ? a.z + b * a.z_s[0] + d * a.z_s[2] : nullptr) {}
+
+  /// Step t; dout (zero when !live) and z only if kDy.
+  template <bool kDy>
+  __device__ __forceinline__ RawStep<T> load(const ScanBackwardArgs<T>& a, int t, bool live) const {
+    RawStep<T> r;
+    r.delta = __ldg(delta + t * a.delta_s[1]);
+    r.u = __ldg(u + t * a.u_s[1]);
+    r.dout = r.z = from_float<T>(0.f);
+    if (kDy) {
+      if (live)
+        r.dout = __ldg(dout + t * a.dout_s[1]);
+      if (z != nullptr)
+        r.z = __ldg(z + t * a.z_s[1]);
+    }
+    return r;
   }
-  return r;
-}
+};
+
+/// The same loads from the channel's coordinates, every address worked out at the load (pass 3:
+/// four pointers held across its loops made it spill).
+template <class T>
+struct ChannelCoords {
+  int b, d;
+
+  template <bool kDy>
+  __device__ __forceinline__ RawStep<T> load(const ScanBackwardArgs<T>& a, int t, bool live) const {
+    RawStep<T> r;
+    r.delta = __ldg(a.delta + b * a.delta_s[0] + t * a.delta_s[1] + d * a.delta_s[2]);
+    r.u = __ldg(a.u + b * a.u_s[0] + t * a.u_s[1] + d * a.u_s[2]);
+    r.dout = r.z = from_float<T>(0.f);
+    if (kDy) {
+      if (live)
+        r.dout = __ldg(a.dout + b * a.dout_s[0] + t * a.dout_s[1] + d * a.dout_s[2]);
+      if (a.z != nullptr)
+        r.z = __ldg(a.z + b * a.z_s[0] + t * a.z_s[1] + d * a.z_s[2]);
+    }
+    return r;
+  }
+};
 
 /// The StepValues of a loaded step; dy only if kDy, dsp and fz only if kGrad.
 template <bool kDy, bool kGrad, class T>
@@ -247,11 +284,11 @@ __device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, 
   return v;
 }
 
-/// The StepValues of step t of channel d, loaded now.
-template <bool kDy, bool kGrad, class T>
-__device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, int b, int t, int d,
-                                                  float bias, bool live) {
-  return step_values<kDy, kGrad>(a, load_step<kDy>(a, b, t, d, live), bias);
+/// The StepValues of step t of a channel (ChannelRows or ChannelCoords), loaded now.
+template <bool kDy, bool kGrad, class T, class Rows>
+__device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, const Rows& c,
+                                                  int t, float bias, bool live) {
+  return step_values<kDy, kGrad>(a, c.template load<kDy>(a, t, live), bias);
 }
 
 /// The inputs of the steps one lane prepares in a sub-chunk (steps lane + r·lanes, r < R), loaded
@@ -260,18 +297,19 @@ template <int R, bool kDy, class T>
 struct StepPrefetch {
   RawStep<T> raw[R];
 
-  __device__ __forceinline__ void load(const ScanBackwardArgs<T>& a, int b, int d, int t0,
+  template <class Rows>
+  __device__ __forceinline__ void load(const ScanBackwardArgs<T>& a, const Rows& c, int t0,
                                        int steps, int lane, int lanes, bool live) {
 #pragma unroll
     for (int r = 0; r < R; ++r)
       if (lane + r * lanes < steps)
-        raw[r] = load_step<kDy>(a, b, t0 + lane + r * lanes, d, live);
+        raw[r] = c.template load<kDy>(a, t0 + lane + r * lanes, live);
   }
 
   /// Calls put(k, values) for each step k of the lane's share of the sub-chunk at t0: the
   /// prefetched ones, then any beyond R·lanes loaded now.
-  template <bool kGrad, class Put>
-  __device__ __forceinline__ void prepare(const ScanBackwardArgs<T>& a, int b, int d, int t0,
+  template <bool kGrad, class Rows, class Put>
+  __device__ __forceinline__ void prepare(const ScanBackwardArgs<T>& a, const Rows& c, int t0,
                                           int steps, int lane, int lanes, bool live, float bias,
                                           Put&& put) const {
 #pragma unroll
@@ -279,17 +317,17 @@ struct StepPrefetch {
       if (lane + r * lanes < steps)
         put(lane + r * lanes, step_values<kDy, kGrad>(a, raw[r], bias));
     for (int k = lane + R * lanes; k < steps; k += lanes)
-      put(k, step_values<kDy, kGrad>(a, b, t0 + k, d, bias, live));
+      put(k, step_values<kDy, kGrad>(a, c, t0 + k, bias, live));
   }
 
   /// As prepare, and puts a no-op step (Δ = u = dy = 0 and softplus' = 0: the state and the
   /// adjoint pass through unchanged, every gradient term is zero) at each step of the lane's
   /// share from `steps` to K, so that the sub-chunk's loops need no bound.
-  template <int K, class Put>
-  __device__ __forceinline__ void prepare_padded(const ScanBackwardArgs<T>& a, int b, int d, int t0,
-                                                 int steps, int lane, int lanes, bool live,
+  template <int K, class Rows, class Put>
+  __device__ __forceinline__ void prepare_padded(const ScanBackwardArgs<T>& a, const Rows& c,
+                                                 int t0, int steps, int lane, int lanes, bool live,
                                                  float bias, Put&& put) const {
-    prepare<true>(a, b, d, t0, steps, lane, lanes, live, bias, put);
+    prepare<true>(a, c, t0, steps, lane, lanes, live, bias, put);
     for (int k = lane + (steps - lane + lanes - 1) / lanes * lanes; k < K; k += lanes)
       put(k, StepValues{0.f, 0.f, 0.f, 0.f, 0.f});
   }
@@ -356,7 +394,8 @@ __global__ void __launch_bounds__(Policy::kThreads)
   const int d = g * a.channels_per_group + in_group;
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
   const int t_begin = c * a.chunk_len, t_end = min(a.L, t_begin + a.chunk_len);
-  stage_chunk_states<Policy::kThreads>(a, bc, b, g, t_begin, t_end - t_begin, t_end - t_begin);
+  stage_chunk_states<Policy::kThreads>(a, bc, b, g, t_begin, t_end - t_begin, t_end - t_begin,
+                                       kLanes > 0 ? kLanes * S : a.padded_n);
   __syncthreads();
   if (in_group >= a.channels_per_group)
     return;  // whole channels leave: the lanes of the others only wait for each other
@@ -371,16 +410,17 @@ __global__ void __launch_bounds__(Policy::kThreads)
   }
   const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
   float sum_dt = 0.f;
+  const ChannelRows<T> rows(a, b, d);
   StepPrefetch<R, true, T> next;
-  next.load(a, b, d, t_begin, min(K, t_end - t_begin), lp.lane, lanes, true);
+  next.load(a, rows, t_begin, min(K, t_end - t_begin), lp.lane, lanes, true);
   for (int t0 = t_begin; t0 < t_end; t0 += K) {
     const int steps = min(K, t_end - t0);
     next.template prepare<false>(
-        a, b, d, t0, steps, lp.lane, lanes, true, bias, [&](int k, const StepValues& v) {
+        a, rows, t0, steps, lp.lane, lanes, true, bias, [&](int k, const StepValues& v) {
           *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
         });
     if (t0 + K < t_end)
-      next.load(a, b, d, t0 + K, min(K, t_end - t0 - K), lp.lane, lanes, true);
+      next.load(a, rows, t0 + K, min(K, t_end - t0 - K), lp.lane, lanes, true);
     __syncwarp(mask);
 #pragma unroll 2
     for (int k = 0; k < steps; ++k) {
@@ -500,7 +540,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
   const int subs = (len + K - 1) / K;
   for (int i = tid; i < len * two_n; i += NT)
     acc[i] = 0.f;
-  stage_chunk_states<NT>(a, bc, b, g, t_begin, len, subs * K);
+  stage_chunk_states<NT>(a, bc, b, g, t_begin, len, subs * K, padded_n);
   __syncthreads();
   const bool has_z = a.z != nullptr;
 
@@ -528,9 +568,10 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     }
 
     // The state entering each sub-chunk (the last sub-chunk's states are not needed).
+    const ChannelCoords<T> rows{b, d};
     StepPrefetch<R, false, T> sweep_next;
     if (subs > 1)
-      sweep_next.load(a, b, d, t_begin, K, lp.lane, lanes, active);
+      sweep_next.load(a, rows, t_begin, K, lp.lane, lanes, active);
     for (int j = 0;; ++j) {
 #pragma unroll
       for (int i = 0; i < S; ++i)
@@ -539,11 +580,11 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         break;
       const int t0 = t_begin + j * K;
       sweep_next.template prepare<false>(
-          a, b, d, t0, K, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
+          a, rows, t0, K, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
             *reinterpret_cast<float2*>(mine + 8 * k) = make_float2(v.dt, v.dt * v.u);
           });
       if (j + 2 < subs)
-        sweep_next.load(a, b, d, t0 + K, K, lp.lane, lanes, active);
+        sweep_next.load(a, rows, t0 + K, K, lp.lane, lanes, active);
       __syncwarp(mask);
 #pragma unroll
       for (int k = 0; k < K; ++k) {
@@ -561,7 +602,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
 
     float d_skip = 0.f, d_bias = 0.f;
     StepPrefetch<R, true, T> next;
-    next.load(a, b, d, t_begin + (subs - 1) * K, len - (subs - 1) * K, lp.lane, lanes, active);
+    next.load(a, rows, t_begin + (subs - 1) * K, len - (subs - 1) * K, lp.lane, lanes, active);
     for (int j = subs - 1; j >= 0; --j) {
       const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
       float hs[K + 1][S], decay[K][S];
@@ -570,12 +611,12 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         hs[0][i] = entry[(j * S + i) * NT + tid];
       // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
       next.template prepare_padded<K>(
-          a, b, d, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
+          a, rows, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
             *reinterpret_cast<float4*>(mine + 8 * k) = make_float4(v.dt, v.u, v.dsp, v.dy);
             mine[8 * k + 4] = v.fz;
           });
       if (j > 0)
-        next.load(a, b, d, t0 - K, K, lp.lane, lanes, active);
+        next.load(a, rows, t0 - K, K, lp.lane, lanes, active);
       __syncwarp(mask);
       const int k0 = t0 - t_begin;  // the sub-chunk's first step in the staged rows
       const auto recompute = [&](int k) {
