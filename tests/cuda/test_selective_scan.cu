@@ -170,6 +170,24 @@ TEST(CudaSelectiveScan, StagedStatesEveryStorage) {
     }
 }
 
+TEST(CudaSelectiveScan, ChannelMajorRowsAsVectors) {
+  SSMKIT_REQUIRE_GPU();
+  // Channel-major rows whose length is a multiple of 4 move as vectors of a lane's steps; a
+  // length ending inside a tile (76, 132) mixes vectors with the scalar tail, and one long
+  // enough to be cut into chunks checks the chunk boundaries.
+  for (const Index L : {64, 76, 132, 4100}) {
+    ScanCase c;
+    c.L = L;
+    c.channel_major = true;
+    c.seed = 60 + static_cast<std::uint64_t>(L);
+    check_scan<float>(c, 1e-5);
+    check_scan<__half>(c, 1e-2);
+    check_scan<__nv_bfloat16>(c, 1e-2);
+    c.gate = false;
+    check_scan<float>(c, 1e-5);
+  }
+}
+
 TEST(CudaSelectiveScan, WithoutOptionalArguments) {
   SSMKIT_REQUIRE_GPU();
   ScanCase c;
