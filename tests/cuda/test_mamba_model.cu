@@ -112,14 +112,14 @@ TEST(CudaGemv, MatchesFp64Product) {
 }
 
 /// The fused inner decoding step (conv step, x_proj, dt_proj, state update, gate) against the
-/// same math in double on the host, for 1 to kGemvMaxTokens sequences, sizes that are no
-/// multiples of its tiles (d_inner 300, N 12, dt_rank 5) and weights rounded to W as stored.
+/// same math in double on the host, for `tokens` sequences of d_inner channels, d_state N and
+/// dt_rank R, with weights rounded to W as stored.
 template <class W>
-void check_inner_step(Index tokens, std::uint64_t seed) {
-  SCOPED_TRACE("inner step tokens=" + std::to_string(tokens));
+void check_inner_step(Index tokens, Index di, Index N, Index R, std::uint64_t seed) {
+  SCOPED_TRACE("inner step tokens=" + std::to_string(tokens) + " d_inner=" + std::to_string(di));
   TestStream stream;
   const cudaStream_t s = stream.s;
-  const Index di = 300, K = 4, N = 12, R = 5, width = R + 2 * N;
+  const Index K = 4, width = R + 2 * N;
   const auto rounded = [](std::vector<float> v) {
     for (float& e : v)
       e = static_cast<float>(to_double(from_double<W>(e)));
@@ -205,9 +205,16 @@ void check_inner_step(Index tokens, std::uint64_t seed) {
 
 TEST(CudaMambaInnerStep, MatchesFp64Step) {
   SSMKIT_REQUIRE_GPU();
+  // Sizes that are no multiples of the kernels' channel tiles (256) and x_proj row slices:
+  // d_inner 300 (2 tiles, the last of 44 channels), N 12, dt_rank 5; and d_inner 2311 (10 tiles,
+  // more than one round of partial sums in kernel 2, the last tile of 7 channels), N 16,
+  // dt_rank 33 (x_proj rows 65, padded to 68, cut into slices of 8).
   for (const Index tokens : {Index{1}, Index{3}, cuda::kGemvMaxTokens}) {
-    check_inner_step<float>(tokens, 10 * static_cast<std::uint64_t>(tokens));
-    check_inner_step<__nv_bfloat16>(tokens, 10 * static_cast<std::uint64_t>(tokens) + 1);
+    const auto seed = 10 * static_cast<std::uint64_t>(tokens);
+    check_inner_step<float>(tokens, 300, 12, 5, seed);
+    check_inner_step<__nv_bfloat16>(tokens, 300, 12, 5, seed + 1);
+    check_inner_step<float>(tokens, 2311, 16, 33, seed + 2);
+    check_inner_step<__nv_bfloat16>(tokens, 2311, 16, 33, seed + 3);
   }
 }
 
