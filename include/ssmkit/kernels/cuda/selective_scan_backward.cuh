@@ -100,6 +100,7 @@ struct ScanBackwardArgs {
   int lanes_per_channel, padded_n;  // padded_n = lanes_per_channel · states per lane
   int chunk_len, chunks, slices_per_group, channels_per_slice, local_blocks_per_group;
   bool softplus;
+  bool same_layout;  // δ, z, dout, du, dδ, dz have u's batch and channel strides
 };
 
 /// σ(x); 0 when e^-x overflows.
@@ -284,7 +285,30 @@ __device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, 
   return v;
 }
 
-/// The StepValues of step t of a channel (ChannelRows or ChannelCoords), loaded now.
+/// The same loads where every (batch, time, channel) operand has u's batch and channel strides:
+/// the channel's place is one offset for all of them (pass 3's usual case).
+template <class T>
+struct ChannelOffset {
+  Index off;
+
+  template <bool kDy>
+  __device__ __forceinline__ RawStep<T> load(const ScanBackwardArgs<T>& a, int t, bool live) const {
+    RawStep<T> r;
+    r.delta = __ldg(a.delta + off + t * a.delta_s[1]);
+    r.u = __ldg(a.u + off + t * a.u_s[1]);
+    r.dout = r.z = from_float<T>(0.f);
+    if (kDy) {
+      if (live)
+        r.dout = __ldg(a.dout + off + t * a.dout_s[1]);
+      if (a.z != nullptr)
+        r.z = __ldg(a.z + off + t * a.z_s[1]);
+    }
+    return r;
+  }
+};
+
+/// The StepValues of step t of a channel (ChannelRows, ChannelCoords or ChannelOffset), loaded
+/// now.
 template <bool kDy, bool kGrad, class T, class Rows>
 __device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, const Rows& c,
                                                   int t, float bias, bool live) {
@@ -507,8 +531,9 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
 /// kThreads / lanes_per_channel channels at a time. Per round: a walk forwards from the entry
 /// state keeps the state entering each sub-chunk in shared memory; then, sub-chunk by sub-chunk
 /// from the last, the states and decays are recomputed into registers (giving dz) and the
-/// adjoint runs back through them (giving du, ddelta).
-template <class Policy, int kLanes, class T>
+/// adjoint runs back through them (giving du, ddelta). kSameLayout: every (batch, time, channel)
+/// operand has u's batch and channel strides (ScanBackwardArgs::same_layout).
+template <class Policy, int kLanes, bool kSameLayout, class T>
 __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     scan_backward_chunk_kernel(const ScanBackwardArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk, NT = Policy::kThreads;
@@ -568,7 +593,12 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     }
 
     // The state entering each sub-chunk (the last sub-chunk's states are not needed).
-    const ChannelCoords<T> rows{b, d};
+    using Rows = std::conditional_t<kSameLayout, ChannelOffset<T>, ChannelCoords<T>>;
+    Rows rows{};
+    if constexpr (kSameLayout)
+      rows.off = b * a.u_s[0] + d * a.u_s[2];
+    else
+      rows.b = b, rows.d = d;
     StepPrefetch<R, false, T> sweep_next;
     if (subs > 1)
       sweep_next.load(a, rows, t_begin, K, lp.lane, lanes, active);
@@ -710,10 +740,17 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         for (int k = lp.lane; k < steps; k += lanes) {
           const int t = t0 + k;
           const float2 grads = *reinterpret_cast<const float2*>(mine + 8 * k + 6);
-          store_act(a.du, a.du_s, b, t, d, grads.x);
-          store_act(a.ddelta, a.ddelta_s, b, t, d, grads.y);
-          if (has_z)
-            store_act(a.dz, a.dz_s, b, t, d, mine[8 * k + 5]);
+          if constexpr (kSameLayout) {
+            a.du[rows.off + t * a.du_s[1]] = from_float<T>(grads.x);
+            a.ddelta[rows.off + t * a.ddelta_s[1]] = from_float<T>(grads.y);
+            if (has_z)
+              a.dz[rows.off + t * a.dz_s[1]] = from_float<T>(mine[8 * k + 5]);
+          } else {
+            store_act(a.du, a.du_s, b, t, d, grads.x);
+            store_act(a.ddelta, a.ddelta_s, b, t, d, grads.y);
+            if (has_z)
+              store_act(a.dz, a.dz_s, b, t, d, mine[8 * k + 5]);
+          }
         }
       }
     }
@@ -872,6 +909,11 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
   a.slices_per_group = plan.slices_per_group;
   a.channels_per_slice = plan.channels_per_slice;
   a.softplus = p.delta_softplus;
+  const auto like_u = [&](const auto& v) {
+    return v.absent() || (v.stride(0) == p.u.stride(0) && v.stride(2) == p.u.stride(2));
+  };
+  a.same_layout = like_u(p.delta) && like_u(p.z) && like_u(p.dout) && like_u(p.du) &&
+                  like_u(p.ddelta) && like_u(p.dz);
   return a;
 }
 
@@ -946,13 +988,16 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
   // The lane count of the usual state sizes (N = 9..16 with 4 states per lane) is compiled in, so
   // that its shuffles and index arithmetic fold; other sizes read it at run time.
   constexpr int kUsualLanes = 16 / Policy::kStatesPerThread;
-  if (plan.lanes_per_channel == kUsualLanes) {
-    allow_dynamic_smem(scan_backward_chunk_kernel<Policy, kUsualLanes, T>, smem);
-    scan_backward_chunk_kernel<Policy, kUsualLanes><<<grid, Policy::kThreads, smem, stream>>>(a);
-  } else {
-    allow_dynamic_smem(scan_backward_chunk_kernel<Policy, 0, T>, smem);
-    scan_backward_chunk_kernel<Policy, 0><<<grid, Policy::kThreads, smem, stream>>>(a);
-  }
+  const auto launch = [&](auto kernel) {
+    allow_dynamic_smem(kernel, smem);
+    kernel<<<grid, Policy::kThreads, smem, stream>>>(a);
+  };
+  if (plan.lanes_per_channel == kUsualLanes && a.same_layout)
+    launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, T>);
+  else if (plan.lanes_per_channel == kUsualLanes)
+    launch(scan_backward_chunk_kernel<Policy, kUsualLanes, false, T>);
+  else
+    launch(scan_backward_chunk_kernel<Policy, 0, false, T>);
   SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_chunk_kernel");
 }
 
