@@ -8,17 +8,17 @@ std::vector<ScanTiming> time_default_policy(const std::vector<ScanShape>& shapes
   return time_policy<cuda::SelectiveScanPolicy>("default", shapes, runs);
 }
 
-/// More and fewer chunks (more warps to hide latency against less repeated work).
-struct Warps1Policy : cuda::SelectiveScanPolicy {
-  static constexpr int kWarpsPerScheduler = 1;
-};
+/// Fewer and more chunks than the default (less repeated work against more warps in flight).
 struct Warps4Policy : cuda::SelectiveScanPolicy {
   static constexpr int kWarpsPerScheduler = 4;
 };
+struct Warps24Policy : cuda::SelectiveScanPolicy {
+  static constexpr int kWarpsPerScheduler = 24;
+};
 
 std::vector<ScanTiming> time_variant_policies(const std::vector<ScanShape>& shapes, int runs) {
-  std::vector<ScanTiming> out = time_policy<Warps1Policy>("w1", shapes, runs);
-  for (auto& t : time_policy<Warps4Policy>("w4", shapes, runs))
+  std::vector<ScanTiming> out = time_policy<Warps4Policy>("w4", shapes, runs);
+  for (auto& t : time_policy<Warps24Policy>("w24", shapes, runs))
     out.push_back(t);
   return out;
 }
