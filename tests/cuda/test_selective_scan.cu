@@ -172,10 +172,10 @@ TEST(CudaSelectiveScan, StagedStatesEveryStorage) {
 
 TEST(CudaSelectiveScan, ChannelMajorRowsAsVectors) {
   SSMKIT_REQUIRE_GPU();
-  // Channel-major rows whose length is a multiple of 4 move as vectors of a lane's steps; a
-  // length ending inside a tile (76, 132) mixes vectors with the scalar tail, and one long
-  // enough to be cut into chunks checks the chunk boundaries.
-  for (const Index L : {64, 76, 132, 4100}) {
+  // Channel-major rows whose length is a multiple of 4 move as vectors of a lane's steps;
+  // lengths ending inside a tile (76, 132, 136) mix vectors with the scalar tail, and ones long
+  // enough to be cut into chunks (4100, 4104) check the chunk boundaries.
+  for (const Index L : {64, 76, 132, 136, 4100, 4104}) {
     ScanCase c;
     c.L = L;
     c.channel_major = true;
