@@ -492,7 +492,7 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
   const Index row0 = static_cast<Index>(b) * a.D + d;
   // The walks are sequential; batches of chunks are loaded at once so that the loads' latency
   // is paid once per batch rather than once per chunk.
-  constexpr int kBatch = 8;
+  constexpr int kBatch = 32;
   const auto walk = [&](float* values, float v, bool backwards) {
     for (int c0 = 0; c0 < a.chunks; c0 += kBatch) {
       float local[kBatch], decay[kBatch];
