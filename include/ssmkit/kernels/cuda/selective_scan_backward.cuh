@@ -366,8 +366,8 @@ __device__ __forceinline__ unsigned channel_lanes_mask(int lanes_per_channel) {
 }
 
 /// Floats of shared memory per channel for the shared step work of pass 1 ([step][Δ, Δ·u, dy, -])
-/// and pass 3 ([step][Δ, u, dsp, dy, fz, dz, du, dδ]: gradients go out through it too); the 4
-/// extra floats shift neighbouring channels to other banks.
+/// and pass 3 ([step][Δ, u, dsp, dy, fz, -, -, -], 16-byte aligned steps); the 4 extra floats
+/// shift neighbouring channels to other banks.
 template <class Policy>
 constexpr int local_step_stride() {
   return Policy::kSubChunk * 4 + 4;
@@ -387,15 +387,16 @@ constexpr int local_smem_floats(int chunk_len, int padded_n, int lanes_per_chann
 }
 
 /// Shared memory of pass 3, in floats: the staged B and C rows, the chunk's dB, dC sums, the
-/// sub-chunks' entry states, the warps' dB, dC sums of a sub-chunk (two buffers), then the
-/// channels' shared step work.
+/// sub-chunks' entry states, the warps' dB, dC sums of a sub-chunk, the channels' shared step
+/// work, then each lane's partial y and (gB, gA·h) of a sub-chunk's steps.
 template <class Policy>
 constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N, int lanes_per_channel) {
   return local_smem_floats<Policy>(chunk_len, padded_n, 0) + chunk_len * 2 * N +
          chunk_len / Policy::kSubChunk * Policy::kStatesPerThread * Policy::kThreads +
-         2 * Policy::kThreads / 32 * Policy::kSubChunk *
+         Policy::kThreads / 32 * Policy::kSubChunk *
              warp_bc_row<Policy::kStatesPerThread>(lanes_per_channel) +
-         Policy::kThreads / lanes_per_channel * chunk_step_stride<Policy>();
+         Policy::kThreads / lanes_per_channel * chunk_step_stride<Policy>() +
+         3 * Policy::kSubChunk * Policy::kThreads;
 }
 
 /// Pass 1: each chunk from a zero state and a zero adjoint, walking forwards: its local final
@@ -551,10 +552,13 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
   const int padded_n = kLanes > 0 ? kLanes * S : a.padded_n;
   const int row_bc = warp_bc_row<S>(lanes);  // a warp's dB, dC partial sums of one step
   const int pairs = lanes < 32 ? 16 / lanes : 1;
-  float* warp_sums = entry + a.chunk_len / K * S * NT;  // [buffer][warp][step][pair][B|C][state]
-  float* mine = warp_sums + 2 * kWarps * K * row_bc +
-                lp.channel * chunk_step_stride<Policy>();  // this channel's step work
-  int buffer = 0;
+  float* warp_sums = entry + a.chunk_len / K * S * NT;  // [warp][step][pair][B|C][state]
+  float* step_work = warp_sums + kWarps * K * row_bc;
+  float* mine = step_work + lp.channel * chunk_step_stride<Policy>();  // this channel's step work
+  // Each lane's share of a step's per-channel sums, [step][thread]: y, then (gB, gA·h).
+  float* y_part = step_work + NT / lanes * chunk_step_stride<Policy>();
+  float2* g_part = reinterpret_cast<float2*>(y_part + K * NT);
+  const int first_lane = tid - lp.lane;  // the channel's lane 0
   const unsigned mask = channel_lanes_mask(lanes);
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
   const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
@@ -651,7 +655,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
       const int k0 = t0 - t_begin;  // the sub-chunk's first step in the staged rows
       const auto recompute = [&](int k) {
         const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
-        const float dt = w.x, u = w.y, dy = w.w, fz = mine[8 * k + 4], du = dt * u;
+        const float dt = w.x, du = dt * w.y;
         float Bv[S], Cv[S];
         chunk_states(bc, padded_n, k0 + k, 0, lp.n0, Bv);
         chunk_states(bc, padded_n, k0 + k, 1, lp.n0, Cv);
@@ -662,15 +666,12 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           hs[k + 1][i] = fmaf(decay[k][i], hs[k][i], du * Bv[i]);
           y = fmaf(Cv[i], hs[k + 1][i], y);
         }
-        y = fmaf(skip, u, sum_channel_lanes(y, lanes));
-        if (has_z && lp.lane == 0)
-          mine[8 * k + 5] = y * fz;  // stored below, by the lanes in turn
-        d_skip = fmaf(dy, u, d_skip);
+        y_part[k * NT + tid] = y;  // the lanes' shares meet after the sub-chunk
       };
       // Backwards through it.
       const auto reverse = [&](int k) {
         const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
-        const float dt = w.x, u = w.y, dsp = w.z, dy = w.w, dtu = dt * u;
+        const float dt = w.x, dy = w.w, dtu = dt * w.y;
         float Bv[S], Cv[S];
         chunk_states(bc, padded_n, k0 + k, 0, lp.n0, Bv);
         chunk_states(bc, padded_n, k0 + k, 1, lp.n0, Cv);
@@ -686,14 +687,9 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           parts[S + i] = dy * hs[k + 1][i];  // dC
           q[i] = gi * decay[k][i];           // ∂ℓ/∂h_{t-1} less its own C·dy
         }
-        gB = sum_channel_lanes(gB, lanes);
-        gAh = sum_channel_lanes(gAh, lanes);
-        const float draw = fmaf(u, gB, gAh) * dsp;
-        d_bias += draw;
-        if (lp.lane == 0)  // stored below, by the lanes in turn
-          *reinterpret_cast<float2*>(mine + 8 * k + 6) = make_float2(fmaf(dt, gB, dy * skip), draw);
+        g_part[k * NT + tid] = make_float2(gB, gAh);
         // Neighbouring channels of the warp added, then the warp's row for this step.
-        float* row = warp_sums + ((buffer * kWarps + tid / 32) * K + k) * row_bc + lp.n0;
+        float* row = warp_sums + (tid / 32 * K + k) * row_bc + lp.n0;
         if (lanes < 32) {
           const int c = (tid & 31) / lanes;
           const bool odd = (c & 1) != 0;
@@ -718,8 +714,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
 #pragma unroll
       for (int k = K - 1; k >= 0; --k)
         reverse(k);
-      // Over the block's warps, into the chunk's sums. Two buffers: a warp may start on the next
-      // sub-chunk while others still read this one.
+      // Over the block's warps, into the chunk's sums.
       __syncthreads();
       for (int i = tid; i < steps * 2 * padded_n; i += NT) {
         const int k = i / (2 * padded_n), col = i % (2 * padded_n);
@@ -728,32 +723,50 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           float sum = 0.f;
 #pragma unroll
           for (int w = 0; w < kWarps; ++w) {
-            const float* row = warp_sums + ((buffer * kWarps + w) * K + k) * row_bc + col;
+            const float* row = warp_sums + (w * K + k) * row_bc + col;
             for (int q = 0; q < pairs; ++q)
               sum += row[q * 2 * padded_n];
           }
           acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
         }
       }
-      buffer ^= 1;
-      if (active) {  // the barrier above made lane 0's gradients visible
-        for (int k = lp.lane; k < steps; k += lanes) {
+      // The channel's gradients of du, dδ and dz, step by step: lane l takes steps l, l + lanes, …
+      // and adds the lanes' shares in lane order.
+      for (int k = lp.lane; k < steps; k += lanes) {
+        const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
+        const float dt = w.x, u = w.y, dsp = w.z, dy = w.w, fz = mine[8 * k + 4];
+        float y = 0.f, gB = 0.f, gAh = 0.f;
+        for (int l = 0; l < lanes; ++l) {
+          y += y_part[k * NT + first_lane + l];
+          const float2 gl = g_part[k * NT + first_lane + l];
+          gB += gl.x;
+          gAh += gl.y;
+        }
+        const float draw = fmaf(u, gB, gAh) * dsp;
+        d_bias += draw;
+        d_skip = fmaf(dy, u, d_skip);
+        if (active) {
           const int t = t0 + k;
-          const float2 grads = *reinterpret_cast<const float2*>(mine + 8 * k + 6);
+          const float du = fmaf(dt, gB, dy * skip), dz = fmaf(skip, u, y) * fz;
           if constexpr (kSameLayout) {
-            a.du[rows.off + t * a.du_s[1]] = from_float<T>(grads.x);
-            a.ddelta[rows.off + t * a.ddelta_s[1]] = from_float<T>(grads.y);
+            a.du[rows.off + t * a.du_s[1]] = from_float<T>(du);
+            a.ddelta[rows.off + t * a.ddelta_s[1]] = from_float<T>(draw);
             if (has_z)
-              a.dz[rows.off + t * a.dz_s[1]] = from_float<T>(mine[8 * k + 5]);
+              a.dz[rows.off + t * a.dz_s[1]] = from_float<T>(dz);
           } else {
-            store_act(a.du, a.du_s, b, t, d, grads.x);
-            store_act(a.ddelta, a.ddelta_s, b, t, d, grads.y);
+            store_act(a.du, a.du_s, b, t, d, du);
+            store_act(a.ddelta, a.ddelta_s, b, t, d, draw);
             if (has_z)
-              store_act(a.dz, a.dz_s, b, t, d, mine[8 * k + 5]);
+              store_act(a.dz, a.dz_s, b, t, d, dz);
           }
         }
       }
+      // Every warp has read this sub-chunk's dB, dC rows and step work before the next one
+      // overwrites them.
+      __syncthreads();
     }
+    d_skip = sum_channel_lanes(d_skip, lanes);
+    d_bias = sum_channel_lanes(d_bias, lanes);
     if (active) {
 #pragma unroll
       for (int i = 0; i < S; ++i)
