@@ -559,7 +559,6 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
   float* y_part = step_work + NT / lanes * chunk_step_stride<Policy>();
   float2* g_part = reinterpret_cast<float2*>(y_part + K * NT);
   const int first_lane = tid - lp.lane;  // the channel's lane 0
-  const unsigned mask = channel_lanes_mask(lanes);
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
   const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
   const int slice = static_cast<int>(blockIdx.y) % a.slices_per_group;
@@ -619,7 +618,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           });
       if (j + 2 < subs)
         sweep_next.load(a, rows, t0 + K, K, lp.lane, lanes, active);
-      __syncwarp(mask);
+      __syncwarp();
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         const int t = t0 + k;
@@ -631,7 +630,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         for (int i = 0; i < S; ++i)
           h[i] = fmaf(ex2_mufu(dt * a2[i]), h[i], du * Bv[i]);
       }
-      __syncwarp(mask);  // read before the next sub-chunk's values overwrite them
+      __syncwarp();  // read before the next sub-chunk's values overwrite them
     }
 
     float d_skip = 0.f, d_bias = 0.f;
@@ -651,7 +650,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           });
       if (j > 0)
         next.load(a, rows, t0 - K, K, lp.lane, lanes, active);
-      __syncwarp(mask);
+      __syncwarp();
       const int k0 = t0 - t_begin;  // the sub-chunk's first step in the staged rows
       const auto recompute = [&](int k) {
         const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
@@ -675,35 +674,42 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         float Bv[S], Cv[S];
         chunk_states(bc, padded_n, k0 + k, 0, lp.n0, Bv);
         chunk_states(bc, padded_n, k0 + k, 1, lp.n0, Cv);
-        float gB = 0.f, gAh = 0.f, parts[2 * S];
+        float gB = 0.f, gAh = 0.f, gs[S];
 #pragma unroll
         for (int i = 0; i < S; ++i) {
           const float gi = fmaf(dy, Cv[i], q[i]);  // ∂ℓ/∂h_t
-          const float gah = gi * decay[k][i] * hs[k][i];
+          q[i] = gi * decay[k][i];                 // ∂ℓ/∂h_{t-1} less its own C·dy
+          const float gah = q[i] * hs[k][i];
           gAh = fmaf(gah, A[i], gAh);
           dA[i] = fmaf(gah, dt, dA[i]);
           gB = fmaf(gi, Bv[i], gB);
-          parts[i] = gi * dtu;               // dB
-          parts[S + i] = dy * hs[k + 1][i];  // dC
-          q[i] = gi * decay[k][i];           // ∂ℓ/∂h_{t-1} less its own C·dy
+          gs[i] = gi;
         }
         g_part[k * NT + tid] = make_float2(gB, gAh);
-        // Neighbouring channels of the warp added, then the warp's row for this step.
+        // dB = g·Δu and dC = dy·h of neighbouring channels added, then the warp's row for this
+        // step. The odd channel sends its dB and keeps its dC, the even one the reverse; choosing
+        // the factors rather than the products saves a multiply per state.
         float* row = warp_sums + (tid / 32 * K + k) * row_bc + lp.n0;
+        float v[2 * S];
         if (lanes < 32) {
           const int c = (tid & 31) / lanes;
           const bool odd = (c & 1) != 0;
-          float v[S];
+          const float send_by = odd ? dtu : dy, keep_by = odd ? dy : dtu;
 #pragma unroll
           for (int i = 0; i < S; ++i) {
-            const float send = odd ? parts[i] : parts[S + i];
-            const float keep = odd ? parts[S + i] : parts[i];
-            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, lanes);
+            const float send = (odd ? gs[i] : hs[k + 1][i]) * send_by;
+            v[i] = fmaf(odd ? hs[k + 1][i] : gs[i], keep_by,
+                        __shfl_xor_sync(0xffffffffu, send, lanes));
           }
           store_states<S>(row + (c & ~1) * padded_n + (odd ? padded_n : 0), v);
         } else {
-          store_states<S>(row, parts, 0);
-          store_states<S>(row + padded_n, parts, S);
+#pragma unroll
+          for (int i = 0; i < S; ++i) {
+            v[i] = gs[i] * dtu;
+            v[S + i] = dy * hs[k + 1][i];
+          }
+          store_states<S>(row, v, 0);
+          store_states<S>(row + padded_n, v, S);
         }
       };
       // Whole sub-chunks: the steps past the chunk's end are no-ops (their staged B, C rows are
