@@ -128,22 +128,73 @@ struct alignas(P * sizeof(T)) StepVector {
   T v[P];
 };
 
-/// P consecutive steps of one lane from `p` (stride `step` apart), one vector load when `vec`
-/// and the P steps are all there; steps at or past t_end are not read and keep their old value.
+/// P consecutive steps of one lane's row, held from their load to their use in the next tile:
+/// one storage value each (scalar loads).
+template <int P, class T, bool kVec>
+struct StepRegs {
+  T v[P];
+  __device__ __forceinline__ float get(int i) const { return to_float(v[i]); }
+};
+
+/// As above for rows loaded as one vector: held as the loaded 32-bit words and unpacked at their
+/// use. Unpacked next to the load (2-byte values, one register each), they made the warp wait
+/// for the load there instead of a tile later.
 template <int P, class T>
-__device__ __forceinline__ void load_steps(const T* p, Index step, int t, int t_end, bool vec,
-                                           T (&v)[P]) {
-  if (vec && t + P <= t_end) {
-    const StepVector<P, T> q = *reinterpret_cast<const StepVector<P, T>*>(p);
+struct StepRegs<P, T, true> {
+  static_assert(P * sizeof(T) % 4 == 0 && (sizeof(T) == 4 || sizeof(T) == 2),
+                "whole 32-bit words of 2- or 4-byte values");
+  static constexpr int kWords = P * static_cast<int>(sizeof(T)) / 4;
+  struct alignas(P * sizeof(T)) Words {
+    std::uint32_t w[kWords];
+  };
+  Words r;
+  __device__ __forceinline__ float get(int i) const {
+    if constexpr (sizeof(T) == 4) {
+      return __uint_as_float(r.w[i]);
+    } else {
+      const std::uint32_t w = r.w[i / 2];
+      const auto bits = static_cast<unsigned short>(i % 2 != 0 ? w >> 16 : w);
+      T x;
+      std::memcpy(&x, &bits, sizeof(T));
+      return to_float(x);
+    }
+  }
+  __device__ __forceinline__ void set(int i, T x) {
+    if constexpr (sizeof(T) == 4) {
+      std::memcpy(&r.w[i], &x, sizeof(T));
+    } else {
+      unsigned short bits;
+      std::memcpy(&bits, &x, sizeof(T));
+      std::uint32_t& w = r.w[i / 2];
+      w = i % 2 != 0 ? (w & 0xffffu) | (std::uint32_t{bits} << 16) : (w & 0xffff0000u) | bits;
+    }
+  }
+};
+
+/// P consecutive steps of one lane from `p` (stride `step` apart); steps at or past t_end are
+/// not read and keep their old value.
+template <int P, class T>
+__device__ __forceinline__ void load_steps(const T* p, Index step, int t, int t_end,
+                                           StepRegs<P, T, false>& v) {
 #pragma unroll
-    for (int i = 0; i < P; ++i)
-      v[i] = q.v[i];
+  for (int i = 0; i < P; ++i)
+    if (t + i < t_end)
+      v.v[i] = __ldg(p + i * step);
+}
+
+/// As above as one vector load when all P steps are there (unit stride, aligned).
+template <int P, class T>
+__device__ __forceinline__ void load_steps(const T* p, Index step, int t, int t_end,
+                                           StepRegs<P, T, true>& v) {
+  using Words = typename StepRegs<P, T, true>::Words;
+  if (t + P <= t_end) {
+    v.r = *reinterpret_cast<const Words*>(p);
     return;
   }
 #pragma unroll
   for (int i = 0; i < P; ++i)
     if (t + i < t_end)
-      v[i] = __ldg(p + i * step);
+      v.set(i, __ldg(p + i * step));
 }
 
 /// S consecutive floats of a staged row (aligned to the vector) as 16-, 8- or 4-byte loads.
@@ -302,15 +353,12 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
     __syncthreads();
   }
 
-  T u_r[P], dt_r[P], z_r[P];
-#pragma unroll
-  for (int i = 0; i < P; ++i)
-    u_r[i] = dt_r[i] = z_r[i] = T();
+  StepRegs<P, T, kRowsVec> u_r{}, dt_r{}, z_r{};
   if (t_begin < t_end) {
-    load_steps<P>(u_p, u_t, static_cast<int>(first), t_end, kRowsVec, u_r);
-    load_steps<P>(dt_p, dt_t, static_cast<int>(first), t_end, kRowsVec, dt_r);
+    load_steps<P>(u_p, u_t, static_cast<int>(first), t_end, u_r);
+    load_steps<P>(dt_p, dt_t, static_cast<int>(first), t_end, dt_r);
     if (has_z)
-      load_steps<P>(z_p, z_t, static_cast<int>(first), t_end, kRowsVec, z_r);
+      load_steps<P>(z_p, z_t, static_cast<int>(first), t_end, z_r);
   }
   float sum_dt = 0.f;
   // This lane's B and C rows of step 0 in each staging buffer.
@@ -323,26 +371,26 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
 #pragma unroll
     for (int i = 0; i < P; ++i) {
       const bool ok = mine + i < t_end;
-      float x = to_float(dt_r[i]) + bias;
+      float x = dt_r.get(i) + bias;
       x = a.softplus ? softplus_f(x) : x;
       dt_l[i] = ok ? x : 0.f;
-      u_l[i] = ok ? to_float(u_r[i]) : 0.f;
+      u_l[i] = ok ? u_r.get(i) : 0.f;
       du_l[i] = dt_l[i] * u_l[i];
     }
     float z_l[P];
 #pragma unroll
     for (int i = 0; i < P; ++i)
-      z_l[i] = to_float(z_r[i]);
+      z_l[i] = z_r.get(i);
     // The next tile's loads go out before this tile's arithmetic, which hides their latency.
     const int t1 = t0 + kTile;
     if (t1 < t_end) {
       u_p += kTile * u_t;
       dt_p += kTile * dt_t;
-      load_steps<P>(u_p, u_t, mine + kTile, t_end, kRowsVec, u_r);
-      load_steps<P>(dt_p, dt_t, mine + kTile, t_end, kRowsVec, dt_r);
+      load_steps<P>(u_p, u_t, mine + kTile, t_end, u_r);
+      load_steps<P>(dt_p, dt_t, mine + kTile, t_end, dt_r);
       if (has_z) {
         z_p += kTile * z_t;
-        load_steps<P>(z_p, z_t, mine + kTile, t_end, kRowsVec, z_r);
+        load_steps<P>(z_p, z_t, mine + kTile, t_end, z_r);
       }
       if constexpr (kStaged) {
         B_tile += kTile * a.B_s[1];
