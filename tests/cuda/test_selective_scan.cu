@@ -5,6 +5,7 @@
 
 #include <ssmkit/kernels/cpu/selective_scan_reference.hpp>
 
+#include <cmath>
 #include <string>
 
 namespace ssmkit::testing {
@@ -17,6 +18,7 @@ struct ScanCase {
   bool padded_states = false;   // B and C with the state axis slowest: the generic path
   bool in_place_state = false;  // h_final is h0's memory
   bool step = false;            // selective_state_update instead of selective_scan (L must be 1)
+  Index row_pad = 0;            // u, δ, z, out hold L + row_pad steps; the scan sees the first L
   std::uint64_t seed = 1;
 
   std::string name() const {
@@ -26,23 +28,39 @@ struct ScanCase {
            (padded_states ? " strided-states" : "") + (bias ? " bias" : "") +
            (softplus ? " softplus" : "") + (skip ? " D" : "") + (gate ? " z" : "") +
            (h0 ? " h0" : "") + (h_final ? " h_final" : "") + (in_place_state ? " in-place" : "") +
-           (step ? " step" : "");
+           (step ? " step" : "") + (row_pad > 0 ? " row_pad=" + std::to_string(row_pad) : "");
   }
 };
 
-/// Relative errors of out and h_final (h_final's is 0 when absent).
+/// The first `L` steps of a (batch, time, channel) tensor of longer rows: its device view and
+/// the view of its exact values.
+template <class T>
+struct Steps {
+  TensorView<T, 3> dev;
+  TensorView<double, 3> exact;
+};
+template <class T>
+Steps<T> first_steps(DualTensor<T, 3>& x, Index L) {
+  const Shape<3> shape{x.shape[0], L, x.shape[2]};
+  return {x.dev.template view<3>(shape, x.strides),
+          TensorView<double, 3>(x.exact.data(), shape, contiguous_strides<3>(x.shape))};
+}
+
+/// Relative errors of out and h_final (h_final's is 0 when absent). With row_pad, also checks
+/// that out's steps past L are left as they were.
 template <class T>
 std::pair<double, double> run_scan(const ScanCase& c) {
   TestStream stream;
   const cudaStream_t s = stream.s;
   const std::array<int, 3> act_order =
       c.channel_major ? std::array<int, 3>{0, 2, 1} : std::array<int, 3>{0, 1, 2};
+  const Index rows = c.L + c.row_pad;
   std::uint64_t seed = c.seed * 1000;
-  DualTensor<T, 3> u({c.batch, c.L, c.D}, act_order, ++seed, -1, 1, s);
-  DualTensor<T, 3> delta({c.batch, c.L, c.D}, act_order, ++seed, c.softplus ? -4.0 : 0.001,
+  DualTensor<T, 3> u({c.batch, rows, c.D}, act_order, ++seed, -1, 1, s);
+  DualTensor<T, 3> delta({c.batch, rows, c.D}, act_order, ++seed, c.softplus ? -4.0 : 0.001,
                          c.softplus ? 1.0 : 0.5, s);
-  DualTensor<T, 3> z({c.batch, c.L, c.D}, act_order, ++seed, -3, 3, s);
-  DualTensor<T, 3> out({c.batch, c.L, c.D}, act_order, ++seed, -1, 1, s);
+  DualTensor<T, 3> z({c.batch, rows, c.D}, act_order, ++seed, -3, 3, s);
+  DualTensor<T, 3> out({c.batch, rows, c.D}, act_order, ++seed, -1, 1, s);
   // The state axis slowest in memory: a row of N states is not contiguous.
   const std::array<int, 4> bc_order =
       c.padded_states ? std::array<int, 4>{3, 0, 1, 2} : std::array<int, 4>{0, 1, 2, 3};
@@ -60,23 +78,26 @@ std::pair<double, double> run_scan(const ScanCase& c) {
   DualTensor<float, 3> h_final({c.batch, c.D, c.N}, {0, 1, 2}, ++seed, -1, 1, s);
 
   SelectiveScanParams<double, double> ref;
-  ref.u = u.exact_view();
-  ref.delta = delta.exact_view();
+  const Steps<T> u_v = first_steps(u, c.L), delta_v = first_steps(delta, c.L),
+                 z_v = first_steps(z, c.L), out_v = first_steps(out, c.L);
+  ref.u = u_v.exact;
+  ref.delta = delta_v.exact;
   ref.A = A.exact_view();
   ref.B = B.exact_view();
   ref.C = C.exact_view();
-  std::vector<double> ref_out(out.exact.size()), ref_h(h_final.exact.size());
+  std::vector<double> ref_out(static_cast<std::size_t>(c.batch * c.L * c.D)),
+      ref_h(h_final.exact.size());
   ref.out = TensorView<double, 3>(ref_out.data(), {c.batch, c.L, c.D});
   SelectiveScanParams<T, float> p;
-  p.u = u.device_view();
-  p.delta = delta.device_view();
+  p.u = u_v.dev;
+  p.delta = delta_v.dev;
   p.A = A.device_view();
   p.B = B.device_view();
   p.C = C.device_view();
-  p.out = out.device_view();
+  p.out = out_v.dev;
   if (c.gate) {
-    ref.z = z.exact_view();
-    p.z = z.device_view();
+    ref.z = z_v.exact;
+    p.z = z_v.dev;
   }
   if (c.skip) {
     ref.D_skip = skip.exact_view();
@@ -105,7 +126,15 @@ std::pair<double, double> run_scan(const ScanCase& c) {
   else
     cuda::selective_scan(p, s);
   SSMKIT_CUDA_CHECK(cudaGetLastError());
-  const std::vector<double> got = out.download(s);
+  const std::vector<double> got_rows = out.download(s);
+  std::vector<double> got;
+  for (Index i = 0; i < static_cast<Index>(got_rows.size()); ++i) {
+    const double v = got_rows[static_cast<std::size_t>(i)];
+    if (i / c.D % rows < c.L)
+      got.push_back(v);
+    else
+      EXPECT_TRUE(std::isnan(v)) << "out written past step L, at element " << i;
+  }
   double err_h = 0;
   if (c.h_final) {
     const std::vector<double> got_h = c.in_place_state ? h0.download(s) : h_final.download(s);
@@ -185,6 +214,23 @@ TEST(CudaSelectiveScan, ChannelMajorRowsAsVectors) {
     check_scan<__nv_bfloat16>(c, 1e-2);
     c.gate = false;
     check_scan<float>(c, 1e-5);
+  }
+}
+
+TEST(CudaSelectiveScan, ChannelMajorRowsEndingInsideAVector) {
+  SSMKIT_REQUIRE_GPU();
+  // Rows of 76 or 4104 steps (whole vectors, so the vector build runs) of which the scan uses
+  // 1-3 steps fewer: a lane's last steps are partly past the end and are loaded one by one into
+  // the held vector; out's steps past the end must stay untouched. 4101-4103: also chunked.
+  for (const Index L : {73, 74, 75, 4101, 4102, 4103}) {
+    ScanCase c;
+    c.L = L;
+    c.row_pad = (4 - L % 4) % 4;
+    c.channel_major = true;
+    c.seed = 70 + static_cast<std::uint64_t>(L);
+    check_scan<float>(c, 1e-5);
+    check_scan<__half>(c, 1e-2);
+    check_scan<__nv_bfloat16>(c, 1e-2);
   }
 }
 
