@@ -566,7 +566,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
   const int d_end = min(d_begin + a.channels_per_slice, (g + 1) * a.channels_per_group);
   const int t_begin = c * a.chunk_len, len = min(a.chunk_len, a.L - t_begin);
   const int subs = (len + K - 1) / K;
-  for (int i = tid; i < len * two_n; i += NT)
+  for (int i = tid; i < subs * K * two_n; i += NT)  // padded steps too: they add zeros
     acc[i] = 0.f;
   stage_chunk_states<NT>(a, bc, b, g, t_begin, len, subs * K, padded_n);
   __syncthreads();
@@ -602,9 +602,15 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
       rows.off = b * a.u_s[0] + d * a.u_s[2];
     else
       rows.b = b, rows.d = d;
+    // The adjoint's first (the chunk's last) sub-chunk is loaded during the sweep's last one, so
+    // that its latency hides behind that sub-chunk's arithmetic.
+    const int last_t0 = t_begin + (subs - 1) * K, last_steps = len - (subs - 1) * K;
     StepPrefetch<R, false, T> sweep_next;
+    StepPrefetch<R, true, T> next;
     if (subs > 1)
       sweep_next.load(a, rows, t_begin, K, lp.lane, lanes, active);
+    else
+      next.load(a, rows, last_t0, last_steps, lp.lane, lanes, active);
     for (int j = 0;; ++j) {
 #pragma unroll
       for (int i = 0; i < S; ++i)
@@ -618,6 +624,8 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
           });
       if (j + 2 < subs)
         sweep_next.load(a, rows, t0 + K, K, lp.lane, lanes, active);
+      else
+        next.load(a, rows, last_t0, last_steps, lp.lane, lanes, active);
       __syncwarp();
 #pragma unroll
       for (int k = 0; k < K; ++k) {
@@ -634,8 +642,6 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     }
 
     float d_skip = 0.f, d_bias = 0.f;
-    StepPrefetch<R, true, T> next;
-    next.load(a, rows, t_begin + (subs - 1) * K, len - (subs - 1) * K, lp.lane, lanes, active);
     for (int j = subs - 1; j >= 0; --j) {
       const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
       float hs[K + 1][S], decay[K][S];
@@ -722,17 +728,28 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         reverse(k);
       // Over the block's warps, into the chunk's sums.
       __syncthreads();
-      for (int i = tid; i < steps * 2 * padded_n; i += NT) {
+      // Every step of the sub-chunk, the no-op ones too (they add zeros inside the chunk's rows),
+      // so that the trip count is a constant where the lane count is; one sum per warp, then
+      // theirs, keeps the dependent additions few.
+      const int slots = K * 2 * padded_n;
+#pragma unroll
+      for (int i0 = 0; i0 < (kLanes > 0 ? K * 2 * kLanes * S : slots); i0 += NT) {
+        const int i = i0 + tid;
         const int k = i / (2 * padded_n), col = i % (2 * padded_n);
         const int which = col / padded_n, n = col % padded_n;
-        if (n < N) {
-          float sum = 0.f;
+        if (i < slots && n < N) {
+          float part[kWarps];
 #pragma unroll
           for (int w = 0; w < kWarps; ++w) {
             const float* row = warp_sums + (w * K + k) * row_bc + col;
+            part[w] = 0.f;
             for (int q = 0; q < pairs; ++q)
-              sum += row[q * 2 * padded_n];
+              part[w] += row[q * 2 * padded_n];
           }
+          float sum = 0.f;
+#pragma unroll
+          for (int w = 0; w < kWarps; ++w)
+            sum += part[w];
           acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
         }
       }
