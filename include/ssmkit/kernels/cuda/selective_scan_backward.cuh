@@ -39,8 +39,9 @@ struct SelectiveScanBackwardPolicy {
   /// Steps per chunk when N <= 16 (halved per doubling of N, so that a chunk's dB and dC sums
   /// stay in 8 KB of shared memory). Each chunk stores one state per channel in the workspace.
   static constexpr int kChunk = 64;
-  /// Channels one block walks through in turn, summing their dB and dC in shared memory before
-  /// one atomic per element goes out.
+  /// Channels one block walks through in turn: its chunk's B and C rows are staged once for all
+  /// of them, and (pass 3) their dB and dC summed in shared memory before one atomic per element
+  /// goes out.
   static constexpr int kChannelsPerBlock = 256;
   static constexpr int kMinBlocksPerSM = 3;  ///< the occupancy the registers are budgeted for
 };
@@ -98,7 +99,7 @@ struct ScanBackwardArgs {
 
   int batch, L, D, N, G, channels_per_group;
   int lanes_per_channel, padded_n;  // padded_n = lanes_per_channel · states per lane
-  int chunk_len, chunks, slices_per_group, channels_per_slice, local_blocks_per_group;
+  int chunk_len, chunks, slices_per_group, channels_per_slice;
   bool softplus;
   bool same_layout;  // δ, z, dout, du, dδ, dz have u's batch and channel strides
 };
@@ -155,6 +156,29 @@ __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a,
                                                    int padded_n) {
   constexpr int kBatch = 8;
   const int row = 2 * padded_n, total = len_padded * row;
+  if (kThreads % row == 0) {
+    // Every element a thread stages lies in one column (state n of B or C), every
+    // (kThreads / row)-th step: its address is worked out once, then advanced by the time stride.
+    const int col = static_cast<int>(threadIdx.x) % row, n = col % padded_n;
+    const int first = static_cast<int>(threadIdx.x) / row, every = kThreads / row;
+    const bool is_b = col < padded_n, here = n < a.N;
+    const T* src = is_b ? a.B + b * a.B_s[0] + g * a.B_s[2] + n * a.B_s[3]
+                        : a.C + b * a.C_s[0] + g * a.C_s[2] + n * a.C_s[3];
+    const Index time_stride = is_b ? a.B_s[1] : a.C_s[1];
+    for (int k0 = first; k0 < len_padded; k0 += kBatch * every) {
+      T v[kBatch];
+#pragma unroll
+      for (int r = 0; r < kBatch; ++r) {
+        const int k = k0 + r * every;
+        v[r] = here && k < len ? __ldg(src + (t_begin + k) * time_stride) : from_float<T>(0.f);
+      }
+#pragma unroll
+      for (int r = 0; r < kBatch; ++r)
+        if (k0 + r * every < len_padded)
+          bc[(k0 + r * every) * row + col] = to_float(v[r]);
+    }
+    return;
+  }
   for (int i0 = static_cast<int>(threadIdx.x); i0 < total; i0 += kBatch * kThreads) {
     T v[kBatch];
 #pragma unroll
@@ -400,7 +424,9 @@ constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N, int lanes_pe
 }
 
 /// Pass 1: each chunk from a zero state and a zero adjoint, walking forwards: its local final
-/// state, its ΣΔ and its local adjoint Σ_t P_t·C_t·dy_t with P_t = Π_{s<=t} Ā_s.
+/// state, its ΣΔ and its local adjoint Σ_t P_t·C_t·dy_t with P_t = Π_{s<=t} Ā_s. A block takes
+/// one chunk of one batch element and a slice of one group's channels, a round of
+/// kThreads / lanes_per_channel channels at a time.
 template <class Policy, int kLanes, class T>
 __global__ void __launch_bounds__(Policy::kThreads)
     scan_backward_local_kernel(const ScanBackwardArgs<T> a) {
@@ -408,73 +434,75 @@ __global__ void __launch_bounds__(Policy::kThreads)
   constexpr int R = (K + (kLanes > 0 ? kLanes : 1) - 1) / (kLanes > 0 ? kLanes : 1);
   extern __shared__ __align__(16) float smem_local[];
   const int lanes = kLanes > 0 ? kLanes : a.lanes_per_channel;
+  const int padded_n = kLanes > 0 ? kLanes * S : a.padded_n;
   const LanePlace lp = lane_place(lanes, S);
   float* bc = smem_local;  // the chunk's B and C rows
   float* mine = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n, 0) +
                 lp.channel * local_step_stride<Policy>();  // this channel's step work
-  const int g = static_cast<int>(blockIdx.y) / a.local_blocks_per_group;
-  const int in_group =
-      static_cast<int>(blockIdx.y) % a.local_blocks_per_group * (Policy::kThreads / lanes) +
-      lp.channel;
-  const int d = g * a.channels_per_group + in_group;
+  const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
+  const int slice = static_cast<int>(blockIdx.y) % a.slices_per_group;
+  const int slice_end = min((slice + 1) * a.channels_per_slice, a.channels_per_group);
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
   const int t_begin = c * a.chunk_len, t_end = min(a.L, t_begin + a.chunk_len);
   stage_chunk_states<Policy::kThreads>(a, bc, b, g, t_begin, t_end - t_begin, t_end - t_begin,
-                                       kLanes > 0 ? kLanes * S : a.padded_n);
+                                       padded_n);
   __syncthreads();
-  if (in_group >= a.channels_per_group)
-    return;  // whole channels leave: the lanes of the others only wait for each other
   const unsigned mask = channel_lanes_mask(lanes);
-  float a2[S], h[S], decay[S], q[S];
+  // Channels past the slice's end leave whole: the lanes of the others only wait for each other.
+  for (int in_group = slice * a.channels_per_slice + lp.channel; in_group < slice_end;
+       in_group += Policy::kThreads / lanes) {
+    const int d = g * a.channels_per_group + in_group;
+    float a2[S], h[S], decay[S], q[S];
 #pragma unroll
-  for (int i = 0; i < S; ++i) {
-    const int n = lp.n0 + i;
-    a2[i] = n < a.N ? a.A[d * a.A_s[0] + n * a.A_s[1]] * kLog2e : 0.f;
-    h[i] = q[i] = 0.f;
-    decay[i] = 1.f;
-  }
-  const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
-  float sum_dt = 0.f;
-  const ChannelRows<T> rows(a, b, d);
-  StepPrefetch<R, true, T> next;
-  next.load(a, rows, t_begin, min(K, t_end - t_begin), lp.lane, lanes, true);
-  for (int t0 = t_begin; t0 < t_end; t0 += K) {
-    const int steps = min(K, t_end - t0);
-    next.template prepare<false>(
-        a, rows, t0, steps, lp.lane, lanes, true, bias, [&](int k, const StepValues& v) {
-          *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
-        });
-    if (t0 + K < t_end)
-      next.load(a, rows, t0 + K, min(K, t_end - t0 - K), lp.lane, lanes, true);
-    __syncwarp(mask);
+    for (int i = 0; i < S; ++i) {
+      const int n = lp.n0 + i;
+      a2[i] = n < a.N ? a.A[d * a.A_s[0] + n * a.A_s[1]] * kLog2e : 0.f;
+      h[i] = q[i] = 0.f;
+      decay[i] = 1.f;
+    }
+    const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
+    float sum_dt = 0.f;
+    const ChannelRows<T> rows(a, b, d);
+    StepPrefetch<R, true, T> next;
+    next.load(a, rows, t_begin, min(K, t_end - t_begin), lp.lane, lanes, true);
+    for (int t0 = t_begin; t0 < t_end; t0 += K) {
+      const int steps = min(K, t_end - t0);
+      next.template prepare<false>(
+          a, rows, t0, steps, lp.lane, lanes, true, bias, [&](int k, const StepValues& v) {
+            *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
+          });
+      if (t0 + K < t_end)
+        next.load(a, rows, t0 + K, min(K, t_end - t0 - K), lp.lane, lanes, true);
+      __syncwarp(mask);
 #pragma unroll 2
-    for (int k = 0; k < steps; ++k) {
-      const int t = t0 + k;
-      const float4 v = *reinterpret_cast<const float4*>(mine + 4 * k);
-      const float dt = v.x, du = v.y, dy = v.z;
-      float Bv[S], Cv[S];
-      chunk_states(bc, a.padded_n, t - t_begin, 0, lp.n0, Bv);
-      chunk_states(bc, a.padded_n, t - t_begin, 1, lp.n0, Cv);
-      sum_dt += dt;
+      for (int k = 0; k < steps; ++k) {
+        const int t = t0 + k;
+        const float4 v = *reinterpret_cast<const float4*>(mine + 4 * k);
+        const float dt = v.x, du = v.y, dy = v.z;
+        float Bv[S], Cv[S];
+        chunk_states(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
+        chunk_states(bc, padded_n, t - t_begin, 1, lp.n0, Cv);
+        sum_dt += dt;
 #pragma unroll
-      for (int i = 0; i < S; ++i) {
-        const float ab = ex2_mufu(dt * a2[i]);
-        h[i] = fmaf(ab, h[i], du * Bv[i]);
-        decay[i] *= ab;
-        q[i] = fmaf(decay[i], Cv[i] * dy, q[i]);
+        for (int i = 0; i < S; ++i) {
+          const float ab = ex2_mufu(dt * a2[i]);
+          h[i] = fmaf(ab, h[i], du * Bv[i]);
+          decay[i] *= ab;
+          q[i] = fmaf(decay[i], Cv[i] * dy, q[i]);
+        }
       }
+      __syncwarp(mask);  // read before the next sub-chunk's (or channel's) values overwrite them
     }
-    __syncwarp(mask);  // read before the next sub-chunk's values overwrite them
-  }
-  const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
-  if (lp.lane == 0)
-    a.chunk_dt[row] = sum_dt;
+    const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
+    if (lp.lane == 0)
+      a.chunk_dt[row] = sum_dt;
 #pragma unroll
-  for (int i = 0; i < S; ++i)
-    if (lp.n0 + i < a.N) {
-      a.chunk_h[row * a.N + lp.n0 + i] = h[i];
-      a.chunk_q[row * a.N + lp.n0 + i] = q[i];
-    }
+    for (int i = 0; i < S; ++i)
+      if (lp.n0 + i < a.N) {
+        a.chunk_h[row * a.N + lp.n0 + i] = h[i];
+        a.chunk_q[row * a.N + lp.n0 + i] = q[i];
+      }
+  }
 }
 
 /// Pass 2: one thread per (batch, channel, state) walks the chunks forwards, turning each local
@@ -840,11 +868,11 @@ __global__ void scan_backward_params_kernel(const ScanBackwardArgs<T> a) {
     a.ddelta_bias[d * a.ddelta_bias_s] = a.dbias_acc[d];
 }
 
-/// The launch plan: lanes per channel, chunks, and the channel slices of pass 3.
+/// The launch plan: lanes per channel, chunks, and the channel slices of passes 1 and 3.
 template <class Policy>
 struct ScanBackwardPlan {
   int lanes_per_channel = 1, padded_n = 0, chunk_len = 0, chunks = 0, slices_per_group = 1;
-  int channels_per_slice = 1, local_blocks_per_group = 1;
+  int channels_per_slice = 1;
   Index accumulator_floats = 0, chunk_floats = 0;
 
   ScanBackwardPlan(Index batch, Index L, Index D, Index N, Index G) {
@@ -861,7 +889,6 @@ struct ScanBackwardPlan {
         std::min<Index>(per_group, std::max<Index>(round, Policy::kChannelsPerBlock)));
     channels_per_slice = std::max(channels_per_slice, 1);
     slices_per_group = static_cast<int>((per_group + channels_per_slice - 1) / channels_per_slice);
-    local_blocks_per_group = static_cast<int>(std::max<Index>(1, (per_group + round - 1) / round));
     accumulator_floats = batch * L * G * 2 * N + D * N + 2 * D;
     chunk_floats = static_cast<Index>(chunks) * batch * D * (2 * N + 1);
   }
@@ -939,7 +966,6 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
   a.channels_per_group = static_cast<int>(D / G);
   a.lanes_per_channel = plan.lanes_per_channel;
   a.padded_n = plan.padded_n;
-  a.local_blocks_per_group = plan.local_blocks_per_group;
   a.chunk_len = plan.chunk_len;
   a.chunks = plan.chunks;
   a.slices_per_group = plan.slices_per_group;
@@ -984,7 +1010,7 @@ void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<
   if (a.batch == 0 || plan.chunks == 0)
     return;
   const dim3 grid(static_cast<unsigned>(plan.chunks),
-                  static_cast<unsigned>(a.G * plan.local_blocks_per_group),
+                  static_cast<unsigned>(a.G * plan.slices_per_group),
                   static_cast<unsigned>(a.batch));
   const std::size_t smem = static_cast<std::size_t>(local_smem_floats<Policy>(
                                plan.chunk_len, plan.padded_n, plan.lanes_per_channel)) *
@@ -1087,8 +1113,8 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
   SSMKIT_CHECK(batch <= 65535, "u", "batch size", "<= 65535 on CUDA", batch);
   SSMKIT_CHECK(L <= (Index{1} << 31) - 1 - Policy::kChunk, "u", "length", "< 2^31 on CUDA", L);
   const detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, G);
-  SSMKIT_CHECK(G * plan.local_blocks_per_group <= 65535 && G * plan.slices_per_group <= 65535, "u",
-               "channels", "at most 65535 blocks of channels on CUDA", D);
+  SSMKIT_CHECK(G * plan.slices_per_group <= 65535, "u", "channels",
+               "at most 65535 blocks of channels on CUDA", D);
   const std::size_t need = plan.workspace_bytes();
   SSMKIT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need), "workspace", "bytes",
                ">= " + std::to_string(need), workspace == nullptr ? 0 : workspace_bytes);
