@@ -1,7 +1,9 @@
 // The CUDA benchmark: copy bandwidth and exponential rate measured on the spot, the selective
 // scan on DESIGN.md's shapes (fp32 and bf16, token- and channel-major, each policy) against its
 // floor and mamba_ssm, and the decode-step kernels at batch 1 … 256. Prints markdown tables.
-//   bench_cuda [--runs N] [--quick]   (--quick: the first shape and the default policy only)
+//   bench_cuda [--runs N] [--quick] [--bc-state-time]
+// --quick: the first shape and the default policy only; --bc-state-time: also the default policy
+// with B and C in mamba_ssm's (batch, group, state, time) memory order.
 #include "bench_scan.cuh"
 
 #include <algorithm>
@@ -102,6 +104,9 @@ std::pair<double, double> time_decode(Index batch) {
 int main(int argc, char** argv) {
   using namespace ssmkit::bench;
   const auto [runs, quick] = parse_bench_args(argc, argv, 20);
+  bool bc_state_time = false;
+  for (int i = 1; i < argc; ++i)
+    bc_state_time = bc_state_time || std::strcmp(argv[i], "--bc-state-time") == 0;
   try {
     if (ssmkit::cuda::device_count() == 0) {
       std::printf("no CUDA device\n");
@@ -121,6 +126,10 @@ int main(int argc, char** argv) {
     if (quick)
       shapes.resize(1);
     std::vector<ScanTiming> all = time_default_policy(shapes, runs);
+    if (bc_state_time) {
+      for (auto& t : time_policy<ssmkit::cuda::SelectiveScanPolicy>("default", shapes, runs, true))
+        all.push_back(t);
+    }
     if (!quick) {
       for (auto& t : time_variant_policies(shapes, runs))
         all.push_back(t);

@@ -43,14 +43,15 @@ void fill(cuda::DeviceBuffer<T>& b, std::uint64_t seed, float lo, float hi) {
   SSMKIT_CUDA_CHECK_LAUNCH("fill_uniform");
 }
 
-/// One input set of a shape: activations in token-major or channel-major memory.
+/// One input set of a shape: activations in token-major or channel-major memory; B and C as
+/// (batch, time, group, state) or, with bc_state_time, as mamba_ssm's (batch, group, state, time).
 template <class T>
 struct ScanInputs {
   cuda::DeviceBuffer<T> u, delta, z, out, B, C;
   cuda::DeviceBuffer<float> A, D_skip, bias;
   SelectiveScanParams<T, float> p;
 
-  ScanInputs(const ScanShape& s, bool channel_major, std::uint64_t seed)
+  ScanInputs(const ScanShape& s, bool channel_major, bool bc_state_time, std::uint64_t seed)
       : u(s.batch * s.L * s.D),
         delta(s.batch * s.L * s.D),
         z(s.batch * s.L * s.D),
@@ -75,8 +76,11 @@ struct ScanInputs {
     p.delta = delta.template view<3>(shape, strides);
     p.z = z.template view<3>(shape, strides);
     p.out = out.template view<3>(shape, strides);
-    p.B = B.template view<4>({s.batch, s.L, 1, s.N});
-    p.C = C.template view<4>({s.batch, s.L, 1, s.N});
+    const Shape<4> bc_shape{s.batch, s.L, 1, s.N};
+    const Shape<4> bc_strides =
+        bc_state_time ? Shape<4>{s.N * s.L, 1, s.N * s.L, s.L} : Shape<4>{s.L * s.N, s.N, s.N, 1};
+    p.B = B.template view<4>(bc_shape, bc_strides);
+    p.C = C.template view<4>(bc_shape, bc_strides);
     p.A = A.view<2>({s.D, s.N});
     p.D_skip = D_skip.view<1>({s.D});
     p.delta_bias = bias.view<1>({s.D});
@@ -87,12 +91,13 @@ struct ScanInputs {
 /// Times `Policy` on `shape`, rotating between input sets whose total exceeds the L2 cache.
 template <class Policy, class T>
 ScanTiming time_scan(const char* policy, const char* dtype, const ScanShape& shape,
-                     bool channel_major, int runs) {
+                     bool channel_major, bool bc_state_time, int runs) {
   std::vector<ScanInputs<T>> sets;
   const double set_bytes = 4.0 * shape.batch * shape.L * shape.D * sizeof(T);
   const int nsets = set_bytes > 400e6 ? 1 : 2;  // one set alone is already 8x the 50 MB L2
   for (int i = 0; i < nsets; ++i)
-    sets.emplace_back(shape, channel_major, 1000 * static_cast<std::uint64_t>(i + 1));
+    sets.emplace_back(shape, channel_major, bc_state_time,
+                      1000 * static_cast<std::uint64_t>(i + 1));
   const std::size_t ws_bytes = cuda::selective_scan_workspace_size<Policy>(sets[0].p);
   cuda::DeviceBuffer<char> ws(static_cast<Index>(ws_bytes));
   SSMKIT_CUDA_CHECK(cudaDeviceSynchronize());
@@ -100,7 +105,10 @@ ScanTiming time_scan(const char* policy, const char* dtype, const ScanShape& sha
     cuda::selective_scan<Policy>(sets[static_cast<std::size_t>(i % nsets)].p, nullptr, ws.data(),
                                  ws_bytes);
   });
-  ScanTiming t{policy, dtype, channel_major ? "channel" : "token", shape, ms, 0, 0};
+  std::string layout = channel_major ? "channel" : "token";
+  if (bc_state_time)
+    layout += ", B/C (n,t)";
+  ScanTiming t{policy, dtype, layout, shape, ms, 0, 0};
   const double bld = static_cast<double>(shape.batch) * shape.L * shape.D;
   t.bytes = 4 * bld * sizeof(T) + 2.0 * shape.batch * shape.L * shape.N * sizeof(T);
   t.exps = bld * shape.N;
@@ -110,12 +118,12 @@ ScanTiming time_scan(const char* policy, const char* dtype, const ScanShape& sha
 /// The timings of one policy over every shape, dtype (float, bf16) and layout.
 template <class Policy>
 std::vector<ScanTiming> time_policy(const char* name, const std::vector<ScanShape>& shapes,
-                                    int runs) {
+                                    int runs, bool bc_state_time = false) {
   std::vector<ScanTiming> out;
   for (const ScanShape& s : shapes)
     for (const bool cm : {false, true}) {
-      out.push_back(time_scan<Policy, float>(name, "fp32", s, cm, runs));
-      out.push_back(time_scan<Policy, __nv_bfloat16>(name, "bf16", s, cm, runs));
+      out.push_back(time_scan<Policy, float>(name, "fp32", s, cm, bc_state_time, runs));
+      out.push_back(time_scan<Policy, __nv_bfloat16>(name, "bf16", s, cm, bc_state_time, runs));
     }
   return out;
 }
