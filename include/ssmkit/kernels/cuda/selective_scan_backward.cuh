@@ -371,11 +371,11 @@ struct StepPrefetch {
   /// As prepare, and puts a no-op step (Δ = u = dy = 0 and softplus' = 0: the state and the
   /// adjoint pass through unchanged, every gradient term is zero) at each step of the lane's
   /// share from `steps` to K, so that the sub-chunk's loops need no bound.
-  template <int K, class Rows, class Put>
+  template <int K, bool kGrad, class Rows, class Put>
   __device__ __forceinline__ void prepare_padded(const ScanBackwardArgs<T>& a, const Rows& c,
                                                  int t0, int steps, int lane, int lanes, bool live,
                                                  float bias, Put&& put) const {
-    prepare<true>(a, c, t0, steps, lane, lanes, live, bias, put);
+    prepare<kGrad>(a, c, t0, steps, lane, lanes, live, bias, put);
     for (int k = lane + (steps - lane + lanes - 1) / lanes * lanes; k < K; k += lanes)
       put(k, StepValues{0.f, 0.f, 0.f, 0.f, 0.f});
   }
@@ -444,8 +444,9 @@ __global__ void __launch_bounds__(Policy::kThreads)
   const int slice_end = min((slice + 1) * a.channels_per_slice, a.channels_per_group);
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
   const int t_begin = c * a.chunk_len, t_end = min(a.L, t_begin + a.chunk_len);
-  stage_chunk_states<Policy::kThreads>(a, bc, b, g, t_begin, t_end - t_begin, t_end - t_begin,
-                                       padded_n);
+  // Rows past the chunk's end are staged as zeros for the no-op steps of a partial sub-chunk.
+  stage_chunk_states<Policy::kThreads>(a, bc, b, g, t_begin, t_end - t_begin,
+                                       (t_end - t_begin + K - 1) / K * K, padded_n);
   __syncthreads();
   const unsigned mask = channel_lanes_mask(lanes);
   // Channels past the slice's end leave whole: the lanes of the others only wait for each other.
@@ -467,15 +468,16 @@ __global__ void __launch_bounds__(Policy::kThreads)
     next.load(a, rows, t_begin, min(K, t_end - t_begin), lp.lane, lanes, true);
     for (int t0 = t_begin; t0 < t_end; t0 += K) {
       const int steps = min(K, t_end - t0);
-      next.template prepare<false>(
+      next.template prepare_padded<K, false>(
           a, rows, t0, steps, lp.lane, lanes, true, bias, [&](int k, const StepValues& v) {
             *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
           });
       if (t0 + K < t_end)
         next.load(a, rows, t0 + K, min(K, t_end - t0 - K), lp.lane, lanes, true);
       __syncwarp(mask);
-#pragma unroll 2
-      for (int k = 0; k < steps; ++k) {
+      // Whole sub-chunks (no-op steps past the end): one basic block.
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
         const int t = t0 + k;
         const float4 v = *reinterpret_cast<const float4*>(mine + 4 * k);
         const float dt = v.x, du = v.y, dy = v.z;
@@ -677,7 +679,7 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
       for (int i = 0; i < S; ++i)
         hs[0][i] = entry[(j * S + i) * NT + tid];
       // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
-      next.template prepare_padded<K>(
+      next.template prepare_padded<K, true>(
           a, rows, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
             *reinterpret_cast<float4*>(mine + 8 * k) = make_float4(v.dt, v.u, v.dsp, v.dy);
             mine[8 * k + 4] = v.fz;
