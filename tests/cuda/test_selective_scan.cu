@@ -16,6 +16,7 @@ struct ScanCase {
   bool bias = true, softplus = true, skip = true, gate = true, h0 = true, h_final = true;
   bool channel_major = false;
   bool padded_states = false;   // B and C with the state axis slowest: the generic path
+  bool bc_state_time = false;   // B and C as mamba_ssm's (batch, group, state, time)
   bool in_place_state = false;  // h_final is h0's memory
   bool step = false;            // selective_state_update instead of selective_scan (L must be 1)
   Index row_pad = 0;            // u, δ, z, out hold L + row_pad steps; the scan sees the first L
@@ -25,10 +26,11 @@ struct ScanCase {
     return "batch=" + std::to_string(batch) + " L=" + std::to_string(L) +
            " D=" + std::to_string(D) + " N=" + std::to_string(N) + " G=" + std::to_string(G) +
            (channel_major ? " channel-major" : " token-major") +
-           (padded_states ? " strided-states" : "") + (bias ? " bias" : "") +
-           (softplus ? " softplus" : "") + (skip ? " D" : "") + (gate ? " z" : "") +
-           (h0 ? " h0" : "") + (h_final ? " h_final" : "") + (in_place_state ? " in-place" : "") +
-           (step ? " step" : "") + (row_pad > 0 ? " row_pad=" + std::to_string(row_pad) : "");
+           (padded_states ? " strided-states" : "") + (bc_state_time ? " B/C (n,t)" : "") +
+           (bias ? " bias" : "") + (softplus ? " softplus" : "") + (skip ? " D" : "") +
+           (gate ? " z" : "") + (h0 ? " h0" : "") + (h_final ? " h_final" : "") +
+           (in_place_state ? " in-place" : "") + (step ? " step" : "") +
+           (row_pad > 0 ? " row_pad=" + std::to_string(row_pad) : "");
   }
 };
 
@@ -62,8 +64,9 @@ std::pair<double, double> run_scan(const ScanCase& c) {
   DualTensor<T, 3> z({c.batch, rows, c.D}, act_order, ++seed, -3, 3, s);
   DualTensor<T, 3> out({c.batch, rows, c.D}, act_order, ++seed, -1, 1, s);
   // The state axis slowest in memory: a row of N states is not contiguous.
-  const std::array<int, 4> bc_order =
-      c.padded_states ? std::array<int, 4>{3, 0, 1, 2} : std::array<int, 4>{0, 1, 2, 3};
+  const std::array<int, 4> bc_order = c.padded_states   ? std::array<int, 4>{3, 0, 1, 2}
+                                      : c.bc_state_time ? std::array<int, 4>{0, 2, 3, 1}
+                                                        : std::array<int, 4>{0, 1, 2, 3};
   DualTensor<T, 4> B({c.batch, c.L, c.G, c.N}, bc_order, ++seed, -1, 1, s);
   DualTensor<T, 4> C({c.batch, c.L, c.G, c.N}, bc_order, ++seed, -1, 1, s);
   DualTensor<float, 2> A({c.D, c.N}, {0, 1}, ++seed, -1.5, 0.7, s);
@@ -196,6 +199,32 @@ TEST(CudaSelectiveScan, StagedStatesEveryStorage) {
       check_scan<__nv_bfloat16>(c, 1e-2);
       c.N = 3;  // fewer states than one lane's run
       check_scan<float>(c, 1e-5);
+    }
+}
+
+TEST(CudaSelectiveScan, StagedStatesInStateTimeOrder) {
+  SSMKIT_REQUIRE_GPU();
+  // B and C with unit time stride are staged by threads along time: partial last tile and block,
+  // one and two groups per block, fewer states than a lane's run, and a chunked length.
+  for (const bool cm : {false, true})
+    for (const Index G : {1, 2}) {
+      ScanCase c;
+      c.batch = 3;
+      c.L = 77;
+      c.D = 64 * G + (G == 1 ? 17 : 0);
+      c.G = G;
+      c.channel_major = cm;
+      c.bc_state_time = true;
+      c.seed = 80 + static_cast<std::uint64_t>(G) + (cm ? 3 : 0);
+      check_scan<float>(c, 1e-5);
+      check_scan<__half>(c, 1e-2);
+      check_scan<__nv_bfloat16>(c, 1e-2);
+      c.N = 3;
+      check_scan<float>(c, 1e-5);
+      c.N = 16;
+      c.batch = 1;
+      c.L = 4099;
+      check_scan<__nv_bfloat16>(c, 1e-2);
     }
 }
 

@@ -310,9 +310,12 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
 
   // Staging: element e of a tile's rows is [B|C][group - g_lo][step][state < kPaddedN], so that
   // a lane's rows of successive steps are a compile-time distance apart; each thread's elements
-  // are the same every tile, so their offsets are worked out once.
+  // are the same every tile, so their offsets are worked out once. Thread st stages elements
+  // st + s·kThreads: st = tid when B and C are (…, time, state) in memory; when they are
+  // (…, state, time), st is permuted so that neighbouring lanes take neighbouring steps of one
+  // state row (a warp's load covers 4 sectors instead of 32).
   __shared__ __align__(16) float stage_s[2][kStaged ? kStage * kThreads : 1];
-  int groups = 1, gl = 0, count = 0;
+  int groups = 1, gl = 0, count = 0, st = tid;
   Index stage_off[kStage];
   int stage_step[kStage];
   bool stage_c[kStage], stage_ok[kStage];
@@ -328,9 +331,14 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
     groups = (min(d_first + cpb, a.D) - 1) / a.channels_per_group - g_lo + 1;
     gl = g - g_lo;
     count = 2 * groups * kTile * kPaddedN;
+    constexpr int kRow = kTile * kPaddedN;
+    if constexpr (kThreads % kRow == 0) {
+      if (a.B_s[1] == 1 && a.C_s[1] == 1)
+        st = tid % kTile * kPaddedN + tid / kTile % kPaddedN + (tid - tid % kRow);
+    }
 #pragma unroll
     for (int s = 0; s < kStage; ++s) {
-      const int e = tid + s * kThreads;
+      const int e = st + s * kThreads;
       const int n = e % kPaddedN;
       stage_step[s] = e / kPaddedN % kTile;
       const int r = e / (kPaddedN * kTile);
@@ -352,8 +360,8 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
   const auto stage_store = [&](float* buf) {
 #pragma unroll
     for (int s = 0; s < kStage; ++s)
-      if (tid + s * kThreads < count)
-        buf[tid + s * kThreads] = to_float(stage_v[s]);
+      if (st + s * kThreads < count)
+        buf[st + s * kThreads] = to_float(stage_v[s]);
   };
   int buf = 0;
   if constexpr (kStaged) {
