@@ -688,12 +688,23 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         next.load(a, rows, t0 - K, K, lp.lane, lanes, active);
       __syncwarp();
       const int k0 = t0 - t_begin;  // the sub-chunk's first step in the staged rows
-      const auto recompute = [&](int k) {
-        const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
-        const float dt = w.x, du = dt * w.y;
-        float Bv[S], Cv[S];
-        chunk_states(bc, padded_n, k0 + k, 0, lp.n0, Bv);
-        chunk_states(bc, padded_n, k0 + k, 1, lp.n0, Cv);
+      // A step's inputs from shared memory: its values [Δ, u, softplus', dy] and this lane's B
+      // and C states.
+      struct StepInputs {
+        float4 w;
+        float B[S], C[S];
+      };
+      const auto inputs = [&](int k) {
+        StepInputs in;
+        in.w = *reinterpret_cast<const float4*>(mine + 8 * k);
+        chunk_states(bc, padded_n, k0 + k, 0, lp.n0, in.B);
+        chunk_states(bc, padded_n, k0 + k, 1, lp.n0, in.C);
+        return in;
+      };
+      const auto recompute = [&](int k, const StepInputs& in) {
+        const float dt = in.w.x, du = dt * in.w.y;
+        const float(&Bv)[S] = in.B;
+        const float(&Cv)[S] = in.C;
         float y = 0.f;  // needed for dz only, and cheaper to compute than to branch around
 #pragma unroll
         for (int i = 0; i < S; ++i) {
@@ -704,12 +715,10 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         y_part[k * NT + tid] = y;  // the lanes' shares meet after the sub-chunk
       };
       // Backwards through it.
-      const auto reverse = [&](int k) {
-        const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
-        const float dt = w.x, dy = w.w, dtu = dt * w.y;
-        float Bv[S], Cv[S];
-        chunk_states(bc, padded_n, k0 + k, 0, lp.n0, Bv);
-        chunk_states(bc, padded_n, k0 + k, 1, lp.n0, Cv);
+      const auto reverse = [&](int k, const StepInputs& in) {
+        const float dt = in.w.x, dy = in.w.w, dtu = dt * in.w.y;
+        const float(&Bv)[S] = in.B;
+        const float(&Cv)[S] = in.C;
         float gB = 0.f, gAh = 0.f, gs[S];
 #pragma unroll
         for (int i = 0; i < S; ++i) {
@@ -749,13 +758,26 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
         }
       };
       // Whole sub-chunks: the steps past the chunk's end are no-ops (their staged B, C rows are
-      // zero), so each loop is one basic block.
+      // zero), so each loop is one basic block. Each step's inputs are read before the previous
+      // step's stores to shared memory (which the compiler cannot move them past), and the last
+      // step's serve both loops.
+      StepInputs cur = inputs(0), nxt;
 #pragma unroll
-      for (int k = 0; k < K; ++k)
-        recompute(k);
+      for (int k = 0; k < K; ++k) {
+        if (k + 1 < K)
+          nxt = inputs(k + 1);
+        recompute(k, cur);
+        if (k + 1 < K)
+          cur = nxt;
+      }
 #pragma unroll
-      for (int k = K - 1; k >= 0; --k)
-        reverse(k);
+      for (int k = K - 1; k >= 0; --k) {
+        if (k > 0)
+          nxt = inputs(k - 1);
+        reverse(k, cur);
+        if (k > 0)
+          cur = nxt;
+      }
       // Over the block's warps, into the chunk's sums.
       __syncthreads();
       // Every step of the sub-chunk, the no-op ones too (they add zeros inside the chunk's rows),
