@@ -113,19 +113,17 @@ class ScanBackwardLanes {
     for (Index t = 0; t < L; ++t) {
       if (t % K_ == 0)
         std::copy(h_.begin(), h_.end(), saved_.begin() + (t / K_) * N * V);
-      load_step(t, 0);
-      step(t, 0, h_.data(), nullptr);
+      load_step(t, 0, false);
+      step(t, 0, h_.data(), h_.data(), nullptr);
     }
     // Chunks in reverse: recompute their states, then run the reverse recurrence through them.
     for (Index c = (L + K_ - 1) / K_ - 1; c >= 0; --c) {
       const Index t0 = c * K_, len = std::min(K_, L - t0);
       const F* h_entry = &saved_[sz(c * N * V)];
       for (Index k = 0; k < len; ++k) {
-        load_step(t0 + k, k);
+        load_step(t0 + k, k, true);
         F* hk = &hs_[sz(k * N * V)];
-        const F* prev = k ? hk - N * V : h_entry;
-        std::copy(prev, prev + N * V, hk);
-        step(t0 + k, k, hk, &a_bar_[sz(k * N * V)]);
+        step(t0 + k, k, k ? hk - N * V : h_entry, hk, &a_bar_[sz(k * N * V)]);
       }
       for (Index k = len - 1; k >= 0; --k)
         reverse_step(t0 + k, k, k ? &hs_[sz((k - 1) * N * V)] : h_entry);
@@ -182,17 +180,19 @@ class ScanBackwardLanes {
       dst[j * v.stride(2)] = static_cast<T>(tmp[j]);
   }
 
-  /// Δ_t, softplus'(δ_t + bias) and u_t into row k of the chunk buffers.
-  void load_step(Index t, Index k) {
+  /// Δ_t, u_t and (with derivative) softplus'(δ_t + bias) into row k of the chunk buffers.
+  void load_step(Index t, Index k, bool derivative) {
     const P raw = load_lanes(p_.delta, t) + bias_;
     const bool sp = p_.delta_softplus;
     (sp ? simd::softplus(raw) : raw).store(&dt_[sz(k * V)]);
-    (sp ? sigmoid_lanes(raw, true) : P::broadcast(F(1))).store(&dsp_[sz(k * V)]);
+    if (derivative)
+      (sp ? sigmoid_lanes(raw, true) : P::broadcast(F(1))).store(&dsp_[sz(k * V)]);
     load_lanes(p_.u, t).store(&u_[sz(k * V)]);
   }
 
-  /// h = exp(Δ·A)·h + Δ·u·B_t with the step in row k, keeping exp(Δ·A) in a_out when given.
-  void step(Index t, Index k, F* h, F* a_out) const {
+  /// h_out = exp(Δ·A)·h_in + Δ·u·B_t with the step in row k (h_out may be h_in), keeping
+  /// exp(Δ·A) in a_out when given.
+  void step(Index t, Index k, const F* h_in, F* h_out, F* a_out) const {
     const P dt = P::load(&dt_[sz(k * V)]);
     const P dtu = dt * P::load(&u_[sz(k * V)]);
     const T* brow = &p_.B(b_, t, g_, 0);
@@ -201,7 +201,8 @@ class ScanBackwardLanes {
       const P a = simd::exp2(dt * P::load(&a2_[sz(n * V)]));
       if (a_out)
         a.store(a_out + n * V);
-      fma(a, P::load(h + n * V), dtu * P::broadcast(static_cast<F>(brow[n * bs]))).store(h + n * V);
+      fma(a, P::load(h_in + n * V), dtu * P::broadcast(static_cast<F>(brow[n * bs])))
+          .store(h_out + n * V);
     }
   }
 
