@@ -1,10 +1,13 @@
 // The CUDA selective scan backward against the CPU double oracle
 // (cpu::selective_scan_backward_reference) on fresh random inputs: every option, both memory
 // orders, each storage type, odd state sizes and groups, several chunks and sub-chunks with
-// partial ones, every gradient poisoned before the kernel runs; and its argument checks.
+// partial ones, every gradient poisoned before the kernel runs; the same from the CUDA forward's
+// checkpoints (themselves checked against cpu::selective_scan_reference's); its argument checks.
 #include "cuda_testing.hpp"
 
 #include <ssmkit/kernels/cpu/selective_scan_backward_reference.hpp>
+#include <ssmkit/kernels/cpu/selective_scan_reference.hpp>
+#include <ssmkit/kernels/cuda/selective_scan.cuh>
 #include <ssmkit/kernels/cuda/selective_scan_backward.cuh>
 
 #include <string>
@@ -16,6 +19,7 @@ struct BackwardCase {
   Index batch = 2, L = 300, D = 48, N = 16, G = 2;
   bool bias = true, softplus = true, skip = true, gate = true, h0 = true, dh_final = true;
   bool channel_major = false;  // activations (batch, D, L) and B, C (batch, G, N, L) in memory
+  bool checkpoints = false;    // the backward starts from the CUDA forward's checkpoints
   std::uint64_t seed = 1;
 
   std::string name() const {
@@ -23,7 +27,7 @@ struct BackwardCase {
            " D=" + std::to_string(D) + " N=" + std::to_string(N) + " G=" + std::to_string(G) +
            (channel_major ? " channel-major" : " token-major") + (bias ? " bias" : "") +
            (softplus ? " softplus" : "") + (skip ? " D" : "") + (gate ? " z" : "") +
-           (h0 ? " h0" : "") + (dh_final ? " dh_final" : "");
+           (h0 ? " h0" : "") + (dh_final ? " dh_final" : "") + (checkpoints ? " checkpoints" : "");
   }
 };
 
@@ -110,6 +114,28 @@ void check_backward(const BackwardCase& c, double tol) {
   if (c.dh_final)
     ref.dh_final = dh_final.exact_view(), p.dh_final = dh_final.device_view();
   cpu::selective_scan_backward_reference(ref);
+
+  // The CUDA forward's checkpoints against the oracle's, then the backward starts from them.
+  const Index every = selective_scan_checkpoint_interval(c.N);
+  const Index count = (c.L + every - 1) / every;
+  DualTensor<float, 4> ck({count, c.batch, c.D, c.N}, {0, 1, 2, 3}, c.seed * 1000 + 500, -1, 1, s);
+  DualTensor<T, 3> out(acts, act, c.seed * 1000 + 501, -1, 1, s);
+  if (c.checkpoints) {
+    std::vector<double> r_out = buffer(c.batch * c.L * c.D),
+                        r_ck = buffer(count * c.batch * c.D * c.N);
+    SelectiveScanParams<double, double> rf = ref.forward(TensorView<double, 3>(r_out.data(), acts));
+    rf.checkpoints = TensorView<double, 4>(r_ck.data(), {count, c.batch, c.D, c.N});
+    rf.checkpoint_interval = every;
+    cpu::selective_scan_reference(rf);
+    ck.poison(s);
+    SelectiveScanParams<T, float> f = p.forward(out.device_view());
+    f.checkpoints = ck.device_view();
+    f.checkpoint_interval = every;
+    cuda::selective_scan(f, s);
+    EXPECT_LE(rel_error(ck.download(s), r_ck), 1e-5) << "checkpoints";
+    p.checkpoints = ck.device_view();
+    p.checkpoint_interval = every;
+  }
 
   for (auto* t : {&du, &ddelta, &dz})
     t->poison(s);
@@ -219,6 +245,57 @@ TEST(CudaSelectiveScanBackwardLong, LongSequence) {
   BackwardCase c;
   c.batch = 1, c.D = 64, c.G = 1, c.L = 20000, c.seed = 70;
   check_backward<float>(c, 1e-5);
+  c.checkpoints = true, c.seed = 71;  // 313 chunks
+  check_backward<float>(c, 1e-5);
+}
+
+TEST(CudaSelectiveScanBackward, FromForwardCheckpoints) {
+  SSMKIT_REQUIRE_GPU();
+  // Every option and both layouts (L = 300: a partial last chunk and sub-chunk), option subsets,
+  // N = 3, 20 and 64 (checkpoints every 64, 32 and 16 steps), 2-byte storage, 18 chunks of 600
+  // channels, short and empty sequences.
+  std::vector<BackwardCase> cases;
+  for (const bool cm : {false, true}) {
+    BackwardCase c;
+    c.channel_major = cm;
+    c.seed = cm ? 102 : 101;
+    cases.push_back(c);
+  }
+  for (int mask = 1; mask < 64; mask += 5) {
+    BackwardCase c;
+    c.softplus = !(mask & 1), c.bias = !(mask & 2), c.skip = !(mask & 4);
+    c.gate = !(mask & 8), c.h0 = !(mask & 16), c.dh_final = !(mask & 32);
+    c.channel_major = mask % 2 == 0;
+    c.batch = 1, c.L = 133, c.D = 24;
+    c.seed = 110 + static_cast<std::uint64_t>(mask);
+    cases.push_back(c);
+  }
+  const Index sizes[] = {3, 20, 64};
+  for (int i = 0; i < 3; ++i) {
+    BackwardCase c;
+    c.N = sizes[i], c.channel_major = i % 2 == 1, c.L = 70, c.D = 20, c.G = i == 0 ? 20 : 1;
+    c.seed = 180 + static_cast<std::uint64_t>(i);
+    cases.push_back(c);
+  }
+  {
+    BackwardCase c;
+    c.batch = 1, c.D = 600, c.G = 1, c.L = 1100, c.seed = 150;
+    cases.push_back(c);
+  }
+  for (const Index L : {0, 1, 8, 9, 64, 65}) {
+    BackwardCase c;
+    c.L = L, c.seed = 160 + static_cast<std::uint64_t>(L);
+    cases.push_back(c);
+  }
+  for (BackwardCase c : cases) {
+    c.checkpoints = true;
+    check_backward<float>(c, 1e-5);
+  }
+  BackwardCase c;
+  c.checkpoints = true, c.L = 150, c.seed = 170;
+  check_backward<__half>(c, 1e-2);
+  c.channel_major = true;
+  check_backward<__nv_bfloat16>(c, 1e-2);
 }
 
 TEST(CudaSelectiveScanBackward, RejectsBadArguments) {
@@ -260,6 +337,18 @@ TEST(CudaSelectiveScanBackward, RejectsBadArguments) {
 
   ASSERT_GT(cuda::selective_scan_backward_workspace_size(p), 0u);
   SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(p, s, nullptr, 0), "workspace", "bytes");
+
+  cuda::DeviceBuffer<float> ck_buf(2 * batch * D * N);
+  SelectiveScanBackwardParams<float, float> every = p;  // checkpoints 4 steps apart, not 64
+  every.checkpoints = ck_buf.view<4>({2, batch, D, N});
+  every.checkpoint_interval = 4;
+  SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(every, s), "checkpoint_interval", "64");
+  every.checkpoints = ck_buf.view<4>({1, batch, D, N});  // 1 checkpoint where 2 are due
+  SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(every, s), "checkpoints", "shape");
+  SelectiveScanParams<float, float> fwd = p.forward(grad.device_view());
+  fwd.checkpoints = ck_buf.view<4>({2, batch, D, N});
+  fwd.checkpoint_interval = 4;  // the forward takes them at its 8-step tiles only
+  SSMKIT_EXPECT_ERROR(cuda::selective_scan(fwd, s), "checkpoint_interval", "multiple of 8");
 }
 
 }  // namespace

@@ -253,6 +253,51 @@ TEST(SelectiveScan, TwoHalvesEqualWhole) {
   }
 }
 
+// Checkpoint j is the state entering step j·k: the oracle's against the final state of the
+// oracle run on the first j·k steps alone; the fast scan's (blocked, and chunked with chunks
+// that start between checkpoints) against the oracle's.
+TEST(SelectiveScan, CheckpointsAreTheStatesEnteringEveryKthStep) {
+  for (bool channel_major : {false, true}) {
+    ScanShape s;
+    s.L = 150, s.channel_major = channel_major;
+    const Index every = 32, count = 5;
+    ScanCase<float> c(s, 61);
+    const auto full = c.params();
+    HostTensor<float, 4> ref({count, s.batch, s.D, s.N});
+    auto p = full;
+    p.checkpoints = ref.view();
+    p.checkpoint_interval = every;
+    cpu::selective_scan_reference(p);
+    for (Index j = 0; j < count; ++j) {
+      auto prefix = full;
+      prefix.u =
+          full.u.unchecked(full.u.data(), {s.batch, j * every, s.D}, full.u.strides(), Device::CPU);
+      prefix.delta = full.delta.unchecked(full.delta.data(), prefix.u.shape(), full.delta.strides(),
+                                          Device::CPU);
+      prefix.z = full.z.unchecked(full.z.data(), prefix.u.shape(), full.z.strides(), Device::CPU);
+      prefix.out =
+          full.out.unchecked(full.out.data(), prefix.u.shape(), full.out.strides(), Device::CPU);
+      prefix.B = full.B.unchecked(full.B.data(), {s.batch, j * every, s.G, s.N}, full.B.strides(),
+                                  Device::CPU);
+      prefix.C = full.C.unchecked(full.C.data(), prefix.B.shape(), full.C.strides(), Device::CPU);
+      HostTensor<float, 3> state({s.batch, s.D, s.N});
+      prefix.h_final = state.view();
+      cpu::selective_scan_reference(prefix);
+      EXPECT_LE(rel_error(ref.data() + j * state.numel(), state.data(), state.numel()), 1e-6)
+          << "checkpoint " << j;
+    }
+    for (Index chunks : {0, 3, 7}) {  // 0: blocked
+      HostTensor<float, 4> fast({count, s.batch, s.D, s.N});
+      p.checkpoints = fast.view();
+      Policy policy;
+      policy.mode = chunks == 0 ? Mode::Blocked : Mode::Chunked;
+      policy.chunks = chunks;
+      cpu::selective_scan(p, policy);
+      EXPECT_LE(rel_error(fast.data(), ref.data(), ref.numel()), 1e-5) << chunks;
+    }
+  }
+}
+
 TEST(SelectiveScan, RejectsBadArguments) {
   ScanShape s;
   ScanCase<float> c(s, 51);
@@ -277,6 +322,13 @@ TEST(SelectiveScan, RejectsBadArguments) {
   SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "h0", "shape");
   p = good, p.h_final = h0_wrong.view();
   SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "h_final", "shape");
+  HostTensor<float, 4> ck({2, 2, 20, 16});
+  p = good, p.checkpoints = ck.view(), p.checkpoint_interval = 0;
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "checkpoint_interval", ">= 1", "0");
+  p.checkpoint_interval = 32;  // 37 steps: checkpoints at 0 and 32
+  cpu::selective_scan(p);
+  p.checkpoint_interval = 16;  // 3 checkpoints due
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "checkpoints", "shape", "(3, 2, 20, 16)");
   p = good, p.u = TensorView<const float, 3>(c.u.data(), {2, 37, 20}, "u", Device::CUDA);
   SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "u", "device", "cpu", "cuda");
 

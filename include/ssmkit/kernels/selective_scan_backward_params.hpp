@@ -24,6 +24,12 @@ struct SelectiveScanBackwardParams {
   TensorView<const T, 3> z;           ///< (batch, L, D) optional
   TensorView<const W, 3> h0;          ///< (batch, D, N) optional
   bool delta_softplus = false;
+  /// Optional: the forward's checkpoints on these inputs (SelectiveScanParams::checkpoints) and
+  /// their interval. The CUDA backward then starts each chunk from them and skips the passes that
+  /// would recompute them; it needs checkpoint_interval = selective_scan_checkpoint_interval(N).
+  /// The CPU backward recomputes its own states and reads neither.
+  TensorView<const W, 4> checkpoints;
+  Index checkpoint_interval = 0;
 
   // Incoming gradients.
   TensorView<const T, 3> dout;      ///< (batch, L, D) ∂ℓ/∂out
@@ -106,6 +112,13 @@ void validate(const SelectiveScanBackwardParams<T, W>& p, Device device) {
                          device);
   detail::check_gradient(p.dz, "dz", p.z, "z", Shape<3>{batch, L, D}, device);
   detail::check_gradient(p.dh0, "dh0", p.h0, "h0", Shape<3>{batch, D, N}, device);
+  if (!p.checkpoints.absent()) {
+    SSMKIT_CHECK(p.checkpoint_interval >= 1, "checkpoint_interval", "value", ">= 1",
+                 p.checkpoint_interval);
+    const Index count = (L + p.checkpoint_interval - 1) / p.checkpoint_interval;
+    check_shape(p.checkpoints, "checkpoints", {count, batch, D, N});
+    check_device(p.checkpoints, "checkpoints", device);
+  }
 }
 
 }  // namespace ssmkit

@@ -29,6 +29,11 @@ struct SelectiveScanParams {
   TensorView<const W, 3> h0;          ///< (batch, D, N) optional initial state
   TensorView<T, 3> out;               ///< (batch, L, D) output
   TensorView<W, 3> h_final;           ///< (batch, D, N) optional final state
+  /// (ceil(L / checkpoint_interval), batch, D, N) optional: the state entering steps 0, k, 2k, …
+  /// (k = checkpoint_interval; h0 or zero first), which a later backward on the same inputs
+  /// starts its chunks from instead of recomputing them (see SelectiveScanBackwardParams).
+  TensorView<W, 4> checkpoints;
+  Index checkpoint_interval = 0;  ///< k, >= 1; read only when checkpoints is present
   bool delta_softplus = false;
 
   Index batch() const { return u.size(0); }
@@ -40,6 +45,15 @@ struct SelectiveScanParams {
 
 /// Largest state size N any backend accepts.
 inline constexpr Index kMaxStateSize = 256;
+
+/// The checkpoint interval the CUDA backward starts its chunks at for state size N (its chunk
+/// length: 64 steps for N <= 16, halved per doubling of N). Checkpoints taken at this interval by
+/// the forward spare the CUDA backward its first two passes. The CUDA forward takes checkpoints
+/// at multiples of its tile, 8 steps for N <= 64 and 16 above: for N > 64 only the CPU forward
+/// provides them at this interval.
+inline constexpr Index selective_scan_checkpoint_interval(Index N) {
+  return N <= 16 ? 64 : N <= 32 ? 32 : N <= 64 ? 16 : 8;
+}
 
 namespace detail {
 
@@ -92,6 +106,13 @@ void validate(const SelectiveScanParams<T, W>& p, Device device) {
   detail::check_optional(p.z, "z", Shape<3>{batch, L, D}, device);
   detail::check_optional(p.h0, "h0", Shape<3>{batch, D, N}, device);
   detail::check_optional(p.h_final, "h_final", Shape<3>{batch, D, N}, device);
+  if (!p.checkpoints.absent()) {
+    SSMKIT_CHECK(p.checkpoint_interval >= 1, "checkpoint_interval", "value", ">= 1",
+                 p.checkpoint_interval);
+    const Index count = (L + p.checkpoint_interval - 1) / p.checkpoint_interval;
+    check_shape(p.checkpoints, "checkpoints", {count, batch, D, N});
+    check_device(p.checkpoints, "checkpoints", device);
+  }
   if (device == Device::CPU) {
     for (Index d = 0; d < D; ++d)
       for (Index n = 0; n < N; ++n) {

@@ -112,6 +112,16 @@ class ScanLanes {
           h_out(b_, d0_ + l, n) = static_cast<W>(h[n * kW + l]);
   }
 
+  /// Steps between checkpoints (SelectiveScanParams::checkpoints), 0 when none are asked for.
+  Index checkpoint_interval() const { return p_.checkpoints.absent() ? 0 : p_.checkpoint_interval; }
+
+  /// Stores h as checkpoint j, the state entering step j·checkpoint_interval().
+  void store_checkpoint(Index j) const {
+    for (Index l = 0; l < lanes_; ++l)
+      for (Index n = 0; n < n_; ++n)
+        p_.checkpoints(j, b_, d0_ + l, n) = static_cast<W>(h[n * kW + l]);
+  }
+
   /// exp(A·s) for a per-lane sum of steps s: the decay of a chunk, in double.
   void decay(const double* dt_sum, F* out) const {
     std::fill(out, out + np_ * kW, F(1));
@@ -248,11 +258,22 @@ class ScanLanes {
 };
 
 /// Scans times [t0, t1) for every block of `blocks`, one time tile at a time across all of them.
+/// kOut: also stores the checkpoints that fall in [t0, t1), tiles ending at each.
 template <bool kOut, class Lanes, class F>
 void scan_blocks(std::vector<Lanes>& blocks, Index t0, Index t1, ScanStaging<F>& st,
                  double* dt_sums) {
-  for (Index s = t0; s < t1; s += kTimeTile) {
-    const Index nt = std::min(kTimeTile, t1 - s);
+  Index every = 0;
+  if constexpr (kOut)
+    every = blocks.empty() ? 0 : blocks[0].checkpoint_interval();
+  Index nt = 0;
+  for (Index s = t0; s < t1; s += nt) {
+    nt = std::min(kTimeTile, t1 - s);
+    if (every > 0) {
+      if (s % every == 0)
+        for (const Lanes& lanes : blocks)
+          lanes.store_checkpoint(s / every);
+      nt = std::min(nt, (s / every + 1) * every - s);
+    }
     for (std::size_t i = 0; i < blocks.size(); ++i)
       blocks[i].template step<kOut>(s, nt, st, kOut ? nullptr : dt_sums + i * Lanes::width);
   }

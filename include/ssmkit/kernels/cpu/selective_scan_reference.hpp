@@ -10,9 +10,10 @@
 
 namespace ssmkit::cpu {
 
-/// Computes p.out (and p.h_final when present) from the other views of `p`, reading any storage
-/// type and rounding only the stored results. Throws ssmkit::Error for invalid arguments.
-/// h0 and h_final may be the same memory (a state carried in place from one call to the next).
+/// Computes p.out (and p.h_final and p.checkpoints when present) from the other views of `p`,
+/// reading any storage type and rounding only the stored results. Throws ssmkit::Error for invalid
+/// arguments. h0 and h_final may be the same memory (a state carried in place from one call to the
+/// next).
 template <class T, class W>
 void selective_scan_reference(const SelectiveScanParams<T, W>& p) {
   validate(p, Device::CPU);
@@ -26,6 +27,9 @@ void selective_scan_reference(const SelectiveScanParams<T, W>& p) {
         h[n] = p.h0.absent() ? 0.0 : static_cast<double>(p.h0(b, d, n));
       const double bias = p.delta_bias.absent() ? 0.0 : static_cast<double>(p.delta_bias(d));
       for (Index t = 0; t < L; ++t) {
+        if (!p.checkpoints.absent() && t % p.checkpoint_interval == 0)
+          for (Index n = 0; n < N; ++n)
+            p.checkpoints(t / p.checkpoint_interval, b, d, n) = static_cast<W>(h[n]);
         double dt = static_cast<double>(p.delta(b, t, d)) + bias;
         if (p.delta_softplus)
           dt = softplus(dt);

@@ -65,8 +65,12 @@ struct ScanArgs {
   Index h0_s[3];
   float* h_final;
   Index h_final_s[3];
-  float* chunk_state;  // (chunks-1, batch, D, N): local final state of each chunk but the last
-  float* chunk_dt;     // (chunks-1, batch, D): ΣΔ over each of those chunks
+  float* checkpoints;  // (count, batch, D, N) or null: the state entering every k-th step
+  Index checkpoints_s[4];
+  int checkpoint_interval;  // k, clamped to L
+  bool checkpoints_vec;     // a channel's states contiguous and 16-byte aligned
+  float* chunk_state;       // (chunks-1, batch, D, N): local final state of each chunk but the last
+  float* chunk_dt;          // (chunks-1, batch, D): ΣΔ over each of those chunks
   int batch, L, D, N, channels_per_group, chunk_len;
   int lanes_per_channel;  // selective_state_update's split of a channel's states
   bool softplus;
@@ -380,11 +384,31 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
       load_steps<P>(z_p, z_t, static_cast<int>(first), t_end, z_r);
   }
   float sum_dt = 0.f;
+  // The next step whose entering state is a checkpoint (none in pass 1).
+  const int every = a.checkpoint_interval;
+  int next_checkpoint =
+      !kPass1 && a.checkpoints != nullptr && active ? (t_begin + every - 1) / every * every : a.L;
   // This lane's B and C rows of step 0 in each staging buffer.
   const int B_row0 = gl * kTile * kPaddedN + n0;
   const int C_row0 = (groups + gl) * kTile * kPaddedN + n0;
   for (int t0 = t_begin; t0 < t_end; t0 += kTile) {
     const int mine = t0 + j * P;  // this lane's first step of the tile
+    if (t0 == next_checkpoint) {
+      float* ck = a.checkpoints + t0 / every * a.checkpoints_s[0] + b * a.checkpoints_s[1] +
+                  d * a.checkpoints_s[2];
+      if (a.checkpoints_vec && n0 + S <= a.N) {
+        static_assert(S % 4 == 0, "a lane's states are stored as 16-byte vectors");
+#pragma unroll
+        for (int i = 0; i < S; i += 4)
+          *reinterpret_cast<float4*>(ck + n0 + i) = make_float4(h[i], h[i + 1], h[i + 2], h[i + 3]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < S; ++i)
+          if (n0 + i < a.N)
+            ck[(n0 + i) * a.checkpoints_s[3]] = h[i];
+      }
+      next_checkpoint += every;
+    }
     // Prepare this lane's steps; steps past the end get Δ = 0 and u = 0, which leave h as it is.
     float dt_l[P], du_l[P], u_l[P];
 #pragma unroll
@@ -498,6 +522,10 @@ void copy_strides(const V& v, Index (&s)[R]) {
     s[i] = v.absent() ? 0 : v.stride(static_cast<int>(i));
 }
 
+inline bool aligned16(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
+
 /// The kernel arguments of a validated `p` (chunking fields left for the launcher).
 template <class T>
 ScanArgs<T> make_scan_args(const SelectiveScanParams<T, float>& p) {
@@ -524,6 +552,13 @@ ScanArgs<T> make_scan_args(const SelectiveScanParams<T, float>& p) {
   copy_strides(p.h0, args.h0_s);
   args.h_final = p.h_final.absent() ? nullptr : p.h_final.data();
   copy_strides(p.h_final, args.h_final_s);
+  args.checkpoints = p.checkpoints.absent() ? nullptr : p.checkpoints.data();
+  copy_strides(p.checkpoints, args.checkpoints_s);
+  args.checkpoint_interval =
+      static_cast<int>(std::max<Index>(1, std::min(p.checkpoint_interval, p.length())));
+  args.checkpoints_vec = args.checkpoints != nullptr && aligned16(args.checkpoints) &&
+                         args.checkpoints_s[3] == 1 && args.checkpoints_s[0] % 4 == 0 &&
+                         args.checkpoints_s[1] % 4 == 0 && args.checkpoints_s[2] % 4 == 0;
   args.batch = static_cast<int>(p.batch());
   args.L = static_cast<int>(p.length());
   args.D = static_cast<int>(p.channels());
@@ -532,10 +567,6 @@ ScanArgs<T> make_scan_args(const SelectiveScanParams<T, float>& p) {
   args.lanes_per_channel = 1;
   args.softplus = p.delta_softplus;
   return args;
-}
-
-inline bool aligned16(const void* p) {
-  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
 /// The splits the kernel is built for, by state size: two lanes of 8 states for N <= 16 (on an
@@ -663,6 +694,13 @@ void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, voi
                ">= " + std::to_string(need), workspace_bytes);
 
   const detail::ScanPlan<Policy> plan(batch, L, D, N, p.groups(), multiprocessor_count());
+  // A checkpoint is taken at the start of a tile.
+  SSMKIT_CHECK(p.checkpoints.absent() || p.checkpoint_interval >= L ||
+                   p.checkpoint_interval % plan.tile == 0,
+               "checkpoint_interval", "value",
+               "a multiple of " + std::to_string(plan.tile) +
+                   " (the scan's tile at N = " + std::to_string(N) + ")",
+               p.checkpoint_interval);
   detail::ScanArgs<T> args = detail::make_scan_args(p);
   args.chunk_dt = static_cast<float*>(workspace);
   args.chunk_state =

@@ -7,7 +7,9 @@
 //  1. each chunk from zero: its local final state, ΣΔ, and its local adjoint
 //     Σ_t (Π_{s<=t} Ā_s)·C_t·dy_t, which a forward walk computes with a running product;
 //  2. a walk over the chunks joins them: the state entering and the adjoint leaving each chunk
-//     (h ← 2^(A·log2e·ΣΔ)·h + h_local, and the same backwards for q), and ∂ℓ/∂h0;
+//     (h ← 2^(A·log2e·ΣΔ)·h + h_local, and the same backwards for q), and ∂ℓ/∂h0. When the
+//     forward left checkpoints at the chunks' starts, the states entering them are those, and
+//     passes 1 and 2 form the adjoints alone;
 //  3. each chunk recomputes its states from its entry state, sub-chunk by sub-chunk in registers,
 //     and runs the adjoint back through them. dB and dC (shared by a group's channels) meet in
 //     shared memory, dA, dD, dδ_bias (shared by batch and time) go to float accumulators by
@@ -69,6 +71,10 @@ struct ScanBackwardArgs {
   Index delta_bias_s;
   const float* h0;
   Index h0_s[3];
+  const float* checkpoints;  // the forward's (chunks, batch, D, N), or null
+  Index checkpoints_s[4];
+  const float* entry;  // the state entering each chunk (pass 3): checkpoints, else chunk_h
+  Index entry_s[4];
   const float* dh_final;
   Index dh_final_s[3];
 
@@ -94,8 +100,9 @@ struct ScanBackwardArgs {
   float* dD_acc;     // (D)
   float* dbias_acc;  // (D)
   float* chunk_dt;   // (chunks, batch, D): ΣΔ over each chunk
-  float* chunk_h;    // (chunks, batch, D, N): local final state, then (pass 2) the entry state
-  float* chunk_q;    // (chunks, batch, D, N): local adjoint, then (pass 2) the adjoint leaving
+  // (chunks, batch, D, N): local final state, then (pass 2) the entry state; null with checkpoints
+  float* chunk_h;
+  float* chunk_q;  // (chunks, batch, D, N): local adjoint, then (pass 2) the adjoint leaving
 
   int batch, L, D, N, G, channels_per_group;
   int lanes_per_channel, padded_n;  // padded_n = lanes_per_channel · states per lane
@@ -424,10 +431,10 @@ constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N, int lanes_pe
 }
 
 /// Pass 1: each chunk from a zero state and a zero adjoint, walking forwards: its local final
-/// state, its ΣΔ and its local adjoint Σ_t P_t·C_t·dy_t with P_t = Π_{s<=t} Ā_s. A block takes
-/// one chunk of one batch element and a slice of one group's channels, a round of
-/// kThreads / lanes_per_channel channels at a time.
-template <class Policy, int kLanes, class T>
+/// state (kStates; not needed with checkpoints), its ΣΔ and its local adjoint Σ_t P_t·C_t·dy_t
+/// with P_t = Π_{s<=t} Ā_s. A block takes one chunk of one batch element and a slice of one
+/// group's channels, a round of kThreads / lanes_per_channel channels at a time.
+template <class Policy, int kLanes, bool kStates, class T>
 __global__ void __launch_bounds__(Policy::kThreads)
     scan_backward_local_kernel(const ScanBackwardArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk;
@@ -470,7 +477,9 @@ __global__ void __launch_bounds__(Policy::kThreads)
       const int steps = min(K, t_end - t0);
       next.template prepare_padded<K, false>(
           a, rows, t0, steps, lp.lane, lanes, true, bias, [&](int k, const StepValues& v) {
-            *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
+            // Without kStates u is never read, and its load goes.
+            *reinterpret_cast<float4*>(mine + 4 * k) =
+                make_float4(v.dt, kStates ? v.dt * v.u : 0.f, v.dy, 0.f);
           });
       if (t0 + K < t_end)
         next.load(a, rows, t0 + K, min(K, t_end - t0 - K), lp.lane, lanes, true);
@@ -482,13 +491,15 @@ __global__ void __launch_bounds__(Policy::kThreads)
         const float4 v = *reinterpret_cast<const float4*>(mine + 4 * k);
         const float dt = v.x, du = v.y, dy = v.z;
         float Bv[S], Cv[S];
-        chunk_states(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
+        if constexpr (kStates)
+          chunk_states(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
         chunk_states(bc, padded_n, t - t_begin, 1, lp.n0, Cv);
         sum_dt += dt;
 #pragma unroll
         for (int i = 0; i < S; ++i) {
           const float ab = ex2_mufu(dt * a2[i]);
-          h[i] = fmaf(ab, h[i], du * Bv[i]);
+          if constexpr (kStates)
+            h[i] = fmaf(ab, h[i], du * Bv[i]);
           decay[i] *= ab;
           q[i] = fmaf(decay[i], Cv[i] * dy, q[i]);
         }
@@ -501,15 +512,16 @@ __global__ void __launch_bounds__(Policy::kThreads)
 #pragma unroll
     for (int i = 0; i < S; ++i)
       if (lp.n0 + i < a.N) {
-        a.chunk_h[row * a.N + lp.n0 + i] = h[i];
+        if constexpr (kStates)
+          a.chunk_h[row * a.N + lp.n0 + i] = h[i];
         a.chunk_q[row * a.N + lp.n0 + i] = q[i];
       }
   }
 }
 
 /// Pass 2: one thread per (batch, channel, state) walks the chunks forwards, turning each local
-/// final state into the state entering the chunk, then backwards, turning each local adjoint into
-/// the adjoint leaving the chunk; what leaves the first chunk is ∂ℓ/∂h0.
+/// final state into the state entering the chunk (not with checkpoints), then backwards, turning
+/// each local adjoint into the adjoint leaving the chunk; what leaves the first chunk is ∂ℓ/∂h0.
 template <class T>
 __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
   const Index i = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -545,8 +557,9 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
     }
     return v;
   };
-  walk(a.chunk_h, a.h0 != nullptr ? a.h0[b * a.h0_s[0] + d * a.h0_s[1] + n * a.h0_s[2]] : 0.f,
-       false);
+  if (a.checkpoints == nullptr)
+    walk(a.chunk_h, a.h0 != nullptr ? a.h0[b * a.h0_s[0] + d * a.h0_s[1] + n * a.h0_s[2]] : 0.f,
+         false);
   const float q =
       walk(a.chunk_q,
            a.dh_final != nullptr
@@ -618,10 +631,11 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
     const float skip = a.D_skip != nullptr ? a.D_skip[d * a.D_skip_s] : 0.f;
     const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
+    const float* entry_h = a.entry + c * a.entry_s[0] + b * a.entry_s[1] + d * a.entry_s[2];
 #pragma unroll
     for (int i = 0; i < S; ++i) {
       const bool here = lp.n0 + i < N;
-      h[i] = here ? a.chunk_h[row * N + lp.n0 + i] : 0.f;
+      h[i] = here ? entry_h[(lp.n0 + i) * a.entry_s[3]] : 0.f;
       q[i] = here && active ? a.chunk_q[row * N + lp.n0 + i] : 0.f;
     }
 
@@ -897,9 +911,11 @@ template <class Policy>
 struct ScanBackwardPlan {
   int lanes_per_channel = 1, padded_n = 0, chunk_len = 0, chunks = 0, slices_per_group = 1;
   int channels_per_slice = 1;
+  bool from_checkpoints = false;  // the chunks' entry states come from the forward
   Index accumulator_floats = 0, chunk_floats = 0;
 
-  ScanBackwardPlan(Index batch, Index L, Index D, Index N, Index G) {
+  ScanBackwardPlan(Index batch, Index L, Index D, Index N, Index G, bool checkpoints = false)
+      : from_checkpoints(checkpoints) {
     while (lanes_per_channel * Policy::kStatesPerThread < N)
       lanes_per_channel *= 2;
     padded_n = lanes_per_channel * Policy::kStatesPerThread;
@@ -914,7 +930,7 @@ struct ScanBackwardPlan {
     channels_per_slice = std::max(channels_per_slice, 1);
     slices_per_group = static_cast<int>((per_group + channels_per_slice - 1) / channels_per_slice);
     accumulator_floats = batch * L * G * 2 * N + D * N + 2 * D;
-    chunk_floats = static_cast<Index>(chunks) * batch * D * (2 * N + 1);
+    chunk_floats = static_cast<Index>(chunks) * batch * D * ((from_checkpoints ? 1 : 2) * N + 1);
   }
 
   std::size_t workspace_bytes() const {
@@ -952,6 +968,8 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
   a.delta_bias_s = p.delta_bias.absent() ? 0 : p.delta_bias.stride(0);
   set_optional(p.h0, a.h0);
   copy_strides(p.h0, a.h0_s);
+  set_optional(p.checkpoints, a.checkpoints);
+  copy_strides(p.checkpoints, a.checkpoints_s);
   set_optional(p.dh_final, a.dh_final);
   copy_strides(p.dh_final, a.dh_final_s);
   a.du = p.du.data();
@@ -980,8 +998,15 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
   a.dD_acc = a.dA_acc + D * N;
   a.dbias_acc = a.dD_acc + D;
   a.chunk_dt = a.dbias_acc + D;
-  a.chunk_h = a.chunk_dt + chunks * batch * D;
-  a.chunk_q = a.chunk_h + chunks * batch * D * N;
+  a.chunk_h = plan.from_checkpoints ? nullptr : a.chunk_dt + chunks * batch * D;
+  a.chunk_q = a.chunk_dt + chunks * batch * D * (plan.from_checkpoints ? 1 : N + 1);
+  a.entry = plan.from_checkpoints ? a.checkpoints : a.chunk_h;
+  if (!plan.from_checkpoints) {
+    const Index s[4] = {batch * D * N, D * N, N, 1};
+    std::copy(s, s + 4, a.entry_s);
+  } else {
+    std::copy(a.checkpoints_s, a.checkpoints_s + 4, a.entry_s);
+  }
   a.batch = static_cast<int>(batch);
   a.L = static_cast<int>(L);
   a.D = static_cast<int>(D);
@@ -1040,13 +1065,17 @@ void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<
                                plan.chunk_len, plan.padded_n, plan.lanes_per_channel)) *
                            sizeof(float);
   constexpr int kUsualLanes = 16 / Policy::kStatesPerThread;  // as in pass 3
-  if (plan.lanes_per_channel == kUsualLanes) {
-    allow_dynamic_smem(scan_backward_local_kernel<Policy, kUsualLanes, T>, smem);
-    scan_backward_local_kernel<Policy, kUsualLanes><<<grid, Policy::kThreads, smem, stream>>>(a);
-  } else {
-    allow_dynamic_smem(scan_backward_local_kernel<Policy, 0, T>, smem);
-    scan_backward_local_kernel<Policy, 0><<<grid, Policy::kThreads, smem, stream>>>(a);
-  }
+  const auto launch = [&](auto kernel) {
+    allow_dynamic_smem(kernel, smem);
+    kernel<<<grid, Policy::kThreads, smem, stream>>>(a);
+  };
+  const bool usual = plan.lanes_per_channel == kUsualLanes;
+  if (plan.from_checkpoints)
+    launch(usual ? scan_backward_local_kernel<Policy, kUsualLanes, false, T>
+                 : scan_backward_local_kernel<Policy, 0, false, T>);
+  else
+    launch(usual ? scan_backward_local_kernel<Policy, kUsualLanes, true, T>
+                 : scan_backward_local_kernel<Policy, 0, true, T>);
   SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_local_kernel");
 }
 
@@ -1109,7 +1138,7 @@ void launch_backward_finish(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
 template <class Policy = SelectiveScanBackwardPolicy, class T, class W>
 std::size_t selective_scan_backward_workspace_size(const SelectiveScanBackwardParams<T, W>& p) {
   return detail::ScanBackwardPlan<Policy>(p.batch(), p.length(), p.channels(), p.state_size(),
-                                          p.groups())
+                                          p.groups(), !p.checkpoints.absent())
       .workspace_bytes();
 }
 
@@ -1117,7 +1146,9 @@ std::size_t selective_scan_backward_workspace_size(const SelectiveScanBackwardPa
 /// float A, D, δ_bias, states and their gradients), ordered on `stream`, as
 /// cpu::selective_scan_backward computes them. `workspace` holds at least
 /// selective_scan_backward_workspace_size(p) bytes of device memory. dB, dC, dA, dD and dδ_bias
-/// are sums formed with float atomics, so their last bits may vary from run to run.
+/// are sums formed with float atomics, so their last bits may vary from run to run. With the
+/// forward's checkpoints (p.checkpoints, every selective_scan_checkpoint_interval(N) steps) the
+/// chunks start from them instead of states the backward would form itself.
 /// Throws ssmkit::Error on invalid arguments or a failed launch.
 template <class Policy = SelectiveScanBackwardPolicy, class T, class W>
 void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStream_t stream,
@@ -1136,9 +1167,14 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
                "<= " + std::to_string(kMaxBackwardStateSize) + " on the CUDA backward", N);
   SSMKIT_CHECK(batch <= 65535, "u", "batch size", "<= 65535 on CUDA", batch);
   SSMKIT_CHECK(L <= (Index{1} << 31) - 1 - Policy::kChunk, "u", "length", "< 2^31 on CUDA", L);
-  const detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, G);
+  const detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, G, !p.checkpoints.absent());
   SSMKIT_CHECK(G * plan.slices_per_group <= 65535, "u", "channels",
                "at most 65535 blocks of channels on CUDA", D);
+  SSMKIT_CHECK(p.checkpoints.absent() || p.checkpoint_interval == plan.chunk_len,
+               "checkpoint_interval", "value",
+               std::to_string(plan.chunk_len) +
+                   " (the backward's chunk length at N = " + std::to_string(N) + ")",
+               p.checkpoint_interval);
   const std::size_t need = plan.workspace_bytes();
   SSMKIT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need), "workspace", "bytes",
                ">= " + std::to_string(need), workspace == nullptr ? 0 : workspace_bytes);

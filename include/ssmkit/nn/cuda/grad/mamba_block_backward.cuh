@@ -42,6 +42,7 @@ class MambaBlockBackwardWorkspace {
       grow(*b, tokens * width);
     for (auto* b : {&A_, &dA_})
       grow(*b, di * c.d_state);
+    grow(checkpoints_, checkpoint_count(c, L) * batch * di * c.d_state);
     linear_.reserve(tokens);
   }
 
@@ -62,7 +63,14 @@ class MambaBlockBackwardWorkspace {
   /// mamba_block_forward leaves them here for (batch, L) sequences.
   template <class Scan>
   void scan_inputs(Scan& s, const MambaBlockConfig& c, const MambaBlockWeightViews<const float>& w,
-                   Index batch, Index L) const;
+                   Index batch, Index L);
+
+  /// The scan's checkpoints per sequence: the forward takes them where the backward can start
+  /// from them (N <= 64, see selective_scan_checkpoint_interval).
+  static Index checkpoint_count(const MambaBlockConfig& c, Index L) {
+    const Index every = selective_scan_checkpoint_interval(c.d_state);
+    return c.d_state <= 64 ? (L + every - 1) / every : 0;
+  }
 
   static void grow(cuda::DeviceBuffer<float>& b, Index n) {
     if (b.size() < n)
@@ -77,6 +85,7 @@ class MambaBlockBackwardWorkspace {
   cuda::LinearBackwardWorkspace linear_;
   cuda::DeviceBuffer<float> xz_, u_, xdbl_, delta_, y_, A_;
   cuda::DeviceBuffer<float> dxz_, dy_, du_, ddelta_, dxdbl_, dA_;
+  cuda::DeviceBuffer<float> checkpoints_;      // the forward's, which the backward starts from
   cuda::DeviceBuffer<unsigned char> scratch_;  // scan and conv workspaces, one call at a time
 };
 
@@ -190,7 +199,7 @@ TensorView<P, 4> state_rows(P* xdbl, Index col, Index batch, Index L, Index N, I
 template <class Scan>
 void MambaBlockBackwardWorkspace::scan_inputs(Scan& s, const MambaBlockConfig& c,
                                               const MambaBlockWeightViews<const float>& w,
-                                              Index batch, Index L) const {
+                                              Index batch, Index L) {
   using detail::sequence;
   const Index di = c.d_inner, N = c.d_state, R = c.dt_rank, width = R + 2 * N;
   s.u = sequence<const float>(u_.data(), batch, L, di, di);
@@ -202,6 +211,13 @@ void MambaBlockBackwardWorkspace::scan_inputs(Scan& s, const MambaBlockConfig& c
   s.delta_bias = w.dt_proj_bias;
   s.z = sequence<const float>(xz_.data() + di, batch, L, di, 2 * di);
   s.delta_softplus = true;
+  const Index count = checkpoint_count(c, L);
+  if (count > 0 && batch > 0 && di > 0) {
+    const Shape<4> shape{count, batch, di, N};
+    s.checkpoints = decltype(s.checkpoints)::unchecked(checkpoints_.data(), shape,
+                                                       contiguous_strides<4>(shape), Device::CUDA);
+    s.checkpoint_interval = selective_scan_checkpoint_interval(N);
+  }
 }
 
 /// out (batch, L, d_model) = block(x), or out += block(x) with `accumulate` (a residual stream),
