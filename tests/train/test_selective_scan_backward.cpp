@@ -1,9 +1,11 @@
 // The selective scan's backward: the double reference and the fast CPU backward against central
 // finite differences of the double forward oracle over every option combination, then the fast
-// backward in float against the double reference on larger, strided problems.
+// backward in float against the double reference on larger, strided problems, also from the
+// forward's checkpoints.
 #include "scan_backward_problem.hpp"
 #include "testing.hpp"
 
+#include <ssmkit/kernels/cpu/selective_scan.hpp>
 #include <ssmkit/kernels/cpu/selective_scan_backward.hpp>
 #include <ssmkit/kernels/cpu/selective_scan_backward_reference.hpp>
 #include <ssmkit/kernels/cpu/selective_scan_reference.hpp>
@@ -151,6 +153,44 @@ TEST(SelectiveScanBackward, FloatMatchesDoubleReference) {
     for (const auto& policy : {cpu::SelectiveScanBackwardPolicy{}, small}) {
       SCOPED_TRACE("chunk " + std::to_string(policy.chunk_length));
       expect_gradients_near(run_fast<float>(pr, policy), want, 1e-5);
+    }
+  }
+}
+
+// The backward starting its chunks from the fast forward's checkpoints (every 64 steps, every 7,
+// and one for the whole sequence) against the double reference; and it does start from them:
+// zero checkpoints where h0 is not zero give other gradients.
+TEST(SelectiveScanBackward, FromForwardCheckpoints) {
+  ScanOptions all;
+  all.softplus = all.bias = all.skip = all.gate = all.h0 = all.dh_final = true;
+  all.groups = 2;
+  for (bool channel_major : {false, true}) {
+    all.channel_major = channel_major;
+    ScanProblem<float> pr(2, 300, 40, 16, all, 9);
+    SCOPED_TRACE(pr.opt.str());
+    auto pd = pr.cast<double>();
+    const auto want = run_reference<double>(pd);
+    for (const Index every : {64, 7, 1000}) {
+      SCOPED_TRACE("every " + std::to_string(every));
+      const Index count = (pr.L + every - 1) / every;
+      HostTensor<float, 4> ck({count, pr.batch, pr.D, pr.N});
+      std::vector<float> out(static_cast<std::size_t>(pr.batch * pr.L * pr.D));
+      auto p = pr.params();
+      auto f = p.forward(activation_view<float>(out.data(), pr.batch, pr.L, pr.D, false));
+      f.checkpoints = ck.view();
+      f.checkpoint_interval = every;
+      cpu::selective_scan(f);
+      ScanGradients<float> g(pr);
+      g.attach(p, pr);
+      p.checkpoints = ck.view();
+      p.checkpoint_interval = every;
+      cpu::selective_scan_backward(p);
+      expect_gradients_near(g, want, 1e-5);
+      if (every == 64) {
+        std::fill(ck.data(), ck.data() + ck.numel(), 0.f);
+        cpu::selective_scan_backward(p);
+        EXPECT_GT(rel_error(g.dA, want.dA), 1e-3) << "zero checkpoints, yet the same dA";
+      }
     }
   }
 }

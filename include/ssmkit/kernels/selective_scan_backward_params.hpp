@@ -25,9 +25,10 @@ struct SelectiveScanBackwardParams {
   TensorView<const W, 3> h0;          ///< (batch, D, N) optional
   bool delta_softplus = false;
   /// Optional: the forward's checkpoints on these inputs (SelectiveScanParams::checkpoints) and
-  /// their interval. The CUDA backward then starts each chunk from them and skips the passes that
-  /// would recompute them; it needs checkpoint_interval = selective_scan_checkpoint_interval(N).
-  /// The CPU backward recomputes its own states and reads neither.
+  /// their interval. The backward then starts each chunk from them instead of recomputing them
+  /// (trusting them: other states give the gradients of another forward). The CUDA backward needs
+  /// checkpoint_interval = selective_scan_checkpoint_interval(N); the CPU one takes any interval
+  /// as its chunk length.
   TensorView<const W, 4> checkpoints;
   Index checkpoint_interval = 0;
 

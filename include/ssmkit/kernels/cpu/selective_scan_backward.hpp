@@ -1,8 +1,8 @@
 // The S6 selective scan's backward pass on the CPU (reverse-mode derivative of Mamba's Algorithm 2,
 // arXiv 2312.00752): with g_t = ∂ℓ/∂h_t = Ā_{t+1}·g_{t+1} + dy_t·C_t, every gradient is a local
 // product of g_t, h_{t-1} and the step's inputs. States are recomputed chunk by chunk from states
-// saved at chunk boundaries: O((L/chunk + chunk)·N) per channel lane plus L·N per task for the
-// dB, dC sums, never B·L·D·N.
+// saved at chunk boundaries (by a walk forwards, or the forward's checkpoints):
+// O((L/chunk + chunk)·N) per channel lane plus L·N per task for the dB, dC sums, never B·L·D·N.
 #pragma once
 
 #include "ssmkit/core/parallel.hpp"
@@ -22,7 +22,8 @@ namespace ssmkit::cpu {
 /// How the backward splits its work. Results depend on these, never on the thread count.
 struct SelectiveScanBackwardPolicy {
   /// Time steps recomputed at once. Each task keeps L/chunk_length saved states and one chunk of
-  /// states (both times N per channel lane); about sqrt(L) minimises that.
+  /// states (both times N per channel lane); about sqrt(L) minimises that. With the forward's
+  /// checkpoints the chunks are their interval instead.
   Index chunk_length = 64;
   /// Channels of one group per parallel task. Each task sums its channels' dB, dC (L·N values)
   /// privately; the slices are then added in a fixed order.
@@ -109,12 +110,21 @@ class ScanBackwardLanes {
     skip_ = P::load(skip);
     dskip_ = dbias_ = P::broadcast(F(0));
 
-    // Forward over the whole sequence, saving the state entering each chunk.
-    for (Index t = 0; t < L; ++t) {
-      if (t % K_ == 0)
-        std::copy(h_.begin(), h_.end(), saved_.begin() + (t / K_) * N * V);
-      load_step(t, 0, false);
-      step(t, 0, h_.data(), h_.data(), nullptr);
+    // The state entering each chunk: the forward's checkpoints, or a walk forwards over the
+    // sequence saving them.
+    if (!p_.checkpoints.absent()) {
+      std::fill(saved_.begin(), saved_.end(), F(0));
+      for (Index c = 0; c < (L + K_ - 1) / K_; ++c)
+        for (Index n = 0; n < N; ++n)
+          for (Index j = 0; j < lanes; ++j)
+            saved_[sz((c * N + n) * V + j)] = static_cast<F>(p_.checkpoints(c, b, d0 + j, n));
+    } else {
+      for (Index t = 0; t < L; ++t) {
+        if (t % K_ == 0)
+          std::copy(h_.begin(), h_.end(), saved_.begin() + (t / K_) * N * V);
+        load_step(t, 0, false);
+        step(t, 0, h_.data(), h_.data(), nullptr);
+      }
     }
     // Chunks in reverse: recompute their states, then run the reverse recurrence through them.
     for (Index c = (L + K_ - 1) / K_ - 1; c >= 0; --c) {
@@ -268,7 +278,8 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p,
                policy.channels_per_task);
   const Index batch = p.batch(), L = p.length(), D = p.channels(), N = p.state_size();
   const Index G = p.groups(), Dg = D / G;
-  const Index K = std::min(policy.chunk_length, std::max<Index>(L, 1));
+  const Index K = std::min(p.checkpoints.absent() ? policy.chunk_length : p.checkpoint_interval,
+                           std::max<Index>(L, 1));
   const Index slices = (Dg + policy.channels_per_task - 1) / policy.channels_per_task;
   const Index slice_width = slices ? (Dg + slices - 1) / slices : 0;
   auto sz = [](Index n) { return static_cast<std::size_t>(n); };

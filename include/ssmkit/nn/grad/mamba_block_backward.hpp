@@ -107,7 +107,16 @@ void mamba_block_backward(const MambaBlock<T>& block, TensorView<const T, 3> x,
   s.delta_bias = w.dt_proj_bias.view();
   s.z = seq(xz.data() + di, di, 2 * di);
   s.delta_softplus = true;
-  cpu::selective_scan(s.forward(seq(y.data(), di, di)));
+  // The scan's states every `every` steps, which the backward starts its chunks from.
+  const Index every = selective_scan_checkpoint_interval(N), count = (L + every - 1) / every;
+  auto checkpoints = buf(count * batch * di * N);
+  const TensorView<T, 4> ck(checkpoints.data(), {count, batch, di, N}, "checkpoints");
+  SelectiveScanParams<T> f = s.forward(seq(y.data(), di, di));
+  f.checkpoints = ck;
+  f.checkpoint_interval = every;
+  cpu::selective_scan(f);
+  s.checkpoints = ck;
+  s.checkpoint_interval = every;
 
   // Backward.
   auto dy = buf(tokens * di), dxz = buf(tokens * 2 * di), dxdbl = buf(tokens * width);
