@@ -85,8 +85,9 @@ struct BackwardProblem {
 
 struct BackwardTiming {
   double total_ms, local_ms, join_ms, chunks_ms, finish_ms, workspace_mb;
-  // From the forward's checkpoints: the backward, and the forward with and without taking them.
-  double checkpoints_ms, forward_ms, forward_checkpoints_ms;
+  // From the forward's checkpoints (every chunk, then every sub-chunk: fine): the backward, and
+  // the forward with and without taking them.
+  double checkpoints_ms, forward_ms, forward_checkpoints_ms, fine_ms, forward_fine_ms;
 };
 
 template <class T>
@@ -117,27 +118,31 @@ BackwardTiming time_backward(const BackwardShape& shape, bool channel_major, int
   });
 
   // The forward (its output in du, which the backward overwrites) taking checkpoints at the
-  // backward's chunk length, then the backward from them.
-  const Index every = selective_scan_checkpoint_interval(shape.N);
-  const Index count = (shape.L + every - 1) / every;
-  cuda::DeviceBuffer<float> ck(count * shape.batch * shape.D * shape.N);
+  // backward's chunk, then sub-chunk length, and the backward from them.
   SelectiveScanParams<T, float> f = pr.p.forward(pr.p.du);
   const std::size_t fbytes = cuda::selective_scan_workspace_size(f);
   cuda::DeviceBuffer<char> fws(static_cast<Index>(std::max<std::size_t>(fbytes, 1)));
   t.forward_ms =
       median_ms(3, runs, [&](int) { cuda::selective_scan(f, nullptr, fws.data(), fbytes); });
-  f.checkpoints = ck.view<4>({count, shape.batch, shape.D, shape.N});
-  f.checkpoint_interval = every;
-  t.forward_checkpoints_ms =
-      median_ms(3, runs, [&](int) { cuda::selective_scan(f, nullptr, fws.data(), fbytes); });
-  SelectiveScanBackwardParams<T, float> from = pr.p;
-  from.checkpoints = f.checkpoints;
-  from.checkpoint_interval = every;
-  const std::size_t cbytes = cuda::selective_scan_backward_workspace_size<Policy>(from);
-  cuda::DeviceBuffer<char> cws(static_cast<Index>(cbytes));
-  t.checkpoints_ms = median_ms(3, runs, [&](int) {
-    cuda::selective_scan_backward<Policy>(from, nullptr, cws.data(), cbytes);
-  });
+  const auto from_checkpoints = [&](Index every, double& forward_ms, double& backward_ms) {
+    const Index count = (shape.L + every - 1) / every;
+    cuda::DeviceBuffer<float> ck(count * shape.batch * shape.D * shape.N);
+    f.checkpoints = ck.view<4>({count, shape.batch, shape.D, shape.N});
+    f.checkpoint_interval = every;
+    forward_ms =
+        median_ms(3, runs, [&](int) { cuda::selective_scan(f, nullptr, fws.data(), fbytes); });
+    SelectiveScanBackwardParams<T, float> from = pr.p;
+    from.checkpoints = f.checkpoints;
+    from.checkpoint_interval = every;
+    const std::size_t cbytes = cuda::selective_scan_backward_workspace_size<Policy>(from);
+    cuda::DeviceBuffer<char> cws(static_cast<Index>(cbytes));
+    backward_ms = median_ms(3, runs, [&](int) {
+      cuda::selective_scan_backward<Policy>(from, nullptr, cws.data(), cbytes);
+    });
+  };
+  from_checkpoints(selective_scan_checkpoint_interval(shape.N), t.forward_checkpoints_ms,
+                   t.checkpoints_ms);
+  from_checkpoints(kSelectiveScanFineCheckpointInterval, t.forward_fine_ms, t.fine_ms);
   return t;
 }
 
@@ -163,14 +168,15 @@ int main(int argc, char** argv) {
       shapes.resize(1);
     std::printf("## selective scan backward (N=16, z, D, delta_bias, softplus)\n\n");
     std::printf(
-        "Without checkpoints, then from the forward's checkpoints (passes 1 and 2 form the "
-        "adjoints alone; mamba_ssm's backward likewise starts from states its forward saved), "
-        "and what taking them adds to the forward.\n\n");
+        "Without checkpoints, then from the forward's checkpoints every chunk (passes 1 and 2 "
+        "form the adjoints alone; mamba_ssm's backward likewise starts from states its forward "
+        "saved) and every sub-chunk (fine: pass 3 has no walk forwards either), and what taking "
+        "them adds to the forward.\n\n");
     std::printf(
         "| shape | dtype | layout | time ms | mamba_ssm bwd ms | x faster | pass 1 ms | join ms | "
-        "pass 3 ms | finish ms | workspace MB | from checkpoints ms | x faster | forward ms | "
-        "+ checkpoints ms |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+        "pass 3 ms | finish ms | workspace MB | from checkpoints ms | x faster | from fine ms | "
+        "x faster | forward ms | + checkpoints ms | + fine ms |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const BackwardShape& s : shapes)
       for (const bool bf16 : {false, true})
         for (const bool cm : {false, true}) {
@@ -179,12 +185,13 @@ int main(int argc, char** argv) {
           const double mamba = bf16 ? s.mamba_bf16_ms : s.mamba_fp32_ms;
           std::printf(
               "| B=%lld D=%lld L=%lld | %s | %s | %.3f | %.2f | %.2f | %.3f | %.3f | %.3f | "
-              "%.3f | %.0f | %.3f | %.2f | %.3f | %.3f |\n",
+              "%.3f | %.0f | %.3f | %.2f | %.3f | %.2f | %.3f | %.3f | %.3f |\n",
               static_cast<long long>(s.batch), static_cast<long long>(s.D),
               static_cast<long long>(s.L), bf16 ? "bf16" : "fp32", cm ? "channel" : "token",
               t.total_ms, mamba, mamba / t.total_ms, t.local_ms, t.join_ms, t.chunks_ms,
-              t.finish_ms, t.workspace_mb, t.checkpoints_ms, mamba / t.checkpoints_ms, t.forward_ms,
-              t.forward_checkpoints_ms - t.forward_ms);
+              t.finish_ms, t.workspace_mb, t.checkpoints_ms, mamba / t.checkpoints_ms, t.fine_ms,
+              mamba / t.fine_ms, t.forward_ms, t.forward_checkpoints_ms - t.forward_ms,
+              t.forward_fine_ms - t.forward_ms);
           std::fflush(stdout);
         }
   } catch (const std::exception& e) {

@@ -20,6 +20,7 @@ struct BackwardCase {
   bool bias = true, softplus = true, skip = true, gate = true, h0 = true, dh_final = true;
   bool channel_major = false;  // activations (batch, D, L) and B, C (batch, G, N, L) in memory
   bool checkpoints = false;    // the backward starts from the CUDA forward's checkpoints
+  bool fine = false;           // ... taken every kSelectiveScanFineCheckpointInterval steps
   std::uint64_t seed = 1;
 
   std::string name() const {
@@ -27,7 +28,8 @@ struct BackwardCase {
            " D=" + std::to_string(D) + " N=" + std::to_string(N) + " G=" + std::to_string(G) +
            (channel_major ? " channel-major" : " token-major") + (bias ? " bias" : "") +
            (softplus ? " softplus" : "") + (skip ? " D" : "") + (gate ? " z" : "") +
-           (h0 ? " h0" : "") + (dh_final ? " dh_final" : "") + (checkpoints ? " checkpoints" : "");
+           (h0 ? " h0" : "") + (dh_final ? " dh_final" : "") +
+           (checkpoints ? (fine ? " fine checkpoints" : " checkpoints") : "");
   }
 };
 
@@ -116,7 +118,8 @@ void check_backward(const BackwardCase& c, double tol) {
   cpu::selective_scan_backward_reference(ref);
 
   // The CUDA forward's checkpoints against the oracle's, then the backward starts from them.
-  const Index every = selective_scan_checkpoint_interval(c.N);
+  const Index every =
+      c.fine ? kSelectiveScanFineCheckpointInterval : selective_scan_checkpoint_interval(c.N);
   const Index count = (c.L + every - 1) / every;
   DualTensor<float, 4> ck({count, c.batch, c.D, c.N}, {0, 1, 2, 3}, c.seed * 1000 + 500, -1, 1, s);
   DualTensor<T, 3> out(acts, act, c.seed * 1000 + 501, -1, 1, s);
@@ -247,13 +250,15 @@ TEST(CudaSelectiveScanBackwardLong, LongSequence) {
   check_backward<float>(c, 1e-5);
   c.checkpoints = true, c.seed = 71;  // 313 chunks
   check_backward<float>(c, 1e-5);
+  c.fine = true, c.seed = 72;
+  check_backward<float>(c, 1e-5);
 }
 
 TEST(CudaSelectiveScanBackward, FromForwardCheckpoints) {
   SSMKIT_REQUIRE_GPU();
   // Every option and both layouts (L = 300: a partial last chunk and sub-chunk), option subsets,
   // N = 3, 20 and 64 (checkpoints every 64, 32 and 16 steps), 2-byte storage, 18 chunks of 600
-  // channels, short and empty sequences.
+  // channels, short and empty sequences; all again from checkpoints every 8 steps (fine).
   std::vector<BackwardCase> cases;
   for (const bool cm : {false, true}) {
     BackwardCase c;
@@ -287,14 +292,15 @@ TEST(CudaSelectiveScanBackward, FromForwardCheckpoints) {
     c.L = L, c.seed = 160 + static_cast<std::uint64_t>(L);
     cases.push_back(c);
   }
-  for (BackwardCase c : cases) {
-    c.checkpoints = true;
-    check_backward<float>(c, 1e-5);
-  }
+  for (const bool fine : {false, true})
+    for (BackwardCase c : cases) {
+      c.checkpoints = true, c.fine = fine;
+      check_backward<float>(c, 1e-5);
+    }
   BackwardCase c;
   c.checkpoints = true, c.L = 150, c.seed = 170;
   check_backward<__half>(c, 1e-2);
-  c.channel_major = true;
+  c.channel_major = true, c.fine = true;
   check_backward<__nv_bfloat16>(c, 1e-2);
 }
 
@@ -342,7 +348,7 @@ TEST(CudaSelectiveScanBackward, RejectsBadArguments) {
   SelectiveScanBackwardParams<float, float> every = p;  // checkpoints 4 steps apart, not 64
   every.checkpoints = ck_buf.view<4>({2, batch, D, N});
   every.checkpoint_interval = 4;
-  SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(every, s), "checkpoint_interval", "64");
+  SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(every, s), "checkpoint_interval", "64 or 8");
   every.checkpoints = ck_buf.view<4>({1, batch, D, N});  // 1 checkpoint where 2 are due
   SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(every, s), "checkpoints", "shape");
   SelectiveScanParams<float, float> fwd = p.forward(grad.device_view());

@@ -27,8 +27,8 @@ struct SelectiveScanBackwardParams {
   /// Optional: the forward's checkpoints on these inputs (SelectiveScanParams::checkpoints) and
   /// their interval. The backward then starts each chunk from them instead of recomputing them
   /// (trusting them: other states give the gradients of another forward). The CUDA backward needs
-  /// checkpoint_interval = selective_scan_checkpoint_interval(N); the CPU one takes any interval
-  /// as its chunk length.
+  /// checkpoint_interval = selective_scan_checkpoint_interval(N) or
+  /// kSelectiveScanFineCheckpointInterval; the CPU one takes any interval as its chunk length.
   TensorView<const W, 4> checkpoints;
   Index checkpoint_interval = 0;
 

@@ -55,6 +55,11 @@ inline constexpr Index selective_scan_checkpoint_interval(Index N) {
   return N <= 16 ? 64 : N <= 32 ? 32 : N <= 64 ? 16 : 8;
 }
 
+/// The CUDA backward's sub-chunk length: checkpoints this close (8× as many as at
+/// selective_scan_checkpoint_interval for N <= 16) also spare its last pass the walk to each
+/// sub-chunk.
+inline constexpr Index kSelectiveScanFineCheckpointInterval = 8;
+
 namespace detail {
 
 template <class V, class Shp>

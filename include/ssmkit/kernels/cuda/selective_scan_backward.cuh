@@ -73,8 +73,11 @@ struct ScanBackwardArgs {
   Index h0_s[3];
   const float* checkpoints;  // the forward's (chunks, batch, D, N), or null
   Index checkpoints_s[4];
-  const float* entry;  // the state entering each chunk (pass 3): checkpoints, else chunk_h
+  // The states pass 3 starts from: checkpoints, else chunk_h; entry_every of them per chunk (one,
+  // or one per sub-chunk: then pass 3 has no walk forwards through the chunk)
+  const float* entry;
   Index entry_s[4];
+  int entry_every;
   const float* dh_final;
   Index dh_final_s[3];
 
@@ -576,8 +579,9 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
 /// state keeps the state entering each sub-chunk in shared memory; then, sub-chunk by sub-chunk
 /// from the last, the states and decays are recomputed into registers (giving dz) and the
 /// adjoint runs back through them (giving du, ddelta). kSameLayout: every (batch, time, channel)
-/// operand has u's batch and channel strides (ScanBackwardArgs::same_layout).
-template <class Policy, int kLanes, bool kSameLayout, class T>
+/// operand has u's batch and channel strides (ScanBackwardArgs::same_layout). kFine: the entry
+/// state of every sub-chunk is a checkpoint, read a sub-chunk ahead instead of walked to.
+template <class Policy, int kLanes, bool kSameLayout, bool kFine, class T>
 __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     scan_backward_chunk_kernel(const ScanBackwardArgs<T> a) {
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk, NT = Policy::kThreads;
@@ -631,13 +635,19 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
     const float skip = a.D_skip != nullptr ? a.D_skip[d * a.D_skip_s] : 0.f;
     const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
-    const float* entry_h = a.entry + c * a.entry_s[0] + b * a.entry_s[1] + d * a.entry_s[2];
+    // Sub-chunk j's entry state (kFine), or the chunk's (j = 0).
+    const float* entry_h = a.entry + static_cast<Index>(c) * a.entry_every * a.entry_s[0] +
+                           b * a.entry_s[1] + d * a.entry_s[2];
+    const auto entry_state = [&](int j, float(&v)[S]) {
 #pragma unroll
-    for (int i = 0; i < S; ++i) {
-      const bool here = lp.n0 + i < N;
-      h[i] = here ? entry_h[(lp.n0 + i) * a.entry_s[3]] : 0.f;
-      q[i] = here && active ? a.chunk_q[row * N + lp.n0 + i] : 0.f;
-    }
+      for (int i = 0; i < S; ++i)
+        v[i] = lp.n0 + i < N ? entry_h[j * a.entry_s[0] + (lp.n0 + i) * a.entry_s[3]] : 0.f;
+    };
+    if constexpr (!kFine)
+      entry_state(0, h);
+#pragma unroll
+    for (int i = 0; i < S; ++i)
+      q[i] = lp.n0 + i < N && active ? a.chunk_q[row * N + lp.n0 + i] : 0.f;
 
     // The state entering each sub-chunk (the last sub-chunk's states are not needed).
     using Rows = std::conditional_t<kSameLayout, ChannelOffset<T>, ChannelCoords<T>>;
@@ -651,11 +661,11 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     const int last_t0 = t_begin + (subs - 1) * K, last_steps = len - (subs - 1) * K;
     StepPrefetch<R, false, T> sweep_next;
     StepPrefetch<R, true, T> next;
-    if (subs > 1)
+    if (subs > 1 && !kFine)
       sweep_next.load(a, rows, t_begin, K, lp.lane, lanes, active);
     else
       next.load(a, rows, last_t0, last_steps, lp.lane, lanes, active);
-    for (int j = 0;; ++j) {
+    for (int j = 0; !kFine; ++j) {
 #pragma unroll
       for (int i = 0; i < S; ++i)
         entry[(j * S + i) * NT + tid] = h[i];
@@ -686,12 +696,16 @@ __global__ void __launch_bounds__(Policy::kThreads, Policy::kMinBlocksPerSM)
     }
 
     float d_skip = 0.f, d_bias = 0.f;
+    if constexpr (kFine)
+      entry_state(subs - 1, h);  // h: the next sub-chunk's entry state from here on
     for (int j = subs - 1; j >= 0; --j) {
       const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
       float hs[K + 1][S], decay[K][S];
 #pragma unroll
       for (int i = 0; i < S; ++i)
-        hs[0][i] = entry[(j * S + i) * NT + tid];
+        hs[0][i] = kFine ? h[i] : entry[(j * S + i) * NT + tid];
+      if (kFine && j > 0)
+        entry_state(j - 1, h);
       // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
       next.template prepare_padded<K, true>(
           a, rows, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
@@ -1001,11 +1015,13 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
   a.chunk_h = plan.from_checkpoints ? nullptr : a.chunk_dt + chunks * batch * D;
   a.chunk_q = a.chunk_dt + chunks * batch * D * (plan.from_checkpoints ? 1 : N + 1);
   a.entry = plan.from_checkpoints ? a.checkpoints : a.chunk_h;
+  a.entry_every = 1;
   if (!plan.from_checkpoints) {
     const Index s[4] = {batch * D * N, D * N, N, 1};
     std::copy(s, s + 4, a.entry_s);
   } else {
     std::copy(a.checkpoints_s, a.checkpoints_s + 4, a.entry_s);
+    a.entry_every = static_cast<int>(plan.chunk_len / p.checkpoint_interval);
   }
   a.batch = static_cast<int>(batch);
   a.L = static_cast<int>(L);
@@ -1107,12 +1123,19 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
     allow_dynamic_smem(kernel, smem);
     kernel<<<grid, Policy::kThreads, smem, stream>>>(a);
   };
-  if (plan.lanes_per_channel == kUsualLanes && a.same_layout)
-    launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, T>);
-  else if (plan.lanes_per_channel == kUsualLanes)
-    launch(scan_backward_chunk_kernel<Policy, kUsualLanes, false, T>);
+  const auto pick = [&](auto fine) {
+    constexpr bool kFine = decltype(fine)::value;
+    if (plan.lanes_per_channel == kUsualLanes && a.same_layout)
+      launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, kFine, T>);
+    else if (plan.lanes_per_channel == kUsualLanes)
+      launch(scan_backward_chunk_kernel<Policy, kUsualLanes, false, kFine, T>);
+    else
+      launch(scan_backward_chunk_kernel<Policy, 0, false, kFine, T>);
+  };
+  if (a.entry_every > 1)
+    pick(std::true_type{});
   else
-    launch(scan_backward_chunk_kernel<Policy, 0, false, T>);
+    pick(std::false_type{});
   SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_chunk_kernel");
 }
 
@@ -1170,10 +1193,11 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
   const detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, G, !p.checkpoints.absent());
   SSMKIT_CHECK(G * plan.slices_per_group <= 65535, "u", "channels",
                "at most 65535 blocks of channels on CUDA", D);
-  SSMKIT_CHECK(p.checkpoints.absent() || p.checkpoint_interval == plan.chunk_len,
+  SSMKIT_CHECK(p.checkpoints.absent() || p.checkpoint_interval == plan.chunk_len ||
+                   p.checkpoint_interval == Policy::kSubChunk,
                "checkpoint_interval", "value",
-               std::to_string(plan.chunk_len) +
-                   " (the backward's chunk length at N = " + std::to_string(N) + ")",
+               std::to_string(plan.chunk_len) + " or " + std::to_string(Policy::kSubChunk) +
+                   " (the backward's chunk and sub-chunk lengths at N = " + std::to_string(N) + ")",
                p.checkpoint_interval);
   const std::size_t need = plan.workspace_bytes();
   SSMKIT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need), "workspace", "bytes",
