@@ -113,13 +113,7 @@ void validate(const SelectiveScanBackwardParams<T, W>& p, Device device) {
                          device);
   detail::check_gradient(p.dz, "dz", p.z, "z", Shape<3>{batch, L, D}, device);
   detail::check_gradient(p.dh0, "dh0", p.h0, "h0", Shape<3>{batch, D, N}, device);
-  if (!p.checkpoints.absent()) {
-    SSMKIT_CHECK(p.checkpoint_interval >= 1, "checkpoint_interval", "value", ">= 1",
-                 p.checkpoint_interval);
-    const Index count = (L + p.checkpoint_interval - 1) / p.checkpoint_interval;
-    check_shape(p.checkpoints, "checkpoints", {count, batch, D, N});
-    check_device(p.checkpoints, "checkpoints", device);
-  }
+  detail::check_checkpoints(p.checkpoints, p.checkpoint_interval, batch, L, D, N, device);
 }
 
 }  // namespace ssmkit

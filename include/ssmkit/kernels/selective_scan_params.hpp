@@ -80,6 +80,17 @@ void check_finite(const TensorView<const W, 1>& v, const char* arg) {
   }
 }
 
+/// Optional checkpoints every `interval` steps of (batch, L) sequences of D channels, N states.
+template <class V>
+void check_checkpoints(const V& checkpoints, Index interval, Index batch, Index L, Index D, Index N,
+                       Device device) {
+  if (checkpoints.absent())
+    return;
+  SSMKIT_CHECK(interval >= 1, "checkpoint_interval", "value", ">= 1", interval);
+  check_shape(checkpoints, "checkpoints", {(L + interval - 1) / interval, batch, D, N});
+  check_device(checkpoints, "checkpoints", device);
+}
+
 }  // namespace detail
 
 /// Throws ssmkit::Error naming the first argument whose shape, device or value is wrong.
@@ -111,13 +122,7 @@ void validate(const SelectiveScanParams<T, W>& p, Device device) {
   detail::check_optional(p.z, "z", Shape<3>{batch, L, D}, device);
   detail::check_optional(p.h0, "h0", Shape<3>{batch, D, N}, device);
   detail::check_optional(p.h_final, "h_final", Shape<3>{batch, D, N}, device);
-  if (!p.checkpoints.absent()) {
-    SSMKIT_CHECK(p.checkpoint_interval >= 1, "checkpoint_interval", "value", ">= 1",
-                 p.checkpoint_interval);
-    const Index count = (L + p.checkpoint_interval - 1) / p.checkpoint_interval;
-    check_shape(p.checkpoints, "checkpoints", {count, batch, D, N});
-    check_device(p.checkpoints, "checkpoints", device);
-  }
+  detail::check_checkpoints(p.checkpoints, p.checkpoint_interval, batch, L, D, N, device);
   if (device == Device::CPU) {
     for (Index d = 0; d < D; ++d)
       for (Index n = 0; n < N; ++n) {
