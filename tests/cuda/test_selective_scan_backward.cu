@@ -160,6 +160,18 @@ void check_backward(const BackwardCase& c, double tol) {
     EXPECT_LE(rel_error(dh0.download(s), r_dh0), tol) << "dh0";
 }
 
+/// A small case with each set bit of `mask` turning one option off (softplus, δ_bias, D, z, h0,
+/// dh_final), the layout alternating with the mask.
+BackwardCase option_subset(int mask, std::uint64_t seed) {
+  BackwardCase c;
+  c.softplus = !(mask & 1), c.bias = !(mask & 2), c.skip = !(mask & 4);
+  c.gate = !(mask & 8), c.h0 = !(mask & 16), c.dh_final = !(mask & 32);
+  c.channel_major = mask % 2 == 0;
+  c.batch = 1, c.L = 133, c.D = 24;
+  c.seed = seed;
+  return c;
+}
+
 TEST(CudaSelectiveScanBackward, FloatEveryOptionBothLayouts) {
   SSMKIT_REQUIRE_GPU();
   // L = 300: five chunks of 64, the last partial, its last sub-chunk partial too.
@@ -173,16 +185,8 @@ TEST(CudaSelectiveScanBackward, FloatEveryOptionBothLayouts) {
 
 TEST(CudaSelectiveScanBackward, FloatOptionSubsets) {
   SSMKIT_REQUIRE_GPU();
-  // Each bit of the mask turns one option off; the layout alternates.
-  for (int mask = 1; mask < 64; mask += 3) {
-    BackwardCase c;
-    c.softplus = !(mask & 1), c.bias = !(mask & 2), c.skip = !(mask & 4);
-    c.gate = !(mask & 8), c.h0 = !(mask & 16), c.dh_final = !(mask & 32);
-    c.channel_major = mask % 2 == 0;
-    c.batch = 1, c.L = 133, c.D = 24;
-    c.seed = 10 + static_cast<std::uint64_t>(mask);
-    check_backward<float>(c, 1e-5);
-  }
+  for (int mask = 1; mask < 64; mask += 3)
+    check_backward<float>(option_subset(mask, 10 + static_cast<std::uint64_t>(mask)), 1e-5);
 }
 
 TEST(CudaSelectiveScanBackward, OddStateSizesAndGroups) {
@@ -266,15 +270,8 @@ TEST(CudaSelectiveScanBackward, FromForwardCheckpoints) {
     c.seed = cm ? 102 : 101;
     cases.push_back(c);
   }
-  for (int mask = 1; mask < 64; mask += 5) {
-    BackwardCase c;
-    c.softplus = !(mask & 1), c.bias = !(mask & 2), c.skip = !(mask & 4);
-    c.gate = !(mask & 8), c.h0 = !(mask & 16), c.dh_final = !(mask & 32);
-    c.channel_major = mask % 2 == 0;
-    c.batch = 1, c.L = 133, c.D = 24;
-    c.seed = 110 + static_cast<std::uint64_t>(mask);
-    cases.push_back(c);
-  }
+  for (int mask = 1; mask < 64; mask += 5)
+    cases.push_back(option_subset(mask, 110 + static_cast<std::uint64_t>(mask)));
   const Index sizes[] = {3, 20, 64};
   for (int i = 0; i < 3; ++i) {
     BackwardCase c;
