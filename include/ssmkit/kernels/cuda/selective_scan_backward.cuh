@@ -10,8 +10,9 @@
 //     (h ← 2^(A·log2e·ΣΔ)·h + h_local, and the same backwards for q), and ∂ℓ/∂h0. When the
 //     forward left checkpoints at the chunks' starts, the states entering them are those, and
 //     passes 1 and 2 form the adjoints alone;
-//  3. each chunk recomputes its states from its entry state, sub-chunk by sub-chunk in registers,
-//     and runs the adjoint back through them. dB and dC (shared by a group's channels) meet in
+//  3. each chunk recomputes its states from its entry state, sub-chunk by sub-chunk in registers
+//     (from checkpoints at every sub-chunk, when the forward took them that often), and runs the
+//     adjoint back through them. dB and dC (shared by a group's channels) meet in
 //     shared memory, dA, dD, dδ_bias (shared by batch and time) go to float accumulators by
 //     atomics, and a last pass rounds the accumulators into the gradient views.
 #pragma once
