@@ -84,6 +84,7 @@ struct ScanBackwardArgs {
   const float* entry;
   Index entry_s[4];
   int entry_every;
+  bool entry_vec;  // a channel's entry states contiguous, 16-byte aligned, and N % 4 == 0
   const float* dh_final;
   Index dh_final_s[3];
 
@@ -122,7 +123,7 @@ struct ScanBackwardArgs {
 
 /// σ(x); 0 when e^-x overflows.
 __device__ __forceinline__ float sigmoid_f(float x) {
-  return __fdividef(1.f, 1.f + __expf(-x));
+  return __fdividef(1.f, 1.f + exp_ftz(-x));
 }
 
 /// Stores v at (b, t, d) of a (batch, time, channel) operand.
@@ -306,21 +307,21 @@ struct ChannelCoords {
 template <bool kDy, bool kGrad, class T>
 __device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, const RawStep<T>& r,
                                                   float bias) {
+  // Both sides of each flag are computed and selected (select_f), which keeps a sub-chunk's
+  // steps in one basic block.
   StepValues v{0.f, 0.f, 1.f, 0.f, 0.f};
   const float raw = to_float(r.delta) + bias;
-  v.dt = a.softplus ? softplus_f(raw) : raw;
+  v.dt = select_f(a.softplus, softplus_f(raw), raw);
   v.u = to_float(r.u);
-  if (kGrad && a.softplus)
-    v.dsp = raw > 20.f ? 1.f : sigmoid_f(raw);
+  if (kGrad)
+    v.dsp = select_f(a.softplus, raw > 20.f ? 1.f : sigmoid_f(raw), 1.f);
   if (kDy) {
     const float dout = to_float(r.dout);
-    v.dy = dout;
-    if (a.z != nullptr) {
-      const float z = to_float(r.z), s = sigmoid_f(z);
-      v.dy = dout * z * s;
-      if (kGrad)
-        v.fz = dout * s * fmaf(z, 1.f - s, 1.f);
-    }
+    const float z = to_float(r.z), s = sigmoid_f(z);  // z reads as zero when absent
+    const bool gated = a.z != nullptr;
+    v.dy = select_f(gated, dout * z * s, dout);
+    if (kGrad)
+      v.fz = select_f(gated, dout * s * fmaf(z, 1.f - s, 1.f), 0.f);
   }
   return v;
 }
@@ -507,10 +508,13 @@ __global__ void __launch_bounds__(Policy::kThreads)
         sum_dt += dt;
 #pragma unroll
         for (int i = 0; i < S; ++i) {
-          const float ab = ex2_mufu(dt * a2[i]);
-          if constexpr (kStates)
+          if constexpr (kStates) {
+            const float ab = ex2_mufu(dt * a2[i]);
             h[i] = fmaf(ab, h[i], du * Bv[i]);
-          decay[i] *= ab;
+            decay[i] *= ab;
+          } else {
+            decay[i] = ex2_mufu(sum_dt * a2[i]);  // P_t from ΣΔ: a multiply fewer than Π Ā
+          }
           q[i] = fmaf(decay[i], Cv[i] * dy, q[i]);
         }
       }
@@ -648,9 +652,18 @@ __global__ void __launch_bounds__(Policy::kThreads,
     const float* entry_h = a.entry + static_cast<Index>(c) * a.entry_every * a.entry_s[0] +
                            b * a.entry_s[1] + d * a.entry_s[2];
     const auto entry_state = [&](int j, float(&v)[S]) {
+      if constexpr (kFine) {  // 16-byte loads (entry_vec): a lane's states are all past N or none
+        const float4* src = reinterpret_cast<const float4*>(entry_h + j * a.entry_s[0] + lp.n0);
 #pragma unroll
-      for (int i = 0; i < S; ++i)
-        v[i] = lp.n0 + i < N ? entry_h[j * a.entry_s[0] + (lp.n0 + i) * a.entry_s[3]] : 0.f;
+        for (int i = 0; i < S; i += 4) {
+          const float4 q = lp.n0 < N ? src[i / 4] : make_float4(0.f, 0.f, 0.f, 0.f);
+          v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < S; ++i)
+          v[i] = lp.n0 + i < N ? entry_h[j * a.entry_s[0] + (lp.n0 + i) * a.entry_s[3]] : 0.f;
+      }
     };
     if constexpr (!kFine)
       entry_state(0, h);
@@ -837,14 +850,15 @@ __global__ void __launch_bounds__(Policy::kThreads,
           float part[kWarps];
 #pragma unroll
           for (int w = 0; w < kWarps; ++w) {
+            // Sums start from their first term: 0 + x is an addition the compiler must keep.
             const float* row = warp_sums + (w * K + k) * row_bc + col;
-            part[w] = 0.f;
-            for (int q = 0; q < pairs; ++q)
+            part[w] = row[0];
+            for (int q = 1; q < pairs; ++q)
               part[w] += row[q * 2 * padded_n];
           }
-          float sum = 0.f;
+          float sum = part[0];
 #pragma unroll
-          for (int w = 0; w < kWarps; ++w)
+          for (int w = 1; w < kWarps; ++w)
             sum += part[w];
           acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
         }
@@ -854,8 +868,9 @@ __global__ void __launch_bounds__(Policy::kThreads,
       for (int k = lp.lane; k < steps; k += lanes) {
         const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
         const float dt = w.x, u = w.y, dsp = w.z, dy = w.w, fz = mine[8 * k + 4];
-        float y = 0.f, gB = 0.f, gAh = 0.f;
-        for (int l = 0; l < lanes; ++l) {
+        float y = y_part[k * NT + first_lane];
+        float gB = g_part[k * NT + first_lane].x, gAh = g_part[k * NT + first_lane].y;
+        for (int l = 1; l < lanes; ++l) {
           y += y_part[k * NT + first_lane + l];
           const float2 gl = g_part[k * NT + first_lane + l];
           gB += gl.x;
@@ -1039,6 +1054,8 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
     std::copy(a.checkpoints_s, a.checkpoints_s + 4, a.entry_s);
     a.entry_every = static_cast<int>(plan.chunk_len / p.checkpoint_interval);
   }
+  a.entry_vec = aligned16(a.entry) && N % 4 == 0 && a.entry_s[3] == 1 && a.entry_s[0] % 4 == 0 &&
+                a.entry_s[1] % 4 == 0 && a.entry_s[2] % 4 == 0;
   a.batch = static_cast<int>(batch);
   a.L = static_cast<int>(L);
   a.D = static_cast<int>(D);
@@ -1129,10 +1146,12 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
   const dim3 grid(static_cast<unsigned>(plan.chunks),
                   static_cast<unsigned>(a.G * plan.slices_per_group),
                   static_cast<unsigned>(a.batch));
-  const std::size_t smem =
-      static_cast<std::size_t>(chunk_smem_floats<Policy>(
-          plan.chunk_len, plan.padded_n, a.N, plan.lanes_per_channel, a.entry_every > 1)) *
-      sizeof(float);
+  // Entry states at every sub-chunk, loaded as vectors; other layouts of fine checkpoints take
+  // the walk from each chunk's first one.
+  const bool fine = a.entry_every > 1 && a.entry_vec;
+  const std::size_t smem = static_cast<std::size_t>(chunk_smem_floats<Policy>(
+                               plan.chunk_len, plan.padded_n, a.N, plan.lanes_per_channel, fine)) *
+                           sizeof(float);
   // The lane count of the usual state sizes (N = 9..16 with 4 states per lane) is compiled in, so
   // that its shuffles and index arithmetic fold; other sizes read it at run time.
   constexpr int kUsualLanes = 16 / Policy::kStatesPerThread;
@@ -1149,7 +1168,7 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
     else
       launch(scan_backward_chunk_kernel<Policy, 0, false, kFine, T>);
   };
-  if (a.entry_every > 1)
+  if (fine)
     pick(std::true_type{});
   else
     pick(std::false_type{});
