@@ -129,23 +129,27 @@ TEST_P(TrainModel, GradientsAndLossMatchTheCpu) {
   const double exact_loss =
       nn::mamba_lm_backward<double>(cpu64, d.ids_view(), d.targets_view(), exact);
 
-  TestStream stream;
-  OnDevice dev(cpu, true);
-  auto& [weights, grads] = dev;
-  nn::MambaLMBackwardWorkspace ws;
-  double loss = 0;
-  for (int run = 0; run < 2; ++run)  // the second run reuses the workspace
-    loss = nn::mamba_lm_backward(weights, d.ids_view(), d.targets_view(), grads, ws, stream.s);
   EXPECT_GT(want_loss, 1.0);
-  EXPECT_NEAR(loss, want_loss, 1e-6 * want_loss);
-  EXPECT_NEAR(loss, exact_loss, 1e-5 * exact_loss);
+  for (const auto kind : {nn::ScanCheckpoints::fine, nn::ScanCheckpoints::coarse}) {
+    SCOPED_TRACE(kind == nn::ScanCheckpoints::fine ? "fine scan checkpoints"
+                                                   : "coarse scan checkpoints");
+    TestStream stream;
+    OnDevice dev(cpu, true);
+    auto& [weights, grads] = dev;
+    nn::MambaLMBackwardWorkspace ws({}, kind);
+    double loss = 0;
+    for (int run = 0; run < 2; ++run)  // the second run reuses the workspace
+      loss = nn::mamba_lm_backward(weights, d.ids_view(), d.targets_view(), grads, ws, stream.s);
+    EXPECT_NEAR(loss, want_loss, 1e-6 * want_loss);
+    EXPECT_NEAR(loss, exact_loss, 1e-5 * exact_loss);
 
-  MambaLMWeights<float> got = download(grads, cpu);
-  EXPECT_EQ(nn::parameters(got).size(),
-            static_cast<std::size_t>(2 * (biases ? 12 : 10) + 2 + (tied ? 0 : 1)));
-  expect_tensors_near(got, want, 1e-5);
-  // The double CPU backward as the oracle, at the bound the float CPU meets (its own test).
-  expect_tensors_near(got, exact, 1e-4);
+    MambaLMWeights<float> got = download(grads, cpu);
+    EXPECT_EQ(nn::parameters(got).size(),
+              static_cast<std::size_t>(2 * (biases ? 12 : 10) + 2 + (tied ? 0 : 1)));
+    expect_tensors_near(got, want, 1e-5);
+    // The double CPU backward as the oracle, at the bound the float CPU meets (its own test).
+    expect_tensors_near(got, exact, 1e-4);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(TiedBiasesBatchLength, TrainModel,

@@ -31,7 +31,9 @@ namespace ssmkit::nn {
 /// size, a step allocates nothing.
 class MambaLMBackwardWorkspace {
  public:
-  explicit MambaLMBackwardWorkspace(const cuda::CudaOptions& options = {}) : block_(options) {}
+  explicit MambaLMBackwardWorkspace(const cuda::CudaOptions& options = {},
+                                    ScanCheckpoints checkpoints = ScanCheckpoints::fine)
+      : block_(options, checkpoints) {}
 
   /// Room for a model of config `c` on (batch, L) sequences.
   void reserve(const MambaLMConfig& c, Index batch, Index L) {
