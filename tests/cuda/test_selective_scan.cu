@@ -363,6 +363,11 @@ TEST(CudaSelectiveScan, RejectsBadArguments) {
   shape.delta = u.dev.view<3>({batch, L - 1, D});
   SSMKIT_EXPECT_ERROR(cuda::selective_scan(shape, s), "delta", "shape");
 
+  SelectiveScanParams<float, float> far = p;  // a time stride past the kernel's 32-bit steps
+  far.out = TensorView<float, 3>::unchecked(out.dev.data(), {batch, L, D},
+                                            {L * D, Index{1} << 27, 1}, Device::CUDA);
+  SSMKIT_EXPECT_ERROR(cuda::selective_scan(far, s), "out", "time stride", "134217728");
+
   SelectiveScanParams<float, float> step = p;  // a decoding step needs length 1 and states
   SSMKIT_EXPECT_ERROR(cuda::selective_state_update(step, s), "u", "length");
   step.u = step.delta = u.dev.view<3>({batch, 1, D});

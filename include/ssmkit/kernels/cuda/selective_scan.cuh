@@ -206,17 +206,17 @@ __device__ __forceinline__ void load_words_whole_line(const void* p, std::uint32
 /// P consecutive steps of one lane from `p` (stride `step` apart); steps at or past t_end are
 /// not read and keep their old value.
 template <int P, class T>
-__device__ __forceinline__ void load_steps(const T* p, Index step, int t, int t_end,
+__device__ __forceinline__ void load_steps(const T* p, int step, int t, int t_end,
                                            StepRegs<P, T, false>& v) {
 #pragma unroll
-  for (int i = 0; i < P; ++i)
+  for (int i = 0; i < P; ++i, p += step)
     if (t + i < t_end)
-      v.v[i] = __ldg(p + i * step);
+      v.v[i] = __ldg(p);
 }
 
 /// As above as one vector load when all P steps are there (unit stride, aligned).
 template <int P, class T>
-__device__ __forceinline__ void load_steps(const T* p, Index step, int t, int t_end,
+__device__ __forceinline__ void load_steps(const T* p, int step, int t, int t_end,
                                            StepRegs<P, T, true>& v) {
   if (t + P <= t_end) {
     load_words_whole_line(p, v.w);
@@ -320,7 +320,10 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
   const bool has_z = !kPass1 && a.z != nullptr;
   // This lane's steps of the tile at t0 are t0 + j·P + i, i < P.
   const Index first = t_begin + j * P;
-  const Index u_t = a.u_s[1], dt_t = a.delta_s[1], z_t = a.z_s[1], out_t = a.out_s[1];
+  // Time strides as 32-bit values (selective_scan checks they fit): a step's address is then
+  // one 32 x 32 -> 64-bit multiply-add, where 64-bit strides took three instructions and copies.
+  const int u_t = static_cast<int>(a.u_s[1]), dt_t = static_cast<int>(a.delta_s[1]);
+  const int z_t = static_cast<int>(a.z_s[1]), out_t = static_cast<int>(a.out_s[1]);
   const T* u_p = a.u + b * a.u_s[0] + d * a.u_s[2] + first * u_t;
   const T* dt_p = a.delta + b * a.delta_s[0] + d * a.delta_s[2] + first * dt_t;
   const T* z_p = has_z ? a.z + b * a.z_s[0] + d * a.z_s[2] + first * z_t : nullptr;
@@ -336,7 +339,7 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
   // state row (a warp's load covers 4 sectors instead of 32).
   __shared__ __align__(16) float stage_s[2][kStaged ? kStage * kThreads : 1];
   int groups = 1, gl = 0, count = 0, st = tid;
-  Index stage_off[kStage];
+  const T* stage_src[kStage];  // this thread's elements of the next tile to load
   int stage_step[kStage];
   bool stage_c[kStage], stage_ok[kStage];
   // Held as stored and widened only when written to shared memory: a conversion next to the load
@@ -366,16 +369,18 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
       const int gr = g_lo + (stage_c[s] ? r - groups : r);
       stage_ok[s] = e < count && n < a.N && !(kPass1 && stage_c[s]);
       const Index* str = stage_c[s] ? a.C_s : a.B_s;
-      stage_off[s] = stage_step[s] * str[1] + gr * str[2] + n * str[3];
+      stage_src[s] =
+          (stage_c[s] ? C_tile : B_tile) + stage_step[s] * str[1] + gr * str[2] + n * str[3];
     }
   }
+  // A tile's advance of each element, as 32-bit strides (checked by selective_scan).
+  const int B_adv = kTile * static_cast<int>(a.B_s[1]), C_adv = kTile * static_cast<int>(a.C_s[1]);
   // Loads the rows of the tile at t0 into stage_v (issued early, stored after the tile's scan).
   const auto stage_load = [&](int t0) {
 #pragma unroll
     for (int s = 0; s < kStage; ++s)
-      stage_v[s] = stage_ok[s] && t0 + stage_step[s] < t_end
-                       ? __ldg((stage_c[s] ? C_tile : B_tile) + stage_off[s])
-                       : from_float<T>(0.f);
+      stage_v[s] =
+          stage_ok[s] && t0 + stage_step[s] < t_end ? __ldg(stage_src[s]) : from_float<T>(0.f);
   };
   const auto stage_store = [&](float* buf) {
 #pragma unroll
@@ -452,8 +457,9 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
         load_steps<P>(z_p, z_t, mine + kTile, t_end, z_r);
       }
       if constexpr (kStaged) {
-        B_tile += kTile * a.B_s[1];
-        C_tile += kTile * a.C_s[1];
+#pragma unroll
+        for (int s = 0; s < kStage; ++s)
+          stage_src[s] += stage_c[s] ? C_adv : B_adv;
         stage_load(t1);
       }
     }
@@ -498,10 +504,11 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
       if (kRowsVec && active && mine + P <= t_end) {
         *reinterpret_cast<StepVector<P, T>*>(out_p) = o;
       } else {
+        T* q = out_p;
 #pragma unroll
-        for (int i = 0; i < P; ++i)
+        for (int i = 0; i < P; ++i, q += out_t)
           if (active && mine + i < t_end)
-            out_p[i * out_t] = o.v[i];
+            *q = o.v[i];
       }
       out_p += kTile * out_t;
     }
@@ -703,6 +710,18 @@ void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, voi
   SSMKIT_CHECK(batch <= 65535, "u", "batch size", "<= 65535 on CUDA", batch);
   SSMKIT_CHECK(L <= (Index{1} << 31) - 1 - 64, "u", "length", "< 2^31 - 64 on CUDA", L);
   SSMKIT_CHECK(D <= (Index{1} << 31) - 1, "u", "channels", "< 2^31 on CUDA", D);
+  // The kernel steps through time with 32-bit strides (products of at most a 16-step tile).
+  const auto check_time_stride = [](const auto& v, const char* name) {
+    const Index s = v.absent() ? 0 : v.stride(1), limit = ((Index{1} << 31) - 1) / 64;
+    SSMKIT_CHECK(s <= limit && s >= -limit, name, "time stride (stride(1))",
+                 "|stride| <= " + std::to_string(limit) + " on CUDA", s);
+  };
+  check_time_stride(p.u, "u");
+  check_time_stride(p.delta, "delta");
+  check_time_stride(p.z, "z");
+  check_time_stride(p.out, "out");
+  check_time_stride(p.B, "B");
+  check_time_stride(p.C, "C");
   if (batch == 0 || D == 0)
     return;
   const std::size_t need = selective_scan_workspace_size<Policy>(p);
