@@ -331,6 +331,11 @@ TEST(CudaSelectiveScanBackward, RejectsBadArguments) {
   presence.dz = grad.device_view();
   SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(presence, s), "dz", "presence");
 
+  SelectiveScanBackwardParams<float, float> far = p;  // a time stride past 32-bit byte steps
+  far.ddelta = TensorView<float, 3>::unchecked(grad.dev.data(), {batch, L, D},
+                                               {L * D, Index{1} << 30, 1}, Device::CUDA);
+  SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(far, s), "ddelta", "time stride", "1073741824");
+
   DualTensor<float, 2> A_big({D, 256}, {0, 1}, 6, -1, 0, s);
   DualTensor<float, 4> proj_big({batch, L, 1, 256}, {0, 1, 2, 3}, 7, -1, 1, s);
   SelectiveScanBackwardParams<float, float> big = p;  // N = 256: beyond the CUDA backward

@@ -114,6 +114,8 @@ struct ScanBackwardArgs {
   float* chunk_h;
   float* chunk_q;  // (chunks, batch, D, N): local adjoint, then (pass 2) the adjoint leaving
 
+  // Time strides in bytes (selective_scan_backward checks they fit 32 bits): see at_step.
+  int delta_tb, u_tb, dout_tb, z_tb, du_tb, ddelta_tb, dz_tb;
   int batch, L, D, N, G, channels_per_group;
   int lanes_per_channel, padded_n;  // padded_n = lanes_per_channel · states per lane
   int chunk_len, chunks, slices_per_group, channels_per_slice;
@@ -251,6 +253,15 @@ struct RawStep {
   T delta, u, dout, z;
 };
 
+/// base + t time steps of `stride_bytes` bytes: one 32 x 32 -> 64-bit multiply-add (IMAD.WIDE)
+/// per address, where a 64-bit stride in elements cost three to six instructions.
+template <class T>
+__device__ __forceinline__ T* at_step(T* base, int t, int stride_bytes) {
+  using Byte = std::conditional_t<std::is_const_v<T>, const char, char>;
+  return reinterpret_cast<T*>(reinterpret_cast<Byte*>(base) +
+                              static_cast<long long>(t) * stride_bytes);
+}
+
 /// Where one channel's inputs start: (b, 0, d) of δ, u, dout and z (z null when absent), worked
 /// out once per channel so that a step's loads cost one product each (pass 1, which has the
 /// registers to keep them).
@@ -268,14 +279,14 @@ struct ChannelRows {
   template <bool kDy>
   __device__ __forceinline__ RawStep<T> load(const ScanBackwardArgs<T>& a, int t, bool live) const {
     RawStep<T> r;
-    r.delta = __ldg(delta + t * a.delta_s[1]);
-    r.u = __ldg(u + t * a.u_s[1]);
+    r.delta = __ldg(at_step(delta, t, a.delta_tb));
+    r.u = __ldg(at_step(u, t, a.u_tb));
     r.dout = r.z = from_float<T>(0.f);
     if (kDy) {
       if (live)
-        r.dout = __ldg(dout + t * a.dout_s[1]);
+        r.dout = __ldg(at_step(dout, t, a.dout_tb));
       if (z != nullptr)
-        r.z = __ldg(z + t * a.z_s[1]);
+        r.z = __ldg(at_step(z, t, a.z_tb));
     }
     return r;
   }
@@ -335,14 +346,14 @@ struct ChannelOffset {
   template <bool kDy>
   __device__ __forceinline__ RawStep<T> load(const ScanBackwardArgs<T>& a, int t, bool live) const {
     RawStep<T> r;
-    r.delta = __ldg(a.delta + off + t * a.delta_s[1]);
-    r.u = __ldg(a.u + off + t * a.u_s[1]);
+    r.delta = __ldg(at_step(a.delta + off, t, a.delta_tb));
+    r.u = __ldg(at_step(a.u + off, t, a.u_tb));
     r.dout = r.z = from_float<T>(0.f);
     if (kDy) {
       if (live)
-        r.dout = __ldg(a.dout + off + t * a.dout_s[1]);
+        r.dout = __ldg(at_step(a.dout + off, t, a.dout_tb));
       if (a.z != nullptr)
-        r.z = __ldg(a.z + off + t * a.z_s[1]);
+        r.z = __ldg(at_step(a.z + off, t, a.z_tb));
     }
     return r;
   }
@@ -883,10 +894,10 @@ __global__ void __launch_bounds__(Policy::kThreads,
           const int t = t0 + k;
           const float du = fmaf(dt, gB, dy * skip), dz = fmaf(skip, u, y) * fz;
           if constexpr (kSameLayout) {
-            a.du[rows.off + t * a.du_s[1]] = from_float<T>(du);
-            a.ddelta[rows.off + t * a.ddelta_s[1]] = from_float<T>(draw);
+            *at_step(a.du + rows.off, t, a.du_tb) = from_float<T>(du);
+            *at_step(a.ddelta + rows.off, t, a.ddelta_tb) = from_float<T>(draw);
             if (has_z)
-              a.dz[rows.off + t * a.dz_s[1]] = from_float<T>(dz);
+              *at_step(a.dz + rows.off, t, a.dz_tb) = from_float<T>(dz);
           } else {
             store_act(a.du, a.du_s, b, t, d, du);
             store_act(a.ddelta, a.ddelta_s, b, t, d, draw);
@@ -1056,6 +1067,16 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
   }
   a.entry_vec = aligned16(a.entry) && N % 4 == 0 && a.entry_s[3] == 1 && a.entry_s[0] % 4 == 0 &&
                 a.entry_s[1] % 4 == 0 && a.entry_s[2] % 4 == 0;
+  const auto time_bytes = [](const auto& v) {
+    return v.absent() ? 0 : static_cast<int>(v.stride(1) * static_cast<Index>(sizeof(T)));
+  };
+  a.delta_tb = time_bytes(p.delta);
+  a.u_tb = time_bytes(p.u);
+  a.dout_tb = time_bytes(p.dout);
+  a.z_tb = time_bytes(p.z);
+  a.du_tb = time_bytes(p.du);
+  a.ddelta_tb = time_bytes(p.ddelta);
+  a.dz_tb = time_bytes(p.dz);
   a.batch = static_cast<int>(batch);
   a.L = static_cast<int>(L);
   a.D = static_cast<int>(D);
@@ -1226,6 +1247,20 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
                "<= " + std::to_string(kMaxBackwardStateSize) + " on the CUDA backward", N);
   SSMKIT_CHECK(batch <= 65535, "u", "batch size", "<= 65535 on CUDA", batch);
   SSMKIT_CHECK(L <= (Index{1} << 31) - 1 - Policy::kChunk, "u", "length", "< 2^31 on CUDA", L);
+  // The kernels step through time with 32-bit byte strides.
+  const auto check_time_stride = [](const auto& v, const char* name) {
+    const Index s = v.absent() ? 0 : v.stride(1);
+    const Index limit = ((Index{1} << 31) - 1) / static_cast<Index>(sizeof(T));
+    SSMKIT_CHECK(s <= limit && s >= -limit, name, "time stride (stride(1))",
+                 "|stride| <= " + std::to_string(limit) + " on CUDA", s);
+  };
+  check_time_stride(p.u, "u");
+  check_time_stride(p.delta, "delta");
+  check_time_stride(p.z, "z");
+  check_time_stride(p.dout, "dout");
+  check_time_stride(p.du, "du");
+  check_time_stride(p.ddelta, "ddelta");
+  check_time_stride(p.dz, "dz");
   const detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, G, !p.checkpoints.absent());
   SSMKIT_CHECK(G * plan.slices_per_group <= 65535, "u", "channels",
                "at most 65535 blocks of channels on CUDA", D);
