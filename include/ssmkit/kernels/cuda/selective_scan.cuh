@@ -545,6 +545,15 @@ void copy_strides(const V& v, Index (&s)[R]) {
     s[i] = v.absent() ? 0 : v.stride(static_cast<int>(i));
 }
 
+/// Throws unless |stride(1)| of `v` (absent or a (batch, time, …) view) is at most `limit`: the
+/// kernels step through time with 32-bit offsets.
+template <class View>
+void check_time_stride(const View& v, const char* name, Index limit) {
+  const Index s = v.absent() ? 0 : v.stride(1);
+  SSMKIT_CHECK(s <= limit && s >= -limit, name, "time stride (stride(1))",
+               "|stride| <= " + std::to_string(limit) + " on CUDA", s);
+}
+
 inline bool aligned16(const void* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
@@ -710,18 +719,14 @@ void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, voi
   SSMKIT_CHECK(batch <= 65535, "u", "batch size", "<= 65535 on CUDA", batch);
   SSMKIT_CHECK(L <= (Index{1} << 31) - 1 - 64, "u", "length", "< 2^31 - 64 on CUDA", L);
   SSMKIT_CHECK(D <= (Index{1} << 31) - 1, "u", "channels", "< 2^31 on CUDA", D);
-  // The kernel steps through time with 32-bit strides (products of at most a 16-step tile).
-  const auto check_time_stride = [](const auto& v, const char* name) {
-    const Index s = v.absent() ? 0 : v.stride(1), limit = ((Index{1} << 31) - 1) / 64;
-    SSMKIT_CHECK(s <= limit && s >= -limit, name, "time stride (stride(1))",
-                 "|stride| <= " + std::to_string(limit) + " on CUDA", s);
-  };
-  check_time_stride(p.u, "u");
-  check_time_stride(p.delta, "delta");
-  check_time_stride(p.z, "z");
-  check_time_stride(p.out, "out");
-  check_time_stride(p.B, "B");
-  check_time_stride(p.C, "C");
+  // 32-bit strides, multiplied by at most a 16-step tile.
+  constexpr Index kStrideLimit = ((Index{1} << 31) - 1) / 64;
+  detail::check_time_stride(p.u, "u", kStrideLimit);
+  detail::check_time_stride(p.delta, "delta", kStrideLimit);
+  detail::check_time_stride(p.z, "z", kStrideLimit);
+  detail::check_time_stride(p.out, "out", kStrideLimit);
+  detail::check_time_stride(p.B, "B", kStrideLimit);
+  detail::check_time_stride(p.C, "C", kStrideLimit);
   if (batch == 0 || D == 0)
     return;
   const std::size_t need = selective_scan_workspace_size<Policy>(p);

@@ -1247,20 +1247,15 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
                "<= " + std::to_string(kMaxBackwardStateSize) + " on the CUDA backward", N);
   SSMKIT_CHECK(batch <= 65535, "u", "batch size", "<= 65535 on CUDA", batch);
   SSMKIT_CHECK(L <= (Index{1} << 31) - 1 - Policy::kChunk, "u", "length", "< 2^31 on CUDA", L);
-  // The kernels step through time with 32-bit byte strides.
-  const auto check_time_stride = [](const auto& v, const char* name) {
-    const Index s = v.absent() ? 0 : v.stride(1);
-    const Index limit = ((Index{1} << 31) - 1) / static_cast<Index>(sizeof(T));
-    SSMKIT_CHECK(s <= limit && s >= -limit, name, "time stride (stride(1))",
-                 "|stride| <= " + std::to_string(limit) + " on CUDA", s);
-  };
-  check_time_stride(p.u, "u");
-  check_time_stride(p.delta, "delta");
-  check_time_stride(p.z, "z");
-  check_time_stride(p.dout, "dout");
-  check_time_stride(p.du, "du");
-  check_time_stride(p.ddelta, "ddelta");
-  check_time_stride(p.dz, "dz");
+  // 32-bit byte strides.
+  constexpr Index kStrideLimit = ((Index{1} << 31) - 1) / static_cast<Index>(sizeof(T));
+  detail::check_time_stride(p.u, "u", kStrideLimit);
+  detail::check_time_stride(p.delta, "delta", kStrideLimit);
+  detail::check_time_stride(p.z, "z", kStrideLimit);
+  detail::check_time_stride(p.dout, "dout", kStrideLimit);
+  detail::check_time_stride(p.du, "du", kStrideLimit);
+  detail::check_time_stride(p.ddelta, "ddelta", kStrideLimit);
+  detail::check_time_stride(p.dz, "dz", kStrideLimit);
   const detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, G, !p.checkpoints.absent());
   SSMKIT_CHECK(G * plan.slices_per_group <= 65535, "u", "channels",
                "at most 65535 blocks of channels on CUDA", D);
