@@ -320,8 +320,9 @@ __global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanA
   const bool has_z = !kPass1 && a.z != nullptr;
   // This lane's steps of the tile at t0 are t0 + j·P + i, i < P.
   const Index first = t_begin + j * P;
-  // Time strides as 32-bit values (selective_scan checks they fit): a step's address is then
-  // one 32 x 32 -> 64-bit multiply-add, where 64-bit strides took three instructions and copies.
+  // Time strides as 32-bit values (selective_scan checks they fit): each lane walks a pointer
+  // through its steps, one add per step, where 64-bit strides cost three to five instructions
+  // per address.
   const int u_t = static_cast<int>(a.u_s[1]), dt_t = static_cast<int>(a.delta_s[1]);
   const int z_t = static_cast<int>(a.z_s[1]), out_t = static_cast<int>(a.out_s[1]);
   const T* u_p = a.u + b * a.u_s[0] + d * a.u_s[2] + first * u_t;
