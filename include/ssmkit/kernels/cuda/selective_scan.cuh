@@ -275,8 +275,12 @@ __device__ __forceinline__ void reduce_scatter(float (&y)[K * P], int j) {
 /// The scan of one chunk of one (batch, block of channels). kPass1: the chunk's local final
 /// state and ΣΔ only. kStaged: the tile's B and C rows go through shared memory as float, loaded
 /// a tile ahead by the whole block (else each lane reads its states from global memory).
+/// Registers: 3 blocks per SM (168) for the full scan; pass 1 with staged rows, which issues an
+/// exponential every ~7 instructions and so needs warps more than registers to keep the MUFU fed,
+/// at 5 (96, no spills; H100: the chunked shapes 2-5 % faster than at 3, 4 blocks gave less).
 template <int kThreads, class Split, bool kStaged, bool kPass1, bool kRowsVec, class T>
-__global__ void __launch_bounds__(kThreads, 3) selective_scan_kernel(const ScanArgs<T> a) {
+__global__ void __launch_bounds__(kThreads, kPass1 && kStaged ? 5 : 3)
+    selective_scan_kernel(const ScanArgs<T> a) {
   constexpr int K = Split::K, S = Split::S, P = Split::P;
   constexpr int kTile = Split::kTile, kPaddedN = Split::kPaddedN;
   constexpr int kStage = stage_per_thread<kThreads, Split>();
