@@ -854,29 +854,38 @@ __global__ void __launch_bounds__(Policy::kThreads,
       const int slots = K * 2 * padded_n;
 #pragma unroll
       for (int i0 = 0; i0 < (kLanes > 0 ? K * 2 * kLanes * S : slots); i0 += NT) {
-        const int i = i0 + tid;
+        // Slots past the rows are read at slot 0 and only their update is skipped, so that the
+        // iterations' loads are not behind branches and can all be in flight at once.
+        const int i = i0 + tid < slots ? i0 + tid : 0;
         const int k = i / (2 * padded_n), col = i % (2 * padded_n);
         const int which = col / padded_n, n = col % padded_n;
-        if (i < slots && n < N) {
-          float part[kWarps];
+        float part[kWarps];
 #pragma unroll
-          for (int w = 0; w < kWarps; ++w) {
-            // Sums start from their first term: 0 + x is an addition the compiler must keep.
-            const float* row = warp_sums + (w * K + k) * row_bc + col;
-            part[w] = row[0];
-            for (int q = 1; q < pairs; ++q)
-              part[w] += row[q * 2 * padded_n];
-          }
-          float sum = part[0];
-#pragma unroll
-          for (int w = 1; w < kWarps; ++w)
-            sum += part[w];
-          acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
+        for (int w = 0; w < kWarps; ++w) {
+          // Sums start from their first term: 0 + x is an addition the compiler must keep.
+          const float* row = warp_sums + (w * K + k) * row_bc + col;
+          part[w] = row[0];
+          for (int q = 1; q < pairs; ++q)
+            part[w] += row[q * 2 * padded_n];
         }
+        float sum = part[0];
+#pragma unroll
+        for (int w = 1; w < kWarps; ++w)
+          sum += part[w];
+        if (i0 + tid < slots && n < N)
+          acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
       }
       // The channel's gradients of du, dδ and dz, step by step: lane l takes steps l, l + lanes, …
-      // and adds the lanes' shares in lane order.
-      for (int k = lp.lane; k < steps; k += lanes) {
+      // and adds the lanes' shares in lane order. Where the lane count is compiled in (and the
+      // registers allow: not at 128 from fine checkpoints, where it spilled), the trip count is
+      // too and every trip runs (padded steps add zeros and store nothing), so that the trips'
+      // shared-memory reads and sums overlap instead of each waiting on the last.
+      constexpr bool kWholeTrips = kLanes > 0 && !kFine;
+      static_assert(!kWholeTrips || K % (kLanes > 0 ? kLanes : 1) == 0,
+                    "policy: whole sub-chunks per lane");
+      const int finish_end = kWholeTrips ? lp.lane + K : steps;
+#pragma unroll
+      for (int k = lp.lane; k < finish_end; k += lanes) {
         const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
         const float dt = w.x, u = w.y, dsp = w.z, dy = w.w, fz = mine[8 * k + 4];
         float y = y_part[k * NT + first_lane];
@@ -890,7 +899,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
         const float draw = fmaf(u, gB, gAh) * dsp;
         d_bias += draw;
         d_skip = fmaf(dy, u, d_skip);
-        if (active) {
+        if (active && k < steps) {
           const int t = t0 + k;
           const float du = fmaf(dt, gB, dy * skip), dz = fmaf(skip, u, y) * fz;
           if constexpr (kSameLayout) {
