@@ -34,7 +34,7 @@ struct BackwardCase {
 };
 
 /// Runs `c` on the GPU and the oracle and checks every gradient's relative error against `tol`.
-template <class T>
+template <class T, class Policy = cuda::SelectiveScanBackwardPolicy>
 void check_backward(const BackwardCase& c, double tol) {
   SCOPED_TRACE(c.name());
   TestStream stream;
@@ -143,7 +143,7 @@ void check_backward(const BackwardCase& c, double tol) {
   for (auto* t : {&du, &ddelta, &dz})
     t->poison(s);
   dB.poison(s), dC.poison(s), dA.poison(s), dD.poison(s), dbias.poison(s), dh0.poison(s);
-  cuda::selective_scan_backward(p, s);
+  cuda::selective_scan_backward<Policy>(p, s);
   SSMKIT_CUDA_CHECK(cudaGetLastError());
   EXPECT_LE(rel_error(du.download(s), r_du), tol) << "du";
   EXPECT_LE(rel_error(ddelta.download(s), r_ddelta), tol) << "ddelta";
@@ -299,6 +299,46 @@ TEST(CudaSelectiveScanBackward, FromForwardCheckpoints) {
   check_backward<__half>(c, 1e-2);
   c.channel_major = true, c.fine = true;
   check_backward<__nv_bfloat16>(c, 1e-2);
+}
+
+/// The default policy with the serial walk taken at every size it applies to (fine checkpoints,
+/// N = 9..16, one layout for all activations), not only where batch·D fills the GPU.
+struct SerialPolicy : cuda::SelectiveScanBackwardPolicy {
+  static constexpr int kSerialBlocksPerSM = 0;
+};
+
+TEST(CudaSelectiveScanBackward, SerialWalkFromFineCheckpoints) {
+  SSMKIT_REQUIRE_GPU();
+  // Every option in both layouts, option subsets, groups narrower than a round of channels,
+  // several rounds, whole, partial and single chunks, and N = 3 (which takes the chunked path).
+  std::vector<BackwardCase> cases;
+  for (const bool cm : {false, true}) {
+    BackwardCase c;
+    c.channel_major = cm;
+    c.seed = cm ? 402 : 401;
+    cases.push_back(c);
+  }
+  for (int mask = 2; mask < 64; mask += 7)
+    cases.push_back(option_subset(mask, 410 + static_cast<std::uint64_t>(mask)));
+  for (const Index L : {1, 8, 9, 64, 65, 600}) {
+    BackwardCase c;
+    c.L = L, c.G = L % 2 == 0 ? 8 : 1, c.D = 80, c.seed = 460 + static_cast<std::uint64_t>(L);
+    cases.push_back(c);
+  }
+  {
+    BackwardCase c;
+    c.N = 3, c.L = 70, c.seed = 480;
+    cases.push_back(c);
+  }
+  for (BackwardCase c : cases) {
+    c.checkpoints = true, c.fine = true;
+    check_backward<float, SerialPolicy>(c, 1e-5);
+  }
+  BackwardCase c;
+  c.checkpoints = true, c.fine = true, c.L = 150, c.seed = 490;
+  check_backward<__half, SerialPolicy>(c, 1e-2);
+  c.channel_major = true;
+  check_backward<__nv_bfloat16, SerialPolicy>(c, 1e-2);
 }
 
 TEST(CudaSelectiveScanBackward, RejectsBadArguments) {

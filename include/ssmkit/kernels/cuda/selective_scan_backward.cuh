@@ -15,6 +15,8 @@
 //     adjoint back through them. dB and dC (shared by a group's channels) meet in
 //     shared memory, dA, dD, dδ_bias (shared by batch and time) go to float accumulators by
 //     atomics, and a last pass rounds the accumulators into the gradient views.
+// From fine checkpoints, when batch·D alone fills the GPU, pass 3 instead walks all chunks of its
+// channels from the last, carrying the adjoint in registers, and passes 1 and 2 do not run.
 #pragma once
 
 #include "ssmkit/core/cuda_check.cuh"
@@ -52,6 +54,10 @@ struct SelectiveScanBackwardPolicy {
   /// registers, which fits a fourth block (128 registers). H100: the backward 2.5-6 % faster than
   /// with 3 blocks (1.6 % of it from the recomputation alone).
   static constexpr int kFineMinBlocksPerSM = 4;
+  /// From fine checkpoints, when batch·D gives at least this many blocks of one round of channels
+  /// per SM, pass 3 walks all chunks of its channels in turn, carrying the adjoint in registers,
+  /// and passes 1 and 2 do not run (H100, B=8 D=2048: 512 such blocks, one wave at 4 per SM).
+  static constexpr int kSerialBlocksPerSM = 3;
 };
 
 /// Largest state size N the CUDA backward accepts.
@@ -603,10 +609,11 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
 /// adjoint runs back through them (giving du, ddelta). kSameLayout: every (batch, time, channel)
 /// operand has u's batch and channel strides (ScanBackwardArgs::same_layout). kFine: the entry
 /// state of every sub-chunk is a checkpoint, read a sub-chunk ahead instead of walked to.
-template <class Policy, int kLanes, bool kSameLayout, bool kFine, class T>
+template <class Policy, int kLanes, bool kSameLayout, bool kFine, bool kSerial, class T>
 __global__ void __launch_bounds__(Policy::kThreads,
                                   kFine ? Policy::kFineMinBlocksPerSM : Policy::kMinBlocksPerSM)
     scan_backward_chunk_kernel(const ScanBackwardArgs<T> a) {
+  static_assert(!kSerial || kFine, "the serial walk starts its chunks from fine checkpoints");
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk, NT = Policy::kThreads;
   // Steps each lane prefetches per sub-chunk: all of its share when the lane count is known.
   constexpr int R = kLanes > 0 ? (K + kLanes - 1) / kLanes : 1;
@@ -630,17 +637,32 @@ __global__ void __launch_bounds__(Policy::kThreads,
   float* y_part = step_work + NT / lanes * chunk_step_stride<Policy>();
   float2* g_part = reinterpret_cast<float2*>(y_part + K * NT);
   const int first_lane = tid - lp.lane;  // the channel's lane 0
-  const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
+  const int b = static_cast<int>(blockIdx.z);
   const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
   const int slice = static_cast<int>(blockIdx.y) % a.slices_per_group;
   const int d_begin = g * a.channels_per_group + slice * a.channels_per_slice;
   const int d_end = min(d_begin + a.channels_per_slice, (g + 1) * a.channels_per_group);
-  const int t_begin = c * a.chunk_len, len = min(a.chunk_len, a.L - t_begin);
-  const int subs = (len + K - 1) / K;
-  for (int i = tid; i < subs * K * two_n; i += NT)  // padded steps too: they add zeros
-    acc[i] = 0.f;
-  stage_chunk_states<NT>(a, bc, b, g, t_begin, len, subs * K, padded_n);
-  __syncthreads();
+  // kSerial: the block walks every chunk from the last with one round of channels, carrying the
+  // adjoint from chunk to chunk in registers (no passes 1 and 2); else it takes chunk blockIdx.x.
+  int c = kSerial ? a.chunks - 1 : static_cast<int>(blockIdx.x);
+  int t_begin = 0, len = 0, subs = 0;
+  const auto begin_chunk = [&] {  // stages chunk c's B and C rows and clears its dB, dC sums
+    t_begin = c * a.chunk_len;
+    len = min(a.chunk_len, a.L - t_begin);
+    subs = (len + K - 1) / K;
+    for (int i = tid; i < subs * K * two_n; i += NT)  // padded steps too: they add zeros
+      acc[i] = 0.f;
+    stage_chunk_states<NT>(a, bc, b, g, t_begin, len, subs * K, padded_n);
+    __syncthreads();
+  };
+  const auto end_chunk = [&] {  // the chunk's dB, dC sums out, once every warp has added its own
+    __syncthreads();
+    float* out = a.dBC_acc + ((static_cast<Index>(b) * a.L + t_begin) * a.G + g) * two_n;
+    const Index step_stride = static_cast<Index>(a.G) * two_n;
+    for (int i = tid; i < len * two_n; i += NT)
+      atomicAdd(&out[i / two_n * step_stride + i % two_n], acc[i]);
+  };
+  begin_chunk();
   const bool has_z = a.z != nullptr;
 
   for (int d_round = d_begin; d_round < d_end; d_round += NT / lanes) {
@@ -658,266 +680,295 @@ __global__ void __launch_bounds__(Policy::kThreads,
     }
     const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
     const float skip = a.D_skip != nullptr ? a.D_skip[d * a.D_skip_s] : 0.f;
-    const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
-    // Sub-chunk j's entry state (kFine), or the chunk's (j = 0).
-    const float* entry_h = a.entry + static_cast<Index>(c) * a.entry_every * a.entry_s[0] +
-                           b * a.entry_s[1] + d * a.entry_s[2];
-    const auto entry_state = [&](int j, float(&v)[S]) {
-      if constexpr (kFine) {  // 16-byte loads (entry_vec): a lane's states are all past N or none
-        const float4* src = reinterpret_cast<const float4*>(entry_h + j * a.entry_s[0] + lp.n0);
+    float d_skip = 0.f, d_bias = 0.f;
+    if constexpr (kSerial) {  // the adjoint leaving the last chunk
 #pragma unroll
-        for (int i = 0; i < S; i += 4) {
-          const float4 q = lp.n0 < N ? src[i / 4] : make_float4(0.f, 0.f, 0.f, 0.f);
-          v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < S; ++i)
-          v[i] = lp.n0 + i < N ? entry_h[j * a.entry_s[0] + (lp.n0 + i) * a.entry_s[3]] : 0.f;
-      }
-    };
-    if constexpr (!kFine)
-      entry_state(0, h);
-#pragma unroll
-    for (int i = 0; i < S; ++i)
-      q[i] = lp.n0 + i < N && active ? a.chunk_q[row * N + lp.n0 + i] : 0.f;
-
-    // The state entering each sub-chunk (the last sub-chunk's states are not needed).
+      for (int i = 0; i < S; ++i)
+        q[i] = lp.n0 + i < N && active && a.dh_final != nullptr
+                   ? a.dh_final[b * a.dh_final_s[0] + d * a.dh_final_s[1] +
+                                (lp.n0 + i) * a.dh_final_s[2]]
+                   : 0.f;
+    }
     using Rows = std::conditional_t<kSameLayout, ChannelOffset<T>, ChannelCoords<T>>;
     Rows rows{};
     if constexpr (kSameLayout)
       rows.off = b * a.u_s[0] + d * a.u_s[2];
     else
       rows.b = b, rows.d = d;
-    // The adjoint's first (the chunk's last) sub-chunk is loaded during the sweep's last one, so
-    // that its latency hides behind that sub-chunk's arithmetic.
-    const int last_t0 = t_begin + (subs - 1) * K, last_steps = len - (subs - 1) * K;
-    StepPrefetch<R, false, T> sweep_next;
     StepPrefetch<R, true, T> next;
-    if (subs > 1 && !kFine)
-      sweep_next.load(a, rows, t_begin, K, lp.lane, lanes, active);
-    else
-      next.load(a, rows, last_t0, last_steps, lp.lane, lanes, active);
-    for (int j = 0; !kFine; ++j) {
+    // kSerial: the next chunk's last sub-chunk (inputs and entry state) was loaded during this
+    // chunk's first one.
+    bool carried = false;
+    for (;;) {  // the chunks: one unless kSerial
+      const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
+      // Sub-chunk j's entry state (kFine), or the chunk's (j = 0).
+      const float* entry_h = a.entry + static_cast<Index>(c) * a.entry_every * a.entry_s[0] +
+                             b * a.entry_s[1] + d * a.entry_s[2];
+      const auto entry_state = [&](int j, float(&v)[S]) {
+        if constexpr (kFine) {  // 16-byte loads (entry_vec): a lane's states are all past N or none
+          const float4* src = reinterpret_cast<const float4*>(entry_h + j * a.entry_s[0] + lp.n0);
 #pragma unroll
-      for (int i = 0; i < S; ++i)
-        entry[(j * S + i) * NT + tid] = h[i];
-      if (j + 1 == subs)
-        break;
-      const int t0 = t_begin + j * K;
-      sweep_next.template prepare<false>(
-          a, rows, t0, K, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
-            *reinterpret_cast<float2*>(mine + 8 * k) = make_float2(v.dt, v.dt * v.u);
-          });
-      if (j + 2 < subs)
-        sweep_next.load(a, rows, t0 + K, K, lp.lane, lanes, active);
-      else
-        next.load(a, rows, last_t0, last_steps, lp.lane, lanes, active);
-      __syncwarp();
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const int t = t0 + k;
-        const float2 v = *reinterpret_cast<const float2*>(mine + 8 * k);
-        const float dt = v.x, du = v.y;
-        float Bv[S];
-        chunk_states(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
-#pragma unroll
-        for (int i = 0; i < S; ++i)
-          h[i] = fmaf(ex2_mufu(dt * a2[i]), h[i], du * Bv[i]);
-      }
-      __syncwarp();  // read before the next sub-chunk's values overwrite them
-    }
-
-    float d_skip = 0.f, d_bias = 0.f;
-    if constexpr (kFine)
-      entry_state(subs - 1, h);  // h: the next sub-chunk's entry state from here on
-    for (int j = subs - 1; j >= 0; --j) {
-      const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
-      float hs[K + 1][S], decay[kFine ? 1 : K][S];
-#pragma unroll
-      for (int i = 0; i < S; ++i)
-        hs[0][i] = kFine ? h[i] : entry[(j * S + i) * NT + tid];
-      if (kFine && j > 0)
-        entry_state(j - 1, h);
-      // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
-      next.template prepare_padded<K, true>(
-          a, rows, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
-            *reinterpret_cast<float4*>(mine + 8 * k) = make_float4(v.dt, v.u, v.dsp, v.dy);
-            mine[8 * k + 4] = v.fz;
-          });
-      if (j > 0)
-        next.load(a, rows, t0 - K, K, lp.lane, lanes, active);
-      __syncwarp();
-      const int k0 = t0 - t_begin;  // the sub-chunk's first step in the staged rows
-      // A step's inputs from shared memory: its values [Δ, u, softplus', dy] and this lane's B
-      // and C states.
-      struct StepInputs {
-        float4 w;
-        float B[S], C[S];
-      };
-      const auto inputs = [&](int k) {
-        StepInputs in;
-        in.w = *reinterpret_cast<const float4*>(mine + 8 * k);
-        chunk_states(bc, padded_n, k0 + k, 0, lp.n0, in.B);
-        chunk_states(bc, padded_n, k0 + k, 1, lp.n0, in.C);
-        return in;
-      };
-      const auto recompute = [&](int k, const StepInputs& in) {
-        const float dt = in.w.x, du = dt * in.w.y;
-        const float(&Bv)[S] = in.B;
-        const float(&Cv)[S] = in.C;
-        float y = 0.f;  // needed for dz only, and cheaper to compute than to branch around
-#pragma unroll
-        for (int i = 0; i < S; ++i) {
-          const float dk = ex2_mufu(dt * a2[i]);
-          if constexpr (!kFine)
-            decay[k][i] = dk;
-          hs[k + 1][i] = fmaf(dk, hs[k][i], du * Bv[i]);
-          y = fmaf(Cv[i], hs[k + 1][i], y);
-        }
-        y_part[k * NT + tid] = y;  // the lanes' shares meet after the sub-chunk
-      };
-      // Backwards through it.
-      const auto reverse = [&](int k, const StepInputs& in) {
-        const float dt = in.w.x, dy = in.w.w, dtu = dt * in.w.y;
-        const float(&Bv)[S] = in.B;
-        const float(&Cv)[S] = in.C;
-        float gB = 0.f, gAh = 0.f, gs[S];
-#pragma unroll
-        for (int i = 0; i < S; ++i) {
-          const float gi = fmaf(dy, Cv[i], q[i]);  // ∂ℓ/∂h_t
-          float dk;                                // Ā_t
-          if constexpr (kFine)
-            dk = ex2_mufu(dt * a2[i]);
-          else
-            dk = decay[k][i];
-          q[i] = gi * dk;  // ∂ℓ/∂h_{t-1} less its own C·dy
-          const float gah = q[i] * hs[k][i];
-          gAh = fmaf(gah, A[i], gAh);
-          dA[i] = fmaf(gah, dt, dA[i]);
-          gB = fmaf(gi, Bv[i], gB);
-          gs[i] = gi;
-        }
-        g_part[k * NT + tid] = make_float2(gB, gAh);
-        // dB = g·Δu and dC = dy·h of neighbouring channels added, then the warp's row for this
-        // step. The odd channel sends its dB and keeps its dC, the even one the reverse; choosing
-        // the factors rather than the products saves a multiply per state.
-        float* row = warp_sums + (tid / 32 * K + k) * row_bc + lp.n0;
-        float v[2 * S];
-        if (lanes < 32) {
-          const int c = (tid & 31) / lanes;
-          const bool odd = (c & 1) != 0;
-          const float send_by = odd ? dtu : dy, keep_by = odd ? dy : dtu;
-#pragma unroll
-          for (int i = 0; i < S; ++i) {
-            const float send = (odd ? gs[i] : hs[k + 1][i]) * send_by;
-            v[i] = fmaf(odd ? hs[k + 1][i] : gs[i], keep_by,
-                        __shfl_xor_sync(0xffffffffu, send, lanes));
+          for (int i = 0; i < S; i += 4) {
+            const float4 q = lp.n0 < N ? src[i / 4] : make_float4(0.f, 0.f, 0.f, 0.f);
+            v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
           }
-          store_states<S>(row + (c & ~1) * padded_n + (odd ? padded_n : 0), v);
         } else {
 #pragma unroll
-          for (int i = 0; i < S; ++i) {
-            v[i] = gs[i] * dtu;
-            v[S + i] = dy * hs[k + 1][i];
-          }
-          store_states<S>(row, v, 0);
-          store_states<S>(row + padded_n, v, S);
+          for (int i = 0; i < S; ++i)
+            v[i] = lp.n0 + i < N ? entry_h[j * a.entry_s[0] + (lp.n0 + i) * a.entry_s[3]] : 0.f;
         }
       };
-      // Whole sub-chunks: the steps past the chunk's end are no-ops (their staged B, C rows are
-      // zero), so each loop is one basic block. Each step's inputs are read before the previous
-      // step's stores to shared memory (which the compiler cannot move them past), and the last
-      // step's serve both loops.
-      StepInputs cur = inputs(0), nxt;
+      if constexpr (!kFine)
+        entry_state(0, h);
+      if constexpr (!kSerial) {
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
-        if (k + 1 < K)
-          nxt = inputs(k + 1);
-        recompute(k, cur);
-        if (k + 1 < K)
-          cur = nxt;
+        for (int i = 0; i < S; ++i)
+          q[i] = lp.n0 + i < N && active ? a.chunk_q[row * N + lp.n0 + i] : 0.f;
       }
+
+      // The state entering each sub-chunk (the last sub-chunk's states are not needed).
+      // The adjoint's first (the chunk's last) sub-chunk is loaded during the sweep's last one, so
+      // that its latency hides behind that sub-chunk's arithmetic.
+      const int last_t0 = t_begin + (subs - 1) * K, last_steps = len - (subs - 1) * K;
+      StepPrefetch<R, false, T> sweep_next;
+      if (subs > 1 && !kFine)
+        sweep_next.load(a, rows, t_begin, K, lp.lane, lanes, active);
+      else if (!carried)
+        next.load(a, rows, last_t0, last_steps, lp.lane, lanes, active);
+      for (int j = 0; !kFine; ++j) {
 #pragma unroll
-      for (int k = K - 1; k >= 0; --k) {
-        if (k > 0)
-          nxt = inputs(k - 1);
-        reverse(k, cur);
-        if (k > 0)
-          cur = nxt;
-      }
-      // Over the block's warps, into the chunk's sums.
-      __syncthreads();
-      // Every step of the sub-chunk, the no-op ones too (they add zeros inside the chunk's rows),
-      // so that the trip count is a constant where the lane count is; one sum per warp, then
-      // theirs, keeps the dependent additions few.
-      const int slots = K * 2 * padded_n;
+        for (int i = 0; i < S; ++i)
+          entry[(j * S + i) * NT + tid] = h[i];
+        if (j + 1 == subs)
+          break;
+        const int t0 = t_begin + j * K;
+        sweep_next.template prepare<false>(
+            a, rows, t0, K, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
+              *reinterpret_cast<float2*>(mine + 8 * k) = make_float2(v.dt, v.dt * v.u);
+            });
+        if (j + 2 < subs)
+          sweep_next.load(a, rows, t0 + K, K, lp.lane, lanes, active);
+        else
+          next.load(a, rows, last_t0, last_steps, lp.lane, lanes, active);
+        __syncwarp();
 #pragma unroll
-      for (int i0 = 0; i0 < (kLanes > 0 ? K * 2 * kLanes * S : slots); i0 += NT) {
-        // Slots past the rows are read at slot 0 and only their update is skipped, so that the
-        // iterations' loads are not behind branches and can all be in flight at once.
-        const int i = i0 + tid < slots ? i0 + tid : 0;
-        const int k = i / (2 * padded_n), col = i % (2 * padded_n);
-        const int which = col / padded_n, n = col % padded_n;
-        float part[kWarps];
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) {
-          // Sums start from their first term: 0 + x is an addition the compiler must keep.
-          const float* row = warp_sums + (w * K + k) * row_bc + col;
-          part[w] = row[0];
-          for (int q = 1; q < pairs; ++q)
-            part[w] += row[q * 2 * padded_n];
-        }
-        float sum = part[0];
-#pragma unroll
-        for (int w = 1; w < kWarps; ++w)
-          sum += part[w];
-        if (i0 + tid < slots && n < N)
-          acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
-      }
-      // The channel's gradients of du, dδ and dz, step by step: lane l takes steps l, l + lanes, …
-      // and adds the lanes' shares in lane order. Where the lane count is compiled in (and the
-      // registers allow: not at 128 from fine checkpoints, where it spilled), the trip count is
-      // too and every trip runs (padded steps add zeros and store nothing), so that the trips'
-      // shared-memory reads and sums overlap instead of each waiting on the last.
-      constexpr bool kWholeTrips = kLanes > 0 && !kFine;
-      static_assert(!kWholeTrips || K % (kLanes > 0 ? kLanes : 1) == 0,
-                    "policy: whole sub-chunks per lane");
-      const int finish_end = kWholeTrips ? lp.lane + K : steps;
-#pragma unroll
-      for (int k = lp.lane; k < finish_end; k += lanes) {
-        const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
-        const float dt = w.x, u = w.y, dsp = w.z, dy = w.w, fz = mine[8 * k + 4];
-        float y = y_part[k * NT + first_lane];
-        float gB = g_part[k * NT + first_lane].x, gAh = g_part[k * NT + first_lane].y;
-        for (int l = 1; l < lanes; ++l) {
-          y += y_part[k * NT + first_lane + l];
-          const float2 gl = g_part[k * NT + first_lane + l];
-          gB += gl.x;
-          gAh += gl.y;
-        }
-        const float draw = fmaf(u, gB, gAh) * dsp;
-        d_bias += draw;
-        d_skip = fmaf(dy, u, d_skip);
-        if (active && k < steps) {
+        for (int k = 0; k < K; ++k) {
           const int t = t0 + k;
-          const float du = fmaf(dt, gB, dy * skip), dz = fmaf(skip, u, y) * fz;
-          if constexpr (kSameLayout) {
-            *at_step(a.du + rows.off, t, a.du_tb) = from_float<T>(du);
-            *at_step(a.ddelta + rows.off, t, a.ddelta_tb) = from_float<T>(draw);
-            if (has_z)
-              *at_step(a.dz + rows.off, t, a.dz_tb) = from_float<T>(dz);
+          const float2 v = *reinterpret_cast<const float2*>(mine + 8 * k);
+          const float dt = v.x, du = v.y;
+          float Bv[S];
+          chunk_states(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
+#pragma unroll
+          for (int i = 0; i < S; ++i)
+            h[i] = fmaf(ex2_mufu(dt * a2[i]), h[i], du * Bv[i]);
+        }
+        __syncwarp();  // read before the next sub-chunk's values overwrite them
+      }
+
+      if (kFine && !carried)
+        entry_state(subs - 1, h);  // h: the next sub-chunk's entry state from here on
+      // kSerial: after the first sub-chunk come the previous chunk's (whole) sub-chunks.
+      const bool more = kSerial && c > 0;
+      for (int j = subs - 1; j >= 0; --j) {
+        const int t0 = t_begin + j * K, steps = min(K, t_begin + len - t0);
+        float hs[K + 1][S], decay[kFine ? 1 : K][S];
+#pragma unroll
+        for (int i = 0; i < S; ++i)
+          hs[0][i] = kFine ? h[i] : entry[(j * S + i) * NT + tid];
+        if (kFine && (j > 0 || more))
+          entry_state(j - 1, h);  // j = 0: the previous chunk's last checkpoint
+        // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
+        next.template prepare_padded<K, true>(
+            a, rows, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
+              *reinterpret_cast<float4*>(mine + 8 * k) = make_float4(v.dt, v.u, v.dsp, v.dy);
+              mine[8 * k + 4] = v.fz;
+            });
+        if (j > 0 || more)
+          next.load(a, rows, t0 - K, K, lp.lane, lanes, active);
+        __syncwarp();
+        const int k0 = t0 - t_begin;  // the sub-chunk's first step in the staged rows
+        // A step's inputs from shared memory: its values [Δ, u, softplus', dy] and this lane's B
+        // and C states.
+        struct StepInputs {
+          float4 w;
+          float B[S], C[S];
+        };
+        const auto inputs = [&](int k) {
+          StepInputs in;
+          in.w = *reinterpret_cast<const float4*>(mine + 8 * k);
+          chunk_states(bc, padded_n, k0 + k, 0, lp.n0, in.B);
+          chunk_states(bc, padded_n, k0 + k, 1, lp.n0, in.C);
+          return in;
+        };
+        const auto recompute = [&](int k, const StepInputs& in) {
+          const float dt = in.w.x, du = dt * in.w.y;
+          const float(&Bv)[S] = in.B;
+          const float(&Cv)[S] = in.C;
+          float y = 0.f;  // needed for dz only, and cheaper to compute than to branch around
+#pragma unroll
+          for (int i = 0; i < S; ++i) {
+            const float dk = ex2_mufu(dt * a2[i]);
+            if constexpr (!kFine)
+              decay[k][i] = dk;
+            hs[k + 1][i] = fmaf(dk, hs[k][i], du * Bv[i]);
+            y = fmaf(Cv[i], hs[k + 1][i], y);
+          }
+          y_part[k * NT + tid] = y;  // the lanes' shares meet after the sub-chunk
+        };
+        // Backwards through it.
+        const auto reverse = [&](int k, const StepInputs& in) {
+          const float dt = in.w.x, dy = in.w.w, dtu = dt * in.w.y;
+          const float(&Bv)[S] = in.B;
+          const float(&Cv)[S] = in.C;
+          float gB = 0.f, gAh = 0.f, gs[S];
+#pragma unroll
+          for (int i = 0; i < S; ++i) {
+            const float gi = fmaf(dy, Cv[i], q[i]);  // ∂ℓ/∂h_t
+            float dk;                                // Ā_t
+            if constexpr (kFine)
+              dk = ex2_mufu(dt * a2[i]);
+            else
+              dk = decay[k][i];
+            q[i] = gi * dk;  // ∂ℓ/∂h_{t-1} less its own C·dy
+            const float gah = q[i] * hs[k][i];
+            gAh = fmaf(gah, A[i], gAh);
+            dA[i] = fmaf(gah, dt, dA[i]);
+            gB = fmaf(gi, Bv[i], gB);
+            gs[i] = gi;
+          }
+          g_part[k * NT + tid] = make_float2(gB, gAh);
+          // dB = g·Δu and dC = dy·h of neighbouring channels added, then the warp's row for this
+          // step. The odd channel sends its dB and keeps its dC, the even one the reverse; choosing
+          // the factors rather than the products saves a multiply per state.
+          float* row = warp_sums + (tid / 32 * K + k) * row_bc + lp.n0;
+          float v[2 * S];
+          if (lanes < 32) {
+            const int c = (tid & 31) / lanes;
+            const bool odd = (c & 1) != 0;
+            const float send_by = odd ? dtu : dy, keep_by = odd ? dy : dtu;
+#pragma unroll
+            for (int i = 0; i < S; ++i) {
+              const float send = (odd ? gs[i] : hs[k + 1][i]) * send_by;
+              v[i] = fmaf(odd ? hs[k + 1][i] : gs[i], keep_by,
+                          __shfl_xor_sync(0xffffffffu, send, lanes));
+            }
+            store_states<S>(row + (c & ~1) * padded_n + (odd ? padded_n : 0), v);
           } else {
-            store_act(a.du, a.du_s, b, t, d, du);
-            store_act(a.ddelta, a.ddelta_s, b, t, d, draw);
-            if (has_z)
-              store_act(a.dz, a.dz_s, b, t, d, dz);
+#pragma unroll
+            for (int i = 0; i < S; ++i) {
+              v[i] = gs[i] * dtu;
+              v[S + i] = dy * hs[k + 1][i];
+            }
+            store_states<S>(row, v, 0);
+            store_states<S>(row + padded_n, v, S);
+          }
+        };
+        // Whole sub-chunks: the steps past the chunk's end are no-ops (their staged B, C rows are
+        // zero), so each loop is one basic block. Each step's inputs are read before the previous
+        // step's stores to shared memory (which the compiler cannot move them past), and the last
+        // step's serve both loops.
+        StepInputs cur = inputs(0), nxt;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          if (k + 1 < K)
+            nxt = inputs(k + 1);
+          recompute(k, cur);
+          if (k + 1 < K)
+            cur = nxt;
+        }
+#pragma unroll
+        for (int k = K - 1; k >= 0; --k) {
+          if (k > 0)
+            nxt = inputs(k - 1);
+          reverse(k, cur);
+          if (k > 0)
+            cur = nxt;
+        }
+        // Over the block's warps, into the chunk's sums.
+        __syncthreads();
+        // Every step of the sub-chunk, the no-op ones too (they add zeros inside the chunk's rows),
+        // so that the trip count is a constant where the lane count is; one sum per warp, then
+        // theirs, keeps the dependent additions few.
+        const int slots = K * 2 * padded_n;
+#pragma unroll
+        for (int i0 = 0; i0 < (kLanes > 0 ? K * 2 * kLanes * S : slots); i0 += NT) {
+          // Slots past the rows are read at slot 0 and only their update is skipped, so that the
+          // iterations' loads are not behind branches and can all be in flight at once.
+          const int i = i0 + tid < slots ? i0 + tid : 0;
+          const int k = i / (2 * padded_n), col = i % (2 * padded_n);
+          const int which = col / padded_n, n = col % padded_n;
+          float part[kWarps];
+#pragma unroll
+          for (int w = 0; w < kWarps; ++w) {
+            // Sums start from their first term: 0 + x is an addition the compiler must keep.
+            const float* row = warp_sums + (w * K + k) * row_bc + col;
+            part[w] = row[0];
+            for (int q = 1; q < pairs; ++q)
+              part[w] += row[q * 2 * padded_n];
+          }
+          float sum = part[0];
+#pragma unroll
+          for (int w = 1; w < kWarps; ++w)
+            sum += part[w];
+          if (i0 + tid < slots && n < N)
+            acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
+        }
+        // The channel's gradients of du, dδ and dz, step by step: lane l takes steps l, l + lanes,
+        // … and adds the lanes' shares in lane order. Where the lane count is compiled in (and the
+        // registers allow: not at 128 from fine checkpoints, where it spilled), the trip count is
+        // too and every trip runs (padded steps add zeros and store nothing), so that the trips'
+        // shared-memory reads and sums overlap instead of each waiting on the last.
+        constexpr bool kWholeTrips = kLanes > 0 && !kFine;
+        static_assert(!kWholeTrips || K % (kLanes > 0 ? kLanes : 1) == 0,
+                      "policy: whole sub-chunks per lane");
+        const int finish_end = kWholeTrips ? lp.lane + K : steps;
+#pragma unroll
+        for (int k = lp.lane; k < finish_end; k += lanes) {
+          const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
+          const float dt = w.x, u = w.y, dsp = w.z, dy = w.w, fz = mine[8 * k + 4];
+          float y = y_part[k * NT + first_lane];
+          float gB = g_part[k * NT + first_lane].x, gAh = g_part[k * NT + first_lane].y;
+          for (int l = 1; l < lanes; ++l) {
+            y += y_part[k * NT + first_lane + l];
+            const float2 gl = g_part[k * NT + first_lane + l];
+            gB += gl.x;
+            gAh += gl.y;
+          }
+          const float draw = fmaf(u, gB, gAh) * dsp;
+          d_bias += draw;
+          d_skip = fmaf(dy, u, d_skip);
+          if (active && k < steps) {
+            const int t = t0 + k;
+            const float du = fmaf(dt, gB, dy * skip), dz = fmaf(skip, u, y) * fz;
+            if constexpr (kSameLayout) {
+              *at_step(a.du + rows.off, t, a.du_tb) = from_float<T>(du);
+              *at_step(a.ddelta + rows.off, t, a.ddelta_tb) = from_float<T>(draw);
+              if (has_z)
+                *at_step(a.dz + rows.off, t, a.dz_tb) = from_float<T>(dz);
+            } else {
+              store_act(a.du, a.du_s, b, t, d, du);
+              store_act(a.ddelta, a.ddelta_s, b, t, d, draw);
+              if (has_z)
+                store_act(a.dz, a.dz_s, b, t, d, dz);
+            }
           }
         }
+        // Every warp has read this sub-chunk's dB, dC rows and step work before the next one
+        // overwrites them.
+        __syncthreads();
       }
-      // Every warp has read this sub-chunk's dB, dC rows and step work before the next one
-      // overwrites them.
-      __syncthreads();
+      if (!kSerial || c == 0)
+        break;
+      carried = true;
+      end_chunk();
+      --c;
+      begin_chunk();
+    }
+    if (kSerial && active && a.dh0 != nullptr) {  // what leaves the first chunk is ∂ℓ/∂h0
+#pragma unroll
+      for (int i = 0; i < S; ++i)
+        if (lp.n0 + i < N)
+          a.dh0[b * a.dh0_s[0] + d * a.dh0_s[1] + (lp.n0 + i) * a.dh0_s[2]] = q[i];
     }
     d_skip = sum_channel_lanes(d_skip, lanes);
     d_bias = sum_channel_lanes(d_bias, lanes);
@@ -932,11 +983,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
       }
     }
   }
-  __syncthreads();
-  float* out = a.dBC_acc + ((static_cast<Index>(b) * a.L + t_begin) * a.G + g) * two_n;
-  const Index step_stride = static_cast<Index>(a.G) * two_n;
-  for (int i = tid; i < len * two_n; i += NT)
-    atomicAdd(&out[i / two_n * step_stride + i % two_n], acc[i]);
+  end_chunk();
 }
 
 /// Pass 4: the float accumulators of dB, dC rounded into their views, one thread per
@@ -977,6 +1024,7 @@ struct ScanBackwardPlan {
   int lanes_per_channel = 1, padded_n = 0, chunk_len = 0, chunks = 0, slices_per_group = 1;
   int channels_per_slice = 1;
   bool from_checkpoints = false;  // the chunks' entry states come from the forward
+  bool serial = false;            // pass 3 walks every chunk itself (choose_serial)
   Index accumulator_floats = 0, chunk_floats = 0;
 
   ScanBackwardPlan(Index batch, Index L, Index D, Index N, Index G, bool checkpoints = false)
@@ -1107,6 +1155,25 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
   return a;
 }
 
+/// Makes `plan` serial (Policy::kSerialBlocksPerSM) where pass 3 has a kernel for it (fine
+/// checkpoints read as vectors, the usual lane count, one layout) and enough blocks of one round
+/// of channels each to fill `sm_count` SMs; `a` follows the plan's new slices.
+template <class Policy, class T>
+void choose_serial(ScanBackwardPlan<Policy>& plan, ScanBackwardArgs<T>& a, int sm_count) {
+  constexpr int kUsualLanes = 16 / Policy::kStatesPerThread;
+  const Index per_group = a.channels_per_group;
+  const Index round = std::min<Index>(per_group, Policy::kThreads / plan.lanes_per_channel);
+  const Index slices = (per_group + round - 1) / std::max<Index>(round, 1);
+  const Index blocks = static_cast<Index>(a.batch) * a.G * slices;
+  plan.serial = plan.from_checkpoints && plan.chunks > 0 && a.entry_every > 1 && a.entry_vec &&
+                plan.lanes_per_channel == kUsualLanes && a.same_layout && round > 0 &&
+                blocks >= static_cast<Index>(Policy::kSerialBlocksPerSM) * sm_count;
+  if (!plan.serial)
+    return;
+  plan.channels_per_slice = a.channels_per_slice = static_cast<int>(round);
+  plan.slices_per_group = a.slices_per_group = static_cast<int>(slices);
+}
+
 constexpr int kFlatThreads = 256;
 
 /// Lets `kernel` take `bytes` of dynamic shared memory (beyond the default 48 KB needs opting in).
@@ -1135,7 +1202,7 @@ void launch_backward_clear(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<
 template <class Policy, class T>
 void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<Policy>& plan,
                            cudaStream_t stream) {
-  if (a.batch == 0 || plan.chunks == 0)
+  if (a.batch == 0 || plan.chunks == 0 || plan.serial)
     return;
   const dim3 grid(static_cast<unsigned>(plan.chunks),
                   static_cast<unsigned>(a.G * plan.slices_per_group),
@@ -1159,10 +1226,10 @@ void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<
 }
 
 template <class Policy, class T>
-void launch_backward_join(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<Policy>&,
+void launch_backward_join(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<Policy>& plan,
                           cudaStream_t stream) {
   const Index states = static_cast<Index>(a.batch) * a.D * a.N;
-  if (states == 0)
+  if (states == 0 || plan.serial)
     return;
   scan_backward_join_kernel<<<flat_blocks(states), kFlatThreads, 0, stream>>>(a);
   SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_join_kernel");
@@ -1173,7 +1240,7 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
                             cudaStream_t stream) {
   if (a.batch == 0 || plan.chunks == 0)
     return;
-  const dim3 grid(static_cast<unsigned>(plan.chunks),
+  const dim3 grid(static_cast<unsigned>(plan.serial ? 1 : plan.chunks),
                   static_cast<unsigned>(a.G * plan.slices_per_group),
                   static_cast<unsigned>(a.batch));
   // Entry states at every sub-chunk, loaded as vectors; other layouts of fine checkpoints take
@@ -1192,13 +1259,15 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
   const auto pick = [&](auto fine) {
     constexpr bool kFine = decltype(fine)::value;
     if (plan.lanes_per_channel == kUsualLanes && a.same_layout)
-      launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, kFine, T>);
+      launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, kFine, false, T>);
     else if (plan.lanes_per_channel == kUsualLanes)
-      launch(scan_backward_chunk_kernel<Policy, kUsualLanes, false, kFine, T>);
+      launch(scan_backward_chunk_kernel<Policy, kUsualLanes, false, kFine, false, T>);
     else
-      launch(scan_backward_chunk_kernel<Policy, 0, false, kFine, T>);
+      launch(scan_backward_chunk_kernel<Policy, 0, false, kFine, false, T>);
   };
-  if (fine)
+  if (plan.serial)  // choose_serial checked what this kernel needs
+    launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, true, true, T>);
+  else if (fine)
     pick(std::true_type{});
   else
     pick(std::false_type{});
@@ -1265,7 +1334,7 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
   detail::check_time_stride(p.du, "du", kStrideLimit);
   detail::check_time_stride(p.ddelta, "ddelta", kStrideLimit);
   detail::check_time_stride(p.dz, "dz", kStrideLimit);
-  const detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, G, !p.checkpoints.absent());
+  detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, G, !p.checkpoints.absent());
   SSMKIT_CHECK(G * plan.slices_per_group <= 65535, "u", "channels",
                "at most 65535 blocks of channels on CUDA", D);
   SSMKIT_CHECK(p.checkpoints.absent() || p.checkpoint_interval == plan.chunk_len ||
@@ -1279,8 +1348,9 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
                ">= " + std::to_string(need), workspace == nullptr ? 0 : workspace_bytes);
   if (D == 0)
     return;
-  const detail::ScanBackwardArgs<T> a =
+  detail::ScanBackwardArgs<T> a =
       detail::make_backward_args(p, plan, static_cast<float*>(workspace));
+  detail::choose_serial(plan, a, multiprocessor_count());
   detail::launch_backward_clear(a, plan, stream);
   detail::launch_backward_local(a, plan, stream);
   detail::launch_backward_join(a, plan, stream);
