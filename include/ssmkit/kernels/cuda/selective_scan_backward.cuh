@@ -609,6 +609,9 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
 /// adjoint runs back through them (giving du, ddelta). kSameLayout: every (batch, time, channel)
 /// operand has u's batch and channel strides (ScanBackwardArgs::same_layout). kFine: the entry
 /// state of every sub-chunk is a checkpoint, read a sub-chunk ahead instead of walked to.
+/// kSerial (choose_serial; grid.x = 1, one round of channels per block): the block takes every
+/// chunk in turn from the last, the adjoint carried over in registers instead of read from
+/// passes 1 and 2, and writes ∂ℓ/∂h0 itself.
 template <class Policy, int kLanes, bool kSameLayout, bool kFine, bool kSerial, class T>
 __global__ void __launch_bounds__(Policy::kThreads,
                                   kFine ? Policy::kFineMinBlocksPerSM : Policy::kMinBlocksPerSM)
