@@ -279,7 +279,7 @@ __device__ __forceinline__ void reduce_scatter(float (&y)[K * P], int j) {
 /// exponential every ~7 instructions and so needs warps more than registers to keep the MUFU fed,
 /// at 5 (96, no spills; H100: the chunked shapes 2-5 % faster than at 3, 4 blocks gave less).
 template <int kThreads, class Split, bool kStaged, bool kPass1, bool kRowsVec, class T>
-__global__ void __launch_bounds__(kThreads, kPass1&& kStaged ? 5 : 3)
+__global__ void __launch_bounds__(kThreads, (kPass1 && kStaged) ? 5 : 3)
     selective_scan_kernel(const ScanArgs<T> a) {
   constexpr int K = Split::K, S = Split::S, P = Split::P;
   constexpr int kTile = Split::kTile, kPaddedN = Split::kPaddedN;
