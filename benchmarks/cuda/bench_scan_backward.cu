@@ -1,5 +1,6 @@
 // The CUDA selective scan backward on DESIGN.md's shapes (N=16, z, D, δ_bias, softplus; fp32 and
-// bf16; token- and channel-major), timed with CUDA events, against mamba_ssm's backward on the
+// bf16; token-major, channel-major, and the token-major layout a Mamba block hands over, with z
+// and dz halves of wider rows), timed with CUDA events, against mamba_ssm's backward on the
 // same H100; and the time of each of its passes. Prints markdown tables.
 //   bench_cuda_scan_backward [--runs N] [--quick]   (--quick: the first shape only)
 #include "bench_scan.cuh"
@@ -21,23 +22,32 @@ struct BackwardShape {
   double mamba_fp32_ms, mamba_bf16_ms;  // DESIGN.md's mamba_ssm backward times (H100)
 };
 
-/// Inputs and gradients of one shape, activations token-major or channel-major.
+/// How the activations lie in memory: token-major, channel-major, or as a Mamba block hands them
+/// over (token-major, with z and dz the second halves of in_proj's (batch, L, 2D) output and its
+/// gradient).
+enum class Layout { token, channel, block };
+
+const char* layout_name(Layout l) {
+  return l == Layout::token ? "token" : l == Layout::channel ? "channel" : "block";
+}
+
+/// Inputs and gradients of one shape in one layout.
 template <class T>
 struct BackwardProblem {
   cuda::DeviceBuffer<T> u, delta, z, dout, B, C, du, ddelta, dz, dB, dC;
   cuda::DeviceBuffer<float> A, D_skip, bias, dA, dD, dbias;
   SelectiveScanBackwardParams<T, float> p;
 
-  BackwardProblem(const BackwardShape& s, bool channel_major)
+  BackwardProblem(const BackwardShape& s, Layout layout)
       : u(s.batch * s.L * s.D),
         delta(s.batch * s.L * s.D),
-        z(s.batch * s.L * s.D),
+        z(s.batch * s.L * s.D * (layout == Layout::block ? 2 : 1)),
         dout(s.batch * s.L * s.D),
         B(s.batch * s.L * s.N),
         C(s.batch * s.L * s.N),
         du(s.batch * s.L * s.D),
         ddelta(s.batch * s.L * s.D),
-        dz(s.batch * s.L * s.D),
+        dz(s.batch * s.L * s.D * (layout == Layout::block ? 2 : 1)),
         dB(s.batch * s.L * s.N),
         dC(s.batch * s.L * s.N),
         A(s.D * s.N),
@@ -55,6 +65,7 @@ struct BackwardProblem {
     fill(A, 7, -4.f, -0.1f);
     fill(D_skip, 8, -1.f, 1.f);
     fill(bias, 9, -1.f, 0.5f);
+    const bool channel_major = layout == Layout::channel;
     const Shape<3> shape{s.batch, s.L, s.D};
     const Shape<3> strides =
         channel_major ? Shape<3>{s.D * s.L, 1, s.L} : Shape<3>{s.L * s.D, s.D, 1};
@@ -64,7 +75,10 @@ struct BackwardProblem {
         channel_major ? Shape<4>{s.N * s.L, 1, s.N * s.L, s.L} : Shape<4>{s.L * s.N, s.N, s.N, 1};
     p.u = u.template view<3>(shape, strides);
     p.delta = delta.template view<3>(shape, strides);
-    p.z = z.template view<3>(shape, strides);
+    const Shape<3> half{2 * s.L * s.D, 2 * s.D, 1};
+    p.z = layout == Layout::block
+              ? TensorView<T, 3>(z.data() + s.D, shape, half, "z", Device::CUDA, z.size() - s.D)
+              : z.template view<3>(shape, strides);
     p.dout = dout.template view<3>(shape, strides);
     p.B = B.template view<4>(bc, bc_strides);
     p.C = C.template view<4>(bc, bc_strides);
@@ -74,7 +88,9 @@ struct BackwardProblem {
     p.delta_softplus = true;
     p.du = du.template view<3>(shape, strides);
     p.ddelta = ddelta.template view<3>(shape, strides);
-    p.dz = dz.template view<3>(shape, strides);
+    p.dz = layout == Layout::block
+               ? TensorView<T, 3>(dz.data() + s.D, shape, half, "dz", Device::CUDA, dz.size() - s.D)
+               : dz.template view<3>(shape, strides);
     p.dB = dB.template view<4>(bc, bc_strides);
     p.dC = dC.template view<4>(bc, bc_strides);
     p.dA = dA.view<2>({s.D, s.N});
@@ -91,9 +107,9 @@ struct BackwardTiming {
 };
 
 template <class T>
-BackwardTiming time_backward(const BackwardShape& shape, bool channel_major, int runs) {
+BackwardTiming time_backward(const BackwardShape& shape, Layout layout, int runs) {
   using Policy = cuda::SelectiveScanBackwardPolicy;
-  BackwardProblem<T> pr(shape, channel_major);
+  BackwardProblem<T> pr(shape, layout);
   const std::size_t bytes = cuda::selective_scan_backward_workspace_size<Policy>(pr.p);
   cuda::DeviceBuffer<char> ws(static_cast<Index>(bytes));
   SSMKIT_CUDA_CHECK(cudaDeviceSynchronize());
@@ -179,17 +195,17 @@ int main(int argc, char** argv) {
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (const BackwardShape& s : shapes)
       for (const bool bf16 : {false, true})
-        for (const bool cm : {false, true}) {
-          const BackwardTiming t =
-              bf16 ? time_backward<__nv_bfloat16>(s, cm, runs) : time_backward<float>(s, cm, runs);
+        for (const Layout layout : {Layout::token, Layout::channel, Layout::block}) {
+          const BackwardTiming t = bf16 ? time_backward<__nv_bfloat16>(s, layout, runs)
+                                        : time_backward<float>(s, layout, runs);
           const double mamba = bf16 ? s.mamba_bf16_ms : s.mamba_fp32_ms;
           std::printf(
               "| B=%lld D=%lld L=%lld | %s | %s | %.3f | %.2f | %.2f | %.3f | %.3f | %.3f | "
               "%.3f | %.0f | %.3f | %.2f | %.3f | %.2f | %.3f | %.3f | %.3f |\n",
               static_cast<long long>(s.batch), static_cast<long long>(s.D),
-              static_cast<long long>(s.L), bf16 ? "bf16" : "fp32", cm ? "channel" : "token",
-              t.total_ms, mamba, mamba / t.total_ms, t.local_ms, t.join_ms, t.chunks_ms,
-              t.finish_ms, t.workspace_mb, t.checkpoints_ms, mamba / t.checkpoints_ms, t.fine_ms,
+              static_cast<long long>(s.L), bf16 ? "bf16" : "fp32", layout_name(layout), t.total_ms,
+              mamba, mamba / t.total_ms, t.local_ms, t.join_ms, t.chunks_ms, t.finish_ms,
+              t.workspace_mb, t.checkpoints_ms, mamba / t.checkpoints_ms, t.fine_ms,
               mamba / t.fine_ms, t.forward_ms, t.forward_checkpoints_ms - t.forward_ms,
               t.forward_fine_ms - t.forward_ms);
           std::fflush(stdout);

@@ -126,7 +126,7 @@ struct ScanBackwardArgs {
   int lanes_per_channel, padded_n;  // padded_n = lanes_per_channel · states per lane
   int chunk_len, chunks, slices_per_group, channels_per_slice;
   bool softplus;
-  bool same_layout;  // δ, z, dout, du, dδ, dz have u's batch and channel strides
+  bool same_layout;  // δ, dout, du, dδ have u's batch and channel strides, dz has z's
 };
 
 /// σ(x); 0 when e^-x overflows.
@@ -343,11 +343,12 @@ __device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, 
   return v;
 }
 
-/// The same loads where every (batch, time, channel) operand has u's batch and channel strides:
-/// the channel's place is one offset for all of them (pass 3's usual case).
+/// The same loads where every (batch, time, channel) operand has u's batch and channel strides but
+/// z and dz, which share theirs (a Mamba block's z is the second half of in_proj's output): the
+/// channel's place is one offset for each group (pass 3's usual case).
 template <class T>
 struct ChannelOffset {
-  Index off;
+  Index off, z_off;
 
   template <bool kDy>
   __device__ __forceinline__ RawStep<T> load(const ScanBackwardArgs<T>& a, int t, bool live) const {
@@ -359,7 +360,7 @@ struct ChannelOffset {
       if (live)
         r.dout = __ldg(at_step(a.dout + off, t, a.dout_tb));
       if (a.z != nullptr)
-        r.z = __ldg(at_step(a.z + off, t, a.z_tb));
+        r.z = __ldg(at_step(a.z + z_off, t, a.z_tb));
     }
     return r;
   }
@@ -607,7 +608,8 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
 /// state keeps the state entering each sub-chunk in shared memory; then, sub-chunk by sub-chunk
 /// from the last, the states and decays are recomputed into registers (giving dz) and the
 /// adjoint runs back through them (giving du, ddelta). kSameLayout: every (batch, time, channel)
-/// operand has u's batch and channel strides (ScanBackwardArgs::same_layout). kFine: the entry
+/// operand has u's batch and channel strides but z and dz, which share theirs
+/// (ScanBackwardArgs::same_layout). kFine: the entry
 /// state of every sub-chunk is a checkpoint, read a sub-chunk ahead instead of walked to.
 /// kSerial (choose_serial; grid.x = 1, one round of channels per block): the block takes every
 /// chunk in turn from the last, the adjoint carried over in registers instead of read from
@@ -695,7 +697,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
     using Rows = std::conditional_t<kSameLayout, ChannelOffset<T>, ChannelCoords<T>>;
     Rows rows{};
     if constexpr (kSameLayout)
-      rows.off = b * a.u_s[0] + d * a.u_s[2];
+      rows.off = b * a.u_s[0] + d * a.u_s[2], rows.z_off = b * a.z_s[0] + d * a.z_s[2];
     else
       rows.b = b, rows.d = d;
     StepPrefetch<R, true, T> next;
@@ -947,7 +949,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
               *at_step(a.du + rows.off, t, a.du_tb) = from_float<T>(du);
               *at_step(a.ddelta + rows.off, t, a.ddelta_tb) = from_float<T>(draw);
               if (has_z)
-                *at_step(a.dz + rows.off, t, a.dz_tb) = from_float<T>(dz);
+                *at_step(a.dz + rows.z_off, t, a.dz_tb) = from_float<T>(dz);
             } else {
               store_act(a.du, a.du_s, b, t, d, du);
               store_act(a.ddelta, a.ddelta_s, b, t, d, draw);
@@ -1150,11 +1152,11 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
   a.slices_per_group = plan.slices_per_group;
   a.channels_per_slice = plan.channels_per_slice;
   a.softplus = p.delta_softplus;
-  const auto like_u = [&](const auto& v) {
-    return v.absent() || (v.stride(0) == p.u.stride(0) && v.stride(2) == p.u.stride(2));
+  const auto like = [](const auto& v, const auto& w) {
+    return v.absent() || (v.stride(0) == w.stride(0) && v.stride(2) == w.stride(2));
   };
-  a.same_layout = like_u(p.delta) && like_u(p.z) && like_u(p.dout) && like_u(p.du) &&
-                  like_u(p.ddelta) && like_u(p.dz);
+  a.same_layout = like(p.delta, p.u) && like(p.dout, p.u) && like(p.du, p.u) &&
+                  like(p.ddelta, p.u) && (p.z.absent() || like(p.dz, p.z));
   return a;
 }
 
