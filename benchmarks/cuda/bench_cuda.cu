@@ -1,9 +1,10 @@
 // The CUDA benchmark: copy bandwidth and exponential rate measured on the spot, the selective
 // scan on DESIGN.md's shapes (fp32 and bf16, token- and channel-major, each policy) against its
 // floor and mamba_ssm, and the decode-step kernels at batch 1 … 256. Prints markdown tables.
-//   bench_cuda [--runs N] [--quick] [--bc-state-time]
-// --quick: the first shape and the default policy only; --bc-state-time: also the default policy
-// with B and C in mamba_ssm's (batch, group, state, time) memory order.
+//   bench_cuda [--runs N] [--quick] [--shape I] [--bc-state-time]
+// --quick: the first shape and the default policy only; --shape I: the I-th shape only (from 0);
+// --bc-state-time: also the default policy with B and C in mamba_ssm's (batch, group, state,
+// time) memory order.
 #include "bench_scan.cuh"
 
 #include <algorithm>
@@ -103,7 +104,9 @@ std::pair<double, double> time_decode(Index batch) {
 
 int main(int argc, char** argv) {
   using namespace ssmkit::bench;
-  const auto [runs, quick] = parse_bench_args(argc, argv, 20);
+  const BenchArgs args = parse_bench_args(argc, argv, 20);
+  const int runs = args.runs;
+  const bool quick = args.quick;
   bool bc_state_time = false;
   for (int i = 1; i < argc; ++i)
     bc_state_time = bc_state_time || std::strcmp(argv[i], "--bc-state-time") == 0;
@@ -120,11 +123,11 @@ int main(int argc, char** argv) {
     std::printf("copy bandwidth (read+write): %.3f TB/s; ex2.approx rate: %.3f T/s\n\n", bw / 1e12,
                 er / 1e12);
 
-    std::vector<ScanShape> shapes = {{8, 2048, 2048, 16, 1.17, 0.61},
-                                     {1, 5120, 16384, 16, 3.32, 1.95},
-                                     {2, 1536, 131072, 16, 15.3, 8.66}};
-    if (quick)
-      shapes.resize(1);
+    const std::vector<ScanShape> shapes =
+        selected_shapes<ScanShape>({{8, 2048, 2048, 16, 1.17, 0.61},
+                                    {1, 5120, 16384, 16, 3.32, 1.95},
+                                    {2, 1536, 131072, 16, 15.3, 8.66}},
+                                   args);
     std::vector<ScanTiming> all = time_default_policy(shapes, runs);
     if (bc_state_time) {
       for (auto& t : time_policy<ssmkit::cuda::SelectiveScanPolicy>("default", shapes, runs, true))

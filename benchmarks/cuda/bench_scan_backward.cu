@@ -2,7 +2,8 @@
 // bf16; token-major, channel-major, and the token-major layout a Mamba block hands over, with z
 // and dz halves of wider rows), timed with CUDA events, against mamba_ssm's backward on the
 // same H100; and the time of each of its passes. Prints markdown tables.
-//   bench_cuda_scan_backward [--runs N] [--quick]   (--quick: the first shape only)
+//   bench_cuda_scan_backward [--runs N] [--quick] [--shape I]   (--quick: the first shape only;
+//   --shape I: the I-th only, from 0)
 #include "bench_scan.cuh"
 
 #include <ssmkit/kernels/cuda/selective_scan.cuh>
@@ -167,7 +168,8 @@ BackwardTiming time_backward(const BackwardShape& shape, Layout layout, int runs
 
 int main(int argc, char** argv) {
   using namespace ssmkit::bench;
-  const auto [runs, quick] = parse_bench_args(argc, argv, 10);
+  const BenchArgs args = parse_bench_args(argc, argv, 10);
+  const int runs = args.runs;
   try {
     if (ssmkit::cuda::device_count() == 0) {
       std::printf("no CUDA device\n");
@@ -177,11 +179,11 @@ int main(int argc, char** argv) {
     SSMKIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s, %d SMs, L2 %d MB\n\n", prop.name, prop.multiProcessorCount,
                 prop.l2CacheSize >> 20);
-    std::vector<BackwardShape> shapes = {{8, 2048, 2048, 16, 2.80, 2.51},
-                                         {1, 5120, 16384, 16, 7.08, 6.44},
-                                         {2, 1536, 131072, 16, 33.3, 30.2}};
-    if (quick)
-      shapes.resize(1);
+    const std::vector<BackwardShape> shapes =
+        selected_shapes<BackwardShape>({{8, 2048, 2048, 16, 2.80, 2.51},
+                                        {1, 5120, 16384, 16, 7.08, 6.44},
+                                        {2, 1536, 131072, 16, 33.3, 30.2}},
+                                       args);
     std::printf("## selective scan backward (N=16, z, D, delta_bias, softplus)\n\n");
     std::printf(
         "Without checkpoints, then from the forward's checkpoints every chunk (passes 1 and 2 "

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace ssmkit::bench {
@@ -45,10 +47,12 @@ inline double copy_bandwidth() {
   return 2.0 * static_cast<double>(n) / (ms * 1e-3);
 }
 
-/// The flags the scan benchmarks take: --runs N (at least 3) and --quick.
+/// The flags the scan benchmarks take: --runs N (at least 3), --quick, and --shape I (only the
+/// I-th shape of the benchmark's list, counted from 0; for profiling one shape).
 struct BenchArgs {
   int runs;
   bool quick = false;
+  int shape = -1;
 };
 
 inline BenchArgs parse_bench_args(int argc, char** argv, int default_runs) {
@@ -58,8 +62,23 @@ inline BenchArgs parse_bench_args(int argc, char** argv, int default_runs) {
       a.runs = std::max(3, std::atoi(argv[++i]));
     else if (std::strcmp(argv[i], "--quick") == 0)
       a.quick = true;
+    else if (std::strcmp(argv[i], "--shape") == 0 && i + 1 < argc)
+      a.shape = std::atoi(argv[++i]);
   }
   return a;
+}
+
+/// The shapes a benchmark runs: the first only with --quick, the I-th only with --shape I.
+template <class Shape>
+std::vector<Shape> selected_shapes(std::vector<Shape> all, const BenchArgs& a) {
+  if (a.shape >= static_cast<int>(all.size()))
+    throw std::invalid_argument("--shape " + std::to_string(a.shape) + ": the benchmark has " +
+                                std::to_string(all.size()) + " shapes");
+  if (a.shape >= 0)
+    return {all[static_cast<std::size_t>(a.shape)]};
+  if (a.quick)
+    all.resize(1);
+  return all;
 }
 
 }  // namespace ssmkit::bench

@@ -424,30 +424,39 @@ __device__ __forceinline__ unsigned channel_lanes_mask(int lanes_per_channel) {
   return ((1u << lanes_per_channel) - 1u) << first;
 }
 
-/// Floats of shared memory per channel for the shared step work of pass 1 ([step][Δ, Δ·u, dy, -])
-/// and pass 3 ([step][Δ, u, dsp, dy, fz, -, -, -], 16-byte aligned steps); the 4 extra floats
-/// shift neighbouring channels to other banks.
+/// Floats of shared memory per channel for the step work the lanes of passes 1 and 3 share,
+/// [step][Δ, Δ·u, dy, -]: 16-byte records, read by all of a channel's lanes at once. The 4 extra
+/// floats put neighbouring channels on other banks.
 template <class Policy>
-constexpr int local_step_stride() {
+constexpr int step_record_stride() {
   return Policy::kSubChunk * 4 + 4;
 }
+
+/// Row stride, in floats, of pass 3's per-step lane shares ([step][thread]): one float of padding
+/// per row, so that the finish's lanes, each reading its own step's shares of the channel, meet
+/// no bank conflict (a row of kThreads floats put them all on one bank: 4-way conflicts).
 template <class Policy>
-constexpr int chunk_step_stride() {
-  return Policy::kSubChunk * 8 + 4;
+constexpr int lane_share_stride() {
+  return Policy::kThreads + 1;
 }
+
+/// What pass 3's finish needs of each step a lane prepared, kept by that lane: u, softplus'(δ),
+/// fz, Δ and dy ([trip][value][thread] in shared memory, conflict-free).
+inline constexpr int kFinishValues = 5;
 
 /// Shared memory of pass 1, in floats: the chunk's B and C rows, then (with
 /// lanes_per_channel > 0) the channels' shared step work.
 template <class Policy>
 constexpr int local_smem_floats(int chunk_len, int padded_n, int lanes_per_channel) {
-  return chunk_len * 2 * padded_n +
-         (lanes_per_channel > 0 ? Policy::kThreads / lanes_per_channel * local_step_stride<Policy>()
-                                : 0);
+  return chunk_len * 2 * padded_n + (lanes_per_channel > 0 ? Policy::kThreads / lanes_per_channel *
+                                                                 step_record_stride<Policy>()
+                                                           : 0);
 }
 
 /// Shared memory of pass 3, in floats: the staged B and C rows, the chunk's dB, dC sums, the
 /// sub-chunks' entry states (not from fine checkpoints), the warps' dB, dC sums of a sub-chunk, the
-/// channels' shared step work, then each lane's partial y and (gB, gA·h) of a sub-chunk's steps.
+/// channels' shared step work, each lane's partial y and (gB, gA·h) of a sub-chunk's steps, then
+/// the finish's values of the steps each lane prepared.
 template <class Policy>
 constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N, int lanes_per_channel,
                                 bool fine) {
@@ -455,8 +464,10 @@ constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N, int lanes_pe
          (fine ? 0 : chunk_len / Policy::kSubChunk * Policy::kStatesPerThread * Policy::kThreads) +
          Policy::kThreads / 32 * Policy::kSubChunk *
              warp_bc_row<Policy::kStatesPerThread>(lanes_per_channel) +
-         Policy::kThreads / lanes_per_channel * chunk_step_stride<Policy>() +
-         3 * Policy::kSubChunk * Policy::kThreads;
+         Policy::kThreads / lanes_per_channel * step_record_stride<Policy>() +
+         3 * Policy::kSubChunk * lane_share_stride<Policy>() +
+         (Policy::kSubChunk + lanes_per_channel - 1) / lanes_per_channel * kFinishValues *
+             Policy::kThreads;
 }
 
 /// Pass 1: each chunk from a zero state and a zero adjoint, walking forwards: its local final
@@ -474,7 +485,7 @@ __global__ void __launch_bounds__(Policy::kThreads)
   const LanePlace lp = lane_place(lanes, S);
   float* bc = smem_local;  // the chunk's B and C rows
   float* mine = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n, 0) +
-                lp.channel * local_step_stride<Policy>();  // this channel's step work
+                lp.channel * step_record_stride<Policy>();  // this channel's step work
   const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
   const int slice = static_cast<int>(blockIdx.y) % a.slices_per_group;
   const int slice_end = min((slice + 1) * a.channels_per_slice, a.channels_per_group);
@@ -637,11 +648,16 @@ __global__ void __launch_bounds__(Policy::kThreads,
   // [warp][step][pair][B|C][state]
   float* warp_sums = entry + (kFine ? 0 : a.chunk_len / K * S * NT);
   float* step_work = warp_sums + kWarps * K * row_bc;
-  float* mine = step_work + lp.channel * chunk_step_stride<Policy>();  // this channel's step work
+  float* mine = step_work + lp.channel * step_record_stride<Policy>();  // this channel's step work
   // Each lane's share of a step's per-channel sums, [step][thread]: y, then (gB, gA·h).
-  float* y_part = step_work + NT / lanes * chunk_step_stride<Policy>();
-  float2* g_part = reinterpret_cast<float2*>(y_part + K * NT);
-  const int first_lane = tid - lp.lane;  // the channel's lane 0
+  constexpr int kShare = lane_share_stride<Policy>();
+  static_assert(K % 2 == 0, "policy: the (gB, gA·h) shares are 8-byte aligned");
+  float* y_part = step_work + NT / lanes * step_record_stride<Policy>();
+  float2* g_part = reinterpret_cast<float2*>(y_part + K * kShare);
+  // The finish's values of the steps this lane prepares (steps lane + r·lanes: trip r).
+  float* finish_values = reinterpret_cast<float*>(g_part + K * kShare) + tid;
+  const int lane_shift = __ffs(lanes) - 1;  // lanes is a power of two
+  const int first_lane = tid - lp.lane;     // the channel's lane 0
   const int b = static_cast<int>(blockIdx.z);
   const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
   const int slice = static_cast<int>(blockIdx.y) % a.slices_per_group;
@@ -749,7 +765,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
         const int t0 = t_begin + j * K;
         sweep_next.template prepare<false>(
             a, rows, t0, K, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
-              *reinterpret_cast<float2*>(mine + 8 * k) = make_float2(v.dt, v.dt * v.u);
+              *reinterpret_cast<float2*>(mine + 4 * k) = make_float2(v.dt, v.dt * v.u);
             });
         if (j + 2 < subs)
           sweep_next.load(a, rows, t0 + K, K, lp.lane, lanes, active);
@@ -759,7 +775,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
 #pragma unroll
         for (int k = 0; k < K; ++k) {
           const int t = t0 + k;
-          const float2 v = *reinterpret_cast<const float2*>(mine + 8 * k);
+          const float2 v = *reinterpret_cast<const float2*>(mine + 4 * k);
           const float dt = v.x, du = v.y;
           float Bv[S];
           chunk_states(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
@@ -785,47 +801,48 @@ __global__ void __launch_bounds__(Policy::kThreads,
         // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
         next.template prepare_padded<K, true>(
             a, rows, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
-              *reinterpret_cast<float4*>(mine + 8 * k) = make_float4(v.dt, v.u, v.dsp, v.dy);
-              mine[8 * k + 4] = v.fz;
+              *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
+              float* f = finish_values + (k >> lane_shift) * kFinishValues * NT;
+              f[0] = v.u, f[NT] = v.dsp, f[2 * NT] = v.fz, f[3 * NT] = v.dt, f[4 * NT] = v.dy;
             });
         if (j > 0 || more)
           next.load(a, rows, t0 - K, K, lp.lane, lanes, active);
         __syncwarp();
         const int k0 = t0 - t_begin;  // the sub-chunk's first step in the staged rows
-        // A step's inputs from shared memory: its values [Δ, u, softplus', dy] and this lane's B
-        // and C states.
+        // Forwards through the sub-chunk, from its record [Δ, Δ·u] and this lane's B states (the
+        // loop stores nothing to shared memory, so its reads can be issued early).
+        const auto recompute = [&](int k) {
+          const float2 w = *reinterpret_cast<const float2*>(mine + 4 * k);
+          float Bv[S];
+          chunk_states(bc, padded_n, k0 + k, 0, lp.n0, Bv);
+#pragma unroll
+          for (int i = 0; i < S; ++i) {
+            const float dk = ex2_mufu(w.x * a2[i]);
+            if constexpr (!kFine)
+              decay[k][i] = dk;
+            hs[k + 1][i] = fmaf(dk, hs[k][i], w.y * Bv[i]);
+          }
+        };
+        // A step's inputs to the way back: its record [Δ, Δ·u, dy] and this lane's B and C
+        // states.
         struct StepInputs {
           float4 w;
           float B[S], C[S];
         };
         const auto inputs = [&](int k) {
           StepInputs in;
-          in.w = *reinterpret_cast<const float4*>(mine + 8 * k);
+          in.w = *reinterpret_cast<const float4*>(mine + 4 * k);
           chunk_states(bc, padded_n, k0 + k, 0, lp.n0, in.B);
           chunk_states(bc, padded_n, k0 + k, 1, lp.n0, in.C);
           return in;
         };
-        const auto recompute = [&](int k, const StepInputs& in) {
-          const float dt = in.w.x, du = dt * in.w.y;
-          const float(&Bv)[S] = in.B;
-          const float(&Cv)[S] = in.C;
-          float y = 0.f;  // needed for dz only, and cheaper to compute than to branch around
-#pragma unroll
-          for (int i = 0; i < S; ++i) {
-            const float dk = ex2_mufu(dt * a2[i]);
-            if constexpr (!kFine)
-              decay[k][i] = dk;
-            hs[k + 1][i] = fmaf(dk, hs[k][i], du * Bv[i]);
-            y = fmaf(Cv[i], hs[k + 1][i], y);
-          }
-          y_part[k * NT + tid] = y;  // the lanes' shares meet after the sub-chunk
-        };
         // Backwards through it.
         const auto reverse = [&](int k, const StepInputs& in) {
-          const float dt = in.w.x, dy = in.w.w, dtu = dt * in.w.y;
+          const float dt = in.w.x, dtu = in.w.y, dy = in.w.z;
           const float(&Bv)[S] = in.B;
           const float(&Cv)[S] = in.C;
-          float gB = 0.f, gAh = 0.f, gs[S];
+          // y (for dz only) is cheaper to compute than to branch around.
+          float gB = 0.f, gAh = 0.f, y = 0.f, gs[S];
 #pragma unroll
           for (int i = 0; i < S; ++i) {
             const float gi = fmaf(dy, Cv[i], q[i]);  // ∂ℓ/∂h_t
@@ -839,9 +856,12 @@ __global__ void __launch_bounds__(Policy::kThreads,
             gAh = fmaf(gah, A[i], gAh);
             dA[i] = fmaf(gah, dt, dA[i]);
             gB = fmaf(gi, Bv[i], gB);
+            y = fmaf(Cv[i], hs[k + 1][i], y);
             gs[i] = gi;
           }
-          g_part[k * NT + tid] = make_float2(gB, gAh);
+          // The lanes' shares meet after the sub-chunk.
+          y_part[k * kShare + tid] = y;
+          g_part[k * kShare + tid] = make_float2(gB, gAh);
           // dB = g·Δu and dC = dy·h of neighbouring channels added, then the warp's row for this
           // step. The odd channel sends its dB and keeps its dC, the even one the reverse; choosing
           // the factors rather than the products saves a multiply per state.
@@ -869,18 +889,13 @@ __global__ void __launch_bounds__(Policy::kThreads,
           }
         };
         // Whole sub-chunks: the steps past the chunk's end are no-ops (their staged B, C rows are
-        // zero), so each loop is one basic block. Each step's inputs are read before the previous
-        // step's stores to shared memory (which the compiler cannot move them past), and the last
-        // step's serve both loops.
-        StepInputs cur = inputs(0), nxt;
+        // zero), so each loop is one basic block. On the way back each step's inputs are read
+        // before the previous step's stores to shared memory (which the compiler cannot move them
+        // past).
 #pragma unroll
-        for (int k = 0; k < K; ++k) {
-          if (k + 1 < K)
-            nxt = inputs(k + 1);
-          recompute(k, cur);
-          if (k + 1 < K)
-            cur = nxt;
-        }
+        for (int k = 0; k < K; ++k)
+          recompute(k);
+        StepInputs cur = inputs(K - 1), nxt;
 #pragma unroll
         for (int k = K - 1; k >= 0; --k) {
           if (k > 0)
@@ -928,14 +943,14 @@ __global__ void __launch_bounds__(Policy::kThreads,
                       "policy: whole sub-chunks per lane");
         const int finish_end = kWholeTrips ? lp.lane + K : steps;
 #pragma unroll
-        for (int k = lp.lane; k < finish_end; k += lanes) {
-          const float4 w = *reinterpret_cast<const float4*>(mine + 8 * k);
-          const float dt = w.x, u = w.y, dsp = w.z, dy = w.w, fz = mine[8 * k + 4];
-          float y = y_part[k * NT + first_lane];
-          float gB = g_part[k * NT + first_lane].x, gAh = g_part[k * NT + first_lane].y;
+        for (int k = lp.lane, r = 0; k < finish_end; k += lanes, ++r) {
+          const float* f = finish_values + r * kFinishValues * NT;
+          const float u = f[0], dsp = f[NT], fz = f[2 * NT], dt = f[3 * NT], dy = f[4 * NT];
+          float y = y_part[k * kShare + first_lane];
+          float gB = g_part[k * kShare + first_lane].x, gAh = g_part[k * kShare + first_lane].y;
           for (int l = 1; l < lanes; ++l) {
-            y += y_part[k * NT + first_lane + l];
-            const float2 gl = g_part[k * NT + first_lane + l];
+            y += y_part[k * kShare + first_lane + l];
+            const float2 gl = g_part[k * kShare + first_lane + l];
             gB += gl.x;
             gAh += gl.y;
           }
