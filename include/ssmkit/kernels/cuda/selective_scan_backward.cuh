@@ -667,21 +667,31 @@ __global__ void __launch_bounds__(Policy::kThreads,
   // adjoint from chunk to chunk in registers (no passes 1 and 2); else it takes chunk blockIdx.x.
   int c = kSerial ? a.chunks - 1 : static_cast<int>(blockIdx.x);
   int t_begin = 0, len = 0, subs = 0;
+  // The dB, dC rows out: the block's sums of a step go out once every round has added its own
+  // (kSerial: one round, so each sub-chunk sends its sums at once and `acc` is not used).
+  // (Its address is worked out where it is used: held across the loops it spilled.)
+  const auto dbc_out = [&](int t) {
+    return a.dBC_acc + ((static_cast<Index>(b) * a.L + t) * a.G + g) * two_n;
+  };
   const auto begin_chunk = [&] {  // stages chunk c's B and C rows and clears its dB, dC sums
     t_begin = c * a.chunk_len;
     len = min(a.chunk_len, a.L - t_begin);
     subs = (len + K - 1) / K;
-    for (int i = tid; i < subs * K * two_n; i += NT)  // padded steps too: they add zeros
-      acc[i] = 0.f;
+    if constexpr (!kSerial) {
+      for (int i = tid; i < subs * K * two_n; i += NT)  // padded steps too: they add zeros
+        acc[i] = 0.f;
+    }
     stage_chunk_states<NT>(a, bc, b, g, t_begin, len, subs * K, padded_n);
     __syncthreads();
   };
   const auto end_chunk = [&] {  // the chunk's dB, dC sums out, once every warp has added its own
-    __syncthreads();
-    float* out = a.dBC_acc + ((static_cast<Index>(b) * a.L + t_begin) * a.G + g) * two_n;
-    const Index step_stride = static_cast<Index>(a.G) * two_n;
-    for (int i = tid; i < len * two_n; i += NT)
-      atomicAdd(&out[i / two_n * step_stride + i % two_n], acc[i]);
+    if constexpr (!kSerial) {
+      __syncthreads();
+      float* out = dbc_out(t_begin);
+      const Index step_stride = static_cast<Index>(a.G) * two_n;
+      for (int i = tid; i < len * two_n; i += NT)
+        atomicAdd(&out[i / two_n * step_stride + i % two_n], acc[i]);
+    }
   };
   begin_chunk();
   const bool has_z = a.z != nullptr;
@@ -930,8 +940,12 @@ __global__ void __launch_bounds__(Policy::kThreads,
 #pragma unroll
           for (int w = 1; w < kWarps; ++w)
             sum += part[w];
-          if (i0 + tid < slots && n < N)
+          if constexpr (kSerial) {
+            if (i0 + tid < slots && n < N && k < steps)
+              atomicAdd(dbc_out(t0 + k) + which * N + n, sum);
+          } else if (i0 + tid < slots && n < N) {
             acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
+          }
         }
         // The channel's gradients of du, dδ and dz, step by step: lane l takes steps l, l + lanes,
         // … and adds the lanes' shares in lane order. Where the lane count is compiled in (and the
