@@ -432,6 +432,15 @@ constexpr int step_record_stride() {
   return Policy::kSubChunk * 4 + 4;
 }
 
+/// The same for pass 1 from checkpoints, whose records are [Δ, dy] (8 bytes): a stride of 8 floats
+/// past a multiple of 32 puts the 8-byte records of a half-warp's channels on distinct banks both
+/// when each lane writes its own step and when all lanes read one step (16-byte records at any
+/// stride meet conflicts on one or the other: H100, ncu).
+template <class Policy>
+constexpr int adjoint_record_stride() {
+  return (Policy::kSubChunk * 2 + 23) / 32 * 32 + 8;
+}
+
 /// Row stride, in floats, of pass 3's per-step lane shares ([step][thread]): one float of padding
 /// per row, so that the finish's lanes, each reading its own step's shares of the channel, meet
 /// no bank conflict (a row of kThreads floats put them all on one bank: 4-way conflicts).
@@ -448,9 +457,11 @@ inline constexpr int kFinishValues = 5;
 /// lanes_per_channel > 0) the channels' shared step work.
 template <class Policy>
 constexpr int local_smem_floats(int chunk_len, int padded_n, int lanes_per_channel) {
-  return chunk_len * 2 * padded_n + (lanes_per_channel > 0 ? Policy::kThreads / lanes_per_channel *
-                                                                 step_record_stride<Policy>()
-                                                           : 0);
+  constexpr int kRecords = step_record_stride<Policy>() > adjoint_record_stride<Policy>()
+                               ? step_record_stride<Policy>()
+                               : adjoint_record_stride<Policy>();
+  return chunk_len * 2 * padded_n +
+         (lanes_per_channel > 0 ? Policy::kThreads / lanes_per_channel * kRecords : 0);
 }
 
 /// Shared memory of pass 3, in floats: the staged B and C rows, the chunk's dB, dC sums, the
@@ -485,7 +496,8 @@ __global__ void __launch_bounds__(Policy::kThreads)
   const LanePlace lp = lane_place(lanes, S);
   float* bc = smem_local;  // the chunk's B and C rows
   float* mine = bc + local_smem_floats<Policy>(a.chunk_len, a.padded_n, 0) +
-                lp.channel * step_record_stride<Policy>();  // this channel's step work
+                lp.channel * (kStates ? step_record_stride<Policy>()
+                                      : adjoint_record_stride<Policy>());  // this channel's steps
   const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
   const int slice = static_cast<int>(blockIdx.y) % a.slices_per_group;
   const int slice_end = min((slice + 1) * a.channels_per_slice, a.channels_per_group);
@@ -518,8 +530,10 @@ __global__ void __launch_bounds__(Policy::kThreads)
       next.template prepare_padded<K, false>(
           a, rows, t0, steps, lp.lane, lanes, true, bias, [&](int k, const StepValues& v) {
             // Without kStates u is never read, and its load goes.
-            *reinterpret_cast<float4*>(mine + 4 * k) =
-                make_float4(v.dt, kStates ? v.dt * v.u : 0.f, v.dy, 0.f);
+            if constexpr (kStates)
+              *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
+            else
+              *reinterpret_cast<float2*>(mine + 2 * k) = make_float2(v.dt, v.dy);
           });
       if (t0 + K < t_end)
         next.load(a, rows, t0 + K, min(K, t_end - t0 - K), lp.lane, lanes, true);
@@ -528,8 +542,14 @@ __global__ void __launch_bounds__(Policy::kThreads)
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         const int t = t0 + k;
-        const float4 v = *reinterpret_cast<const float4*>(mine + 4 * k);
-        const float dt = v.x, du = v.y, dy = v.z;
+        float dt, du = 0.f, dy;
+        if constexpr (kStates) {
+          const float4 v = *reinterpret_cast<const float4*>(mine + 4 * k);
+          dt = v.x, du = v.y, dy = v.z;
+        } else {
+          const float2 v = *reinterpret_cast<const float2*>(mine + 2 * k);
+          dt = v.x, dy = v.y;
+        }
         float Bv[S], Cv[S];
         if constexpr (kStates)
           chunk_states(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
