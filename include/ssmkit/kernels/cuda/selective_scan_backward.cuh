@@ -687,9 +687,9 @@ __global__ void __launch_bounds__(Policy::kThreads,
   // adjoint from chunk to chunk in registers (no passes 1 and 2); else it takes chunk blockIdx.x.
   int c = kSerial ? a.chunks - 1 : static_cast<int>(blockIdx.x);
   int t_begin = 0, len = 0, subs = 0;
-  // The dB, dC rows out: the block's sums of a step go out once every round has added its own
-  // (kSerial: one round, so each sub-chunk sends its sums at once and `acc` is not used).
-  // (Its address is worked out where it is used: held across the loops it spilled.)
+  // Where the block's dB, dC sums of step t go (worked out at each use: a pointer held across the
+  // loops spilled). They go out once every round of channels has added its own; kSerial has one
+  // round, so each sub-chunk sends its sums at once and `acc` is not used.
   const auto dbc_out = [&](int t) {
     return a.dBC_acc + ((static_cast<Index>(b) * a.L + t) * a.G + g) * two_n;
   };
