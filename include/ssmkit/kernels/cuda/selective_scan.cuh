@@ -275,11 +275,15 @@ __device__ __forceinline__ void reduce_scatter(float (&y)[K * P], int j) {
 /// The scan of one chunk of one (batch, block of channels). kPass1: the chunk's local final
 /// state and ΣΔ only. kStaged: the tile's B and C rows go through shared memory as float, loaded
 /// a tile ahead by the whole block (else each lane reads its states from global memory).
-/// Registers: 3 blocks per SM (168) for the full scan; pass 1 with staged rows, which issues an
-/// exponential every ~7 instructions and so needs warps more than registers to keep the MUFU fed,
-/// at 5 (96, no spills; H100: the chunked shapes 2-5 % faster than at 3, 4 blocks gave less).
+/// Registers: with staged rows, 4 blocks per SM (128, no spills) for the full scan (H100: the
+/// chunked shapes 4-5 % faster than at 3 blocks and 168 registers, and B=8 token-major 3 %, where
+/// only 2 blocks per SM exist: the schedule ptxas makes under the cap is the better one); pass 1,
+/// which issues an exponential every ~7 instructions and so needs warps more than registers to
+/// keep the MUFU fed, at 5 (96, no spills; the chunked shapes 2-5 % faster than at 3, 4 gave
+/// less; the full scan spills 72-104 bytes at 5). Without staging, 3 (168; those builds spill at
+/// 128).
 template <int kThreads, class Split, bool kStaged, bool kPass1, bool kRowsVec, class T>
-__global__ void __launch_bounds__(kThreads, (kPass1 && kStaged) ? 5 : 3)
+__global__ void __launch_bounds__(kThreads, kStaged ? (kPass1 ? 5 : 4) : 3)
     selective_scan_kernel(const ScanArgs<T> a) {
   constexpr int K = Split::K, S = Split::S, P = Split::P;
   constexpr int kTile = Split::kTile, kPaddedN = Split::kPaddedN;
