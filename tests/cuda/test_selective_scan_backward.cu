@@ -11,6 +11,7 @@
 #include <ssmkit/kernels/cuda/selective_scan_backward.cuh>
 
 #include <string>
+#include <vector>
 
 namespace ssmkit::testing {
 namespace {
@@ -172,6 +173,23 @@ BackwardCase option_subset(int mask, std::uint64_t seed) {
   return c;
 }
 
+/// Every option in both layouts (seeds `seed`, then `seed` + 1 for channel-major), then the
+/// option subsets of the masks first_mask, first_mask + mask_step, … below 64 (seeds
+/// subset_seed + mask).
+std::vector<BackwardCase> layouts_and_subsets(std::uint64_t seed, int first_mask, int mask_step,
+                                              std::uint64_t subset_seed) {
+  std::vector<BackwardCase> cases;
+  for (const bool cm : {false, true}) {
+    BackwardCase c;
+    c.channel_major = cm;
+    c.seed = cm ? seed + 1 : seed;
+    cases.push_back(c);
+  }
+  for (int mask = first_mask; mask < 64; mask += mask_step)
+    cases.push_back(option_subset(mask, subset_seed + static_cast<std::uint64_t>(mask)));
+  return cases;
+}
+
 TEST(CudaSelectiveScanBackward, FloatEveryOptionBothLayouts) {
   SSMKIT_REQUIRE_GPU();
   // L = 300: five chunks of 64, the last partial, its last sub-chunk partial too.
@@ -263,15 +281,7 @@ TEST(CudaSelectiveScanBackward, FromForwardCheckpoints) {
   // Every option and both layouts (L = 300: a partial last chunk and sub-chunk), option subsets,
   // N = 3, 20 and 64 (checkpoints every 64, 32 and 16 steps), 2-byte storage, 18 chunks of 600
   // channels, short and empty sequences; all again from checkpoints every 8 steps (fine).
-  std::vector<BackwardCase> cases;
-  for (const bool cm : {false, true}) {
-    BackwardCase c;
-    c.channel_major = cm;
-    c.seed = cm ? 102 : 101;
-    cases.push_back(c);
-  }
-  for (int mask = 1; mask < 64; mask += 5)
-    cases.push_back(option_subset(mask, 110 + static_cast<std::uint64_t>(mask)));
+  std::vector<BackwardCase> cases = layouts_and_subsets(101, 1, 5, 110);
   const Index sizes[] = {3, 20, 64};
   for (int i = 0; i < 3; ++i) {
     BackwardCase c;
@@ -311,15 +321,7 @@ TEST(CudaSelectiveScanBackward, SerialWalkFromFineCheckpoints) {
   SSMKIT_REQUIRE_GPU();
   // Every option in both layouts, option subsets, groups narrower than a round of channels,
   // several rounds, whole, partial and single chunks, and N = 3 (which takes the chunked path).
-  std::vector<BackwardCase> cases;
-  for (const bool cm : {false, true}) {
-    BackwardCase c;
-    c.channel_major = cm;
-    c.seed = cm ? 402 : 401;
-    cases.push_back(c);
-  }
-  for (int mask = 2; mask < 64; mask += 7)
-    cases.push_back(option_subset(mask, 410 + static_cast<std::uint64_t>(mask)));
+  std::vector<BackwardCase> cases = layouts_and_subsets(401, 2, 7, 410);
   for (const Index L : {1, 8, 9, 64, 65, 600}) {
     BackwardCase c;
     c.L = L, c.G = L % 2 == 0 ? 8 : 1, c.D = 80, c.seed = 460 + static_cast<std::uint64_t>(L);
