@@ -260,12 +260,15 @@ struct RawStep {
 };
 
 /// base + t time steps of `stride_bytes` bytes: one 32 x 32 -> 64-bit multiply-add (IMAD.WIDE)
-/// per address, where a 64-bit stride in elements cost three to six instructions.
+/// per address, where a 64-bit stride in elements cost three to six instructions. The product is
+/// PTX: from C++ the compiler multiplied the two sign-extended operands in 64 bits (five to seven
+/// instructions) wherever the stride was loaded under a predicate (dout, z).
 template <class T>
 __device__ __forceinline__ T* at_step(T* base, int t, int stride_bytes) {
+  long long offset;
+  asm("mul.wide.s32 %0, %1, %2;" : "=l"(offset) : "r"(t), "r"(stride_bytes));
   using Byte = std::conditional_t<std::is_const_v<T>, const char, char>;
-  return reinterpret_cast<T*>(reinterpret_cast<Byte*>(base) +
-                              static_cast<long long>(t) * stride_bytes);
+  return reinterpret_cast<T*>(reinterpret_cast<Byte*>(base) + offset);
 }
 
 /// Where one channel's inputs start: (b, 0, d) of δ, u, dout and z (z null when absent), worked
@@ -425,8 +428,8 @@ __device__ __forceinline__ unsigned channel_lanes_mask(int lanes_per_channel) {
 }
 
 /// Floats of shared memory per channel for the step work the lanes of passes 1 and 3 share,
-/// [step][Δ, Δ·u, dy, -]: 16-byte records, read by all of a channel's lanes at once. The 4 extra
-/// floats put neighbouring channels on other banks.
+/// [step][4 floats] (pass 3: Δ·log2e, Δ·u, dy, Δ): 16-byte records, read by all of a channel's
+/// lanes at once. The 4 extra floats put neighbouring channels on other banks.
 template <class Policy>
 constexpr int step_record_stride() {
   return Policy::kSubChunk * 4 + 4;
@@ -721,12 +724,13 @@ __global__ void __launch_bounds__(Policy::kThreads,
     // that every gradient term they add is zero; they store nothing.
     const bool active = d_round + lp.channel < d_end;
     const int d = active ? d_round + lp.channel : d_end - 1;
-    float a2[S], A[S], h[S], q[S], dA[S];
+    // The step records hold Δ·log2e, so that Ā = 2^(Δ·log2e·A) needs A alone (four registers
+    // fewer than keeping A·log2e too).
+    float A[S], h[S], q[S], dA[S];
 #pragma unroll
     for (int i = 0; i < S; ++i) {
       const int n = lp.n0 + i;
       A[i] = n < N ? a.A[d * a.A_s[0] + n * a.A_s[1]] : 0.f;
-      a2[i] = A[i] * kLog2e;
       dA[i] = 0.f;
     }
     const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
@@ -795,7 +799,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
         const int t0 = t_begin + j * K;
         sweep_next.template prepare<false>(
             a, rows, t0, K, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
-              *reinterpret_cast<float2*>(mine + 4 * k) = make_float2(v.dt, v.dt * v.u);
+              *reinterpret_cast<float2*>(mine + 4 * k) = make_float2(v.dt * kLog2e, v.dt * v.u);
             });
         if (j + 2 < subs)
           sweep_next.load(a, rows, t0 + K, K, lp.lane, lanes, active);
@@ -806,12 +810,12 @@ __global__ void __launch_bounds__(Policy::kThreads,
         for (int k = 0; k < K; ++k) {
           const int t = t0 + k;
           const float2 v = *reinterpret_cast<const float2*>(mine + 4 * k);
-          const float dt = v.x, du = v.y;
+          const float dt2 = v.x, du = v.y;
           float Bv[S];
           chunk_states(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
 #pragma unroll
           for (int i = 0; i < S; ++i)
-            h[i] = fmaf(ex2_mufu(dt * a2[i]), h[i], du * Bv[i]);
+            h[i] = fmaf(ex2_mufu(dt2 * A[i]), h[i], du * Bv[i]);
         }
         __syncwarp();  // read before the next sub-chunk's values overwrite them
       }
@@ -831,7 +835,8 @@ __global__ void __launch_bounds__(Policy::kThreads,
         // Forwards through the sub-chunk: states, decays, dy, and dz (which needs y).
         next.template prepare_padded<K, true>(
             a, rows, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
-              *reinterpret_cast<float4*>(mine + 4 * k) = make_float4(v.dt, v.dt * v.u, v.dy, 0.f);
+              *reinterpret_cast<float4*>(mine + 4 * k) =
+                  make_float4(v.dt * kLog2e, v.dt * v.u, v.dy, v.dt);
               float* f = finish_values + (k >> lane_shift) * kFinishValues * NT;
               f[0] = v.u, f[NT] = v.dsp, f[2 * NT] = v.fz, f[3 * NT] = v.dt, f[4 * NT] = v.dy;
             });
@@ -839,21 +844,21 @@ __global__ void __launch_bounds__(Policy::kThreads,
           next.load(a, rows, t0 - K, K, lp.lane, lanes, active);
         __syncwarp();
         const int k0 = t0 - t_begin;  // the sub-chunk's first step in the staged rows
-        // Forwards through the sub-chunk, from its record [Δ, Δ·u] and this lane's B states (the
-        // loop stores nothing to shared memory, so its reads can be issued early).
+        // Forwards through the sub-chunk, from its record [Δ·log2e, Δ·u] and this lane's B states
+        // (the loop stores nothing to shared memory, so its reads can be issued early).
         const auto recompute = [&](int k) {
           const float2 w = *reinterpret_cast<const float2*>(mine + 4 * k);
           float Bv[S];
           chunk_states(bc, padded_n, k0 + k, 0, lp.n0, Bv);
 #pragma unroll
           for (int i = 0; i < S; ++i) {
-            const float dk = ex2_mufu(w.x * a2[i]);
+            const float dk = ex2_mufu(w.x * A[i]);
             if constexpr (!kFine)
               decay[k][i] = dk;
             hs[k + 1][i] = fmaf(dk, hs[k][i], w.y * Bv[i]);
           }
         };
-        // A step's inputs to the way back: its record [Δ, Δ·u, dy] and this lane's B and C
+        // A step's inputs to the way back: its record [Δ·log2e, Δ·u, dy, Δ] and this lane's B and C
         // states.
         struct StepInputs {
           float4 w;
@@ -868,7 +873,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
         };
         // Backwards through it.
         const auto reverse = [&](int k, const StepInputs& in) {
-          const float dt = in.w.x, dtu = in.w.y, dy = in.w.z;
+          const float dt2 = in.w.x, dtu = in.w.y, dy = in.w.z, dt = in.w.w;
           const float(&Bv)[S] = in.B;
           const float(&Cv)[S] = in.C;
           // y (for dz only) is cheaper to compute than to branch around.
@@ -878,7 +883,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
             const float gi = fmaf(dy, Cv[i], q[i]);  // ∂ℓ/∂h_t
             float dk;                                // Ā_t
             if constexpr (kFine)
-              dk = ex2_mufu(dt * a2[i]);
+              dk = ex2_mufu(dt2 * A[i]);
             else
               dk = decay[k][i];
             q[i] = gi * dk;  // ∂ℓ/∂h_{t-1} less its own C·dy
