@@ -2,8 +2,10 @@
 // bf16; token-major, channel-major, and the token-major layout a Mamba block hands over, with z
 // and dz halves of wider rows), timed with CUDA events, against mamba_ssm's backward on the
 // same H100; and the time of each of its passes. Prints markdown tables.
-//   bench_cuda_scan_backward [--runs N] [--quick] [--shape I]   (--quick: the first shape only;
-//   --shape I: the I-th only, from 0)
+//   bench_cuda_scan_backward [--runs N] [--quick] [--shape I] [--dtype fp32|bf16]
+//                            [--layout token|channel|block]
+//   (--quick: the first shape only; --shape I: the I-th only, from 0; --dtype, --layout: those
+//   rows only, for profiling one of them)
 #include "bench_scan.cuh"
 
 #include <ssmkit/kernels/cuda/selective_scan.cuh>
@@ -170,6 +172,25 @@ int main(int argc, char** argv) {
   using namespace ssmkit::bench;
   const BenchArgs args = parse_bench_args(argc, argv, 10);
   const int runs = args.runs;
+  std::string only_dtype, only_layout;  // empty: every row
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], "--dtype") == 0)
+      only_dtype = argv[++i];
+    else if (std::strcmp(argv[i], "--layout") == 0)
+      only_layout = argv[++i];
+  }
+  if (!only_dtype.empty() && only_dtype != "fp32" && only_dtype != "bf16") {
+    std::fprintf(stderr, "bench_cuda_scan_backward: --dtype %s: expected fp32 or bf16\n",
+                 only_dtype.c_str());
+    return 2;
+  }
+  if (!only_layout.empty() && only_layout != "token" && only_layout != "channel" &&
+      only_layout != "block") {
+    std::fprintf(stderr,
+                 "bench_cuda_scan_backward: --layout %s: expected token, channel or block\n",
+                 only_layout.c_str());
+    return 2;
+  }
   try {
     if (ssmkit::cuda::device_count() == 0) {
       std::printf("no CUDA device\n");
@@ -198,6 +219,9 @@ int main(int argc, char** argv) {
     for (const BackwardShape& s : shapes)
       for (const bool bf16 : {false, true})
         for (const Layout layout : {Layout::token, Layout::channel, Layout::block}) {
+          if ((!only_dtype.empty() && only_dtype != (bf16 ? "bf16" : "fp32")) ||
+              (!only_layout.empty() && only_layout != layout_name(layout)))
+            continue;
           const BackwardTiming t = bf16 ? time_backward<__nv_bfloat16>(s, layout, runs)
                                         : time_backward<float>(s, layout, runs);
           const double mamba = bf16 ? s.mamba_bf16_ms : s.mamba_fp32_ms;

@@ -22,6 +22,7 @@ struct BackwardCase {
   bool channel_major = false;  // activations (batch, D, L) and B, C (batch, G, N, L) in memory
   bool checkpoints = false;    // the backward starts from the CUDA forward's checkpoints
   bool fine = false;           // ... taken every kSelectiveScanFineCheckpointInterval steps
+  Index bc_pad = 0;            // B and C hold L + bc_pad steps, of which the scan sees the first L
   std::uint64_t seed = 1;
 
   std::string name() const {
@@ -30,7 +31,8 @@ struct BackwardCase {
            (channel_major ? " channel-major" : " token-major") + (bias ? " bias" : "") +
            (softplus ? " softplus" : "") + (skip ? " D" : "") + (gate ? " z" : "") +
            (h0 ? " h0" : "") + (dh_final ? " dh_final" : "") +
-           (checkpoints ? (fine ? " fine checkpoints" : " checkpoints") : "");
+           (checkpoints ? (fine ? " fine checkpoints" : " checkpoints") : "") +
+           (bc_pad > 0 ? " bc_pad=" + std::to_string(bc_pad) : "");
   }
 };
 
@@ -52,8 +54,16 @@ void check_backward(const BackwardCase& c, double tol) {
   DualTensor<T, 3> delta(acts, act, ++seed, c.softplus ? -3.0 : 0.05, c.softplus ? 3.0 : 0.6, s);
   DualTensor<T, 3> z(acts, act, ++seed, -3, 3, s);
   DualTensor<T, 3> dout(acts, act, ++seed, -1, 1, s);
-  DualTensor<T, 4> B(projs, proj, ++seed, -1, 1, s);
-  DualTensor<T, 4> C(projs, proj, ++seed, -1, 1, s);
+  const Shape<4> bc_rows{c.batch, c.L + c.bc_pad, c.G, c.N};
+  DualTensor<T, 4> B(bc_rows, proj, ++seed, -1, 1, s);
+  DualTensor<T, 4> C(bc_rows, proj, ++seed, -1, 1, s);
+  // The first L steps of B's and C's rows.
+  const auto first_steps = [&](DualTensor<T, 4>& x) {
+    return std::make_pair(
+        x.dev.template view<4>(projs, x.strides),
+        TensorView<double, 4>(x.exact.data(), projs, contiguous_strides<4>(bc_rows)));
+  };
+  const auto B_v = first_steps(B), C_v = first_steps(C);
   DualTensor<float, 2> A({c.D, c.N}, {0, 1}, ++seed, -2.0, -0.1, s);
   DualTensor<float, 1> skip({c.D}, {0}, ++seed, -1, 1, s);
   DualTensor<float, 1> bias({c.D}, {0}, ++seed, c.softplus ? -1.0 : 0.0, c.softplus ? 1.0 : 0.2, s);
@@ -80,8 +90,8 @@ void check_backward(const BackwardCase& c, double tol) {
   ref.delta = delta.exact_view(), p.delta = delta.device_view();
   ref.dout = dout.exact_view(), p.dout = dout.device_view();
   ref.A = A.exact_view(), p.A = A.device_view();
-  ref.B = B.exact_view(), p.B = B.device_view();
-  ref.C = C.exact_view(), p.C = C.device_view();
+  ref.B = B_v.second, p.B = B_v.first;
+  ref.C = C_v.second, p.C = C_v.first;
   ref.delta_softplus = p.delta_softplus = c.softplus;
   // The oracle's gradients, logical row-major.
   auto buffer = [](Index n) { return std::vector<double>(static_cast<std::size_t>(n)); };
@@ -309,6 +319,24 @@ TEST(CudaSelectiveScanBackward, FromForwardCheckpoints) {
   check_backward<__half>(c, 1e-2);
   c.channel_major = true, c.fine = true;
   check_backward<__nv_bfloat16>(c, 1e-2);
+}
+
+TEST(CudaSelectiveScanBackward, BAndCRowsEndingInsideAVector) {
+  SSMKIT_REQUIRE_GPU();
+  // Channel-major B and C, (batch, G, N, time), with rows of whole 16-byte vectors (so that they
+  // are staged a vector per load) of which the scan uses fewer steps: the last chunk ends inside
+  // a vector, whose steps are loaded one by one. L = 136: whole vectors for 2-byte types too.
+  for (const Index L : {70, 75, 131, 136}) {
+    BackwardCase c;
+    c.L = L, c.bc_pad = (8 - L % 8) % 8, c.channel_major = true, c.D = 20;
+    c.seed = 190 + static_cast<std::uint64_t>(L);
+    check_backward<float>(c, 1e-5);
+    c.checkpoints = true, c.fine = true;
+    check_backward<float>(c, 1e-5);
+    check_backward<__half>(c, 1e-2);
+    c.fine = false;
+    check_backward<__nv_bfloat16>(c, 1e-2);
+  }
 }
 
 /// The default policy with the serial walk taken at every size it applies to (fine checkpoints,

@@ -91,6 +91,9 @@ struct ScanBackwardArgs {
   Index entry_s[4];
   int entry_every;
   bool entry_vec;  // a channel's entry states contiguous, 16-byte aligned, and N % 4 == 0
+  // B and C with unit time stride, every row 16-byte aligned and chunks a whole number of
+  // 16-byte vectors (mamba_ssm's (batch, group, state, time)): staged a vector per load
+  bool bc_time_vec;
   const float* dh_final;
   Index dh_final_s[3];
 
@@ -181,6 +184,37 @@ __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a,
                                                    int padded_n) {
   constexpr int kBatch = 8;
   const int row = 2 * padded_n, total = len_padded * row;
+  if (a.bc_time_vec && kThreads % row == 0) {
+    // Unit time stride: each thread loads kVec consecutive steps of one column (state n of B or
+    // C) as one 16-byte vector. One step per load made every warp request touch 32 rows, L
+    // elements apart, and fetch each 32-byte sector from L1 again for its next steps.
+    constexpr int kVec = 16 / static_cast<int>(sizeof(T)), kVecBatch = 4;
+    const int col = static_cast<int>(threadIdx.x) % row, n = col % padded_n;
+    const int first = static_cast<int>(threadIdx.x) / row * kVec, every = kThreads / row * kVec;
+    const bool is_b = col < padded_n, here = n < a.N;
+    const T* src = (is_b ? a.B + b * a.B_s[0] + g * a.B_s[2] + n * a.B_s[3]
+                         : a.C + b * a.C_s[0] + g * a.C_s[2] + n * a.C_s[3]) +
+                   t_begin;
+    for (int k0 = first; k0 < len_padded; k0 += kVecBatch * every) {
+      StepRegs<kVec, T, true> v[kVecBatch];
+#pragma unroll
+      for (int r = 0; r < kVecBatch; ++r) {
+        const int k = k0 + r * every;
+#pragma unroll
+        for (int w = 0; w < StepRegs<kVec, T, true>::kWords; ++w)
+          v[r].w[w] = 0u;
+        if (here)  // the chunk's last vector may end past len: its steps one by one, zeros after
+          load_steps(src + k, 1, k, len, v[r]);
+      }
+#pragma unroll
+      for (int r = 0; r < kVecBatch; ++r)
+#pragma unroll
+        for (int i = 0; i < kVec; ++i)
+          if (k0 + r * every + i < len_padded)
+            bc[(k0 + r * every + i) * row + col] = v[r].get(i);
+    }
+    return;
+  }
   if (kThreads % row == 0) {
     // Every element a thread stages lies in one column (state n of B or C), every
     // (kThreads / row)-th step: its address is worked out once, then advanced by the time stride.
@@ -1183,6 +1217,13 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
   }
   a.entry_vec = aligned16(a.entry) && N % 4 == 0 && a.entry_s[3] == 1 && a.entry_s[0] % 4 == 0 &&
                 a.entry_s[1] % 4 == 0 && a.entry_s[2] % 4 == 0;
+  constexpr Index kVec = 16 / static_cast<Index>(sizeof(T));
+  const auto time_vectors = [&](const T* x, const Index* st) {
+    return aligned16(x) && st[1] == 1 && st[0] % kVec == 0 && st[2] % kVec == 0 &&
+           st[3] % kVec == 0;
+  };
+  a.bc_time_vec =
+      plan.chunk_len % kVec == 0 && time_vectors(a.B, a.B_s) && time_vectors(a.C, a.C_s);
   const auto time_bytes = [](const auto& v) {
     return v.absent() ? 0 : static_cast<int>(v.stride(1) * static_cast<Index>(sizeof(T)));
   };
