@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -130,6 +131,9 @@ struct ScanBackwardArgs {
   int chunk_len, chunks, slices_per_group, channels_per_slice;
   bool softplus;
   bool same_layout;  // δ, dout, du, dδ have u's batch and channel strides, dz has z's
+  // every activation with unit time stride and rows starting at even steps of aligned pointers:
+  // a lane's two consecutive steps move as one vector (scan_backward_chunk_kernel's kRowsVec)
+  bool rows_vec;
 };
 
 /// σ(x); 0 when e^-x overflows.
@@ -357,27 +361,35 @@ struct ChannelCoords {
   }
 };
 
-/// The StepValues of a loaded step; dy only if kDy, dsp and fz only if kGrad.
+/// The StepValues of a step's δ, u, dout and z (zero when absent); dy only if kDy, dsp and fz only
+/// if kGrad.
 template <bool kDy, bool kGrad, class T>
-__device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, const RawStep<T>& r,
-                                                  float bias) {
+__device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, float delta,
+                                                  float u, float dout, float z, float bias) {
   // Both sides of each flag are computed and selected (select_f), which keeps a sub-chunk's
   // steps in one basic block.
   StepValues v{0.f, 0.f, 1.f, 0.f, 0.f};
-  const float raw = to_float(r.delta) + bias;
+  const float raw = delta + bias;
   v.dt = select_f(a.softplus, softplus_f(raw), raw);
-  v.u = to_float(r.u);
+  v.u = u;
   if (kGrad)
     v.dsp = select_f(a.softplus, raw > 20.f ? 1.f : sigmoid_f(raw), 1.f);
   if (kDy) {
-    const float dout = to_float(r.dout);
-    const float z = to_float(r.z), s = sigmoid_f(z);  // z reads as zero when absent
+    const float s = sigmoid_f(z);
     const bool gated = a.z != nullptr;
     v.dy = select_f(gated, dout * z * s, dout);
     if (kGrad)
       v.fz = select_f(gated, dout * s * fmaf(z, 1.f - s, 1.f), 0.f);
   }
   return v;
+}
+
+/// The same for a loaded step.
+template <bool kDy, bool kGrad, class T>
+__device__ __forceinline__ StepValues step_values(const ScanBackwardArgs<T>& a, const RawStep<T>& r,
+                                                  float bias) {
+  return step_values<kDy, kGrad>(a, to_float(r.delta), to_float(r.u), to_float(r.dout),
+                                 to_float(r.z), bias);
 }
 
 /// The same loads where every (batch, time, channel) operand has u's batch and channel strides but
@@ -453,6 +465,75 @@ struct StepPrefetch {
   }
 };
 
+/// Loads steps k, k + 1 of a row with unit time stride at p (pointing at step k) into `v` as one
+/// 8- or 4-byte vector when both are before `steps`, else step k alone if it is.
+template <class T>
+__device__ __forceinline__ void load_step_pair(const T* p, int k, int steps,
+                                               StepRegs<2, T, true>& v) {
+  if (k + 2 <= steps) {
+    if constexpr (sizeof(T) == 4) {
+      const uint2 w = __ldg(reinterpret_cast<const uint2*>(p));
+      v.w[0] = w.x, v.w[1] = w.y;
+    } else {
+      v.w[0] = __ldg(reinterpret_cast<const unsigned*>(p));
+    }
+  } else if (k < steps) {
+    v.set(0, __ldg(p));
+  }
+}
+
+/// Stores x0, x1 at steps t, t + 1 of a row with unit time stride at p (pointing at step t) as one
+/// vector.
+template <class T>
+__device__ __forceinline__ void store_step_pair(T* p, float x0, float x1) {
+  if constexpr (sizeof(T) == 4) {
+    *reinterpret_cast<float2*>(p) = make_float2(x0, x1);
+  } else {
+    const T v[2] = {from_float<T>(x0), from_float<T>(x1)};
+    unsigned w;
+    std::memcpy(&w, v, sizeof(w));
+    *reinterpret_cast<unsigned*>(p) = w;
+  }
+}
+
+/// StepPrefetch where every activation has unit time stride (channel-major; ScanBackwardArgs::
+/// rows_vec): a lane prepares two consecutive steps of a sub-chunk, 2·lane and 2·lane + 1, loaded
+/// a sub-chunk ahead as one vector per operand and held as loaded until prepared. Lanes taking
+/// steps lane and lane + 4 made every warp request touch 8 rows for 16 bytes each, twice per
+/// sector.
+template <class T>
+struct StepPairPrefetch {
+  StepRegs<2, T, true> delta, u, dout, z;
+
+  __device__ __forceinline__ void load(const ScanBackwardArgs<T>& a, const ChannelOffset<T>& c,
+                                       int t0, int steps, int lane, int, bool live) {
+    const int k = 2 * lane, t = t0 + k;
+    load_step_pair(a.delta + c.off + t, k, steps, delta);
+    load_step_pair(a.u + c.off + t, k, steps, u);
+    if (live)
+      load_step_pair(a.dout + c.off + t, k, steps, dout);
+    if (a.z != nullptr)
+      load_step_pair(a.z + c.z_off + t, k, steps, z);
+  }
+
+  /// As StepPrefetch::prepare_padded.
+  template <int K, bool kGrad, class Put>
+  __device__ __forceinline__ void prepare_padded(const ScanBackwardArgs<T>& a,
+                                                 const ChannelOffset<T>&, int, int steps, int lane,
+                                                 int, bool live, float bias, Put&& put) const {
+    static_assert(K % 2 == 0, "whole pairs of steps");
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int k = 2 * lane + r;
+      if (k < steps)
+        put(k, step_values<true, kGrad>(a, delta.get(r), u.get(r), live ? dout.get(r) : 0.f,
+                                        a.z != nullptr ? z.get(r) : 0.f, bias));
+      else
+        put(k, StepValues{0.f, 0.f, 0.f, 0.f, 0.f});
+    }
+  }
+};
+
 /// The lanes of the calling thread's channel, for __syncwarp.
 __device__ __forceinline__ unsigned channel_lanes_mask(int lanes_per_channel) {
   if (lanes_per_channel >= 32)
@@ -486,6 +567,15 @@ constexpr int lane_share_stride() {
   return Policy::kThreads + 1;
 }
 
+/// Floats per step of pass 3's lane shares (y, then (gB, gA·h)) in either layout of them (see
+/// scan_backward_chunk_kernel's kRowsVec).
+template <class Policy>
+constexpr int lane_shares_floats() {
+  constexpr int kThreadOrder = 3 * lane_share_stride<Policy>();
+  constexpr int kLaneOrder = (Policy::kThreads + 4) + 2 * (Policy::kThreads + 2);
+  return kThreadOrder > kLaneOrder ? kThreadOrder : kLaneOrder;
+}
+
 /// What pass 3's finish needs of each step a lane prepared, kept by that lane: u, softplus'(δ),
 /// fz, Δ and dy ([trip][value][thread] in shared memory, conflict-free).
 inline constexpr int kFinishValues = 5;
@@ -513,7 +603,7 @@ constexpr int chunk_smem_floats(int chunk_len, int padded_n, int N, int lanes_pe
          Policy::kThreads / 32 * Policy::kSubChunk *
              warp_bc_row<Policy::kStatesPerThread>(lanes_per_channel) +
          Policy::kThreads / lanes_per_channel * step_record_stride<Policy>() +
-         3 * Policy::kSubChunk * lane_share_stride<Policy>() +
+         Policy::kSubChunk * lane_shares_floats<Policy>() +
          (Policy::kSubChunk + lanes_per_channel - 1) / lanes_per_channel * kFinishValues *
              Policy::kThreads;
 }
@@ -682,11 +772,14 @@ __global__ void scan_backward_join_kernel(const ScanBackwardArgs<T> a) {
 /// kSerial (choose_serial; grid.x = 1, one round of channels per block): the block takes every
 /// chunk in turn from the last, the adjoint carried over in registers instead of read from
 /// passes 1 and 2, and writes ∂ℓ/∂h0 itself.
-template <class Policy, int kLanes, bool kSameLayout, bool kFine, bool kSerial, class T>
+template <class Policy, int kLanes, bool kSameLayout, bool kFine, bool kSerial, class T,
+          bool kRowsVec = false>
 __global__ void __launch_bounds__(Policy::kThreads,
                                   kFine ? Policy::kFineMinBlocksPerSM : Policy::kMinBlocksPerSM)
     scan_backward_chunk_kernel(const ScanBackwardArgs<T> a) {
   static_assert(!kSerial || kFine, "the serial walk starts its chunks from fine checkpoints");
+  static_assert(!kRowsVec || (kSameLayout && kFine && kLanes * 2 == Policy::kSubChunk),
+                "pairs of steps per lane: one layout, fine checkpoints, two steps per lane");
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk, NT = Policy::kThreads;
   // Steps each lane prefetches per sub-chunk: all of its share when the lane count is known.
   constexpr int R = kLanes > 0 ? (K + kLanes - 1) / kLanes : 1;
@@ -707,14 +800,28 @@ __global__ void __launch_bounds__(Policy::kThreads,
   float* step_work = warp_sums + kWarps * K * row_bc;
   float* mine = step_work + lp.channel * step_record_stride<Policy>();  // this channel's step work
   // Each lane's share of a step's per-channel sums, [step][thread]: y, then (gB, gA·h).
-  constexpr int kShare = lane_share_stride<Policy>();
+  // kRowsVec: a lane prepares steps 2·lane, 2·lane + 1, so that the finish's lanes of a warp read
+  // steps 0, 2, 4, 6 (+1): the shares go to columns 8·lane + channel (y) and 4·lane + channel % 4
+  // + 16·(channel / 4) (float2) of the warp's 32, at row strides of 4 mod 32 floats and 2 mod 16
+  // float2s, which keeps both the reverse loop's writes and those reads conflict-free.
+  constexpr int kShareY = kRowsVec ? NT + 4 : lane_share_stride<Policy>();
+  constexpr int kShareG = kRowsVec ? NT + 2 : lane_share_stride<Policy>();
   static_assert(K % 2 == 0, "policy: the (gB, gA·h) shares are 8-byte aligned");
   float* y_part = step_work + NT / lanes * step_record_stride<Policy>();
-  float2* g_part = reinterpret_cast<float2*>(y_part + K * kShare);
+  float2* g_part = reinterpret_cast<float2*>(y_part + K * kShareY);
   // The finish's values of the steps this lane prepares (steps lane + r·lanes: trip r).
-  float* finish_values = reinterpret_cast<float*>(g_part + K * kShare) + tid;
+  float* finish_values = reinterpret_cast<float*>(g_part + K * kShareG) + tid;
   const int lane_shift = __ffs(lanes) - 1;  // lanes is a power of two
   const int first_lane = tid - lp.lane;     // the channel's lane 0
+  // The columns of lane l's shares (kRowsVec; else first_lane + l).
+  const int warp_base = tid & ~31, warp_channel = (tid & 31) >> 2;
+  const auto y_col = [&](int l) {
+    return kRowsVec ? warp_base + (l << 3) + warp_channel : first_lane + l;
+  };
+  const auto g_col = [&](int l) {
+    return kRowsVec ? warp_base + (l << 2) + (warp_channel & 3) + ((warp_channel >> 2) << 4)
+                    : first_lane + l;
+  };
   const int b = static_cast<int>(blockIdx.z);
   const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
   const int slice = static_cast<int>(blockIdx.y) % a.slices_per_group;
@@ -784,7 +891,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
       rows.off = b * a.u_s[0] + d * a.u_s[2], rows.z_off = b * a.z_s[0] + d * a.z_s[2];
     else
       rows.b = b, rows.d = d;
-    StepPrefetch<R, true, T> next;
+    std::conditional_t<kRowsVec, StepPairPrefetch<T>, StepPrefetch<R, true, T>> next;
     // kSerial: the next chunk's last sub-chunk (inputs and entry state) was loaded during this
     // chunk's first one.
     bool carried = false;
@@ -871,7 +978,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
             a, rows, t0, steps, lp.lane, lanes, active, bias, [&](int k, const StepValues& v) {
               *reinterpret_cast<float4*>(mine + 4 * k) =
                   make_float4(v.dt * kLog2e, v.dt * v.u, v.dy, v.dt);
-              float* f = finish_values + (k >> lane_shift) * kFinishValues * NT;
+              float* f = finish_values + (kRowsVec ? k & 1 : k >> lane_shift) * kFinishValues * NT;
               f[0] = v.u, f[NT] = v.dsp, f[2 * NT] = v.fz, f[3 * NT] = v.dt, f[4 * NT] = v.dy;
             });
         if (j > 0 || more)
@@ -929,8 +1036,8 @@ __global__ void __launch_bounds__(Policy::kThreads,
             gs[i] = gi;
           }
           // The lanes' shares meet after the sub-chunk.
-          y_part[k * kShare + tid] = y;
-          g_part[k * kShare + tid] = make_float2(gB, gAh);
+          y_part[k * kShareY + y_col(lp.lane)] = y;
+          g_part[k * kShareG + g_col(lp.lane)] = make_float2(gB, gAh);
           // dB = g·Δu and dC = dy·h of neighbouring channels added, then the warp's row for this
           // step. The odd channel sends its dB and keeps its dC, the even one the reverse; choosing
           // the factors rather than the products saves a multiply per state.
@@ -1014,25 +1121,48 @@ __global__ void __launch_bounds__(Policy::kThreads,
         constexpr bool kWholeTrips = kLanes > 0 && !kFine;
         static_assert(!kWholeTrips || K % (kLanes > 0 ? kLanes : 1) == 0,
                       "policy: whole sub-chunks per lane");
-        const int finish_end = kWholeTrips ? lp.lane + K : steps;
-#pragma unroll
-        for (int k = lp.lane, r = 0; k < finish_end; k += lanes, ++r) {
+        // The step of trip r and its du, dδ, dz (kRowsVec: both trips' are stored at once).
+        const auto finish_step = [&](int k, int r, float& du, float& draw, float& dz) {
           const float* f = finish_values + r * kFinishValues * NT;
           const float u = f[0], dsp = f[NT], fz = f[2 * NT], dt = f[3 * NT], dy = f[4 * NT];
-          float y = y_part[k * kShare + first_lane];
-          float gB = g_part[k * kShare + first_lane].x, gAh = g_part[k * kShare + first_lane].y;
+          float y = y_part[k * kShareY + y_col(0)];
+          float gB = g_part[k * kShareG + g_col(0)].x, gAh = g_part[k * kShareG + g_col(0)].y;
           for (int l = 1; l < lanes; ++l) {
-            y += y_part[k * kShare + first_lane + l];
-            const float2 gl = g_part[k * kShare + first_lane + l];
+            y += y_part[k * kShareY + y_col(l)];
+            const float2 gl = g_part[k * kShareG + g_col(l)];
             gB += gl.x;
             gAh += gl.y;
           }
-          const float draw = fmaf(u, gB, gAh) * dsp;
+          draw = fmaf(u, gB, gAh) * dsp;
           d_bias += draw;
           d_skip = fmaf(dy, u, d_skip);
+          du = fmaf(dt, gB, dy * skip), dz = fmaf(skip, u, y) * fz;
+        };
+        if constexpr (kRowsVec) {
+          float du[2], draw[2], dz[2];
+          const int k = 2 * lp.lane;
+          finish_step(k, 0, du[0], draw[0], dz[0]);
+          finish_step(k + 1, 1, du[1], draw[1], dz[1]);
+          const Index at = rows.off + t0 + k, z_at = rows.z_off + t0 + k;
+          if (active && k + 1 < steps) {
+            store_step_pair(a.du + at, du[0], du[1]);
+            store_step_pair(a.ddelta + at, draw[0], draw[1]);
+            if (has_z)
+              store_step_pair(a.dz + z_at, dz[0], dz[1]);
+          } else if (active && k < steps) {
+            a.du[at] = from_float<T>(du[0]);
+            a.ddelta[at] = from_float<T>(draw[0]);
+            if (has_z)
+              a.dz[z_at] = from_float<T>(dz[0]);
+          }
+        }
+        const int finish_end = kRowsVec ? 0 : kWholeTrips ? lp.lane + K : steps;
+#pragma unroll
+        for (int k = lp.lane, r = 0; k < finish_end; k += lanes, ++r) {
+          float du, draw, dz;
+          finish_step(k, r, du, draw, dz);
           if (active && k < steps) {
             const int t = t0 + k;
-            const float du = fmaf(dt, gB, dy * skip), dz = fmaf(skip, u, y) * fz;
             if constexpr (kSameLayout) {
               *at_step(a.du + rows.off, t, a.du_tb) = from_float<T>(du);
               *at_step(a.ddelta + rows.off, t, a.ddelta_tb) = from_float<T>(draw);
@@ -1252,6 +1382,12 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
   };
   a.same_layout = like(p.delta, p.u) && like(p.dout, p.u) && like(p.du, p.u) &&
                   like(p.ddelta, p.u) && (p.z.absent() || like(p.dz, p.z));
+  const auto pairs = [](const auto& v) {
+    return v.absent() || (v.stride(1) == 1 && v.stride(0) % 2 == 0 && v.stride(2) % 2 == 0 &&
+                          reinterpret_cast<std::uintptr_t>(v.data()) % (2 * sizeof(T)) == 0);
+  };
+  a.rows_vec = pairs(p.u) && pairs(p.delta) && pairs(p.dout) && pairs(p.z) && pairs(p.du) &&
+               pairs(p.ddelta) && pairs(p.dz);
   return a;
 }
 
@@ -1358,14 +1494,18 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
   };
   const auto pick = [&](auto fine) {
     constexpr bool kFine = decltype(fine)::value;
-    if (plan.lanes_per_channel == kUsualLanes && a.same_layout)
+    if (plan.lanes_per_channel == kUsualLanes && a.same_layout && kFine && a.rows_vec)
+      launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, true, false, T, true>);
+    else if (plan.lanes_per_channel == kUsualLanes && a.same_layout)
       launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, kFine, false, T>);
     else if (plan.lanes_per_channel == kUsualLanes)
       launch(scan_backward_chunk_kernel<Policy, kUsualLanes, false, kFine, false, T>);
     else
       launch(scan_backward_chunk_kernel<Policy, 0, false, kFine, false, T>);
   };
-  if (plan.serial)  // choose_serial checked what this kernel needs
+  if (plan.serial && a.rows_vec)  // choose_serial checked what these kernels need
+    launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, true, true, T, true>);
+  else if (plan.serial)
     launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, true, true, T>);
   else if (fine)
     pick(std::true_type{});
