@@ -1492,21 +1492,34 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
     allow_dynamic_smem(kernel, smem);
     kernel<<<grid, Policy::kThreads, smem, stream>>>(a);
   };
+  // kRowsVec builds (two steps per lane) exist where a sub-chunk is two steps per usual lane.
+  constexpr bool kPairs = Policy::kSubChunk == 2 * kUsualLanes;
   const auto pick = [&](auto fine) {
     constexpr bool kFine = decltype(fine)::value;
-    if (plan.lanes_per_channel == kUsualLanes && a.same_layout && kFine && a.rows_vec)
-      launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, true, false, T, true>);
-    else if (plan.lanes_per_channel == kUsualLanes && a.same_layout)
+    if constexpr (kFine && kPairs) {
+      if (plan.lanes_per_channel == kUsualLanes && a.same_layout && a.rows_vec) {
+        launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, true, false, T, true>);
+        return;
+      }
+    }
+    if (plan.lanes_per_channel == kUsualLanes && a.same_layout)
       launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, kFine, false, T>);
     else if (plan.lanes_per_channel == kUsualLanes)
       launch(scan_backward_chunk_kernel<Policy, kUsualLanes, false, kFine, false, T>);
     else
       launch(scan_backward_chunk_kernel<Policy, 0, false, kFine, false, T>);
   };
-  if (plan.serial && a.rows_vec)  // choose_serial checked what these kernels need
-    launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, true, true, T, true>);
-  else if (plan.serial)
+  const auto serial = [&] {  // choose_serial checked what these kernels need
+    if constexpr (kPairs) {
+      if (a.rows_vec) {
+        launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, true, true, T, true>);
+        return;
+      }
+    }
     launch(scan_backward_chunk_kernel<Policy, kUsualLanes, true, true, true, T>);
+  };
+  if (plan.serial)
+    serial();
   else if (fine)
     pick(std::true_type{});
   else
