@@ -365,6 +365,17 @@ TEST(CudaSelectiveScanBackward, BAndCRowsEndingInsideAVector) {
     c.fine = false;
     check_backward<__nv_bfloat16>(c, 1e-2);
   }
+  // Other state sizes: N = 3 (columns past N staged as zeros, chunks of 64 steps) and N = 40
+  // (chunks of 16 steps: two vectors of floats, one of 2-byte types), one group and several.
+  for (const Index N : {3, 40}) {
+    BackwardCase c;
+    c.N = N, c.L = 75, c.bc_pad = 5, c.channel_major = true, c.D = 24, c.G = N == 3 ? 3 : 1;
+    c.seed = 195 + static_cast<std::uint64_t>(N);
+    check_backward<float>(c, 1e-5);
+    c.checkpoints = true;
+    check_backward<float>(c, 1e-5);
+    check_backward<__nv_bfloat16>(c, 1e-2);
+  }
 }
 
 /// The default policy with the serial walk taken at every size it applies to (fine checkpoints,
