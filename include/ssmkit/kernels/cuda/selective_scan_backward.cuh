@@ -466,7 +466,8 @@ struct StepPrefetch {
 };
 
 /// Loads steps k, k + 1 of a row with unit time stride at p (pointing at step k) into `v` as one
-/// 8- or 4-byte vector when both are before `steps`, else step k alone if it is.
+/// 8- or 4-byte vector when both are before `steps`, else step k alone if it is: the forward's
+/// load_steps for two steps, through the read-only path, with 4-byte vectors for 2-byte types.
 template <class T>
 __device__ __forceinline__ void load_step_pair(const T* p, int k, int steps,
                                                StepRegs<2, T, true>& v) {
