@@ -465,24 +465,6 @@ struct StepPrefetch {
   }
 };
 
-/// Loads steps k, k + 1 of a row with unit time stride at p (pointing at step k) into `v` as one
-/// 8- or 4-byte vector when both are before `steps`, else step k alone if it is: the forward's
-/// load_steps for two steps, through the read-only path, with 4-byte vectors for 2-byte types.
-template <class T>
-__device__ __forceinline__ void load_step_pair(const T* p, int k, int steps,
-                                               StepRegs<2, T, true>& v) {
-  if (k + 2 <= steps) {
-    if constexpr (sizeof(T) == 4) {
-      const uint2 w = __ldg(reinterpret_cast<const uint2*>(p));
-      v.w[0] = w.x, v.w[1] = w.y;
-    } else {
-      v.w[0] = __ldg(reinterpret_cast<const unsigned*>(p));
-    }
-  } else if (k < steps) {
-    v.set(0, __ldg(p));
-  }
-}
-
 /// Stores x0, x1 at steps t, t + 1 of a row with unit time stride at p (pointing at step t) as one
 /// vector.
 template <class T>
@@ -508,13 +490,14 @@ struct StepPairPrefetch {
 
   __device__ __forceinline__ void load(const ScanBackwardArgs<T>& a, const ChannelOffset<T>& c,
                                        int t0, int steps, int lane, int, bool live) {
+    // Both steps as one vector when both are before `steps`, else the first alone if it is.
     const int k = 2 * lane, t = t0 + k;
-    load_step_pair(a.delta + c.off + t, k, steps, delta);
-    load_step_pair(a.u + c.off + t, k, steps, u);
+    load_steps(a.delta + c.off + t, 1, k, steps, delta);
+    load_steps(a.u + c.off + t, 1, k, steps, u);
     if (live)
-      load_step_pair(a.dout + c.off + t, k, steps, dout);
+      load_steps(a.dout + c.off + t, 1, k, steps, dout);
     if (a.z != nullptr)
-      load_step_pair(a.z + c.z_off + t, k, steps, z);
+      load_steps(a.z + c.z_off + t, 1, k, steps, z);
   }
 
   /// As StepPrefetch::prepare_padded.
@@ -779,8 +762,9 @@ __global__ void __launch_bounds__(Policy::kThreads,
                                   kFine ? Policy::kFineMinBlocksPerSM : Policy::kMinBlocksPerSM)
     scan_backward_chunk_kernel(const ScanBackwardArgs<T> a) {
   static_assert(!kSerial || kFine, "the serial walk starts its chunks from fine checkpoints");
-  static_assert(!kRowsVec || (kSameLayout && kFine && kLanes * 2 == Policy::kSubChunk),
-                "pairs of steps per lane: one layout, fine checkpoints, two steps per lane");
+  static_assert(!kRowsVec || (kSameLayout && kFine && kLanes == 4 && Policy::kSubChunk == 8),
+                "pairs of steps per lane: one layout, fine checkpoints, 4 lanes of 2 steps (the "
+                "shares' columns are laid out for 8 channels a warp)");
   constexpr int S = Policy::kStatesPerThread, K = Policy::kSubChunk, NT = Policy::kThreads;
   // Steps each lane prefetches per sub-chunk: all of its share when the lane count is known.
   constexpr int R = kLanes > 0 ? (K + kLanes - 1) / kLanes : 1;
@@ -1493,8 +1477,8 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
     allow_dynamic_smem(kernel, smem);
     kernel<<<grid, Policy::kThreads, smem, stream>>>(a);
   };
-  // kRowsVec builds (two steps per lane) exist where a sub-chunk is two steps per usual lane.
-  constexpr bool kPairs = Policy::kSubChunk == 2 * kUsualLanes;
+  // kRowsVec builds (two steps per lane) exist for 4 usual lanes and 8-step sub-chunks.
+  constexpr bool kPairs = kUsualLanes == 4 && Policy::kSubChunk == 8;
   const auto pick = [&](auto fine) {
     constexpr bool kFine = decltype(fine)::value;
     if constexpr (kFine && kPairs) {
