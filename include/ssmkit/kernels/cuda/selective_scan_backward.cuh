@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <type_traits>
@@ -177,7 +178,21 @@ __device__ __forceinline__ LanePlace lane_place(int lanes_per_channel, int state
           tid / lanes_per_channel};
 }
 
-/// The chunk's rows of B and C for group g as float, [step][B|C][state padded to padded_n],
+/// The type B and C rows are staged in: 2-byte storage as itself (exact, and every read of a
+/// lane's states is half the bytes: half the shared-memory wavefronts), else float.
+template <class T>
+using staged_t = std::conditional_t<sizeof(T) == 2, T, float>;
+
+/// A staged value from the float it was widened to (exact: it came from a T).
+template <class T>
+__device__ __forceinline__ staged_t<T> to_staged(float x) {
+  if constexpr (sizeof(T) == 2)
+    return from_float<T>(x);
+  else
+    return x;
+}
+
+/// The chunk's rows of B and C for group g as staged_t<T>, [step][B|C][state padded to padded_n],
 /// zero past N and from step len to len_padded (padded_n = a.padded_n, a constant where the
 /// lane count is compiled in); the whole block takes part. Each thread has kBatch
 /// loads in flight before it widens and stores any of them (one load after another cost a memory
@@ -187,6 +202,7 @@ __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a,
                                                    int g, int t_begin, int len, int len_padded,
                                                    int padded_n) {
   constexpr int kBatch = 8;
+  staged_t<T>* out = reinterpret_cast<staged_t<T>*>(bc);
   const int row = 2 * padded_n, total = len_padded * row;
   if (a.bc_time_vec && kThreads % row == 0) {
     // Unit time stride: each thread loads kVec consecutive steps of one column (state n of B or
@@ -215,7 +231,7 @@ __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a,
 #pragma unroll
         for (int i = 0; i < kVec; ++i)
           if (k0 + r * every + i < len_padded)
-            bc[(k0 + r * every + i) * row + col] = v[r].get(i);
+            out[(k0 + r * every + i) * row + col] = to_staged<T>(v[r].get(i));
     }
     return;
   }
@@ -238,7 +254,7 @@ __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a,
 #pragma unroll
       for (int r = 0; r < kBatch; ++r)
         if (k0 + r * every < len_padded)
-          bc[(k0 + r * every) * row + col] = to_float(v[r]);
+          out[(k0 + r * every) * row + col] = to_staged<T>(to_float(v[r]));
     }
     return;
   }
@@ -256,22 +272,40 @@ __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a,
 #pragma unroll
     for (int r = 0; r < kBatch; ++r)
       if (i0 + r * kThreads < total)
-        bc[i0 + r * kThreads] = to_float(v[r]);
+        out[i0 + r * kThreads] = to_staged<T>(to_float(v[r]));
   }
 }
 
-/// This lane's S states from n0 of B (which = 0) or C (1) at step k of the staged rows `bc`, as
-/// 16-byte broadcasts (staging once per block beat every lane loading its own states: 2.4x in
-/// pass 3 on the H200).
-template <int S>
+/// This lane's S states from n0 of B (which = 0) or C (1) at step k of the staged rows `bc` (of
+/// staged_t<T>), as 16- (float) or 8-byte (2-byte types) broadcasts (staging once per block beat
+/// every lane loading its own states: 2.4x in pass 3 on the H200).
+template <class T, int S>
 __device__ __forceinline__ void chunk_states(const float* bc, int padded_n, int k, int which,
                                              int n0, float (&v)[S]) {
-  static_assert(S % 4 == 0, "staged states are read as 16-byte vectors");
-  const float* row = bc + (k * 2 + which) * padded_n + n0;
+  static_assert(S % 4 == 0, "staged states are read as vectors of 4");
+  const staged_t<T>* row =
+      reinterpret_cast<const staged_t<T>*>(bc) + (k * 2 + which) * padded_n + n0;
 #pragma unroll
   for (int i = 0; i < S; i += 4) {
-    const float4 q = *reinterpret_cast<const float4*>(row + i);
-    v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
+    if constexpr (sizeof(staged_t<T>) == 4) {
+      const float4 q = *reinterpret_cast<const float4*>(row + i);
+      v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
+    } else {
+      const uint2 q = *reinterpret_cast<const uint2*>(row + i);
+      const std::uint32_t w[2] = {q.x, q.y};
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        if constexpr (std::is_same_v<T, __nv_bfloat16>) {  // a bf16 is a float's high half
+          v[i + 2 * j] = __uint_as_float(w[j] << 16);
+          v[i + 2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+        } else {
+          __half2 h;
+          std::memcpy(&h, &w[j], sizeof(h));
+          const float2 f = __half22float2(h);
+          v[i + 2 * j] = f.x, v[i + 2 * j + 1] = f.y;
+        }
+      }
+    }
   }
 }
 
@@ -663,8 +697,8 @@ __global__ void __launch_bounds__(Policy::kThreads)
         }
         float Bv[S], Cv[S];
         if constexpr (kStates)
-          chunk_states(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
-        chunk_states(bc, padded_n, t - t_begin, 1, lp.n0, Cv);
+          chunk_states<T>(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
+        chunk_states<T>(bc, padded_n, t - t_begin, 1, lp.n0, Cv);
         sum_dt += dt;
 #pragma unroll
         for (int i = 0; i < S; ++i) {
@@ -938,7 +972,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
           const float2 v = *reinterpret_cast<const float2*>(mine + 4 * k);
           const float dt2 = v.x, du = v.y;
           float Bv[S];
-          chunk_states(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
+          chunk_states<T>(bc, padded_n, t - t_begin, 0, lp.n0, Bv);
 #pragma unroll
           for (int i = 0; i < S; ++i)
             h[i] = fmaf(ex2_mufu(dt2 * A[i]), h[i], du * Bv[i]);
@@ -975,7 +1009,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
         const auto recompute = [&](int k) {
           const float2 w = *reinterpret_cast<const float2*>(mine + 4 * k);
           float Bv[S];
-          chunk_states(bc, padded_n, k0 + k, 0, lp.n0, Bv);
+          chunk_states<T>(bc, padded_n, k0 + k, 0, lp.n0, Bv);
 #pragma unroll
           for (int i = 0; i < S; ++i) {
             const float dk = ex2_mufu(w.x * A[i]);
@@ -993,8 +1027,8 @@ __global__ void __launch_bounds__(Policy::kThreads,
         const auto inputs = [&](int k) {
           StepInputs in;
           in.w = *reinterpret_cast<const float4*>(mine + 4 * k);
-          chunk_states(bc, padded_n, k0 + k, 0, lp.n0, in.B);
-          chunk_states(bc, padded_n, k0 + k, 1, lp.n0, in.C);
+          chunk_states<T>(bc, padded_n, k0 + k, 0, lp.n0, in.B);
+          chunk_states<T>(bc, padded_n, k0 + k, 1, lp.n0, in.C);
           return in;
         };
         // Backwards through it.
