@@ -178,8 +178,8 @@ __device__ __forceinline__ LanePlace lane_place(int lanes_per_channel, int state
           tid / lanes_per_channel};
 }
 
-/// The type B and C rows are staged in: 2-byte storage as itself (exact, and every read of a
-/// lane's states is half the bytes: half the shared-memory wavefronts), else float.
+/// The type B and C rows are staged in: 2-byte storage as itself (exact, and a lane reads its
+/// states as half the bytes; widening them costs an instruction per value), else float.
 template <class T>
 using staged_t = std::conditional_t<sizeof(T) == 2, T, float>;
 
