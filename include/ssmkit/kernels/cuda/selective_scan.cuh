@@ -476,10 +476,18 @@ __global__ void __launch_bounds__(kThreads, kStaged ? (kPass1 ? 5 : 4) : 3)
     }
 
     float y[kTile];
+    // Every step's Δ and Δ·u are fetched before the states' loop: fetched inside it, the
+    // channel-major builds stalled on each shuffle at its first use (H100, B=8: bf16
+    // channel-major 2.5 % faster this way, the other rows within ±0.5 %).
+    float dts_all[kTile], dus_all[kTile];
 #pragma unroll
     for (int s = 0; s < kTile; ++s) {
-      const float dts = K == 1 ? dt_l[s % P] : __shfl_sync(0xffffffffu, dt_l[s % P], s / P, K);
-      const float dus = K == 1 ? du_l[s % P] : __shfl_sync(0xffffffffu, du_l[s % P], s / P, K);
+      dts_all[s] = K == 1 ? dt_l[s % P] : __shfl_sync(0xffffffffu, dt_l[s % P], s / P, K);
+      dus_all[s] = K == 1 ? du_l[s % P] : __shfl_sync(0xffffffffu, du_l[s % P], s / P, K);
+    }
+#pragma unroll
+    for (int s = 0; s < kTile; ++s) {
+      const float dts = dts_all[s], dus = dus_all[s];
       float Bv[S], Cv[S];
       if constexpr (kStaged) {
         read_states<S>(&stage_s[buf][B_row0 + s * kPaddedN], Bv);
