@@ -1107,6 +1107,10 @@ __global__ void __launch_bounds__(Policy::kThreads,
         // so that the trip count is a constant where the lane count is; one sum per warp, then
         // theirs, keeps the dependent additions few.
         const int slots = K * 2 * padded_n;
+        // kSerial: the sums go out from the sub-chunk's first step by 32-bit offsets (64-bit ones
+        // held for each slot across the loops spilled in the channel-major build).
+        float* const sub_out = kSerial ? dbc_out(t0) : nullptr;
+        const int out_step = a.G * two_n;
 #pragma unroll
         for (int i0 = 0; i0 < (kLanes > 0 ? K * 2 * kLanes * S : slots); i0 += NT) {
           // Slots past the rows are read at slot 0 and only their update is skipped, so that the
@@ -1129,7 +1133,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
             sum += part[w];
           if constexpr (kSerial) {
             if (i0 + tid < slots && n < N && k < steps)
-              atomicAdd(dbc_out(t0 + k) + which * N + n, sum);
+              atomicAdd(sub_out + (k * out_step + which * N + n), sum);
           } else if (i0 + tid < slots && n < N) {
             acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
           }
