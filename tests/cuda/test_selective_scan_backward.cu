@@ -387,7 +387,8 @@ struct SerialPolicy : cuda::SelectiveScanBackwardPolicy {
 TEST(CudaSelectiveScanBackward, SerialWalkFromFineCheckpoints) {
   SSMKIT_REQUIRE_GPU();
   // Every option in both layouts, option subsets, groups narrower than a round of channels,
-  // several rounds, whole, partial and single chunks, and N = 3 (which takes the chunked path).
+  // several rounds, whole, partial and single chunks, N = 10 and 13, and N = 3 (which takes the
+  // chunked path).
   std::vector<BackwardCase> cases = layouts_and_subsets(401, 2, 7, 410);
   for (const Index L : {1, 8, 9, 64, 65, 600}) {
     BackwardCase c;
@@ -397,6 +398,11 @@ TEST(CudaSelectiveScanBackward, SerialWalkFromFineCheckpoints) {
   {
     BackwardCase c;
     c.N = 3, c.L = 70, c.seed = 480;
+    cases.push_back(c);
+  }
+  for (const Index N : {10, 13}) {  // dB, dC sums of N % 4 != 0 sent one element at a time
+    BackwardCase c;
+    c.N = N, c.L = 70, c.channel_major = N == 13, c.seed = 480 + static_cast<std::uint64_t>(N);
     cases.push_back(c);
   }
   for (BackwardCase c : cases) {

@@ -60,6 +60,9 @@ struct SelectiveScanBackwardPolicy {
   /// per SM, pass 3 walks all chunks of its channels in turn, carrying the adjoint in registers,
   /// and passes 1 and 2 do not run (H100, B=8 D=2048: 512 such blocks, one wave at 4 per SM).
   static constexpr int kSerialBlocksPerSM = 3;
+  /// The serial walk's dB, dC sums: consecutive states per thread (2 or 4), read as vectors and
+  /// sent by one vector atomic where the GPU has them.
+  static constexpr int kSerialSumVector = 4;
 };
 
 /// Largest state size N the CUDA backward accepts.
@@ -309,6 +312,29 @@ __device__ __forceinline__ void chunk_states(const float* bc, int padded_n, int 
       }
     }
   }
+}
+
+/// dst[e] += v[e] in global memory for e < count (<= V): one V-float atomic where the GPU has them
+/// (sm_90) and `vec` says dst is 4·V-byte aligned with count == V, else one atomic per element.
+template <int V>
+__device__ __forceinline__ void atomic_add_floats(float* dst, const float (&v)[V], int count,
+                                                  bool vec) {
+  static_assert(V == 2 || V == 4, "float2 or float4 atomics");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (vec) {
+    if constexpr (V == 4)
+      atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
+    else
+      atomicAdd(reinterpret_cast<float2*>(dst), make_float2(v[0], v[1]));
+    return;
+  }
+#else
+  (void)vec;
+#endif
+#pragma unroll
+  for (int e = 0; e < V; ++e)
+    if (e < count)
+      atomicAdd(dst + e, v[e]);
 }
 
 /// Stores v[from, from + S) at `dst` (16-byte aligned) as 16-byte vectors.
@@ -1107,12 +1133,55 @@ __global__ void __launch_bounds__(Policy::kThreads,
         // so that the trip count is a constant where the lane count is; one sum per warp, then
         // theirs, keeps the dependent additions few.
         const int slots = K * 2 * padded_n;
-        // kSerial: the sums go out from the sub-chunk's first step by 32-bit offsets (64-bit ones
-        // held for each slot across the loops spilled in the channel-major build).
-        float* const sub_out = kSerial ? dbc_out(t0) : nullptr;
-        const int out_step = a.G * two_n;
+        if constexpr (kSerial) {
+          // A thread takes V consecutive states of one step: the warps' rows read as V-float
+          // vectors and the sum sent by one V-float atomic (where N % V == 0), which spares most of
+          // the loads and address arithmetic of a thread per element. The sums go out from the
+          // sub-chunk's first step by 32-bit offsets (64-bit ones held for each element across the
+          // loops spilled in the channel-major build).
+          constexpr int V = Policy::kSerialSumVector, kPerStep = 2 * kLanes * S / V;
+          static_assert(kLanes > 0 && S % V == 0, "the serial walk's lane count is compiled in");
+          float* const out = dbc_out(t0);
+          const int out_step = a.G * two_n;
 #pragma unroll
-        for (int i0 = 0; i0 < (kLanes > 0 ? K * 2 * kLanes * S : slots); i0 += NT) {
+          for (int g0 = 0; g0 < K * kPerStep; g0 += NT) {
+            const int gi = g0 + tid, k = gi / kPerStep, col = gi % kPerStep * V;
+            const int which = col / padded_n, n = col % padded_n;
+            if ((K * kPerStep) % NT != 0 && gi >= K * kPerStep)
+              break;
+            float part[kWarps][V], sum[V];
+#pragma unroll
+            for (int w = 0; w < kWarps; ++w) {
+              const float* row = warp_sums + (w * K + k) * row_bc + col;
+#pragma unroll
+              for (int q = 0; q < pairs; ++q) {
+                float x[V];
+                if constexpr (V == 4) {
+                  const float4 r = *reinterpret_cast<const float4*>(row + q * 2 * padded_n);
+                  x[0] = r.x, x[1] = r.y, x[2] = r.z, x[3] = r.w;
+                } else {
+                  const float2 r = *reinterpret_cast<const float2*>(row + q * 2 * padded_n);
+                  x[0] = r.x, x[1] = r.y;
+                }
+#pragma unroll
+                for (int e = 0; e < V; ++e)
+                  part[w][e] = q == 0 ? x[e] : part[w][e] + x[e];
+              }
+            }
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+              sum[e] = part[0][e];
+#pragma unroll
+              for (int w = 1; w < kWarps; ++w)
+                sum[e] += part[w][e];
+            }
+            if (n < N && k < steps)
+              atomic_add_floats<V>(out + (k * out_step + which * N + n), sum, min(V, N - n),
+                                   N % V == 0);
+          }
+        }
+#pragma unroll
+        for (int i0 = 0; i0 < (kSerial ? 0 : kLanes > 0 ? K * 2 * kLanes * S : slots); i0 += NT) {
           // Slots past the rows are read at slot 0 and only their update is skipped, so that the
           // iterations' loads are not behind branches and can all be in flight at once.
           const int i = i0 + tid < slots ? i0 + tid : 0;
@@ -1131,12 +1200,8 @@ __global__ void __launch_bounds__(Policy::kThreads,
 #pragma unroll
           for (int w = 1; w < kWarps; ++w)
             sum += part[w];
-          if constexpr (kSerial) {
-            if (i0 + tid < slots && n < N && k < steps)
-              atomicAdd(sub_out + (k * out_step + which * N + n), sum);
-          } else if (i0 + tid < slots && n < N) {
+          if (i0 + tid < slots && n < N)
             acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
-          }
         }
         // The channel's gradients of du, dδ and dz, step by step: lane l takes steps l, l + lanes,
         // … and adds the lanes' shares in lane order. Where the lane count is compiled in (and the
