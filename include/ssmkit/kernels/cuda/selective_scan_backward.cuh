@@ -60,9 +60,10 @@ struct SelectiveScanBackwardPolicy {
   /// per SM, pass 3 walks all chunks of its channels in turn, carrying the adjoint in registers,
   /// and passes 1 and 2 do not run (H100, B=8 D=2048: 512 such blocks, one wave at 4 per SM).
   static constexpr int kSerialBlocksPerSM = 3;
-  /// The serial walk's dB, dC sums: consecutive states per thread (2 or 4), read as vectors and
-  /// sent by one vector atomic where the GPU has them.
-  static constexpr int kSerialSumVector = 4;
+  /// Pass 3's dB, dC block sums (where the lane count is compiled in): consecutive states per
+  /// thread, read as a vector and added as one (the serial walk's by one vector atomic where the
+  /// GPU has them). H100: 4 beat 2 (which spilled) and 1.
+  static constexpr int kSumVector = 4;
 };
 
 /// Largest state size N the CUDA backward accepts.
@@ -312,6 +313,29 @@ __device__ __forceinline__ void chunk_states(const float* bc, int padded_n, int 
       }
     }
   }
+}
+
+/// x = p[0, V) (4·V-byte aligned) as one vector load.
+template <int V>
+__device__ __forceinline__ void load_floats(const float* p, float (&x)[V]) {
+  static_assert(V == 2 || V == 4, "float2 or float4");
+  if constexpr (V == 4) {
+    const float4 r = *reinterpret_cast<const float4*>(p);
+    x[0] = r.x, x[1] = r.y, x[2] = r.z, x[3] = r.w;
+  } else {
+    const float2 r = *reinterpret_cast<const float2*>(p);
+    x[0] = r.x, x[1] = r.y;
+  }
+}
+
+/// p[0, V) = x (4·V-byte aligned) as one vector store.
+template <int V>
+__device__ __forceinline__ void store_floats(float* p, const float (&x)[V]) {
+  static_assert(V == 2 || V == 4, "float2 or float4");
+  if constexpr (V == 4)
+    *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
+  else
+    *reinterpret_cast<float2*>(p) = make_float2(x[0], x[1]);
 }
 
 /// dst[e] += v[e] in global memory for e < count (<= V): one V-float atomic where the GPU has them
@@ -1133,16 +1157,16 @@ __global__ void __launch_bounds__(Policy::kThreads,
         // so that the trip count is a constant where the lane count is; one sum per warp, then
         // theirs, keeps the dependent additions few.
         const int slots = K * 2 * padded_n;
-        if constexpr (kSerial) {
+        if constexpr (kLanes > 0) {
           // A thread takes V consecutive states of one step: the warps' rows read as V-float
-          // vectors and the sum sent by one V-float atomic (where N % V == 0), which spares most of
-          // the loads and address arithmetic of a thread per element. The sums go out from the
-          // sub-chunk's first step by 32-bit offsets (64-bit ones held for each element across the
-          // loops spilled in the channel-major build).
-          constexpr int V = Policy::kSerialSumVector, kPerStep = 2 * kLanes * S / V;
-          static_assert(kLanes > 0 && S % V == 0, "the serial walk's lane count is compiled in");
-          float* const out = dbc_out(t0);
-          const int out_step = a.G * two_n;
+          // vectors and the sum added as one (where N % V == 0), which spares most of the loads
+          // and address arithmetic of a thread per element. kSerial sends it by an atomic, from
+          // the sub-chunk's first step by 32-bit offsets (64-bit ones held for each element
+          // across the loops spilled in the channel-major build).
+          constexpr int V = Policy::kSumVector, kPerStep = 2 * kLanes * S / V;
+          static_assert(S % V == 0, "policy: whole vectors of a lane's states");
+          float* const out = kSerial ? dbc_out(t0) : acc + (t0 - t_begin) * two_n;
+          const int out_step = kSerial ? a.G * two_n : two_n;
 #pragma unroll
           for (int g0 = 0; g0 < K * kPerStep; g0 += NT) {
             const int gi = g0 + tid, k = gi / kPerStep, col = gi % kPerStep * V;
@@ -1156,13 +1180,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
 #pragma unroll
               for (int q = 0; q < pairs; ++q) {
                 float x[V];
-                if constexpr (V == 4) {
-                  const float4 r = *reinterpret_cast<const float4*>(row + q * 2 * padded_n);
-                  x[0] = r.x, x[1] = r.y, x[2] = r.z, x[3] = r.w;
-                } else {
-                  const float2 r = *reinterpret_cast<const float2*>(row + q * 2 * padded_n);
-                  x[0] = r.x, x[1] = r.y;
-                }
+                load_floats<V>(row + q * 2 * padded_n, x);
 #pragma unroll
                 for (int e = 0; e < V; ++e)
                   part[w][e] = q == 0 ? x[e] : part[w][e] + x[e];
@@ -1175,13 +1193,27 @@ __global__ void __launch_bounds__(Policy::kThreads,
               for (int w = 1; w < kWarps; ++w)
                 sum[e] += part[w][e];
             }
-            if (n < N && k < steps)
-              atomic_add_floats<V>(out + (k * out_step + which * N + n), sum, min(V, N - n),
-                                   N % V == 0);
+            float* const dst = out + (k * out_step + which * N + n);
+            if constexpr (kSerial) {
+              if (n < N && k < steps)
+                atomic_add_floats<V>(dst, sum, min(V, N - n), N % V == 0);
+            } else if (n < N && N % V == 0) {  // padded steps add zeros inside the chunk's rows
+              float x[V];
+              load_floats<V>(dst, x);
+#pragma unroll
+              for (int e = 0; e < V; ++e)
+                x[e] += sum[e];
+              store_floats<V>(dst, x);
+            } else if (n < N) {
+#pragma unroll
+              for (int e = 0; e < V; ++e)
+                if (n + e < N)
+                  dst[e] += sum[e];
+            }
           }
         }
 #pragma unroll
-        for (int i0 = 0; i0 < (kSerial ? 0 : kLanes > 0 ? K * 2 * kLanes * S : slots); i0 += NT) {
+        for (int i0 = 0; i0 < (kLanes > 0 ? 0 : slots); i0 += NT) {
           // Slots past the rows are read at slot 0 and only their update is skipped, so that the
           // iterations' loads are not behind branches and can all be in flight at once.
           const int i = i0 + tid < slots ? i0 + tid : 0;
