@@ -1156,7 +1156,6 @@ __global__ void __launch_bounds__(Policy::kThreads,
         // Every step of the sub-chunk, the no-op ones too (they add zeros inside the chunk's rows),
         // so that the trip count is a constant where the lane count is; one sum per warp, then
         // theirs, keeps the dependent additions few.
-        const int slots = K * 2 * padded_n;
         if constexpr (kLanes > 0) {
           // A thread takes V consecutive states of one step: the warps' rows read as V-float
           // vectors and the sum added as one (where N % V == 0), which spares most of the loads
@@ -1211,29 +1210,32 @@ __global__ void __launch_bounds__(Policy::kThreads,
                   dst[e] += sum[e];
             }
           }
-        }
+        } else {
+          static_assert(!kSerial, "the serial walk's lane count is compiled in");
+          const int slots = K * 2 * padded_n;
 #pragma unroll
-        for (int i0 = 0; i0 < (kLanes > 0 ? 0 : slots); i0 += NT) {
-          // Slots past the rows are read at slot 0 and only their update is skipped, so that the
-          // iterations' loads are not behind branches and can all be in flight at once.
-          const int i = i0 + tid < slots ? i0 + tid : 0;
-          const int k = i / (2 * padded_n), col = i % (2 * padded_n);
-          const int which = col / padded_n, n = col % padded_n;
-          float part[kWarps];
+          for (int i0 = 0; i0 < slots; i0 += NT) {
+            // Slots past the rows are read at slot 0 and only their update is skipped, so that the
+            // iterations' loads are not behind branches and can all be in flight at once.
+            const int i = i0 + tid < slots ? i0 + tid : 0;
+            const int k = i / (2 * padded_n), col = i % (2 * padded_n);
+            const int which = col / padded_n, n = col % padded_n;
+            float part[kWarps];
 #pragma unroll
-          for (int w = 0; w < kWarps; ++w) {
-            // Sums start from their first term: 0 + x is an addition the compiler must keep.
-            const float* row = warp_sums + (w * K + k) * row_bc + col;
-            part[w] = row[0];
-            for (int q = 1; q < pairs; ++q)
-              part[w] += row[q * 2 * padded_n];
+            for (int w = 0; w < kWarps; ++w) {
+              // Sums start from their first term: 0 + x is an addition the compiler must keep.
+              const float* row = warp_sums + (w * K + k) * row_bc + col;
+              part[w] = row[0];
+              for (int q = 1; q < pairs; ++q)
+                part[w] += row[q * 2 * padded_n];
+            }
+            float sum = part[0];
+#pragma unroll
+            for (int w = 1; w < kWarps; ++w)
+              sum += part[w];
+            if (i0 + tid < slots && n < N)
+              acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
           }
-          float sum = part[0];
-#pragma unroll
-          for (int w = 1; w < kWarps; ++w)
-            sum += part[w];
-          if (i0 + tid < slots && n < N)
-            acc[(t0 - t_begin + k) * two_n + which * N + n] += sum;
         }
         // The channel's gradients of du, dδ and dz, step by step: lane l takes steps l, l + lanes,
         // … and adds the lanes' shares in lane order. Where the lane count is compiled in (and the
