@@ -61,8 +61,8 @@ struct SelectiveScanBackwardPolicy {
   /// and passes 1 and 2 do not run (H100, B=8 D=2048: 512 such blocks, one wave at 4 per SM).
   static constexpr int kSerialBlocksPerSM = 3;
   /// Pass 3's dB, dC block sums (where the lane count is compiled in): consecutive states per
-  /// thread, read as a vector and added as one (the serial walk's by one vector atomic where the
-  /// GPU has them). H100: 4 beat 2 (which spilled) and 1.
+  /// thread (a multiple of 4), read as 16-byte vectors and added as such (the serial walk's by
+  /// 16-byte atomics where the GPU has them). H100: 4 beat 2 (which spilled) and 1.
   static constexpr int kSumVector = 4;
 };
 
@@ -315,41 +315,19 @@ __device__ __forceinline__ void chunk_states(const float* bc, int padded_n, int 
   }
 }
 
-/// x = p[0, V) (4·V-byte aligned) as one vector load.
-template <int V>
-__device__ __forceinline__ void load_floats(const float* p, float (&x)[V]) {
-  static_assert(V == 2 || V == 4, "float2 or float4");
-  if constexpr (V == 4) {
-    const float4 r = *reinterpret_cast<const float4*>(p);
-    x[0] = r.x, x[1] = r.y, x[2] = r.z, x[3] = r.w;
-  } else {
-    const float2 r = *reinterpret_cast<const float2*>(p);
-    x[0] = r.x, x[1] = r.y;
-  }
-}
-
-/// p[0, V) = x (4·V-byte aligned) as one vector store.
-template <int V>
-__device__ __forceinline__ void store_floats(float* p, const float (&x)[V]) {
-  static_assert(V == 2 || V == 4, "float2 or float4");
-  if constexpr (V == 4)
-    *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
-  else
-    *reinterpret_cast<float2*>(p) = make_float2(x[0], x[1]);
-}
-
-/// dst[e] += v[e] in global memory for e < count (<= V): one V-float atomic where the GPU has them
-/// (sm_90) and `vec` says dst is 4·V-byte aligned with count == V, else one atomic per element.
+/// dst[e] += v[e] in global memory for e < count (<= V, a multiple of 4): 16-byte atomics where
+/// the GPU has them (sm_90) and `vec` says dst is 16-byte aligned with count == V, else one atomic
+/// per element.
 template <int V>
 __device__ __forceinline__ void atomic_add_floats(float* dst, const float (&v)[V], int count,
                                                   bool vec) {
-  static_assert(V == 2 || V == 4, "float2 or float4 atomics");
+  static_assert(V % 4 == 0, "16-byte atomics");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (vec) {
-    if constexpr (V == 4)
-      atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
-    else
-      atomicAdd(reinterpret_cast<float2*>(dst), make_float2(v[0], v[1]));
+#pragma unroll
+    for (int i = 0; i < V; i += 4)
+      atomicAdd(reinterpret_cast<float4*>(dst + i),
+                make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]));
     return;
   }
 #else
@@ -1163,7 +1141,8 @@ __global__ void __launch_bounds__(Policy::kThreads,
           // the sub-chunk's first step by 32-bit offsets (64-bit ones held for each element
           // across the loops spilled in the channel-major build).
           constexpr int V = Policy::kSumVector, kPerStep = 2 * kLanes * S / V;
-          static_assert(S % V == 0, "policy: whole vectors of a lane's states");
+          static_assert(V % 4 == 0 && S % V == 0,
+                        "policy: whole 16-byte vectors, each within a lane's states");
           float* const out = kSerial ? dbc_out(t0) : acc + (t0 - t_begin) * two_n;
           const int out_step = kSerial ? a.G * two_n : two_n;
 #pragma unroll
@@ -1179,7 +1158,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
 #pragma unroll
               for (int q = 0; q < pairs; ++q) {
                 float x[V];
-                load_floats<V>(row + q * 2 * padded_n, x);
+                read_states<V>(row + q * 2 * padded_n, x);
 #pragma unroll
                 for (int e = 0; e < V; ++e)
                   part[w][e] = q == 0 ? x[e] : part[w][e] + x[e];
@@ -1197,12 +1176,12 @@ __global__ void __launch_bounds__(Policy::kThreads,
               if (n < N && k < steps)
                 atomic_add_floats<V>(dst, sum, min(V, N - n), N % V == 0);
             } else if (n < N && N % V == 0) {  // padded steps add zeros inside the chunk's rows
-              float x[V];
-              load_floats<V>(dst, x);
 #pragma unroll
-              for (int e = 0; e < V; ++e)
-                x[e] += sum[e];
-              store_floats<V>(dst, x);
+              for (int i = 0; i < V; i += 4) {
+                float4 x = *reinterpret_cast<const float4*>(dst + i);
+                x.x += sum[i], x.y += sum[i + 1], x.z += sum[i + 2], x.w += sum[i + 3];
+                *reinterpret_cast<float4*>(dst + i) = x;
+              }
             } else if (n < N) {
 #pragma unroll
               for (int e = 0; e < V; ++e)
