@@ -1,10 +1,11 @@
 // The CUDA benchmark: copy bandwidth and exponential rate measured on the spot, the selective
 // scan on DESIGN.md's shapes (fp32 and bf16, token- and channel-major, each policy) against its
 // floor and mamba_ssm, and the decode-step kernels at batch 1 … 256. Prints markdown tables.
-//   bench_cuda [--runs N] [--quick] [--shape I] [--bc-state-time]
+//   bench_cuda [--runs N] [--quick] [--shape I] [--bc-state-time] [--mamba-ssm FILE]
 // --quick: the first shape and the default policy only; --shape I: the I-th shape only (from 0);
 // --bc-state-time: also the default policy with B and C in mamba_ssm's (batch, group, state,
-// time) memory order.
+// time) memory order; --mamba-ssm: mamba_ssm's times measured on this GPU by
+// tools/bench_mamba_ssm.py, in place of DESIGN.md's.
 #include "bench_scan.cuh"
 
 #include <algorithm>
@@ -123,11 +124,11 @@ int main(int argc, char** argv) {
     std::printf("copy bandwidth (read+write): %.3f TB/s; ex2.approx rate: %.3f T/s\n\n", bw / 1e12,
                 er / 1e12);
 
-    const std::vector<ScanShape> shapes =
-        selected_shapes<ScanShape>({{8, 2048, 2048, 16, 1.17, 0.61},
-                                    {1, 5120, 16384, 16, 3.32, 1.95},
-                                    {2, 1536, 131072, 16, 15.3, 8.66}},
-                                   args);
+    std::vector<ScanShape> shapes = selected_shapes<ScanShape>({{8, 2048, 2048, 16, 1.17, 0.61},
+                                                                {1, 5120, 16384, 16, 3.32, 1.95},
+                                                                {2, 1536, 131072, 16, 15.3, 8.66}},
+                                                               args);
+    use_mamba_ssm_times(shapes, args, "fwd");
     std::vector<ScanTiming> all = time_default_policy(shapes, runs);
     if (bc_state_time) {
       for (auto& t : time_policy<ssmkit::cuda::SelectiveScanPolicy>("default", shapes, runs, true))

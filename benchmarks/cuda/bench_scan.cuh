@@ -12,7 +12,7 @@ namespace ssmkit::bench {
 
 struct ScanShape {
   Index batch, D, L, N;
-  double mamba_fp32_ms, mamba_bf16_ms;  // DESIGN.md's mamba_ssm forward times (H100)
+  double mamba_fp32_ms, mamba_bf16_ms;  // mamba_ssm's forward: DESIGN.md's, or --mamba-ssm's
 };
 
 struct ScanTiming {

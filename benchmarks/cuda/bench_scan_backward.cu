@@ -1,9 +1,10 @@
 // The CUDA selective scan backward on DESIGN.md's shapes (N=16, z, D, δ_bias, softplus; fp32 and
 // bf16; token-major, channel-major, and the token-major layout a Mamba block hands over, with z
-// and dz halves of wider rows), timed with CUDA events, against mamba_ssm's backward on the
-// same H100; and the time of each of its passes. Prints markdown tables.
+// and dz halves of wider rows), timed with CUDA events, against mamba_ssm's backward (DESIGN.md's
+// H100 figures, or --mamba-ssm FILE: its times measured on this GPU by tools/bench_mamba_ssm.py);
+// and the time of each of its passes. Prints markdown tables.
 //   bench_cuda_scan_backward [--runs N] [--quick] [--shape I] [--dtype fp32|bf16]
-//                            [--layout token|channel|block]
+//                            [--layout token|channel|block] [--mamba-ssm FILE]
 //   (--quick: the first shape only; --shape I: the I-th only, from 0; --dtype, --layout: those
 //   rows only, for profiling one of them)
 #include "bench_scan.cuh"
@@ -22,7 +23,7 @@ namespace {
 
 struct BackwardShape {
   Index batch, D, L, N;
-  double mamba_fp32_ms, mamba_bf16_ms;  // DESIGN.md's mamba_ssm backward times (H100)
+  double mamba_fp32_ms, mamba_bf16_ms;  // mamba_ssm's backward: DESIGN.md's, or --mamba-ssm's
 };
 
 /// How the activations lie in memory: token-major, channel-major, or as a Mamba block hands them
@@ -200,11 +201,12 @@ int main(int argc, char** argv) {
     SSMKIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s, %d SMs, L2 %d MB\n\n", prop.name, prop.multiProcessorCount,
                 prop.l2CacheSize >> 20);
-    const std::vector<BackwardShape> shapes =
+    std::vector<BackwardShape> shapes =
         selected_shapes<BackwardShape>({{8, 2048, 2048, 16, 2.80, 2.51},
                                         {1, 5120, 16384, 16, 7.08, 6.44},
                                         {2, 1536, 131072, 16, 33.3, 30.2}},
                                        args);
+    use_mamba_ssm_times(shapes, args, "bwd");
     std::printf("## selective scan backward (N=16, z, D, delta_bias, softplus)\n\n");
     std::printf(
         "Without checkpoints, then from the forward's checkpoints every chunk (passes 1 and 2 "

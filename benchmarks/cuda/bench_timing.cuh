@@ -5,8 +5,11 @@
 #include <ssmkit/cuda.cuh>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -47,16 +50,20 @@ inline double copy_bandwidth() {
   return 2.0 * static_cast<double>(n) / (ms * 1e-3);
 }
 
-/// The flags the scan benchmarks take: --runs N (at least 3), --quick, and --shape I (only the
-/// I-th shape of the benchmark's list, counted from 0; for profiling one shape).
+/// The flags the scan benchmarks take: --runs N (at least 3), --quick, --shape I (only the
+/// I-th shape of the benchmark's list, counted from 0; for profiling one shape), and --mamba-ssm
+/// FILE (mamba_ssm's times measured on this GPU by tools/bench_mamba_ssm.py, in place of
+/// DESIGN.md's figures).
 struct BenchArgs {
-  int runs;
+  int runs = 0;
   bool quick = false;
   int shape = -1;
+  std::string mamba_ssm;
 };
 
 inline BenchArgs parse_bench_args(int argc, char** argv, int default_runs) {
-  BenchArgs a{default_runs};
+  BenchArgs a;
+  a.runs = default_runs;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc)
       a.runs = std::max(3, std::atoi(argv[++i]));
@@ -64,8 +71,62 @@ inline BenchArgs parse_bench_args(int argc, char** argv, int default_runs) {
       a.quick = true;
     else if (std::strcmp(argv[i], "--shape") == 0 && i + 1 < argc)
       a.shape = std::atoi(argv[++i]);
+    else if (std::strcmp(argv[i], "--mamba-ssm") == 0 && i + 1 < argc)
+      a.mamba_ssm = argv[++i];
   }
   return a;
+}
+
+/// mamba_ssm's time for one (direction, shape, dtype) from a file that tools/bench_mamba_ssm.py
+/// wrote: lines `fwd|bwd batch D L fp32|bf16 ms`, `#` lines ignored. Throws when the file cannot
+/// be read or lacks the row, so that a table never mixes measured and quoted figures silently.
+inline double measured_mamba_ms(const std::string& file, const std::string& direction, Index batch,
+                                Index D, Index L, const std::string& dtype) {
+  std::ifstream in(file);
+  if (!in)
+    throw std::runtime_error("--mamba-ssm " + file + ": cannot be read");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#')
+      continue;
+    std::istringstream row(line);
+    std::string dir, dt;
+    long long b = 0, d = 0, l = 0;
+    double ms = 0;
+    if (!(row >> dir >> b >> d >> l >> dt >> ms))
+      throw std::runtime_error("--mamba-ssm " + file + ": malformed line '" + line + "'");
+    if (dir == direction && b == batch && d == D && l == L && dt == dtype)
+      return ms;
+  }
+  throw std::runtime_error("--mamba-ssm " + file + ": no '" + direction + " " +
+                           std::to_string(batch) + " " + std::to_string(D) + " " +
+                           std::to_string(L) + " " + dtype + "' row");
+}
+
+/// The first `#` line of a --mamba-ssm file (where and how it was measured), for the table's note.
+inline std::string mamba_ssm_source(const std::string& file) {
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty() && line[0] == '#')
+      return line.substr(line.find_first_not_of("# "));
+  return file;
+}
+
+/// Puts mamba_ssm's times measured on this GPU (--mamba-ssm) in place of DESIGN.md's figures
+/// in each shape's mamba_fp32_ms and mamba_bf16_ms, and prints which of the two the table uses.
+template <class Shape>
+void use_mamba_ssm_times(std::vector<Shape>& shapes, const BenchArgs& a, const char* direction) {
+  if (a.mamba_ssm.empty()) {
+    std::printf("mamba_ssm %s times: DESIGN.md's (H100 80GB, measured 2026-11-23)\n\n", direction);
+    return;
+  }
+  for (Shape& s : shapes) {
+    s.mamba_fp32_ms = measured_mamba_ms(a.mamba_ssm, direction, s.batch, s.D, s.L, "fp32");
+    s.mamba_bf16_ms = measured_mamba_ms(a.mamba_ssm, direction, s.batch, s.D, s.L, "bf16");
+  }
+  std::printf("mamba_ssm %s times: measured (%s)\n\n", direction,
+              mamba_ssm_source(a.mamba_ssm).c_str());
 }
 
 /// The shapes a benchmark runs: the first only with --quick, the I-th only with --shape I.
