@@ -77,40 +77,54 @@ inline BenchArgs parse_bench_args(int argc, char** argv, int default_runs) {
   return a;
 }
 
-/// mamba_ssm's time for one (direction, shape, dtype) from a file that tools/bench_mamba_ssm.py
-/// wrote: lines `fwd|bwd batch D L fp32|bf16 ms`, `#` lines ignored. Throws when the file cannot
-/// be read or lacks the row, so that a table never mixes measured and quoted figures silently.
-inline double measured_mamba_ms(const std::string& file, const std::string& direction, Index batch,
-                                Index D, Index L, const std::string& dtype) {
+/// mamba_ssm's times as tools/bench_mamba_ssm.py writes them: a `#` line saying where and how
+/// they were measured, then lines `fwd|bwd batch D L fp32|bf16 ms`.
+struct MambaSsmTimes {
+  struct Row {
+    std::string direction, dtype;
+    long long batch, D, L;
+    double ms;
+  };
+  std::string file, source;
+  std::vector<Row> rows;
+
+  /// The row's time; throws when the file lacks it, so that a table never mixes measured and
+  /// quoted figures silently.
+  double at(const std::string& direction, Index batch, Index D, Index L,
+            const std::string& dtype) const {
+    for (const Row& r : rows)
+      if (r.direction == direction && r.batch == batch && r.D == D && r.L == L && r.dtype == dtype)
+        return r.ms;
+    throw std::runtime_error("--mamba-ssm " + file + ": no '" + direction + " " +
+                             std::to_string(batch) + " " + std::to_string(D) + " " +
+                             std::to_string(L) + " " + dtype + "' row");
+  }
+};
+
+inline MambaSsmTimes read_mamba_ssm_times(const std::string& file) {
   std::ifstream in(file);
   if (!in)
     throw std::runtime_error("--mamba-ssm " + file + ": cannot be read");
+  MambaSsmTimes t{file, file, {}};
+  bool have_source = false;
   std::string line;
   while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#')
+    if (line.empty())
       continue;
-    std::istringstream row(line);
-    std::string dir, dt;
-    long long b = 0, d = 0, l = 0;
-    double ms = 0;
-    if (!(row >> dir >> b >> d >> l >> dt >> ms))
+    if (line[0] == '#') {
+      const std::size_t text = line.find_first_not_of("# ");
+      if (!have_source && text != std::string::npos)
+        t.source = line.substr(text);
+      have_source = true;
+      continue;
+    }
+    std::istringstream fields(line);
+    MambaSsmTimes::Row r{};
+    if (!(fields >> r.direction >> r.batch >> r.D >> r.L >> r.dtype >> r.ms))
       throw std::runtime_error("--mamba-ssm " + file + ": malformed line '" + line + "'");
-    if (dir == direction && b == batch && d == D && l == L && dt == dtype)
-      return ms;
+    t.rows.push_back(r);
   }
-  throw std::runtime_error("--mamba-ssm " + file + ": no '" + direction + " " +
-                           std::to_string(batch) + " " + std::to_string(D) + " " +
-                           std::to_string(L) + " " + dtype + "' row");
-}
-
-/// The first `#` line of a --mamba-ssm file (where and how it was measured), for the table's note.
-inline std::string mamba_ssm_source(const std::string& file) {
-  std::ifstream in(file);
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty() && line[0] == '#')
-      return line.substr(line.find_first_not_of("# "));
-  return file;
+  return t;
 }
 
 /// Puts mamba_ssm's times measured on this GPU (--mamba-ssm) in place of DESIGN.md's figures
@@ -121,12 +135,12 @@ void use_mamba_ssm_times(std::vector<Shape>& shapes, const BenchArgs& a, const c
     std::printf("mamba_ssm %s times: DESIGN.md's (H100 80GB, measured 2026-11-23)\n\n", direction);
     return;
   }
+  const MambaSsmTimes times = read_mamba_ssm_times(a.mamba_ssm);
   for (Shape& s : shapes) {
-    s.mamba_fp32_ms = measured_mamba_ms(a.mamba_ssm, direction, s.batch, s.D, s.L, "fp32");
-    s.mamba_bf16_ms = measured_mamba_ms(a.mamba_ssm, direction, s.batch, s.D, s.L, "bf16");
+    s.mamba_fp32_ms = times.at(direction, s.batch, s.D, s.L, "fp32");
+    s.mamba_bf16_ms = times.at(direction, s.batch, s.D, s.L, "bf16");
   }
-  std::printf("mamba_ssm %s times: measured (%s)\n\n", direction,
-              mamba_ssm_source(a.mamba_ssm).c_str());
+  std::printf("mamba_ssm %s times: measured (%s)\n\n", direction, times.source.c_str());
 }
 
 /// The shapes a benchmark runs: the first only with --quick, the I-th only with --shape I.
