@@ -8,9 +8,9 @@ run it on the GPU that runs them, in the same session, and both sides are measur
 nothing in the library, its build or its tests uses it.
 
 The extension is mamba_ssm's `selective_scan_cuda` (csrc/selective_scan of its source
-distribution, e.g. mamba_ssm-2.3.2.post1.tar.gz from PyPI). Either it is importable already, or
-`--src` names the unpacked source and it is compiled here with mamba_ssm's own nvcc flags for the
-GPU present (TORCH_CUDA_ARCH_LIST, MAX_JOBS as torch.utils.cpp_extension reads them).
+distribution, e.g. mamba_ssm-2.3.2.post1.tar.gz from PyPI): `--src` names the unpacked source,
+compiled here with mamba_ssm's own nvcc flags for the GPU present (TORCH_CUDA_ARCH_LIST, MAX_JOBS
+as torch.utils.cpp_extension reads them); without it, an importable selective_scan_cuda is used.
 
 Inputs are mamba_ssm's layout ((batch, D, L) activations, (batch, 1, N, L) B and C, fp32 A, D
 and delta_bias), with z, D, delta_bias and softplus, drawn from the ranges bench_scan.cuh uses.
@@ -35,12 +35,13 @@ N_STATE = 16
 
 
 def load_extension(src, build):
-    try:
-        import selective_scan_cuda  # noqa: F401
+    """mamba_ssm's extension: compiled from `src` when given, else the importable one."""
+    if src is None:
+        try:
+            import selective_scan_cuda
 
-        return selective_scan_cuda
-    except ImportError:
-        if src is None:
+            return selective_scan_cuda
+        except ImportError:
             sys.exit("selective_scan_cuda is not importable: pass --src <unpacked mamba_ssm source>")
     from torch.utils.cpp_extension import load
 
