@@ -318,7 +318,8 @@ TEST(CudaSelectiveScanBackward, FromForwardCheckpoints) {
   SSMKIT_REQUIRE_GPU();
   // Every option and both layouts (L = 300: a partial last chunk and sub-chunk), option subsets,
   // N = 3, 20 and 64 (checkpoints every 64, 32 and 16 steps), 2-byte storage, 18 chunks of 600
-  // channels, short and empty sequences; all again from checkpoints every 8 steps (fine).
+  // channels, short and empty sequences; all again from checkpoints every 8 steps (fine); N = 10,
+  // and 2-byte storage in both layouts.
   std::vector<BackwardCase> cases = layouts_and_subsets(101, 1, 5, 110);
   const Index sizes[] = {3, 20, 64};
   for (int i = 0; i < 3; ++i) {
@@ -342,9 +343,17 @@ TEST(CudaSelectiveScanBackward, FromForwardCheckpoints) {
       c.checkpoints = true, c.fine = fine;
       check_backward<float>(c, 1e-5);
     }
+  // N = 10 token-major: pass 1 with one lane per channel, states past N zero (N = 16 above).
+  for (const bool fine : {false, true}) {
+    BackwardCase c;
+    c.N = 10, c.L = 150, c.D = 40, c.checkpoints = true, c.fine = fine;
+    c.seed = 175 + static_cast<std::uint64_t>(fine);
+    check_backward<float>(c, 1e-5);
+  }
   BackwardCase c;
   c.checkpoints = true, c.L = 150, c.seed = 170;
   check_backward<__half>(c, 1e-2);
+  check_backward<__nv_bfloat16>(c, 1e-2);
   c.channel_major = true, c.fine = true;
   check_backward<__nv_bfloat16>(c, 1e-2);
 }

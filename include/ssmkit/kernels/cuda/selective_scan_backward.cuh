@@ -5,7 +5,8 @@
 // q_{t-1} = Ā_t·g_t, and every gradient is a local product of g_t, h_{t-1} and the step's inputs.
 // Time is cut into chunks that run in parallel, never storing more than one state per chunk:
 //  1. each chunk from zero: its local final state, ΣΔ, and its local adjoint
-//     Σ_t (Π_{s<=t} Ā_s)·C_t·dy_t, which a forward walk computes with a running product;
+//     Σ_t (Π_{s<=t} Ā_s)·C_t·dy_t, which a forward walk computes with a running product (from
+//     checkpoints, in float, with one lane per channel: scan_backward_adjoint_kernel);
 //  2. a walk over the chunks joins them: the state entering and the adjoint leaving each chunk
 //     (h ← 2^(A·log2e·ΣΔ)·h + h_local, and the same backwards for q), and ∂ℓ/∂h0. When the
 //     forward left checkpoints at the chunks' starts, the states entering them are those, and
@@ -754,6 +755,64 @@ __global__ void __launch_bounds__(Policy::kThreads)
           a.chunk_h[row * a.N + lp.n0 + i] = h[i];
         a.chunk_q[row * a.N + lp.n0 + i] = q[i];
       }
+  }
+}
+
+/// Pass 1 from checkpoints with one lane per channel, all of its padded_n = 16 states in the lane
+/// (N = 9..16; launched for float storage): the same ΣΔ and local adjoint as
+/// scan_backward_local_kernel<..., false>, but a step's loads, softplus and gate serve 16 states
+/// instead of 4, with no records shared between lanes. It needs the channels of a warp adjacent in
+/// memory (unit channel stride of δ, dout and z), so that each step's loads are whole lines. D=5120
+/// L=16384 fp32 token-major: 0.50 against ~0.62 ms (H200, ncu), the pass then bound by the
+/// exponentials (MUFU 87 % busy); the whole backward from fine checkpoints 2.92-2.93 -> 2.82-2.83
+/// ms (H100).
+template <class Policy, class T>
+__global__ void __launch_bounds__(Policy::kThreads)
+    scan_backward_adjoint_kernel(const ScanBackwardArgs<T> a) {
+  constexpr int S = 16;
+  extern __shared__ __align__(16) float smem_adjoint[];
+  float* bc = smem_adjoint;  // the chunk's B and C rows
+  const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
+  const int slice = static_cast<int>(blockIdx.y) % a.slices_per_group;
+  const int slice_end = min((slice + 1) * a.channels_per_slice, a.channels_per_group);
+  const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
+  const int t_begin = c * a.chunk_len, len = min(a.L - t_begin, a.chunk_len);
+  stage_chunk_states<Policy::kThreads>(a, bc, b, g, t_begin, len, len, S);
+  __syncthreads();
+  for (int in_group = slice * a.channels_per_slice + static_cast<int>(threadIdx.x);
+       in_group < slice_end; in_group += Policy::kThreads) {
+    const int d = g * a.channels_per_group + in_group;
+    float a2[S], q[S];
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      a2[i] = i < a.N ? a.A[d * a.A_s[0] + i * a.A_s[1]] * kLog2e : 0.f;
+      q[i] = 0.f;
+    }
+    const float bias = a.delta_bias != nullptr ? a.delta_bias[d * a.delta_bias_s] : 0.f;
+    const T* delta = a.delta + b * a.delta_s[0] + d * a.delta_s[2];
+    const T* dout = a.dout + b * a.dout_s[0] + d * a.dout_s[2];
+    const T* z = a.z != nullptr ? a.z + b * a.z_s[0] + d * a.z_s[2] : nullptr;
+    float sum_dt = 0.f;
+#pragma unroll 4
+    for (int k = 0; k < len; ++k) {
+      const int t = t_begin + k;
+      const float zt = z != nullptr ? to_float(__ldg(at_step(z, t, a.z_tb))) : 0.f;
+      const StepValues v =
+          step_values<true, false>(a, to_float(__ldg(at_step(delta, t, a.delta_tb))), 0.f,
+                                   to_float(__ldg(at_step(dout, t, a.dout_tb))), zt, bias);
+      float Cv[S];
+      chunk_states<T>(bc, S, k, 1, 0, Cv);
+      sum_dt += v.dt;
+#pragma unroll
+      for (int i = 0; i < S; ++i)
+        q[i] = fmaf(ex2_mufu(sum_dt * a2[i]), Cv[i] * v.dy, q[i]);  // P_t from ΣΔ, as pass 1
+    }
+    const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
+    a.chunk_dt[row] = sum_dt;
+#pragma unroll
+    for (int i = 0; i < S; ++i)
+      if (i < a.N)
+        a.chunk_q[row * a.N + i] = q[i];
   }
 }
 
@@ -1546,21 +1605,36 @@ void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<
   const dim3 grid(static_cast<unsigned>(plan.chunks),
                   static_cast<unsigned>(a.G * plan.slices_per_group),
                   static_cast<unsigned>(a.batch));
-  const std::size_t smem = static_cast<std::size_t>(local_smem_floats<Policy>(
-                               plan.chunk_len, plan.padded_n, plan.lanes_per_channel)) *
-                           sizeof(float);
   constexpr int kUsualLanes = 16 / Policy::kStatesPerThread;  // as in pass 3
-  const auto launch = [&](auto kernel) {
+  const auto launch = [&](auto kernel, int lanes_per_channel) {
+    const std::size_t smem = static_cast<std::size_t>(local_smem_floats<Policy>(
+                                 plan.chunk_len, plan.padded_n, lanes_per_channel)) *
+                             sizeof(float);
     allow_dynamic_smem(kernel, smem);
     kernel<<<grid, Policy::kThreads, smem, stream>>>(a);
   };
   const bool usual = plan.lanes_per_channel == kUsualLanes;
+  // One lane per channel where a warp's channels are adjacent, the states fill 16 and the values
+  // are floats (see scan_backward_adjoint_kernel); elsewhere the lanes of one channel share it.
+  // With 2-byte storage it measured slower (H100, D=5120 bf16 token-major from fine checkpoints:
+  // 2.84-2.87 -> 2.90-2.91 ms): each of a lane's 16 staged C values is widened every step.
+  if constexpr (sizeof(T) == 4) {
+    const bool adjacent =
+        a.delta_s[2] == 1 && a.dout_s[2] == 1 && (a.z == nullptr || a.z_s[2] == 1);
+    if (plan.from_checkpoints && plan.padded_n == 16 && adjacent) {
+      launch(scan_backward_adjoint_kernel<Policy, T>, 0);
+      SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_adjoint_kernel");
+      return;
+    }
+  }
   if (plan.from_checkpoints)
     launch(usual ? scan_backward_local_kernel<Policy, kUsualLanes, false, T>
-                 : scan_backward_local_kernel<Policy, 0, false, T>);
+                 : scan_backward_local_kernel<Policy, 0, false, T>,
+           plan.lanes_per_channel);
   else
     launch(usual ? scan_backward_local_kernel<Policy, kUsualLanes, true, T>
-                 : scan_backward_local_kernel<Policy, 0, true, T>);
+                 : scan_backward_local_kernel<Policy, 0, true, T>,
+           plan.lanes_per_channel);
   SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_local_kernel");
 }
 
