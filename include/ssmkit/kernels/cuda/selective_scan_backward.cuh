@@ -6,7 +6,7 @@
 // Time is cut into chunks that run in parallel, never storing more than one state per chunk:
 //  1. each chunk from zero: its local final state, ΣΔ, and its local adjoint
 //     Σ_t (Π_{s<=t} Ā_s)·C_t·dy_t, which a forward walk computes with a running product (from
-//     checkpoints, in float, with one lane per channel: scan_backward_adjoint_kernel);
+//     checkpoints, one lane per channel: scan_backward_adjoint_kernel);
 //  2. a walk over the chunks joins them: the state entering and the adjoint leaving each chunk
 //     (h ← 2^(A·log2e·ΣΔ)·h + h_local, and the same backwards for q), and ∂ℓ/∂h0. When the
 //     forward left checkpoints at the chunks' starts, the states entering them are those, and
@@ -188,26 +188,26 @@ __device__ __forceinline__ LanePlace lane_place(int lanes_per_channel, int state
 template <class T>
 using staged_t = std::conditional_t<sizeof(T) == 2, T, float>;
 
-/// A staged value from the float it was widened to (exact: it came from a T).
-template <class T>
-__device__ __forceinline__ staged_t<T> to_staged(float x) {
-  if constexpr (sizeof(T) == 2)
+/// A staged value of type Staged (staged_t<T> or float) from the float a T was widened to (exact).
+template <class T, class Staged = staged_t<T>>
+__device__ __forceinline__ Staged to_staged(float x) {
+  if constexpr (sizeof(Staged) == 2)
     return from_float<T>(x);
   else
     return x;
 }
 
-/// The chunk's rows of B and C for group g as staged_t<T>, [step][B|C][state padded to padded_n],
-/// zero past N and from step len to len_padded (padded_n = a.padded_n, a constant where the
-/// lane count is compiled in); the whole block takes part. Each thread has kBatch
-/// loads in flight before it widens and stores any of them (one load after another cost a memory
-/// latency each).
-template <int kThreads, class T>
+/// The chunk's rows of B and C for group g as Staged (staged_t<T> or float), [step][B|C][state
+/// padded to padded_n], zero past N and from step len to len_padded (padded_n = a.padded_n, a
+/// constant where the lane count is compiled in); the whole block takes part. Each thread has
+/// kBatch loads in flight before it widens and stores any of them (one load after another cost a
+/// memory latency each).
+template <int kThreads, class T, class Staged = staged_t<T>>
 __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a, float* bc, int b,
                                                    int g, int t_begin, int len, int len_padded,
                                                    int padded_n) {
   constexpr int kBatch = 8;
-  staged_t<T>* out = reinterpret_cast<staged_t<T>*>(bc);
+  Staged* out = reinterpret_cast<Staged*>(bc);
   const int row = 2 * padded_n, total = len_padded * row;
   if (a.bc_time_vec && kThreads % row == 0) {
     // Unit time stride: each thread loads kVec consecutive steps of one column (state n of B or
@@ -236,7 +236,7 @@ __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a,
 #pragma unroll
         for (int i = 0; i < kVec; ++i)
           if (k0 + r * every + i < len_padded)
-            out[(k0 + r * every + i) * row + col] = to_staged<T>(v[r].get(i));
+            out[(k0 + r * every + i) * row + col] = to_staged<T, Staged>(v[r].get(i));
     }
     return;
   }
@@ -259,7 +259,7 @@ __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a,
 #pragma unroll
       for (int r = 0; r < kBatch; ++r)
         if (k0 + r * every < len_padded)
-          out[(k0 + r * every) * row + col] = to_staged<T>(to_float(v[r]));
+          out[(k0 + r * every) * row + col] = to_staged<T, Staged>(to_float(v[r]));
     }
     return;
   }
@@ -277,7 +277,7 @@ __device__ __forceinline__ void stage_chunk_states(const ScanBackwardArgs<T>& a,
 #pragma unroll
     for (int r = 0; r < kBatch; ++r)
       if (i0 + r * kThreads < total)
-        out[i0 + r * kThreads] = to_staged<T>(to_float(v[r]));
+        out[i0 + r * kThreads] = to_staged<T, Staged>(to_float(v[r]));
   }
 }
 
@@ -759,7 +759,7 @@ __global__ void __launch_bounds__(Policy::kThreads)
 }
 
 /// Pass 1 from checkpoints with one lane per channel, all of its padded_n = 16 states in the lane
-/// (N = 9..16; launched for float storage): the same ΣΔ and local adjoint as
+/// (N = 9..16): the same ΣΔ and local adjoint as
 /// scan_backward_local_kernel<..., false>, but a step's loads, softplus and gate serve 16 states
 /// instead of 4, with no records shared between lanes. It needs the channels of a warp adjacent in
 /// memory (unit channel stride of δ, dout and z), so that each step's loads are whole lines. D=5120
@@ -777,7 +777,9 @@ __global__ void __launch_bounds__(Policy::kThreads)
   const int slice_end = min((slice + 1) * a.channels_per_slice, a.channels_per_group);
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
   const int t_begin = c * a.chunk_len, len = min(a.L - t_begin, a.chunk_len);
-  stage_chunk_states<Policy::kThreads>(a, bc, b, g, t_begin, len, len, S);
+  // C as floats: each lane reads all 16 every step, and 2-byte values widened there cost
+  // an instruction each per lane-step.
+  stage_chunk_states<Policy::kThreads, T, float>(a, bc, b, g, t_begin, len, len, S);
   __syncthreads();
   for (int in_group = slice * a.channels_per_slice + static_cast<int>(threadIdx.x);
        in_group < slice_end; in_group += Policy::kThreads) {
@@ -801,7 +803,7 @@ __global__ void __launch_bounds__(Policy::kThreads)
           step_values<true, false>(a, to_float(__ldg(at_step(delta, t, a.delta_tb))), 0.f,
                                    to_float(__ldg(at_step(dout, t, a.dout_tb))), zt, bias);
       float Cv[S];
-      chunk_states<T>(bc, S, k, 1, 0, Cv);
+      chunk_states<float>(bc, S, k, 1, 0, Cv);
       sum_dt += v.dt;
 #pragma unroll
       for (int i = 0; i < S; ++i)
@@ -1614,18 +1616,13 @@ void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<
     kernel<<<grid, Policy::kThreads, smem, stream>>>(a);
   };
   const bool usual = plan.lanes_per_channel == kUsualLanes;
-  // One lane per channel where a warp's channels are adjacent, the states fill 16 and the values
-  // are floats (see scan_backward_adjoint_kernel); elsewhere the lanes of one channel share it.
-  // With 2-byte storage it measured slower (H100, D=5120 bf16 token-major from fine checkpoints:
-  // 2.84-2.87 -> 2.90-2.91 ms): each of a lane's 16 staged C values is widened every step.
-  if constexpr (sizeof(T) == 4) {
-    const bool adjacent =
-        a.delta_s[2] == 1 && a.dout_s[2] == 1 && (a.z == nullptr || a.z_s[2] == 1);
-    if (plan.from_checkpoints && plan.padded_n == 16 && adjacent) {
-      launch(scan_backward_adjoint_kernel<Policy, T>, 0);
-      SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_adjoint_kernel");
-      return;
-    }
+  // One lane per channel where a warp's channels are adjacent and the states fill 16 (see
+  // scan_backward_adjoint_kernel); elsewhere the lanes of one channel share it.
+  const bool adjacent = a.delta_s[2] == 1 && a.dout_s[2] == 1 && (a.z == nullptr || a.z_s[2] == 1);
+  if (plan.from_checkpoints && plan.padded_n == 16 && adjacent) {
+    launch(scan_backward_adjoint_kernel<Policy, T>, 0);
+    SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_adjoint_kernel");
+    return;
   }
   if (plan.from_checkpoints)
     launch(usual ? scan_backward_local_kernel<Policy, kUsualLanes, false, T>
