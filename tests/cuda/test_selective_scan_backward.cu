@@ -319,7 +319,7 @@ TEST(CudaSelectiveScanBackward, FromForwardCheckpoints) {
   // Every option and both layouts (L = 300: a partial last chunk and sub-chunk), option subsets,
   // N = 3, 20 and 64 (checkpoints every 64, 32 and 16 steps), 2-byte storage, 18 chunks of 600
   // channels, short and empty sequences; all again from checkpoints every 8 steps (fine); N = 10,
-  // and 2-byte storage in both layouts.
+  // and 2-byte storage in both layouts, channel-major rows of whole vectors among them.
   std::vector<BackwardCase> cases = layouts_and_subsets(101, 1, 5, 110);
   const Index sizes[] = {3, 20, 64};
   for (int i = 0; i < 3; ++i) {
@@ -349,6 +349,14 @@ TEST(CudaSelectiveScanBackward, FromForwardCheckpoints) {
     c.N = 10, c.L = 150, c.D = 40, c.checkpoints = true, c.fine = fine;
     c.seed = 175 + static_cast<std::uint64_t>(fine);
     check_backward<float>(c, 1e-5);
+  }
+  // bf16 channel-major rows of whole 16-byte vectors: pass 1 reads a lane's 8 steps as one; at
+  // L = 148 the last chunk ends inside a vector (rows padded to 152).
+  for (const Index L : {152, 148}) {
+    BackwardCase c;
+    c.L = L, c.act_pad = (8 - L % 8) % 8, c.channel_major = true, c.checkpoints = true;
+    c.fine = L == 152, c.seed = 30 + static_cast<std::uint64_t>(L);
+    check_backward<__nv_bfloat16>(c, 1e-2);
   }
   BackwardCase c;
   c.checkpoints = true, c.L = 150, c.seed = 170;

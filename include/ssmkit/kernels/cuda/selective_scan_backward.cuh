@@ -759,17 +759,19 @@ __global__ void __launch_bounds__(Policy::kThreads)
 }
 
 /// Pass 1 from checkpoints with one lane per channel, all of its padded_n = 16 states in the lane
-/// (N = 9..16): the same ΣΔ and local adjoint as
-/// scan_backward_local_kernel<..., false>, but a step's loads, softplus and gate serve 16 states
-/// instead of 4, with no records shared between lanes. It needs the channels of a warp adjacent in
-/// memory (unit channel stride of δ, dout and z), so that each step's loads are whole lines. D=5120
-/// L=16384 fp32 token-major: 0.50 against ~0.62 ms (H200, ncu), the pass then bound by the
+/// (N = 9..16): the same ΣΔ and local adjoint as scan_backward_local_kernel<..., false>, but a
+/// step's loads, softplus and gate serve 16 states instead of 4, with no records shared between
+/// lanes. The lanes' loads must be whole: either the channels of a warp are adjacent in memory
+/// (unit channel stride of δ, dout and z: a line per step), or (kTimeVec, 2-byte types) each
+/// lane's steps are, read as one 16-byte vector per row and 8 steps (unit time stride, aligned
+/// rows).
+/// D=5120 L=16384 fp32 token-major: 0.50 against ~0.62 ms (H200, ncu), the pass then bound by the
 /// exponentials (MUFU 87 % busy); the whole backward from fine checkpoints 2.92-2.93 -> 2.82-2.83
 /// ms (H100).
-template <class Policy, class T>
+template <class Policy, bool kTimeVec, class T>
 __global__ void __launch_bounds__(Policy::kThreads)
     scan_backward_adjoint_kernel(const ScanBackwardArgs<T> a) {
-  constexpr int S = 16;
+  constexpr int S = 16, V = 16 / static_cast<int>(sizeof(T));
   extern __shared__ __align__(16) float smem_adjoint[];
   float* bc = smem_adjoint;  // the chunk's B and C rows
   const int g = static_cast<int>(blockIdx.y) / a.slices_per_group;
@@ -795,19 +797,36 @@ __global__ void __launch_bounds__(Policy::kThreads)
     const T* dout = a.dout + b * a.dout_s[0] + d * a.dout_s[2];
     const T* z = a.z != nullptr ? a.z + b * a.z_s[0] + d * a.z_s[2] : nullptr;
     float sum_dt = 0.f;
-#pragma unroll 4
-    for (int k = 0; k < len; ++k) {
-      const int t = t_begin + k;
-      const float zt = z != nullptr ? to_float(__ldg(at_step(z, t, a.z_tb))) : 0.f;
-      const StepValues v =
-          step_values<true, false>(a, to_float(__ldg(at_step(delta, t, a.delta_tb))), 0.f,
-                                   to_float(__ldg(at_step(dout, t, a.dout_tb))), zt, bias);
+    const auto step = [&](int k, float delta_k, float dout_k, float z_k) {
+      const StepValues v = step_values<true, false>(a, delta_k, 0.f, dout_k, z_k, bias);
       float Cv[S];
       chunk_states<float>(bc, S, k, 1, 0, Cv);
       sum_dt += v.dt;
 #pragma unroll
       for (int i = 0; i < S; ++i)
         q[i] = fmaf(ex2_mufu(sum_dt * a2[i]), Cv[i] * v.dy, q[i]);  // P_t from ΣΔ, as pass 1
+    };
+    if constexpr (kTimeVec) {
+      for (int k0 = 0; k0 < len; k0 += V) {
+        const int t0 = t_begin + k0;
+        StepRegs<V, T, true> dr, yr, zr;
+        load_steps(delta + t0, 1, k0, len, dr);
+        load_steps(dout + t0, 1, k0, len, yr);
+        if (z != nullptr)
+          load_steps(z + t0, 1, k0, len, zr);
+#pragma unroll
+        for (int i = 0; i < V; ++i)
+          if (k0 + i < len)
+            step(k0 + i, dr.get(i), yr.get(i), z != nullptr ? zr.get(i) : 0.f);
+      }
+    } else {
+#pragma unroll 4
+      for (int k = 0; k < len; ++k) {
+        const int t = t_begin + k;
+        step(k, to_float(__ldg(at_step(delta, t, a.delta_tb))),
+             to_float(__ldg(at_step(dout, t, a.dout_tb))),
+             z != nullptr ? to_float(__ldg(at_step(z, t, a.z_tb))) : 0.f);
+      }
     }
     const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
     a.chunk_dt[row] = sum_dt;
@@ -1616,13 +1635,30 @@ void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<
     kernel<<<grid, Policy::kThreads, smem, stream>>>(a);
   };
   const bool usual = plan.lanes_per_channel == kUsualLanes;
-  // One lane per channel where a warp's channels are adjacent and the states fill 16 (see
+  // One lane per channel where the states fill 16 and its loads are whole lines or vectors (see
   // scan_backward_adjoint_kernel); elsewhere the lanes of one channel share it.
-  const bool adjacent = a.delta_s[2] == 1 && a.dout_s[2] == 1 && (a.z == nullptr || a.z_s[2] == 1);
-  if (plan.from_checkpoints && plan.padded_n == 16 && adjacent) {
-    launch(scan_backward_adjoint_kernel<Policy, T>, 0);
-    SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_adjoint_kernel");
-    return;
+  const auto adjacent = [](const T* x, const Index* st) { return x == nullptr || st[2] == 1; };
+  const auto time_vec = [](const T* x, const Index* st) {
+    constexpr Index kVec = 16 / static_cast<Index>(sizeof(T));
+    return x == nullptr || (aligned16(x) && st[1] == 1 && st[0] % kVec == 0 && st[2] % kVec == 0);
+  };
+  if (plan.from_checkpoints && plan.padded_n == 16) {
+    if (adjacent(a.delta, a.delta_s) && adjacent(a.dout, a.dout_s) && adjacent(a.z, a.z_s)) {
+      launch(scan_backward_adjoint_kernel<Policy, false, T>, 0);
+      SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_adjoint_kernel");
+      return;
+    }
+    // Along time for 2-byte types only: fp32 channel-major took 2.95 -> 3.16-3.18 ms (H100, D=5120
+    // from fine checkpoints; a lane's 4 steps per load touch a line each), bf16 2.81-2.82 ->
+    // 2.74-2.77.
+    if constexpr (sizeof(T) == 2) {
+      if (plan.chunk_len % (16 / static_cast<int>(sizeof(T))) == 0 &&
+          time_vec(a.delta, a.delta_s) && time_vec(a.dout, a.dout_s) && time_vec(a.z, a.z_s)) {
+        launch(scan_backward_adjoint_kernel<Policy, true, T>, 0);
+        SSMKIT_CUDA_CHECK_LAUNCH("scan_backward_adjoint_kernel");
+        return;
+      }
+    }
   }
   if (plan.from_checkpoints)
     launch(usual ? scan_backward_local_kernel<Policy, kUsualLanes, false, T>
