@@ -4,7 +4,7 @@
 // library's whole backward from fine checkpoints. A prototype kept for that comparison, not a
 // kernel of the library: fp32, token-major, N = 16, one group, D a multiple of 128, L of 64.
 //   bench_cuda_scan_backward_lane_per_channel [--runs N] [--quick] [--shape I]
-#include "bench_scan.cuh"
+#include "bench_scan_backward.cuh"
 
 #include <ssmkit/kernels/cuda/selective_scan.cuh>
 #include <ssmkit/kernels/cuda/selective_scan_backward.cuh>
@@ -224,10 +224,6 @@ __global__ void __launch_bounds__(kThreads, 4) lane_per_channel_pass3(const Args
   atomicAdd(a.dbias_acc + d, dbias);
 }
 
-struct Shape3 {
-  Index batch, D, L;
-};
-
 /// Relative L2 error of x against ref.
 double rel_error(const cuda::DeviceBuffer<float>& x, const cuda::DeviceBuffer<float>& ref) {
   std::vector<float> hx(static_cast<std::size_t>(x.size())), hr(hx.size());
@@ -242,66 +238,20 @@ double rel_error(const cuda::DeviceBuffer<float>& x, const cuda::DeviceBuffer<fl
   return std::sqrt(num / std::max(den, 1e-300));
 }
 
-void run_shape(const Shape3& s, int runs) {
-  const Index batch = s.batch, D = s.D, L = s.L, N = kN;
-  SSMKIT_CHECK(D % kThreads == 0, "D", "value", "a multiple of 128", D);
-  SSMKIT_CHECK(L % kChunk == 0, "L", "value", "a multiple of 64", L);
-  using Buf = cuda::DeviceBuffer<float>;
-  Buf u(batch * L * D), delta(batch * L * D), z(batch * L * D), dout(batch * L * D),
-      B(batch * L * N), C(batch * L * N), A(D * N), D_skip(D), bias(D), y(batch * L * D);
-  fill(u, 1, -1.f, 1.f);
-  fill(delta, 2, -4.f, 1.f);
-  fill(z, 3, -3.f, 3.f);
-  fill(dout, 4, -1.f, 1.f);
-  fill(B, 5, -1.f, 1.f);
-  fill(C, 6, -1.f, 1.f);
-  fill(A, 7, -4.f, -0.1f);
-  fill(D_skip, 8, -1.f, 1.f);
-  fill(bias, 9, -1.f, 0.5f);
-  const Shape<3> acts{batch, L, D}, act_strides{L * D, D, 1};
-  const Shape<4> projs{batch, L, 1, N}, proj_strides{L * N, N, N, 1};
-  // Two sets of gradients: the library's backward, and the prototype's pass 3 between the
-  // library's other passes.
-  struct Grads {
-    Buf du, ddelta, dz, dB, dC, dA, dD, dbias;
-    explicit Grads(const Shape3& s)
-        : du(s.batch * s.L * s.D),
-          ddelta(s.batch * s.L * s.D),
-          dz(s.batch * s.L * s.D),
-          dB(s.batch * s.L * kN),
-          dC(s.batch * s.L * kN),
-          dA(s.D * kN),
-          dD(s.D),
-          dbias(s.D) {}
-  } lib(s), proto(s);
-  const auto params = [&](Grads& g) {
-    SelectiveScanBackwardParams<float, float> p;
-    p.u = u.view<3>(acts, act_strides);
-    p.delta = delta.view<3>(acts, act_strides);
-    p.z = z.view<3>(acts, act_strides);
-    p.dout = dout.view<3>(acts, act_strides);
-    p.B = B.view<4>(projs, proj_strides);
-    p.C = C.view<4>(projs, proj_strides);
-    p.A = A.view<2>({D, N});
-    p.D_skip = D_skip.view<1>({D});
-    p.delta_bias = bias.view<1>({D});
-    p.delta_softplus = true;
-    p.du = g.du.view<3>(acts, act_strides);
-    p.ddelta = g.ddelta.view<3>(acts, act_strides);
-    p.dz = g.dz.view<3>(acts, act_strides);
-    p.dB = g.dB.view<4>(projs, proj_strides);
-    p.dC = g.dC.view<4>(projs, proj_strides);
-    p.dA = g.dA.view<2>({D, N});
-    p.dD_skip = g.dD.view<1>({D});
-    p.ddelta_bias = g.dbias.view<1>({D});
-    return p;
-  };
-  SelectiveScanBackwardParams<float, float> p = params(lib), q = params(proto);
-  // The forward's fine checkpoints, which both backwards start from.
-  SelectiveScanParams<float, float> f = p.forward(y.view<3>(acts, act_strides));
-  const Index every = kSelectiveScanFineCheckpointInterval, count = L / every;
-  Buf ck(count * batch * D * N);
-  f.checkpoints = ck.view<4>({count, batch, D, N});
+void run_shape(const BackwardShape& s, int runs) {
+  SSMKIT_CHECK(s.N == kN, "N", "value", "16", s.N);
+  SSMKIT_CHECK(s.D % kThreads == 0, "D", "value", "a multiple of 128", s.D);
+  SSMKIT_CHECK(s.L % kChunk == 0, "L", "value", "a multiple of 64", s.L);
+  // The same inputs twice (same seeds), each with its gradients: the library's backward, and the
+  // prototype's pass 3 between the library's other passes.
+  BackwardProblem<float> lib(s, Layout::token), proto(s, Layout::token);
+  SelectiveScanBackwardParams<float, float>& p = lib.p;
+  SelectiveScanBackwardParams<float, float>& q = proto.p;
+  // The forward's fine checkpoints (its output in du, which the backward overwrites).
+  SelectiveScanParams<float, float> f = p.forward(p.du);
+  const Index every = kSelectiveScanFineCheckpointInterval, count = s.L / every;
+  cuda::DeviceBuffer<float> ck(count * s.batch * s.D * s.N);
+  f.checkpoints = ck.view<4>({count, s.batch, s.D, s.N});
   f.checkpoint_interval = every;
   const std::size_t fbytes = cuda::selective_scan_workspace_size(f);
   cuda::DeviceBuffer<char> fws(static_cast<Index>(std::max<std::size_t>(fbytes, 1)));
@@ -310,14 +260,14 @@ void run_shape(const Shape3& s, int runs) {
   p.checkpoint_interval = q.checkpoint_interval = every;
   const std::size_t bytes = cuda::selective_scan_backward_workspace_size<Policy>(p);
   cuda::DeviceBuffer<char> ws(static_cast<Index>(bytes)), qws(static_cast<Index>(bytes));
-  const cuda::detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, 1, true);
+  const cuda::detail::ScanBackwardPlan<Policy> plan(s.batch, s.L, s.D, s.N, 1, true);
   SSMKIT_CHECK(plan.chunk_len == kChunk, "chunk_len", "value", "64", plan.chunk_len);
   const Args a = cuda::detail::make_backward_args(q, plan, reinterpret_cast<float*>(qws.data()));
   const std::size_t smem = kSmemFloats * sizeof(float);
   SSMKIT_CUDA_CHECK(cudaFuncSetAttribute(
       lane_per_channel_pass3, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  const dim3 grid(static_cast<unsigned>(L / kChunk), static_cast<unsigned>(D / kThreads),
-                  static_cast<unsigned>(batch));
+  const dim3 grid(static_cast<unsigned>(s.L / kChunk), static_cast<unsigned>(s.D / kThreads),
+                  static_cast<unsigned>(s.batch));
   const auto pass3 = [&] {
     lane_per_channel_pass3<<<grid, kThreads, smem>>>(a);
     SSMKIT_CUDA_CHECK_LAUNCH("lane_per_channel_pass3");
@@ -334,11 +284,11 @@ void run_shape(const Shape3& s, int runs) {
   prototype();
   SSMKIT_CUDA_CHECK(cudaDeviceSynchronize());
   std::printf("| B=%lld D=%lld L=%lld | %.1e | %.1e | %.1e | %.1e | %.1e | %.1e | %.1e | %.1e |",
-              static_cast<long long>(batch), static_cast<long long>(D), static_cast<long long>(L),
-              rel_error(proto.du, lib.du), rel_error(proto.ddelta, lib.ddelta),
-              rel_error(proto.dz, lib.dz), rel_error(proto.dB, lib.dB), rel_error(proto.dC, lib.dC),
-              rel_error(proto.dA, lib.dA), rel_error(proto.dD, lib.dD),
-              rel_error(proto.dbias, lib.dbias));
+              static_cast<long long>(s.batch), static_cast<long long>(s.D),
+              static_cast<long long>(s.L), rel_error(proto.du, lib.du),
+              rel_error(proto.ddelta, lib.ddelta), rel_error(proto.dz, lib.dz),
+              rel_error(proto.dB, lib.dB), rel_error(proto.dC, lib.dC), rel_error(proto.dA, lib.dA),
+              rel_error(proto.dD, lib.dD), rel_error(proto.dbias, lib.dbias));
   const double lib_ms = median_ms(3, runs, [&](int) { library(); });
   const double proto_ms = median_ms(3, runs, [&](int) { prototype(); });
   const Args lib_args =
@@ -373,7 +323,8 @@ int main(int argc, char** argv) {
         "| shape | du | dδ | dz | dB | dC | dA | dD | dδ_bias | library ms | prototype ms "
         "| library pass 3 ms | prototype pass 3 ms |\n");
     std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    const Shape3 shapes[] = {{8, 2048, 2048}, {1, 5120, 16384}, {2, 1536, 131072}};
+    const BackwardShape shapes[] = {
+        {8, 2048, 2048, 16, 0, 0}, {1, 5120, 16384, 16, 0, 0}, {2, 1536, 131072, 16, 0, 0}};
     for (int i = 0; i < 3; ++i)
       if ((args.shape < 0 && (!args.quick || i == 0)) || args.shape == i)
         run_shape(shapes[i], args.runs);
