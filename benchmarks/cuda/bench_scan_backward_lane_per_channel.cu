@@ -54,23 +54,39 @@ __device__ __forceinline__ float warp_sum_bc(float (&dB)[kN], float (&dC)[kN], i
   return (b0 ? v[1] : v[0]) + __shfl_xor_sync(0xffffffffu, b0 ? v[0] : v[1], 1);
 }
 
-/// Floats of shared memory per block: a sub-chunk's B and C rows, the warps' dB/dC rows, each
-/// warp's kHist steps of states ([step][group][lane] as float4) and step records.
-constexpr int kSmemFloats =
-    kSub * 2 * kN + kWarps * kSub * 32 + kWarps * kHist * 4 * 32 * 4 + kWarps * kSub * 32 * 4;
+/// Floats of shared memory per block: a sub-chunk's B and C rows, its dB/dC sums, each warp's
+/// kHist steps of states ([step][group][lane] as float4), step records (Δ, Δ·u, softplus') and
+/// next checkpoint: 54 KB, 4 blocks per SM.
+constexpr int kSmemFloats = kSub * 2 * kN + kSub * 32 + kWarps * kHist * 4 * 32 * 4 +
+                            kWarps * kSub * 3 * 32 + kWarps * 4 * 32 * 4;
+
+/// 16 bytes from global to shared memory without registers (cp.async), and the wait for this
+/// thread's copies.
+__device__ __forceinline__ void copy16_async(float* dst, const float* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(
+                   static_cast<unsigned>(__cvta_generic_to_shared(dst))),
+               "l"(src));
+}
+__device__ __forceinline__ void wait_copies() {
+  asm volatile("cp.async.wait_all;" ::: "memory");
+}
 
 /// Pass 3: a block takes one 64-step chunk of 128 channels; per 8-step sub-chunk, from the last,
-/// each lane walks forwards from the fine checkpoint keeping 4 steps of its 16 states in shared
-/// memory (the first half of the sub-chunk is walked twice), then runs the adjoint back through
-/// them. Writes du, dδ, dz and the library's float accumulators (a.dBC_acc, a.dA_acc, a.dD_acc,
-/// a.dbias_acc), from the adjoints leaving each chunk (a.chunk_q, passes 1 and 2).
+/// each lane walks forwards from the fine checkpoint (copied a sub-chunk ahead) keeping 4 steps of
+/// its 16 states in shared memory (the first half of the sub-chunk is walked twice), then runs
+/// the adjoint back through them. Writes du, dδ, dz and the library's float accumulators
+/// (a.dBC_acc, a.dA_acc, a.dD_acc, a.dbias_acc), from the adjoints leaving each chunk (a.chunk_q,
+/// passes 1 and 2).
 __global__ void __launch_bounds__(kThreads, 4) lane_per_channel_pass3(const Args a) {
   extern __shared__ __align__(16) float smem[];
   float* bc = smem;                  // [kSub][B|C][kN]
-  float* rows = bc + kSub * 2 * kN;  // [warp][kSub][32]
+  float* rows = bc + kSub * 2 * kN;  // [kSub][32]: the warps' dB/dC sums, added by atomics
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  float* hist = rows + kWarps * kSub * 32 + warp * (kHist * 4 * 32 * 4);
-  float* rec = rows + kWarps * kSub * 32 + kWarps * kHist * 4 * 32 * 4 + warp * (kSub * 32 * 4);
+  float* hist = rows + kSub * 32 + warp * (kHist * 4 * 32 * 4);
+  float* rec = rows + kSub * 32 + kWarps * kHist * 4 * 32 * 4 + warp * (kSub * 3 * 32);
+  // [group][lane] float4: the next sub-chunk's checkpoint, copied while this one runs
+  float* ckb =
+      rows + kSub * 32 + kWarps * kHist * 4 * 32 * 4 + kWarps * kSub * 3 * 32 + warp * (4 * 32 * 4);
   const int c = static_cast<int>(blockIdx.x), b = static_cast<int>(blockIdx.z);
   const int d = static_cast<int>(blockIdx.y) * kThreads + static_cast<int>(threadIdx.x);
   const int tc = c * kChunk, D = a.D;
@@ -83,6 +99,8 @@ __global__ void __launch_bounds__(kThreads, 4) lane_per_channel_pass3(const Args
     }
   };
   stage(kChunk / kSub - 1);
+  for (int e = static_cast<int>(threadIdx.x); e < kSub * 32; e += kThreads)
+    rows[e] = 0.f;
   const int m = (lane >> 3) & 3;
   float a2[kN], q[kN], gA[kN];
   const Index row = (static_cast<Index>(c) * a.batch + b) * D + d;
@@ -98,15 +116,22 @@ __global__ void __launch_bounds__(kThreads, 4) lane_per_channel_pass3(const Args
   }
   const float bias = a.delta_bias[d], skip = a.D_skip[d];
   float dD = 0.f, dbias = 0.f;
+  const auto fetch_checkpoint = [&](int sc) {  // this lane's 4 vectors of sub-chunk sc's entry
+    const float* ck =
+        a.checkpoints + ((static_cast<Index>(c * (kChunk / kSub) + sc) * a.batch + b) * D + d) * kN;
+#pragma unroll
+    for (int g = 0; g < 4; ++g)
+      copy16_async(ckb + (g * 32 + lane) * 4, ck + state_of_group(g, m));
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  };
+  fetch_checkpoint(kChunk / kSub - 1);
   __syncthreads();
   for (int sc = kChunk / kSub - 1; sc >= 0; --sc) {
     const int t0 = tc + sc * kSub;
     const Index at0 = (static_cast<Index>(b) * a.L + t0) * D + d;
-    const float* ck = a.checkpoints + ((static_cast<Index>(t0 / kSub) * a.batch + b) * D + d) * kN;
-    if (sc > 0) {  // the next sub-chunk's checkpoint and inputs into L2 (one line per lane)
+    if (sc > 0) {  // the next sub-chunk's inputs into L2 (one line per lane)
       const int which = lane / 8;
       const float* src = which == 0 ? a.delta : which == 1 ? a.u : which == 2 ? a.z : a.dout;
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(ck - static_cast<Index>(a.batch) * D * kN));
       asm volatile(
           "prefetch.global.L2 [%0];" ::"l"(src + at0 - static_cast<Index>(kSub - lane % 8) * D));
     }
@@ -115,11 +140,14 @@ __global__ void __launch_bounds__(kThreads, 4) lane_per_channel_pass3(const Args
       const int first = half * kHist;  // the history holds steps [first, first + kHist)
       const bool prepare = half == kSub / kHist - 1;
       float h[kN];
+      wait_copies();
 #pragma unroll
       for (int g = 0; g < 4; ++g) {
-        const float4 v = *reinterpret_cast<const float4*>(ck + state_of_group(g, m));
+        const float4 v = *reinterpret_cast<const float4*>(ckb + (g * 32 + lane) * 4);
         h[4 * g] = v.x, h[4 * g + 1] = v.y, h[4 * g + 2] = v.z, h[4 * g + 3] = v.w;
       }
+      if (half == 0 && sc > 0)  // the buffer's last read for this sub-chunk: fetch the next
+        fetch_checkpoint(sc - 1);
       float next_delta = prepare ? a.delta[at0] : 0.f, next_u = prepare ? a.u[at0] : 0.f;
 #pragma unroll 1
       for (int k = 0; k < first + kHist; ++k) {
@@ -130,11 +158,11 @@ __global__ void __launch_bounds__(kThreads, 4) lane_per_channel_pass3(const Args
           next_delta = a.delta[at], next_u = a.u[at];
           dt = cuda::detail::softplus_f(raw);
           du = dt * u;
-          *reinterpret_cast<float4*>(rec + (k * 32 + lane) * 4) =
-              make_float4(dt, du, u, raw > 20.f ? 1.f : cuda::detail::sigmoid_f(raw));
+          rec[(k * 3) * 32 + lane] = dt;
+          rec[(k * 3 + 1) * 32 + lane] = du;
+          rec[(k * 3 + 2) * 32 + lane] = raw > 20.f ? 1.f : cuda::detail::sigmoid_f(raw);
         } else {
-          const float4 r = *reinterpret_cast<const float4*>(rec + (k * 32 + lane) * 4);
-          dt = r.x, du = r.y;
+          dt = rec[(k * 3) * 32 + lane], du = rec[(k * 3 + 1) * 32 + lane];
         }
         const float* br = bc + k * 2 * kN;
 #pragma unroll
@@ -155,16 +183,17 @@ __global__ void __launch_bounds__(kThreads, 4) lane_per_channel_pass3(const Args
       __syncwarp();
       float next_z = a.z[at0 + static_cast<Index>(first + kHist - 1) * D];
       float next_dout = a.dout[at0 + static_cast<Index>(first + kHist - 1) * D];
+      float next_u_back = a.u[at0 + static_cast<Index>(first + kHist - 1) * D];
 #pragma unroll 1
       for (int k = first + kHist - 1; k >= first; --k) {
         const Index at = at0 + static_cast<Index>(k) * D;
-        const float zz = next_z, dout = next_dout;
+        const float zz = next_z, dout = next_dout, u = next_u_back;
         const Index at_next = at0 + static_cast<Index>(max(k - 1, 0)) * D;
-        next_z = a.z[at_next], next_dout = a.dout[at_next];
+        next_z = a.z[at_next], next_dout = a.dout[at_next], next_u_back = a.u[at_next];
         const float sz = cuda::detail::sigmoid_f(zz);
         const float dy = dout * zz * sz, fz = dout * sz * fmaf(zz, 1.f - sz, 1.f);
-        const float4 r = *reinterpret_cast<const float4*>(rec + (k * 32 + lane) * 4);
-        const float dt = r.x, du = r.y, u = r.z, dsp = r.w;
+        const float dt = rec[(k * 3) * 32 + lane], du = rec[(k * 3 + 1) * 32 + lane],
+                    dsp = rec[(k * 3 + 2) * 32 + lane];
         const float* br = bc + k * 2 * kN;
         float dB[kN], dC[kN];
         float y = 0.f, gB = 0.f, sA = 0.f;
@@ -191,7 +220,7 @@ __global__ void __launch_bounds__(kThreads, 4) lane_per_channel_pass3(const Args
             q[s] = ex2_mufu(dt * a2[s]) * gs;
           }
         }
-        rows[(warp * kSub + k) * 32 + lane] = warp_sum_bc(dB, dC, lane);
+        atomicAdd(rows + k * 32 + lane, warp_sum_bc(dB, dC, lane));
         const float draw = fmaf(sA, 0.69314718f, u * gB) * dsp;
         dbias += draw;
         dD = fmaf(dy, u, dD);
@@ -206,10 +235,8 @@ __global__ void __launch_bounds__(kThreads, 4) lane_per_channel_pass3(const Args
       stage(sc - 1);
     for (int e = static_cast<int>(threadIdx.x); e < kSub * 32; e += kThreads) {
       const int k = e / 32, l = e % 32;
-      float sum = 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w)
-        sum += rows[(w * kSub + k) * 32 + l];
+      const float sum = rows[e];
+      rows[e] = 0.f;
       const int which = (l >> 2) & 1, n = 4 * ((l >> 3) & 3) + (l & 3);
       atomicAdd(a.dBC_acc + ((static_cast<Index>(b) * a.L + t0 + k) * 2 + which) * kN + n, sum);
     }
