@@ -112,15 +112,10 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     bc_state_time = bc_state_time || std::strcmp(argv[i], "--bc-state-time") == 0;
   try {
-    if (ssmkit::cuda::device_count() == 0) {
-      std::printf("no CUDA device\n");
-      return 1;
-    }
     cudaDeviceProp prop{};
-    SSMKIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    if (!describe_device(prop, "\n"))
+      return 1;
     const double bw = copy_bandwidth(), er = exp_rate();
-    std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount,
-                prop.l2CacheSize >> 20);
     std::printf("copy bandwidth (read+write): %.3f TB/s; ex2.approx rate: %.3f T/s\n\n", bw / 1e12,
                 er / 1e12);
 

@@ -111,14 +111,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    if (ssmkit::cuda::device_count() == 0) {
-      std::printf("no CUDA device\n");
-      return 1;
-    }
     cudaDeviceProp prop{};
-    SSMKIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    std::printf("device: %s, %d SMs, L2 %d MB\n\n", prop.name, prop.multiProcessorCount,
-                prop.l2CacheSize >> 20);
+    if (!describe_device(prop, "\n\n"))
+      return 1;
     std::vector<BackwardShape> shapes =
         selected_shapes<BackwardShape>({{8, 2048, 2048, 16, 2.80, 2.51},
                                         {1, 5120, 16384, 16, 7.08, 6.44},

@@ -333,13 +333,9 @@ int main(int argc, char** argv) {
   using namespace ssmkit::bench;
   const BenchArgs args = parse_bench_args(argc, argv, 10);
   try {
-    if (ssmkit::cuda::device_count() == 0) {
-      std::printf("no CUDA device\n");
-      return 1;
-    }
     cudaDeviceProp prop{};
-    SSMKIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    std::printf("device: %s, %d SMs\n\n", prop.name, prop.multiProcessorCount);
+    if (!describe_device(prop, "\n\n"))
+      return 1;
     std::printf(
         "## Scan backward with pass 3 one lane per channel (prototype), fp32 token-major, "
         "from fine checkpoints\n\n");

@@ -38,6 +38,19 @@ double median_ms(int warmup, int runs, F&& fn) {
   return ms[ms.size() / 2];
 }
 
+/// Device 0's properties in `prop`, printed as "device: NAME, N SMs, L2 M MB" and `end`; false,
+/// after printing "no CUDA device", where there is none.
+inline bool describe_device(cudaDeviceProp& prop, const char* end) {
+  if (cuda::device_count() == 0) {
+    std::printf("no CUDA device\n");
+    return false;
+  }
+  SSMKIT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, L2 %d MB%s", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize >> 20, end);
+  return true;
+}
+
 /// Device-to-device copy bandwidth (bytes read + written per second) over 1 GiB.
 inline double copy_bandwidth() {
   const Index n = Index{1} << 30;
