@@ -1461,6 +1461,17 @@ void set_optional(const V& v, P& ptr) {
   ptr = v.absent() ? nullptr : v.data();
 }
 
+/// Whether x's rows along time (stride 1) load as whole 16-byte vectors from any multiple of the
+/// vector: unit time stride, a 16-byte aligned start, every other stride a multiple of it.
+template <class T, std::size_t R>
+bool time_vectors(const T* x, const Index (&strides)[R]) {
+  constexpr Index kVec = 16 / static_cast<Index>(sizeof(T));
+  bool whole = aligned16(x) && strides[1] == 1;
+  for (std::size_t i = 0; i < R; ++i)
+    whole = whole && (i == 1 || strides[i] % kVec == 0);
+  return whole;
+}
+
 /// The kernel arguments of a validated `p` with its workspace `ws` laid out per `plan`.
 template <class Policy, class T>
 ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, float>& p,
@@ -1530,10 +1541,6 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
   a.entry_vec = aligned16(a.entry) && N % 4 == 0 && a.entry_s[3] == 1 && a.entry_s[0] % 4 == 0 &&
                 a.entry_s[1] % 4 == 0 && a.entry_s[2] % 4 == 0;
   constexpr Index kVec = 16 / static_cast<Index>(sizeof(T));
-  const auto time_vectors = [&](const T* x, const Index* st) {
-    return aligned16(x) && st[1] == 1 && st[0] % kVec == 0 && st[2] % kVec == 0 &&
-           st[3] % kVec == 0;
-  };
   a.bc_time_vec =
       plan.chunk_len % kVec == 0 && time_vectors(a.B, a.B_s) && time_vectors(a.C, a.C_s);
   const auto time_bytes = [](const auto& v) {
@@ -1637,9 +1644,8 @@ void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<
   // One lane per channel where the states fill 16 and its loads are whole lines or vectors (see
   // scan_backward_adjoint_kernel); elsewhere the lanes of one channel share it.
   const auto adjacent = [](const T* x, const Index* st) { return x == nullptr || st[2] == 1; };
-  const auto time_vec = [](const T* x, const Index* st) {
-    constexpr Index kVec = 16 / static_cast<Index>(sizeof(T));
-    return x == nullptr || (aligned16(x) && st[1] == 1 && st[0] % kVec == 0 && st[2] % kVec == 0);
+  const auto time_vec = [](const T* x, const Index(&st)[3]) {
+    return x == nullptr || time_vectors(x, st);
   };
   if (plan.from_checkpoints && plan.padded_n == 16) {
     if (adjacent(a.delta, a.delta_s) && adjacent(a.dout, a.dout_s) && adjacent(a.z, a.z_s)) {
