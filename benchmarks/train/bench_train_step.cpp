@@ -46,8 +46,10 @@ void BM_TrainStep(benchmark::State& state) {
   }
   const TensorView<const std::int64_t, 2> id_view(ids.data(), {kBatch, kLength}, "ids");
   const TensorView<const std::int64_t, 2> target_view(targets.data(), {kBatch, kLength}, "targets");
+  nn::MambaLMBackwardBuffers<float> buffers;
   for (auto _ : state) {
-    benchmark::DoNotOptimize(nn::mamba_lm_backward<float>(model, id_view, target_view, grads));
+    benchmark::DoNotOptimize(
+        nn::mamba_lm_backward<float>(model, id_view, target_view, grads, buffers));
     optim::clip_grad_norm(grad_views, 1.0);
     optimizer.step();
     model.parameters_changed();

@@ -203,6 +203,8 @@ int run(int argc, char** argv) {
 #endif
   } else {
     auto grads = std::make_shared<ssmkit::nn::MambaLMWeights<float>>(ssmkit::nn::zeros_like(model));
+    // The backward's buffers, kept from step to step rather than allocated at each.
+    auto buffers = std::make_shared<ssmkit::nn::MambaLMBackwardBuffers<float>>();
     auto optimizer = std::make_shared<ssmkit::optim::AdamW<float>>(adam);
     auto params = model.parameters();
     const auto grad_list = ssmkit::nn::parameters(*grads);
@@ -211,9 +213,9 @@ int run(int argc, char** argv) {
       optimizer->add(params[k].value, grad_list[k].value, params[k].decay);
       grad_views.push_back(grad_list[k].value);
     }
-    train_step = [&model, grads, optimizer, grad_views](const Batch& b, double rate) {
-      const double loss =
-          ssmkit::nn::mamba_lm_backward<float>(model, b.ids_view(), b.targets_view(), *grads);
+    train_step = [&model, grads, buffers, optimizer, grad_views](const Batch& b, double rate) {
+      const double loss = ssmkit::nn::mamba_lm_backward<float>(model, b.ids_view(),
+                                                               b.targets_view(), *grads, *buffers);
       ssmkit::optim::clip_grad_norm(grad_views, 1.0);
       optimizer->options().lr = rate;
       optimizer->step();

@@ -7,6 +7,7 @@
 #include <ssmkit/nn/grad/mamba_lm_backward.hpp>
 #include <ssmkit/nn/grad/mamba_lm_init.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <random>
@@ -259,6 +260,59 @@ TEST(MambaLMBackward, BatchSplitAcrossThreadsEqualsOneThread) {
     EXPECT_LE(rel_error(d[k].value.data(), c[k].value.data(), c[k].value.size(0)), 1e-13)
         << c[k].name;
   }
+}
+
+TEST(MambaLMBackward, BuffersKeptAcrossCallsGiveTheGradientsOfFreshOnes) {
+  // One MambaLMBackwardBuffers through calls of other shapes and another model (so that every
+  // call finds the last one's values in its buffers), on two threads where there are two (so that
+  // the shards' gradient sets are kept too): each call's gradients bit for bit those of a call
+  // with buffers of its own.
+  MambaLMConfig big;
+  big.vocab_size = 18;
+  big.n_layer = 2;
+  big.block = {64, 128, 16, 4, 4};
+  const nn::MambaLM<float> model(big, nn::init_mamba_lm<float>(big, 5));
+  MambaLMConfig small_cfg = tiny_config(false);
+  small_cfg.vocab_size = 50, small_cfg.block.d_model = 16, small_cfg.block.d_inner = 32;
+  const nn::MambaLM<float> small(small_cfg, random_weights<float>(small_cfg, true, 800));
+  const int threads = max_threads();
+  set_num_threads(std::min(threads, 2));
+  nn::MambaLMBackwardBuffers<float> kept;
+  std::uint64_t seed = 20;
+  const auto check = [&](const nn::MambaLM<float>& m, Index batch, Index L) {
+    std::mt19937_64 rng(++seed);
+    std::vector<std::int64_t> ids, targets;
+    for (Index t = 0; t < batch * L; ++t) {
+      ids.push_back(static_cast<std::int64_t>(rng() % m.vocab_size()));
+      targets.push_back(t % 3 ? static_cast<std::int64_t>(rng() % m.vocab_size()) : -100);
+    }
+    const TensorView<const std::int64_t, 2> id_view(ids.data(), {batch, L}, "ids");
+    const TensorView<const std::int64_t, 2> target_view(targets.data(), {batch, L}, "targets");
+    HostTensor<float, 3> G({batch, L, m.vocab_size()});
+    fill_random(G, seed);
+    auto fresh = nn::zeros_like(m), reused = nn::zeros_like(m);
+    auto fresh_lin = nn::zeros_like(m), reused_lin = nn::zeros_like(m);
+    const double want = nn::mamba_lm_backward<float>(m, id_view, target_view, fresh);
+    const double got = nn::mamba_lm_backward<float>(m, id_view, target_view, reused, kept);
+    nn::mamba_lm_backward<float>(m, id_view, G.view(), fresh_lin);
+    nn::mamba_lm_backward<float>(m, id_view, G.view(), reused_lin, kept);
+    SCOPED_TRACE(::testing::Message() << "batch " << batch << " L " << L);
+    EXPECT_EQ(got, want);
+    const auto a = nn::parameters(fresh), b = nn::parameters(reused);
+    const auto c = nn::parameters(fresh_lin), d = nn::parameters(reused_lin);
+    for (std::size_t k = 0; k < a.size(); ++k) {
+      EXPECT_EQ(rel_error(b[k].value.data(), a[k].value.data(), a[k].value.size(0)), 0.0)
+          << a[k].name;
+      EXPECT_EQ(rel_error(d[k].value.data(), c[k].value.data(), c[k].value.size(0)), 0.0)
+          << c[k].name;
+    }
+  };
+  check(model, 2, 64);
+  check(model, 3, 40);
+  check(small, 4, 9);
+  check(model, 2, 64);
+  check(model, 1, 17);
+  set_num_threads(threads);
 }
 
 TEST(MambaLMBackward, EmptyBatchGivesZeroGradients) {

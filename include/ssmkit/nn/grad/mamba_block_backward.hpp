@@ -7,8 +7,7 @@
 #include "ssmkit/kernels/cpu/selective_scan_backward.hpp"
 #include "ssmkit/nn/grad/linear_backward.hpp"
 #include "ssmkit/nn/mamba_block.hpp"
-
-#include <vector>
+#include "ssmkit/nn/workspace.hpp"
 
 namespace ssmkit::nn {
 
@@ -44,13 +43,19 @@ bool same_shapes(const MambaBlockWeights<T>& a, const MambaBlockWeights<T>& b) {
 
 }  // namespace detail
 
+/// The host buffers mamba_block_backward works in. Kept from one call to the next (a training
+/// loop's steps), they are allocated once: fresh ones every step cost the page faults of their
+/// first touch, a quarter of a small model's training step on two cores.
+template <class T>
+using MambaBlockBackwardBuffers = Workspace<T, 14>;
+
 /// Given the block's input x and dout = ∂ℓ/∂out (batch, L, d_model, contiguous), for a forward
 /// that starts from a zero state: writes dx and overwrites every tensor of `grads` (shaped as by
 /// zeros_like(block.weights())) with the gradient of the matching weight (A_log's included).
 template <class T>
 void mamba_block_backward(const MambaBlock<T>& block, TensorView<const T, 3> x,
                           TensorView<const T, 3> dout, TensorView<T, 3> dx,
-                          MambaBlockWeights<T>& grads) {
+                          MambaBlockWeights<T>& grads, MambaBlockBackwardBuffers<T>& buffers) {
   const MambaBlockConfig& c = block.config();
   const MambaBlockWeights<T>& w = block.weights();
   const Index batch = x.size(0), L = x.size(1), dm = c.d_model, di = c.d_inner;
@@ -66,7 +71,8 @@ void mamba_block_backward(const MambaBlock<T>& block, TensorView<const T, 3> x,
                "those of the block's weights (see zeros_like)", "different ones");
   if (tokens == 0)
     return;
-  auto buf = [](Index n) { return std::vector<T>(static_cast<std::size_t>(n)); };
+  int slot = 0;  // each buffer below is written whole before it is read
+  auto buf = [&](Index n) { return buffers.get(slot++, n); };
   auto mat = [](T* p, Index rows, Index cols, Index stride) {
     return TensorView<T, 2>::unchecked(p, {rows, cols}, {stride, 1}, Device::CPU);
   };
@@ -79,39 +85,36 @@ void mamba_block_backward(const MambaBlock<T>& block, TensorView<const T, 3> x,
   // The forward again, keeping what the backward reads.
   auto xz = buf(tokens * 2 * di), u = buf(tokens * di), xdbl = buf(tokens * width);
   auto delta = buf(tokens * di), y = buf(tokens * di), A = buf(di * N);
-  linear<T>(x2, w.in_proj_weight.view(), w.in_proj_bias.view(),
-            mat(xz.data(), tokens, 2 * di, 2 * di));
+  linear<T>(x2, w.in_proj_weight.view(), w.in_proj_bias.view(), mat(xz, tokens, 2 * di, 2 * di));
   CausalConv1dBackwardParams<T> conv;
-  conv.x = seq(xz.data(), di, 2 * di);
+  conv.x = seq(xz, di, 2 * di);
   conv.weight = w.conv1d_weight.view();
   conv.bias = w.conv1d_bias.view();
   conv.silu = true;
-  cpu::causal_conv1d(conv.forward(seq(u.data(), di, di)));
-  linear<T>(mat(u.data(), tokens, di, di), w.x_proj_weight.view(), {},
-            mat(xdbl.data(), tokens, width, width));
-  linear<T>(mat(xdbl.data(), tokens, R, width), w.dt_proj_weight.view(), {},
-            mat(delta.data(), tokens, di, di));
+  cpu::causal_conv1d(conv.forward(seq(u, di, di)));
+  linear<T>(mat(u, tokens, di, di), w.x_proj_weight.view(), {}, mat(xdbl, tokens, width, width));
+  linear<T>(mat(xdbl, tokens, R, width), w.dt_proj_weight.view(), {}, mat(delta, tokens, di, di));
   for (Index i = 0; i < di * N; ++i)
     A[i] = -std::exp(w.A_log.data()[i]);
-  auto rows_of = [&](std::vector<T>& v, Index col) {  // B or C inside x_proj's output rows
-    return TensorView<T, 4>::unchecked(v.data() + col, {batch, L, 1, N}, {L * width, width, N, 1},
+  auto rows_of = [&](T* v, Index col) {  // B or C inside x_proj's output rows
+    return TensorView<T, 4>::unchecked(v + col, {batch, L, 1, N}, {L * width, width, N, 1},
                                        Device::CPU);
   };
   SelectiveScanBackwardParams<T> s;
-  s.u = seq(u.data(), di, di);
-  s.delta = seq(delta.data(), di, di);
-  s.A = TensorView<const T, 2>(A.data(), {di, N}, "A");
+  s.u = seq(u, di, di);
+  s.delta = seq(delta, di, di);
+  s.A = TensorView<const T, 2>(A, {di, N}, "A");
   s.B = rows_of(xdbl, R);
   s.C = rows_of(xdbl, R + N);
   s.D_skip = w.D.view();
   s.delta_bias = w.dt_proj_bias.view();
-  s.z = seq(xz.data() + di, di, 2 * di);
+  s.z = seq(xz + di, di, 2 * di);
   s.delta_softplus = true;
   // The scan's states every `every` steps, which the backward starts its chunks from.
   const Index every = selective_scan_checkpoint_interval(N), count = (L + every - 1) / every;
   auto checkpoints = buf(count * batch * di * N);
-  const TensorView<T, 4> ck(checkpoints.data(), {count, batch, di, N}, "checkpoints");
-  SelectiveScanParams<T> f = s.forward(seq(y.data(), di, di));
+  const TensorView<T, 4> ck(checkpoints, {count, batch, di, N}, "checkpoints");
+  SelectiveScanParams<T> f = s.forward(seq(y, di, di));
   f.checkpoints = ck;
   f.checkpoint_interval = every;
   cpu::selective_scan(f);
@@ -122,38 +125,47 @@ void mamba_block_backward(const MambaBlock<T>& block, TensorView<const T, 3> x,
   auto dy = buf(tokens * di), dxz = buf(tokens * 2 * di), dxdbl = buf(tokens * width);
   auto du_scan = buf(tokens * di), du_proj = buf(tokens * di), ddelta = buf(tokens * di);
   auto dA = buf(di * N);
-  linear_backward<T>(mat(y.data(), tokens, di, di), w.out_proj_weight.view(),
+  linear_backward<T>(mat(y, tokens, di, di), w.out_proj_weight.view(),
                      TensorView<const T, 2>(dout.data(), {tokens, dm}, "dout"),
-                     mat(dy.data(), tokens, di, di), grads.out_proj_weight.view(),
+                     mat(dy, tokens, di, di), grads.out_proj_weight.view(),
                      grads.out_proj_bias.view());
-  s.dout = seq(dy.data(), di, di);
-  s.du = seq(du_scan.data(), di, di);
-  s.ddelta = seq(ddelta.data(), di, di);
-  s.dA = TensorView<T, 2>(dA.data(), {di, N}, "dA");
+  s.dout = seq(dy, di, di);
+  s.du = seq(du_scan, di, di);
+  s.ddelta = seq(ddelta, di, di);
+  s.dA = TensorView<T, 2>(dA, {di, N}, "dA");
   s.dB = rows_of(dxdbl, R);
   s.dC = rows_of(dxdbl, R + N);
   s.dD_skip = grads.D.view();
   s.ddelta_bias = grads.dt_proj_bias.view();
-  s.dz = seq(dxz.data() + di, di, 2 * di);
+  s.dz = seq(dxz + di, di, 2 * di);
   cpu::selective_scan_backward(s);
   for (Index i = 0; i < di * N; ++i)
     grads.A_log.data()[i] = dA[i] * A[i];  // dA/dA_log = −exp(A_log) = A
-  linear_backward<T>(mat(xdbl.data(), tokens, R, width), w.dt_proj_weight.view(),
-                     mat(ddelta.data(), tokens, di, di), mat(dxdbl.data(), tokens, R, width),
+  linear_backward<T>(mat(xdbl, tokens, R, width), w.dt_proj_weight.view(),
+                     mat(ddelta, tokens, di, di), mat(dxdbl, tokens, R, width),
                      grads.dt_proj_weight.view(), {});
-  linear_backward<T>(mat(u.data(), tokens, di, di), w.x_proj_weight.view(),
-                     mat(dxdbl.data(), tokens, width, width), mat(du_proj.data(), tokens, di, di),
+  linear_backward<T>(mat(u, tokens, di, di), w.x_proj_weight.view(),
+                     mat(dxdbl, tokens, width, width), mat(du_proj, tokens, di, di),
                      grads.x_proj_weight.view(), {});
   for (Index i = 0; i < tokens * di; ++i)
     du_proj[i] += du_scan[i];
-  conv.dout = seq(du_proj.data(), di, di);
-  conv.dx = seq(dxz.data(), di, 2 * di);
+  conv.dout = seq(du_proj, di, di);
+  conv.dx = seq(dxz, di, 2 * di);
   conv.dweight = grads.conv1d_weight.view();
   conv.dbias = grads.conv1d_bias.view();
   cpu::causal_conv1d_backward(conv);
-  linear_backward<T>(x2, w.in_proj_weight.view(), mat(dxz.data(), tokens, 2 * di, 2 * di),
+  linear_backward<T>(x2, w.in_proj_weight.view(), mat(dxz, tokens, 2 * di, 2 * di),
                      TensorView<T, 2>(dx.data(), {tokens, dm}, "dx"), grads.in_proj_weight.view(),
                      grads.in_proj_bias.view());
+}
+
+/// The same with buffers of its own, allocated for this call.
+template <class T>
+void mamba_block_backward(const MambaBlock<T>& block, TensorView<const T, 3> x,
+                          TensorView<const T, 3> dout, TensorView<T, 3> dx,
+                          MambaBlockWeights<T>& grads) {
+  MambaBlockBackwardBuffers<T> buffers;
+  mamba_block_backward(block, x, dout, dx, grads, buffers);
 }
 
 }  // namespace ssmkit::nn
