@@ -96,6 +96,69 @@ TEST(CausalConv1dBackward, MatchesFiniteDifferences) {
   set_num_threads(threads);
 }
 
+TEST(CausalConv1dBackward, FloatMatchesDoubleInEveryLayout) {
+  // Float against the double backward above (checked by finite differences): 37 channels are
+  // whole SIMD packs and a tail, so both the packed rows and the channel-by-channel path run;
+  // the rows of x strided as a Mamba block's (x is half of in_proj's output), and channel-major.
+  const Index batch = 2, L = 29, C = 37;
+  for (Index K : {1, 3, 4})
+    for (int mask = 0; mask < 8; ++mask)
+      for (int layout = 0; layout < 3; ++layout) {
+        const bool has_bias = mask & 1, has_state = mask & 2, silu = mask & 4;
+        SCOPED_TRACE("K " + std::to_string(K) + " mask " + std::to_string(mask) + " layout " +
+                     std::to_string(layout));
+        // layout 0: (batch, L, C) contiguous; 1: token stride 2C; 2: (batch, C, L) in memory.
+        const Index row = layout == 1 ? 2 * C : C;
+        const Shape<3> shape{batch, L, C};
+        const Shape<3> strides = layout == 2 ? Shape<3>{C * L, 1, L} : Shape<3>{L * row, row, 1};
+        const Index n = batch * L * row;
+        const auto x = random_vector<double>(n, 11 + mask), w = random_vector<double>(C * K, 12);
+        const auto bias = random_vector<double>(C, 13),
+                   state = random_vector<double>(batch * C * (K - 1), 14);
+        const auto dout = random_vector<double>(n, 15 + mask);
+        const auto run = [&](auto zero, std::vector<double>* result) {
+          using T = decltype(zero);
+          std::vector<T> xt(x.begin(), x.end()), wt(w.begin(), w.end()),
+              bt(bias.begin(), bias.end());
+          std::vector<T> st(state.begin(), state.end()), dt(dout.begin(), dout.end());
+          std::vector<T> dx(n, T(kNaN)), dw(C * K, T(kNaN)), db(C, T(kNaN)),
+              ds(state.size(), T(kNaN));
+          CausalConv1dBackwardParams<T> p;
+          p.x = TensorView<const T, 3>(xt.data(), shape, strides, "x");
+          p.weight = TensorView<const T, 2>(wt.data(), {C, K});
+          if (has_bias)
+            p.bias = TensorView<const T, 1>(bt.data(), {C}),
+            p.dbias = TensorView<T, 1>(db.data(), {C});
+          if (has_state) {
+            p.initial_state = TensorView<const T, 3>(st.data(), {batch, C, K - 1});
+            p.dinitial_state = TensorView<T, 3>(ds.data(), {batch, C, K - 1});
+          }
+          p.silu = silu;
+          p.dout = TensorView<const T, 3>(dt.data(), shape, strides, "dout");
+          p.dx = TensorView<T, 3>(dx.data(), shape, strides, "dx");
+          p.dweight = TensorView<T, 2>(dw.data(), {C, K});
+          cpu::causal_conv1d_backward(p);
+          result[0].assign(dw.begin(), dw.end());
+          result[1].assign(db.begin(), db.end());
+          result[2].assign(ds.begin(), ds.end());
+          result[3].clear();  // dx at the logical elements (layout 1 leaves gaps unwritten)
+          for (Index b = 0; b < batch; ++b)
+            for (Index t = 0; t < L; ++t)
+              for (Index c = 0; c < C; ++c)
+                result[3].push_back(static_cast<double>(p.dx(b, t, c)));
+        };
+        std::vector<double> want[4], got[4];
+        run(double(0), want);
+        run(float(0), got);
+        const char* names[4] = {"dweight", "dbias", "dinitial_state", "dx"};
+        for (int i = 0; i < 4; ++i) {
+          if (want[i].empty() || (i == 1 && !has_bias) || (i == 2 && (!has_state || K == 1)))
+            continue;
+          EXPECT_LE(rel_error(got[i], want[i]), 1e-5) << names[i];
+        }
+      }
+}
+
 TEST(CausalConv1dBackward, RejectsMismatchedGradients) {
   std::vector<float> x(12, 1.0f), w(6, 1.0f), bias(3, 0.0f), g(12), dw(6);
   CausalConv1dBackwardParams<float> p;

@@ -1,6 +1,6 @@
 // SIMD packs for the CPU kernels and the elementary functions the selective scan needs on them:
 // exp2 (split into 2^n · 2^f, a degree-6 fit of 2^f on [-1/2, 1/2], ~1e-7 relative),
-// log1p on [0, 1] (2·atanh(e/(2+e)) series), and the softplus and SiLU built from them.
+// log1p on [0, 1] (2·atanh(e/(2+e)) series), and the softplus, sigmoid and SiLU built from them.
 #pragma once
 
 #include "ssmkit/math/activations.hpp"
@@ -224,16 +224,28 @@ P softplus(P x) {
   }
 }
 
-/// silu(x) = x / (1 + e^-x); e^-x saturates at 2^127, which gives the correct ~0 for x << 0.
+/// σ(x) = 1 / (1 + e^-x); e^-x saturates at 2^127, which gives the correct ~0 for x << 0.
+template <class P>
+P sigmoid(P x) {
+  using F = typename P::scalar;
+  if constexpr (!is_f32_pack<P>) {
+    for (int i = 0; i < P::width; ++i)
+      x.v[i] = ssmkit::sigmoid(x.v[i]);
+    return x;
+  } else {
+    return reciprocal(P::broadcast(F(1)) + exp2(x * P::broadcast(F(-1.4426950408889634))));
+  }
+}
+
+/// silu(x) = x·σ(x).
 template <class P>
 P silu(P x) {
-  using F = typename P::scalar;
   if constexpr (!is_f32_pack<P>) {
     for (int i = 0; i < P::width; ++i)
       x.v[i] = ssmkit::silu(x.v[i]);
     return x;
   } else {
-    return x * reciprocal(P::broadcast(F(1)) + exp2(x * P::broadcast(F(-1.4426950408889634))));
+    return x * sigmoid(x);
   }
 }
 
