@@ -48,8 +48,7 @@ P sigmoid_lanes(P x, bool threshold) {
     return x;
   } else {
     (void)threshold;
-    const P one = P::broadcast(F(1));
-    return one / (one + simd::exp2(x * P::broadcast(F(-1.4426950408889634))));
+    return simd::sigmoid(x);
   }
 }
 
