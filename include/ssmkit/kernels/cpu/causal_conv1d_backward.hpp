@@ -9,7 +9,6 @@
 #include "ssmkit/kernels/cpu/exp_approx.hpp"
 #include "ssmkit/math/activations.hpp"
 
-#include <algorithm>
 #include <atomic>
 #include <new>
 #include <type_traits>
