@@ -53,6 +53,36 @@ TYPED_TEST(VectorMath, Exp2MatchesLibm) {
   EXPECT_LE(err, 2.5e-7);
 }
 
+TYPED_TEST(VectorMath, SumRowsPutsEachRowsSumInItsLane) {
+  using P = TypeParam;
+  constexpr int W = P::width;
+  // Small integers: every partial sum is exact, so any lane holding another row's sum, or a
+  // row missing a term, shows as an exact mismatch.
+  std::vector<float> m(W * W);
+  for (int i = 0; i < W; ++i)
+    for (int j = 0; j < W; ++j)
+      m[static_cast<std::size_t>(i * W + j)] = static_cast<float>((i * 37 + j * j * 11) % 29 - 9);
+  float out[W];
+  P::sum_rows(m.data()).store(out);
+  for (int i = 0; i < W; ++i) {
+    double sum = 0;
+    for (int j = 0; j < W; ++j)
+      sum += m[static_cast<std::size_t>(i * W + j)];
+    EXPECT_EQ(out[i], sum) << "row " << i;
+  }
+  // Random values: within the rounding of W additions of the row's magnitudes.
+  const auto r = testing::random_vector<float>(W * W, 11, -1, 1);
+  P::sum_rows(r.data()).store(out);
+  for (int i = 0; i < W; ++i) {
+    double sum = 0, mag = 0;
+    for (int j = 0; j < W; ++j) {
+      sum += r[static_cast<std::size_t>(i * W + j)];
+      mag += std::abs(r[static_cast<std::size_t>(i * W + j)]);
+    }
+    EXPECT_NEAR(out[i], sum, W * 6e-8 * mag) << "row " << i;
+  }
+}
+
 TYPED_TEST(VectorMath, Exp2ClampsInsteadOfOverflowing) {
   using P = TypeParam;
   std::vector<float> xs(P::width, -1000.0f);

@@ -36,6 +36,17 @@ struct Portable {
       r.v[i] = x;
     return r;
   }
+  /// Lane i: the sum of row i of the W×W row-major matrix m.
+  static Portable sum_rows(const F* m) {
+    Portable r;
+    for (int i = 0; i < W; ++i) {
+      F s = 0;
+      for (int j = 0; j < W; ++j)
+        s += m[i * W + j];
+      r.v[i] = s;
+    }
+    return r;
+  }
   template <class Op>
   static Portable map(const Portable& a, const Portable& b, Op op) {
     Portable r;
@@ -99,6 +110,25 @@ struct Avx2 {
   static Avx2 load(const float* p) { return {_mm256_loadu_ps(p)}; }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
   static Avx2 broadcast(float x) { return {_mm256_set1_ps(x)}; }
+  /// Lane i: the sum of row i of the 8×8 row-major matrix m, by a transpose-and-add tree (halves,
+  /// then pairs, then single lanes: 14 shuffles and 7 adds for the 8 sums). The tree leaves row
+  /// k in lane π(k), π = (0 2 1 3 4 6 5 7), an involution, so rows are read in π order.
+  static Avx2 sum_rows(const float* m) {
+    constexpr int pi[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+    __m256 a[4];
+    for (int i = 0; i < 4; ++i) {
+      const __m256 x = _mm256_loadu_ps(m + 8 * pi[i]), y = _mm256_loadu_ps(m + 8 * pi[i + 4]);
+      a[i] = _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31));
+    }
+    __m256 b[2];
+    for (int i = 0; i < 2; ++i) {
+      const __m256d x = _mm256_castps_pd(a[i]), y = _mm256_castps_pd(a[i + 2]);
+      b[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(x, y)),
+                           _mm256_castpd_ps(_mm256_unpackhi_pd(x, y)));
+    }
+    return {
+        _mm256_add_ps(_mm256_shuffle_ps(b[0], b[1], 0x88), _mm256_shuffle_ps(b[0], b[1], 0xdd))};
+  }
   friend Avx2 operator+(Avx2 a, Avx2 b) { return {_mm256_add_ps(a.v, b.v)}; }
   friend Avx2 operator-(Avx2 a, Avx2 b) { return {_mm256_sub_ps(a.v, b.v)}; }
   friend Avx2 operator*(Avx2 a, Avx2 b) { return {_mm256_mul_ps(a.v, b.v)}; }
@@ -131,6 +161,29 @@ struct Avx512 {
   static Avx512 load(const float* p) { return {_mm512_loadu_ps(p)}; }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   static Avx512 broadcast(float x) { return {_mm512_set1_ps(x)}; }
+  /// Lane i: the sum of row i of the 16×16 row-major matrix m, by a transpose-and-add tree
+  /// (256-bit halves, 128-bit quarters, pairs, single lanes: 30 shuffles and 15 adds for the 16
+  /// sums). The tree leaves row k in lane π(k), an involution, so rows are read in π order.
+  static Avx512 sum_rows(const float* m) {
+    constexpr int pi[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+    __m512 a[8];
+    for (int i = 0; i < 8; ++i) {
+      const __m512 x = _mm512_loadu_ps(m + 16 * pi[i]), y = _mm512_loadu_ps(m + 16 * pi[i + 8]);
+      a[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(x, y, 0xee));
+    }
+    __m512 b[4];
+    for (int i = 0; i < 4; ++i)
+      b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[i], a[i + 4], 0x88),
+                           _mm512_shuffle_f32x4(a[i], a[i + 4], 0xdd));
+    __m512 c[2];
+    for (int i = 0; i < 2; ++i) {
+      const __m512d x = _mm512_castps_pd(b[i]), y = _mm512_castps_pd(b[i + 2]);
+      c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                           _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    return {
+        _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x88), _mm512_shuffle_ps(c[0], c[1], 0xdd))};
+  }
   friend Avx512 operator+(Avx512 a, Avx512 b) { return {_mm512_add_ps(a.v, b.v)}; }
   friend Avx512 operator-(Avx512 a, Avx512 b) { return {_mm512_sub_ps(a.v, b.v)}; }
   friend Avx512 operator*(Avx512 a, Avx512 b) { return {_mm512_mul_ps(a.v, b.v)}; }

@@ -77,8 +77,8 @@ class ScanBackwardLanes {
         dt_(sz(K * V)),
         dsp_(sz(K * V)),
         u_(sz(K * V)),
-        sum_b_(sz(K * N_ * V)),
-        sum_c_(sz(K * N_ * V)) {}
+        sum_b_(sz(N_ * V)),
+        sum_c_(sz(N_ * V)) {}
 
   /// Channels d0 .. d0+lanes-1 of batch b: writes du, δ, dz, dh0 there, adds their dB and dC
   /// into dB_acc, dC_acc (L, N), and writes their dA, dD, dδ_bias into dA_b (D, N), dD_b, dbias_b.
@@ -119,6 +119,8 @@ class ScanBackwardLanes {
             saved_[sz((c * N + n) * V + j)] = static_cast<F>(p_.checkpoints(c, b, d0 + j, n));
     } else {
       for (Index t = 0; t < L; ++t) {
+        if (t + kAhead < L)
+          prefetch_forward(t + kAhead);
         if (t % K_ == 0)
           std::copy(h_.begin(), h_.end(), saved_.begin() + (t / K_) * N * V);
         load_step(t, 0, false);
@@ -130,21 +132,21 @@ class ScanBackwardLanes {
       const Index t0 = c * K_, len = std::min(K_, L - t0);
       const F* h_entry = &saved_[sz(c * N * V)];
       for (Index k = 0; k < len; ++k) {
+        if (k + kAhead < len)
+          prefetch_forward(t0 + k + kAhead);
+        else  // the way back starts with these steps
+          prefetch_back(t0 + k);
         load_step(t0 + k, k, true);
         F* hk = &hs_[sz(k * N * V)];
         step(t0 + k, k, k ? hk - N * V : h_entry, hk, &a_bar_[sz(k * N * V)]);
       }
-      for (Index k = len - 1; k >= 0; --k)
+      for (Index k = len - 1; k >= 0; --k) {
+        if (k >= kAhead)
+          prefetch_back(t0 + k - kAhead);
+        else if (c > 0)  // the next chunk's walk forwards starts with these steps
+          prefetch_forward(t0 - K_ + k);
         reverse_step(t0 + k, k, k ? &hs_[sz((k - 1) * N * V)] : h_entry);
-      // dB and dC sum over the lanes here, a chunk at a time, rather than once per step.
-      for (Index i = 0; i < len * N; ++i) {
-        F sb = 0, sc = 0;
-        for (int j = 0; j < V; ++j) {
-          sb += sum_b_[sz(i * V + j)];
-          sc += sum_c_[sz(i * V + j)];
-        }
-        dB_acc[t0 * N + i] += sb;
-        dC_acc[t0 * N + i] += sc;
+        add_lane_sums(dB_acc + (t0 + k) * N, dC_acc + (t0 + k) * N);
       }
     }
 
@@ -189,6 +191,37 @@ class ScanBackwardLanes {
       dst[j * v.stride(2)] = static_cast<T>(tmp[j]);
   }
 
+  /// Asks for the lines of lanes d0.. of view(b, t, ·) before they are needed. A step's lanes
+  /// sit a row of D channels past the last step's, a page or more apart for the usual D, and the
+  /// hardware prefetchers stop at page boundaries: without this each step's loads and stores miss.
+  template <bool kWrite, class View>
+  void prefetch_lanes(const View& v, Index t) const {
+#if defined(__GNUC__)
+    if (v.absent())
+      return;
+    const auto* first = &v(b_, t, d0_);
+    __builtin_prefetch(first, kWrite, 3);
+    __builtin_prefetch(first + (lanes_ - 1) * v.stride(2), kWrite, 3);
+#else
+    (void)v, (void)t;
+#endif
+  }
+
+  /// What a step of the walk forwards reads, and what a step of the way back reads and writes.
+  /// Only a few steps ahead: the rows of all operands at one step often share cache sets (D a
+  /// multiple of a large power of two), so lines asked for a chunk ahead are evicted again.
+  void prefetch_forward(Index t) const {
+    prefetch_lanes<false>(p_.delta, t);
+    prefetch_lanes<false>(p_.u, t);
+  }
+  void prefetch_back(Index t) const {
+    prefetch_lanes<false>(p_.dout, t);
+    prefetch_lanes<false>(p_.z, t);
+    prefetch_lanes<true>(p_.du, t);
+    prefetch_lanes<true>(p_.ddelta, t);
+    prefetch_lanes<true>(p_.dz, t);
+  }
+
   /// Δ_t, u_t and (with derivative) softplus'(δ_t + bias) into row k of the chunk buffers.
   void load_step(Index t, Index k, bool derivative) {
     const P raw = load_lanes(p_.delta, t) + bias_;
@@ -216,7 +249,7 @@ class ScanBackwardLanes {
   }
 
   /// One step of the reverse recurrence at time t (row k), from g = ∂ℓ/∂h_t less dy·C_t to
-  /// ∂ℓ/∂h_{t-1}, writing the step's gradients; the lanes' terms of dB and dC go to row k.
+  /// ∂ℓ/∂h_{t-1}, writing the step's gradients; the lanes' terms of dB and dC go to sum_b_, sum_c_.
   void reverse_step(Index t, Index k, const F* h_prev) {
     const Index N = N_;
     const P dt = P::load(&dt_[sz(k * V)]), u = P::load(&u_[sz(k * V)]);
@@ -235,27 +268,49 @@ class ScanBackwardLanes {
       store_lanes(p_.dz, t, dout * y * s * fma(z, one - s, one));
       dy = dout * z * s;
     }
-    P du = dy * skip_, ddt = P::broadcast(F(0));
+    // Σ_n g·B_n serves both du (times Δ) and dΔ (times u); Σ_n g·Ā·h_{t-1}·A_n is dΔ's rest.
+    const P dtu = dt * u;
+    P gB = P::broadcast(F(0)), sA = gB;
     dskip_ = fma(dy, u, dskip_);
     for (Index n = 0; n < N; ++n) {
-      const P Bn = P::broadcast(static_cast<F>(brow[n * bs]));
-      const P Cn = P::broadcast(static_cast<F>(crow[n * cs]));
-      const P a = P::load(a_bar + n * V);
-      const P g = fma(dy, Cn, P::load(&gh_[sz(n * V)]));  // ∂ℓ/∂h_t
-      const P ga = g * a * P::load(h_prev + n * V);
-      const P gdt = g * dt;
-      (dy * P::load(hk + n * V)).store(&sum_c_[sz((k * N + n) * V)]);
-      (gdt * u).store(&sum_b_[sz((k * N + n) * V)]);
-      ddt = fma(ga, P::load(&a_[sz(n * V)]), fma(g * Bn, u, ddt));
+      const P g = fma(dy, P::broadcast(static_cast<F>(crow[n * cs])),
+                      P::load(&gh_[sz(n * V)]));  // ∂ℓ/∂h_t
+      const P gh = g * P::load(a_bar + n * V);    // ∂ℓ/∂h_{t-1}
+      const P ga = gh * P::load(h_prev + n * V);
+      (dy * P::load(hk + n * V)).store(&sum_c_[sz(n * V)]);
+      (g * dtu).store(&sum_b_[sz(n * V)]);
+      gB = fma(g, P::broadcast(static_cast<F>(brow[n * bs])), gB);
+      sA = fma(ga, P::load(&a_[sz(n * V)]), sA);
       fma(ga, dt, P::load(&dA_[sz(n * V)])).store(&dA_[sz(n * V)]);
-      du = fma(gdt, Bn, du);
-      (g * a).store(&gh_[sz(n * V)]);  // ∂ℓ/∂h_{t-1}
+      gh.store(&gh_[sz(n * V)]);
     }
-    const P draw = ddt * P::load(&dsp_[sz(k * V)]);
+    const P draw = fma(gB, u, sA) * P::load(&dsp_[sz(k * V)]);
     dbias_ = dbias_ + draw;
-    store_lanes(p_.du, t, du);
+    store_lanes(p_.du, t, fma(gB, dt, dy * skip_));
     store_lanes(p_.ddelta, t, draw);
   }
+
+  /// Adds the step's dB and dC terms summed over the lanes to db, dc (N each): a pack's width of
+  /// states at once (a transpose-and-add), any remainder one by one. Summed every step, the terms
+  /// stay in a buffer of N packs that the step has just written.
+  void add_lane_sums(F* db, F* dc) const {
+    Index n = 0;
+    for (; n + V <= N_; n += V) {
+      (P::load(db + n) + P::sum_rows(&sum_b_[sz(n * V)])).store(db + n);
+      (P::load(dc + n) + P::sum_rows(&sum_c_[sz(n * V)])).store(dc + n);
+    }
+    for (; n < N_; ++n) {
+      F sb = 0, sc = 0;
+      for (int j = 0; j < V; ++j) {
+        sb += sum_b_[sz(n * V + j)];
+        sc += sum_c_[sz(n * V + j)];
+      }
+      db[n] += sb;
+      dc[n] += sc;
+    }
+  }
+
+  static constexpr Index kAhead = 4;  // steps the walks prefetch ahead
 
   const SelectiveScanBackwardParams<T, W>& p_;
   Index N_, K_, b_ = 0, d0_ = 0, lanes_ = 0, g_ = 0;
