@@ -571,12 +571,24 @@ struct StepPairPrefetch {
                                                  const ChannelOffset<T>&, int, int steps, int lane,
                                                  int, bool live, float bias, Put&& put) const {
     static_assert(K % 2 == 0, "whole pairs of steps");
+    const auto values = [&](int r) {
+      return step_values<true, kGrad>(a, delta.get(r), u.get(r), live ? dout.get(r) : 0.f,
+                                      a.z != nullptr ? z.get(r) : 0.f, bias);
+    };
+    // A whole sub-chunk (all but a sequence's last) in a branch of its own: with both puts in
+    // one path the compiler predicates them, and the no-op step's stores, though predicated off,
+    // took an issue slot each (ncu: 10 more shared stores per warp and sub-chunk).
+    if (steps >= K) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        put(2 * lane + r, values(r));
+      return;
+    }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int k = 2 * lane + r;
       if (k < steps)
-        put(k, step_values<true, kGrad>(a, delta.get(r), u.get(r), live ? dout.get(r) : 0.f,
-                                        a.z != nullptr ? z.get(r) : 0.f, bias));
+        put(k, values(r));
       else
         put(k, StepValues{0.f, 0.f, 0.f, 0.f, 0.f});
     }
