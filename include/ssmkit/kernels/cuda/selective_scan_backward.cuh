@@ -637,8 +637,11 @@ constexpr int lane_shares_floats() {
   return kThreadOrder > kLaneOrder ? kThreadOrder : kLaneOrder;
 }
 
-/// What pass 3's finish needs of each step a lane prepared, kept by that lane: u, softplus'(δ),
-/// fz, Δ and dy ([trip][value][thread] in shared memory, conflict-free).
+/// What pass 3's finish needs of each step a lane prepared, kept by that lane: u, Δ, dy, then
+/// (softplus'(δ), fz) as one 8-byte pair ([trip][value][thread] in shared memory, conflict-free).
+/// fz alone was read inside the branch that stores dz, just before its use (ncu: 1.3 % of the
+/// channel-major serial walk's stall samples on the multiply after it); paired with softplus',
+/// which every step needs, it is read with the other values.
 inline constexpr int kFinishValues = 5;
 
 /// Shared memory of pass 1, in floats: the chunk's B and C rows, then (with
@@ -949,7 +952,8 @@ __global__ void __launch_bounds__(Policy::kThreads,
   static_assert(K % 2 == 0, "policy: the (gB, gA·h) shares are 8-byte aligned");
   float* y_part = step_work + NT / lanes * step_record_stride<Policy>();
   float2* g_part = reinterpret_cast<float2*>(y_part + K * kShareY);
-  // The finish's values of the steps this lane prepares (steps lane + r·lanes: trip r).
+  // The finish's values of the steps this lane prepares (steps lane + r·lanes: trip r); the pair
+  // (softplus', fz) of thread i at 3·NT + 2·i.
   float* finish_values = reinterpret_cast<float*>(g_part + K * kShareG) + tid;
   const int lane_shift = __ffs(lanes) - 1;  // lanes is a power of two
   const int first_lane = tid - lp.lane;     // the channel's lane 0
@@ -1119,26 +1123,13 @@ __global__ void __launch_bounds__(Policy::kThreads,
               *reinterpret_cast<float4*>(mine + 4 * k) =
                   make_float4(v.dt * kLog2e, v.dt * v.u, v.dy, v.dt);
               float* f = finish_values + (kRowsVec ? k & 1 : k >> lane_shift) * kFinishValues * NT;
-              f[0] = v.u, f[NT] = v.dsp, f[2 * NT] = v.fz, f[3 * NT] = v.dt, f[4 * NT] = v.dy;
+              f[0] = v.u, f[NT] = v.dt, f[2 * NT] = v.dy;
+              *reinterpret_cast<float2*>(f + 3 * NT + tid) = make_float2(v.dsp, v.fz);
             });
         if (j > 0 || more)
           next.load(a, rows, t0 - K, K, lp.lane, lanes, active);
         __syncwarp();
         const int k0 = t0 - t_begin;  // the sub-chunk's first step in the staged rows
-        // Forwards through the sub-chunk, from its record [Δ·log2e, Δ·u] and this lane's B states
-        // (the loop stores nothing to shared memory, so its reads can be issued early).
-        const auto recompute = [&](int k) {
-          const float2 w = *reinterpret_cast<const float2*>(mine + 4 * k);
-          float Bv[S];
-          chunk_states<T>(bc, padded_n, k0 + k, 0, lp.n0, Bv);
-#pragma unroll
-          for (int i = 0; i < S; ++i) {
-            const float dk = ex2_mufu(w.x * A[i]);
-            if constexpr (!kFine)
-              decay[k][i] = dk;
-            hs[k + 1][i] = fmaf(dk, hs[k][i], w.y * Bv[i]);
-          }
-        };
         // A step's inputs to the way back: its record [Δ·log2e, Δ·u, dy, Δ] and this lane's B and C
         // states.
         struct StepInputs {
@@ -1151,6 +1142,17 @@ __global__ void __launch_bounds__(Policy::kThreads,
           chunk_states<T>(bc, padded_n, k0 + k, 0, lp.n0, in.B);
           chunk_states<T>(bc, padded_n, k0 + k, 1, lp.n0, in.C);
           return in;
+        };
+        // Forwards through the sub-chunk, from step k's Δ·log2e, Δ·u and this lane's B states (the
+        // loop stores nothing to shared memory, so its reads can be issued early).
+        const auto recompute = [&](int k, float dt2, float dtu, const float(&Bv)[S]) {
+#pragma unroll
+          for (int i = 0; i < S; ++i) {
+            const float dk = ex2_mufu(dt2 * A[i]);
+            if constexpr (!kFine)
+              decay[k][i] = dk;
+            hs[k + 1][i] = fmaf(dk, hs[k][i], dtu * Bv[i]);
+          }
         };
         // Backwards through it.
         const auto reverse = [&](int k, const StepInputs& in) {
@@ -1209,9 +1211,16 @@ __global__ void __launch_bounds__(Policy::kThreads,
         // before the previous step's stores to shared memory (which the compiler cannot move them
         // past).
 #pragma unroll
-        for (int k = 0; k < K; ++k)
-          recompute(k);
+        for (int k = 0; k < K - 1; ++k) {
+          const float2 w = *reinterpret_cast<const float2*>(mine + 4 * k);
+          float Bv[S];
+          chunk_states<T>(bc, padded_n, k0 + k, 0, lp.n0, Bv);
+          recompute(k, w.x, w.y, Bv);
+        }
+        // The last step forwards reads the first step back's inputs: read after the walk forwards,
+        // its record was waited on (ncu: 1.4 % of the channel-major serial walk's stall samples).
         StepInputs cur = inputs(K - 1), nxt;
+        recompute(K - 1, cur.w.x, cur.w.y, cur.B);
 #pragma unroll
         for (int k = K - 1; k >= 0; --k) {
           if (k > 0)
@@ -1318,7 +1327,9 @@ __global__ void __launch_bounds__(Policy::kThreads,
         // The step of trip r and its du, dδ, dz (kRowsVec: both trips' are stored at once).
         const auto finish_step = [&](int k, int r, float& du, float& draw, float& dz) {
           const float* f = finish_values + r * kFinishValues * NT;
-          const float u = f[0], dsp = f[NT], fz = f[2 * NT], dt = f[3 * NT], dy = f[4 * NT];
+          const float u = f[0], dt = f[NT], dy = f[2 * NT];
+          const float2 sp_fz = *reinterpret_cast<const float2*>(f + 3 * NT + tid);
+          const float dsp = sp_fz.x, fz = sp_fz.y;
           float y = y_part[k * kShareY + y_col(0)];
           float gB = g_part[k * kShareG + g_col(0)].x, gAh = g_part[k * kShareG + g_col(0)].y;
           for (int l = 1; l < lanes; ++l) {
