@@ -1039,11 +1039,14 @@ __global__ void __launch_bounds__(Policy::kThreads,
     // kSerial: the next chunk's last sub-chunk (inputs and entry state) was loaded during this
     // chunk's first one.
     bool carried = false;
+    // Chunk c's entry states: stepped back a chunk at a time (kSerial), since working it out from
+    // d at each chunk reloaded d from the stack (channel-major fp32 build) and waited on it
+    // (ncu: 1.5 % of its stall samples).
+    const float* entry_h = a.entry + static_cast<Index>(c) * a.entry_every * a.entry_s[0] +
+                           b * a.entry_s[1] + d * a.entry_s[2];
     for (;;) {  // the chunks: one unless kSerial
       const Index row = (static_cast<Index>(c) * a.batch + b) * a.D + d;
       // Sub-chunk j's entry state (kFine), or the chunk's (j = 0).
-      const float* entry_h = a.entry + static_cast<Index>(c) * a.entry_every * a.entry_s[0] +
-                             b * a.entry_s[1] + d * a.entry_s[2];
       const auto entry_state = [&](int j, float(&v)[S]) {
         if constexpr (kFine) {  // 16-byte loads (entry_vec): a lane's states are all past N or none
           const float4* src = reinterpret_cast<const float4*>(entry_h + j * a.entry_s[0] + lp.n0);
@@ -1390,6 +1393,7 @@ __global__ void __launch_bounds__(Policy::kThreads,
       carried = true;
       end_chunk();
       --c;
+      entry_h -= static_cast<Index>(a.entry_every) * a.entry_s[0];
       begin_chunk();
     }
     if (kSerial && active && a.dh0 != nullptr) {  // what leaves the first chunk is ∂ℓ/∂h0
