@@ -13,6 +13,7 @@
 #include "ssmkit/core/dtype.cuh"
 #include "ssmkit/core/tensor_view.hpp"
 #include "ssmkit/kernels/cuda/gemv.cuh"
+#include "ssmkit/kernels/cuda/scan_math.cuh"
 #include "ssmkit/kernels/cuda/selective_state_update.cuh"
 
 #include <cuda_runtime.h>

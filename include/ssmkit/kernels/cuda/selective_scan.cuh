@@ -13,6 +13,9 @@
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/core/dtype.cuh"
+#include "ssmkit/kernels/cuda/kernel_args.cuh"
+#include "ssmkit/kernels/cuda/scan_math.cuh"
+#include "ssmkit/kernels/cuda/step_loads.cuh"
 #include "ssmkit/kernels/selective_scan_params.hpp"
 
 #include <cuda_runtime.h>
@@ -76,53 +79,6 @@ struct ScanArgs {
   bool softplus;
 };
 
-constexpr float kLog2e = 1.4426950408889634f;
-
-__device__ __forceinline__ float ex2_mufu(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-/// e^x through ex2.approx.ftz: __expf without -ftz also rescales arguments below -126 to keep
-/// denormal results, three instructions more per call. Here e^x only enters 1 + e^x, where a
-/// denormal vanishes anyway, or softplus(x) = max(x, 0) + log1p(e^-|x|), which it moves by less
-/// than 1.2e-38.
-__device__ __forceinline__ float exp_ftz(float x) {
-  return ex2_mufu(x * kLog2e);
-}
-
-/// PyTorch's softplus (identity above 20) without branches, so that a tile of steps stays one
-/// basic block the scheduler can interleave: max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1],
-/// with log1p(e) = 2·atanh(s), s = e / (2 + e) <= 1/3, as its odd series to s^15 (error 3e-8).
-__device__ __forceinline__ float softplus_f(float x) {
-  const float e = exp_ftz(-fabsf(x));
-  const float s = __fdividef(e, 2.f + e), s2 = s * s;
-  float p = 1.f / 15.f;
-  p = fmaf(p, s2, 1.f / 13.f);
-  p = fmaf(p, s2, 1.f / 11.f);
-  p = fmaf(p, s2, 1.f / 9.f);
-  p = fmaf(p, s2, 1.f / 7.f);
-  p = fmaf(p, s2, 1.f / 5.f);
-  p = fmaf(p, s2, 1.f / 3.f);
-  p = fmaf(p, s2, 1.f);
-  const float sp = fmaxf(x, 0.f) + 2.f * s * p;
-  return x > 20.f ? x : sp;
-}
-
-/// c ? x : y as bit operations: with a flag the whole grid shares (softplus on or off, z present
-/// or not) the compiler otherwise jumps around the costlier operand, and the jumps split a tile's
-/// steps into basic blocks whose long dependency chains the scheduler cannot interleave.
-__device__ __forceinline__ float select_f(bool c, float x, float y) {
-  const unsigned m = 0u - static_cast<unsigned>(c);
-  return __uint_as_float((__float_as_uint(x) & m) | (__float_as_uint(y) & ~m));
-}
-
-/// x·σ(x); the quotient goes to 0 when e^-x overflows.
-__device__ __forceinline__ float silu_f(float x) {
-  return __fdividef(x, 1.f + exp_ftz(-x));
-}
-
 /// How a channel's work is split over lanes: K lanes hold S of its states each (K·S >= N, zero
 /// past N) and walk time in tiles of K·P steps, lane j preparing (softplus, Δ·u) and finishing
 /// (D skip, gate, store) steps [j·P, j·P + P) of each tile, so that per-step work is not
@@ -140,122 +96,6 @@ template <int kThreads, class Split>
 constexpr int stage_per_thread() {
   const int want = 2 * 2 * Split::kTile * Split::kPaddedN / kThreads;
   return want < 1 ? 1 : (want > 8 ? 8 : want);
-}
-
-/// P consecutive steps of a row as one aligned vector (selective_scan_kernel's kRowsVec).
-template <int P, class T>
-struct alignas(P * sizeof(T)) StepVector {
-  T v[P];
-};
-
-/// P consecutive steps of one lane's row, held from their load to their use in the next tile:
-/// one storage value each (scalar loads).
-template <int P, class T, bool kVec>
-struct StepRegs {
-  T v[P];
-  __device__ __forceinline__ float get(int i) const { return to_float(v[i]); }
-};
-
-/// As above for rows loaded as one vector: held as the loaded 32-bit words and unpacked at their
-/// use. Unpacked next to the load (2-byte values, one register each), they made the warp wait
-/// for the load there instead of a tile later.
-template <int P, class T>
-struct StepRegs<P, T, true> {
-  static_assert(P * sizeof(T) % 4 == 0 && (sizeof(T) == 4 || sizeof(T) == 2),
-                "whole 32-bit words of 2- or 4-byte values");
-  static constexpr int kWords = P * static_cast<int>(sizeof(T)) / 4;
-  std::uint32_t w[kWords];
-  __device__ __forceinline__ float get(int i) const {
-    if constexpr (sizeof(T) == 4) {
-      return __uint_as_float(w[i]);
-    } else {
-      const std::uint32_t word = w[i / 2];
-      const auto bits = static_cast<unsigned short>(i % 2 != 0 ? word >> 16 : word);
-      T x;
-      std::memcpy(&x, &bits, sizeof(T));
-      return to_float(x);
-    }
-  }
-  __device__ __forceinline__ void set(int i, T x) {
-    if constexpr (sizeof(T) == 4) {
-      std::memcpy(&w[i], &x, sizeof(T));
-    } else {
-      unsigned short bits;
-      std::memcpy(&bits, &x, sizeof(T));
-      std::uint32_t& word = w[i / 2];
-      word =
-          i % 2 != 0 ? (word & 0xffffu) | (std::uint32_t{bits} << 16) : (word & 0xffff0000u) | bits;
-    }
-  }
-};
-
-/// One 4-, 8- or 16-byte load (aligned) that has L2 fetch the whole 128-byte line on a miss: a
-/// lane reads its channel-major row a tile at a time, and the line's other sectors are its next
-/// tiles'. H100: fp32 channel-major 5-11 % faster, bf16 1-2 %.
-template <int kWords>
-__device__ __forceinline__ void load_words_whole_line(const void* p, std::uint32_t (&w)[kWords]) {
-  static_assert(kWords == 1 || kWords == 2 || kWords == 4, "4-, 8- or 16-byte vectors");
-  if constexpr (kWords == 4)
-    asm("ld.global.L2::128B.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
-        : "l"(p));
-  else if constexpr (kWords == 2)
-    asm("ld.global.L2::128B.v2.u32 {%0, %1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
-  else
-    asm("ld.global.L2::128B.u32 %0, [%1];" : "=r"(w[0]) : "l"(p));
-}
-
-/// P consecutive steps of one lane from `p` (stride `step` apart); steps at or past t_end are
-/// not read and keep their old value.
-template <int P, class T>
-__device__ __forceinline__ void load_steps(const T* p, int step, int t, int t_end,
-                                           StepRegs<P, T, false>& v) {
-#pragma unroll
-  for (int i = 0; i < P; ++i, p += step)
-    if (t + i < t_end)
-      v.v[i] = __ldg(p);
-}
-
-/// As above as one vector load when all P steps are there (unit stride, aligned).
-template <int P, class T>
-__device__ __forceinline__ void load_steps(const T* p, int step, int t, int t_end,
-                                           StepRegs<P, T, true>& v) {
-  if (t + P <= t_end) {
-    load_words_whole_line(p, v.w);
-    return;
-  }
-#pragma unroll
-  for (int i = 0; i < P; ++i)
-    if (t + i < t_end)
-      v.set(i, __ldg(p + i * step));
-}
-
-/// S consecutive floats of a staged row (aligned to the vector) as 16-, 8- or 4-byte loads.
-template <int S>
-__device__ __forceinline__ void read_states(const float* row, float (&v)[S]) {
-  if constexpr (S % 4 == 0) {
-#pragma unroll
-    for (int i = 0; i < S; i += 4) {
-      const float4 q = *reinterpret_cast<const float4*>(row + i);
-      v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
-    }
-  } else if constexpr (S == 2) {
-    const float2 q = *reinterpret_cast<const float2*>(row);
-    v[0] = q.x, v[1] = q.y;
-  } else {
-#pragma unroll
-    for (int i = 0; i < S; ++i)
-      v[i] = row[i];
-  }
-}
-
-/// This lane's states [n0, n0 + S) of a B or C row in global memory, zero past N.
-template <int S, class T>
-__device__ __forceinline__ void load_states(const T* row, Index stride_n, int n0, int N,
-                                            float (&v)[S]) {
-#pragma unroll
-  for (int i = 0; i < S; ++i)
-    v[i] = n0 + i < N ? to_float(__ldg(row + static_cast<Index>(n0 + i) * stride_n)) : 0.f;
 }
 
 /// Recursive halving over the K lanes of a channel: y[0, K·P) are one lane's partial outputs of
@@ -556,25 +396,6 @@ __global__ void __launch_bounds__(kThreads, kStaged ? (kPass1 ? 5 : 4) : 3)
       if (n0 + i < a.N)
         a.h_final[b * a.h_final_s[0] + d * a.h_final_s[1] + (n0 + i) * a.h_final_s[2]] = h[i];
   }
-}
-
-template <class V, std::size_t R>
-void copy_strides(const V& v, Index (&s)[R]) {
-  for (std::size_t i = 0; i < R; ++i)
-    s[i] = v.absent() ? 0 : v.stride(static_cast<int>(i));
-}
-
-/// Throws unless |stride(1)| of `v` (absent or a (batch, time, …) view) is at most `limit`: the
-/// kernels step through time with 32-bit offsets.
-template <class View>
-void check_time_stride(const View& v, const char* name, Index limit) {
-  const Index s = v.absent() ? 0 : v.stride(1);
-  SSMKIT_CHECK(s <= limit && s >= -limit, name, "time stride (stride(1))",
-               "|stride| <= " + std::to_string(limit) + " on CUDA", s);
-}
-
-inline bool aligned16(const void* p) {
-  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
 /// The kernel arguments of a validated `p` (chunking fields left for the launcher).

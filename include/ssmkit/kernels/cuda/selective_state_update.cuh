@@ -6,6 +6,7 @@
 
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/dtype.cuh"
+#include "ssmkit/kernels/cuda/scan_math.cuh"
 #include "ssmkit/kernels/cuda/selective_scan.cuh"
 #include "ssmkit/kernels/selective_scan_params.hpp"
 

@@ -2,7 +2,9 @@
 // thread sits among the lanes that share a channel's states.
 #pragma once
 
-#include "ssmkit/kernels/cuda/selective_scan.cuh"
+#include "ssmkit/kernels/cuda/kernel_args.cuh"
+#include "ssmkit/kernels/cuda/scan_math.cuh"
+#include "ssmkit/kernels/cuda/step_loads.cuh"
 
 namespace ssmkit::cuda::detail {
 
@@ -75,11 +77,6 @@ struct ScanBackwardArgs {
   // a lane's two consecutive steps move as one vector (scan_backward_chunk_kernel's kRowsVec)
   bool rows_vec;
 };
-
-/// σ(x); 0 when e^-x overflows.
-__device__ __forceinline__ float sigmoid_f(float x) {
-  return __fdividef(1.f, 1.f + exp_ftz(-x));
-}
 
 /// Stores v at (b, t, d) of a (batch, time, channel) operand.
 template <class T>
