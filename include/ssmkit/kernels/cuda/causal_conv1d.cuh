@@ -6,6 +6,7 @@
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/dtype.cuh"
 #include "ssmkit/kernels/causal_conv1d_params.hpp"
+#include "ssmkit/kernels/cuda/kernel_args.cuh"
 
 #include <cuda_runtime.h>
 
@@ -112,24 +113,14 @@ __global__ void __launch_bounds__(kConvThreads)
   a.out[b * a.out_s[0] + c * a.out_s[2]] = from_float<T>(acc);
 }
 
-template <class V, std::size_t R>
-void conv_strides(const V& v, Index (&s)[R]) {
-  for (std::size_t i = 0; i < R; ++i)
-    s[i] = v.absent() ? 0 : v.stride(static_cast<int>(i));
-}
-
 /// The sequence's inputs of `p` (CausalConv1dParams or CausalConv1dBackwardParams): x, the taps,
 /// the bias and initial state (null and zero strides when absent).
 template <class T, class W, class P>
 void set_conv_inputs(ConvInputs<T, W>& a, const P& p) {
-  a.x = p.x.data();
-  conv_strides(p.x, a.x_s);
-  a.weight = p.weight.data();
-  conv_strides(p.weight, a.w_s);
-  a.bias = p.bias.absent() ? nullptr : p.bias.data();
-  a.bias_s = p.bias.absent() ? 0 : p.bias.stride(0);
-  a.init = p.initial_state.absent() ? nullptr : p.initial_state.data();
-  conv_strides(p.initial_state, a.init_s);
+  set_view(p.x, a.x, a.x_s);
+  set_view(p.weight, a.weight, a.w_s);
+  set_view(p.bias, a.bias, a.bias_s);
+  set_view(p.initial_state, a.init, a.init_s);
 }
 
 }  // namespace detail
@@ -144,10 +135,8 @@ void causal_conv1d(const CausalConv1dParams<T, W>& p, cudaStream_t stream) {
   SSMKIT_CHECK(L <= 2147483647, "x", "length", "< 2^31 on CUDA", L);
   detail::ConvArgs<T, W> a{};
   detail::set_conv_inputs(a, p);
-  a.out = p.out.data();
-  detail::conv_strides(p.out, a.out_s);
-  a.state = p.final_state.absent() ? nullptr : p.final_state.data();
-  detail::conv_strides(p.final_state, a.state_s);
+  detail::set_view(p.out, a.out, a.out_s);
+  detail::set_view(p.final_state, a.state, a.state_s);
   a.batch = static_cast<int>(batch);
   a.L = static_cast<int>(L);
   a.C = static_cast<int>(C);
@@ -183,15 +172,12 @@ void causal_conv1d_update(const CausalConv1dStepParams<T, W>& p, cudaStream_t st
   a.x = p.x.data();
   a.x_s[0] = p.x.stride(0);
   a.x_s[2] = p.x.stride(1);
-  a.weight = p.weight.data();
-  detail::conv_strides(p.weight, a.w_s);
-  a.bias = p.bias.absent() ? nullptr : p.bias.data();
-  a.bias_s = p.bias.absent() ? 0 : p.bias.stride(0);
+  detail::set_view(p.weight, a.weight, a.w_s);
+  detail::set_view(p.bias, a.bias, a.bias_s);
   a.out = p.out.data();
   a.out_s[0] = p.out.stride(0);
   a.out_s[2] = p.out.stride(1);
-  a.state = p.state.data();
-  detail::conv_strides(p.state, a.state_s);
+  detail::set_view(p.state, a.state, a.state_s);
   a.batch = static_cast<int>(p.batch());
   a.C = static_cast<int>(p.channels());
   a.K = static_cast<int>(p.kernel_size());

@@ -11,7 +11,8 @@
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/kernels/cpu/causal_conv1d_backward.hpp"
-#include "ssmkit/kernels/cuda/causal_conv1d.cuh"  // detail::ConvInputs, conv_strides
+#include "ssmkit/kernels/cuda/causal_conv1d.cuh"  // detail::ConvInputs, set_conv_inputs
+#include "ssmkit/kernels/cuda/kernel_args.cuh"
 
 #include <cuda_runtime.h>
 
@@ -220,16 +221,11 @@ void causal_conv1d_backward(const CausalConv1dBackwardParams<T, W>& p, cudaStrea
     return;
   detail::ConvBwdArgs<T> a{};
   detail::set_conv_inputs(a, p);
-  a.dout = p.dout.data();
-  detail::conv_strides(p.dout, a.dout_s);
-  a.dx = p.dx.data();
-  detail::conv_strides(p.dx, a.dx_s);
-  a.dinit = p.dinitial_state.absent() ? nullptr : p.dinitial_state.data();
-  detail::conv_strides(p.dinitial_state, a.dinit_s);
-  a.dweight = p.dweight.data();
-  detail::conv_strides(p.dweight, a.dw_s);
-  a.dbias = p.dbias.absent() ? nullptr : p.dbias.data();
-  a.dbias_s = p.dbias.absent() ? 0 : p.dbias.stride(0);
+  detail::set_view(p.dout, a.dout, a.dout_s);
+  detail::set_view(p.dx, a.dx, a.dx_s);
+  detail::set_view(p.dinitial_state, a.dinit, a.dinit_s);
+  detail::set_view(p.dweight, a.dweight, a.dw_s);
+  detail::set_view(p.dbias, a.dbias, a.dbias_s);
   a.partial = static_cast<float*>(workspace);
   a.batch = static_cast<int>(batch);
   a.L = static_cast<int>(L);

@@ -8,6 +8,7 @@
 #include "ssmkit/core/cufft_plan.cuh"
 #include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/kernels/cpu/fft_conv.hpp"
+#include "ssmkit/kernels/cuda/kernel_args.cuh"
 
 #include <cuda_runtime.h>
 
@@ -103,12 +104,6 @@ __global__ void multiply_spectra_kernel(C* spec, Index H, Index F, Index rows, T
   }
 }
 
-template <class T, class V>
-void copy_strides3(const V& v, Index (&s)[3]) {
-  for (int d = 0; d < 3; ++d)
-    s[d] = v.stride(d);
-}
-
 inline dim3 tile_grid(Index n_time, Index H, Index batch) {
   return dim3(static_cast<unsigned>((n_time + kTileDim - 1) / kTileDim),
               static_cast<unsigned>((H + kTileDim - 1) / kTileDim), static_cast<unsigned>(batch));
@@ -193,14 +188,13 @@ void fft_conv(const cpu::FftConvParams<T>& p, FftConvPlan<T>& plan, cudaStream_t
   k.n = n;
   k.H = static_cast<int>(H);
   k.along_channel = k.s[2] < k.s[1];
-  k.tap0 = p.D_skip.absent() ? nullptr : p.D_skip.data();
-  k.tap0_s = p.D_skip.absent() ? 0 : p.D_skip.stride(0);
+  detail::set_view(p.D_skip, k.tap0, k.tap0_s);
   detail::pack_rows_kernel<<<detail::tile_grid(n, H, 1), block, 0, stream>>>(k);
   SSMKIT_CUDA_CHECK_LAUNCH("pack_rows_kernel (K)");
 
   detail::PackArgs<T> u = k;
   u.src = p.u.data();
-  detail::copy_strides3<T>(p.u, u.s);
+  detail::copy_strides(p.u, u.s);
   u.row0 = H;
   u.along_channel = u.s[2] < u.s[1];
   u.tap0 = nullptr;
@@ -222,7 +216,7 @@ void fft_conv(const cpu::FftConvParams<T>& p, FftConvPlan<T>& plan, cudaStream_t
   w.L = L;
   w.H = static_cast<int>(H);
   w.y = p.y.data();
-  detail::copy_strides3<T>(p.y, w.y_s);
+  detail::copy_strides(p.y, w.y_s);
   w.along_channel = w.y_s[2] < w.y_s[1];
   detail::unpack_rows_kernel<<<detail::tile_grid(L, H, Bt), block, 0, stream>>>(w);
   SSMKIT_CUDA_CHECK_LAUNCH("unpack_rows_kernel");

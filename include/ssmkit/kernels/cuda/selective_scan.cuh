@@ -402,35 +402,14 @@ __global__ void __launch_bounds__(kThreads, kStaged ? (kPass1 ? 5 : 4) : 3)
 template <class T>
 ScanArgs<T> make_scan_args(const SelectiveScanParams<T, float>& p) {
   ScanArgs<T> args{};
-  args.u = p.u.data();
-  args.delta = p.delta.data();
-  args.z = p.z.absent() ? nullptr : p.z.data();
-  args.out = p.out.data();
-  copy_strides(p.u, args.u_s);
-  copy_strides(p.delta, args.delta_s);
-  copy_strides(p.z, args.z_s);
-  copy_strides(p.out, args.out_s);
-  args.B = p.B.data();
-  args.C = p.C.data();
-  copy_strides(p.B, args.B_s);
-  copy_strides(p.C, args.C_s);
-  args.A = p.A.data();
-  copy_strides(p.A, args.A_s);
-  args.D_skip = p.D_skip.absent() ? nullptr : p.D_skip.data();
-  args.D_skip_s = p.D_skip.absent() ? 0 : p.D_skip.stride(0);
-  args.delta_bias = p.delta_bias.absent() ? nullptr : p.delta_bias.data();
-  args.delta_bias_s = p.delta_bias.absent() ? 0 : p.delta_bias.stride(0);
-  args.h0 = p.h0.absent() ? nullptr : p.h0.data();
-  copy_strides(p.h0, args.h0_s);
-  args.h_final = p.h_final.absent() ? nullptr : p.h_final.data();
-  copy_strides(p.h_final, args.h_final_s);
-  args.checkpoints = p.checkpoints.absent() ? nullptr : p.checkpoints.data();
-  copy_strides(p.checkpoints, args.checkpoints_s);
+  set_scan_inputs(p, args);
+  set_view(p.out, args.out, args.out_s);
+  set_view(p.h_final, args.h_final, args.h_final_s);
+  set_view(p.checkpoints, args.checkpoints, args.checkpoints_s);
   args.checkpoint_interval =
       static_cast<int>(std::max<Index>(1, std::min(p.checkpoint_interval, p.length())));
-  args.checkpoints_vec = args.checkpoints != nullptr && aligned16(args.checkpoints) &&
-                         args.checkpoints_s[3] == 1 && args.checkpoints_s[0] % 4 == 0 &&
-                         args.checkpoints_s[1] % 4 == 0 && args.checkpoints_s[2] % 4 == 0;
+  args.checkpoints_vec =
+      args.checkpoints != nullptr && states_vec(args.checkpoints, args.checkpoints_s);
   args.batch = static_cast<int>(p.batch());
   args.L = static_cast<int>(p.length());
   args.D = static_cast<int>(p.channels());

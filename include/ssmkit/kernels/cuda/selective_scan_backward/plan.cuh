@@ -44,11 +44,6 @@ struct ScanBackwardPlan {
   }
 };
 
-template <class V, class P>
-void set_optional(const V& v, P& ptr) {
-  ptr = v.absent() ? nullptr : v.data();
-}
-
 /// Whether x's rows along time (stride 1) load as whole 16-byte vectors from any multiple of the
 /// vector: unit time stride, a 16-byte aligned start, every other stride a multiple of it.
 template <class T, std::size_t R>
@@ -65,48 +60,19 @@ template <class Policy, class T>
 ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, float>& p,
                                        const ScanBackwardPlan<Policy>& plan, float* ws) {
   ScanBackwardArgs<T> a{};
-  a.u = p.u.data();
-  a.delta = p.delta.data();
-  set_optional(p.z, a.z);
-  a.dout = p.dout.data();
-  copy_strides(p.u, a.u_s);
-  copy_strides(p.delta, a.delta_s);
-  copy_strides(p.z, a.z_s);
-  copy_strides(p.dout, a.dout_s);
-  a.B = p.B.data();
-  a.C = p.C.data();
-  copy_strides(p.B, a.B_s);
-  copy_strides(p.C, a.C_s);
-  a.A = p.A.data();
-  copy_strides(p.A, a.A_s);
-  set_optional(p.D_skip, a.D_skip);
-  a.D_skip_s = p.D_skip.absent() ? 0 : p.D_skip.stride(0);
-  set_optional(p.delta_bias, a.delta_bias);
-  a.delta_bias_s = p.delta_bias.absent() ? 0 : p.delta_bias.stride(0);
-  set_optional(p.h0, a.h0);
-  copy_strides(p.h0, a.h0_s);
-  set_optional(p.checkpoints, a.checkpoints);
-  copy_strides(p.checkpoints, a.checkpoints_s);
-  set_optional(p.dh_final, a.dh_final);
-  copy_strides(p.dh_final, a.dh_final_s);
-  a.du = p.du.data();
-  a.ddelta = p.ddelta.data();
-  set_optional(p.dz, a.dz);
-  copy_strides(p.du, a.du_s);
-  copy_strides(p.ddelta, a.ddelta_s);
-  copy_strides(p.dz, a.dz_s);
-  a.dB = p.dB.data();
-  a.dC = p.dC.data();
-  copy_strides(p.dB, a.dB_s);
-  copy_strides(p.dC, a.dC_s);
-  a.dA = p.dA.data();
-  copy_strides(p.dA, a.dA_s);
-  set_optional(p.dD_skip, a.dD_skip);
-  a.dD_skip_s = p.dD_skip.absent() ? 0 : p.dD_skip.stride(0);
-  set_optional(p.ddelta_bias, a.ddelta_bias);
-  a.ddelta_bias_s = p.ddelta_bias.absent() ? 0 : p.ddelta_bias.stride(0);
-  set_optional(p.dh0, a.dh0);
-  copy_strides(p.dh0, a.dh0_s);
+  set_scan_inputs(p, a);
+  set_view(p.dout, a.dout, a.dout_s);
+  set_view(p.checkpoints, a.checkpoints, a.checkpoints_s);
+  set_view(p.dh_final, a.dh_final, a.dh_final_s);
+  set_view(p.du, a.du, a.du_s);
+  set_view(p.ddelta, a.ddelta, a.ddelta_s);
+  set_view(p.dz, a.dz, a.dz_s);
+  set_view(p.dB, a.dB, a.dB_s);
+  set_view(p.dC, a.dC, a.dC_s);
+  set_view(p.dA, a.dA, a.dA_s);
+  set_view(p.dD_skip, a.dD_skip, a.dD_skip_s);
+  set_view(p.ddelta_bias, a.ddelta_bias, a.ddelta_bias_s);
+  set_view(p.dh0, a.dh0, a.dh0_s);
 
   const Index batch = p.batch(), L = p.length(), D = p.channels(), N = p.state_size();
   const Index G = p.groups(), chunks = plan.chunks;
@@ -126,8 +92,7 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
     std::copy(a.checkpoints_s, a.checkpoints_s + 4, a.entry_s);
     a.entry_every = static_cast<int>(plan.chunk_len / p.checkpoint_interval);
   }
-  a.entry_vec = aligned16(a.entry) && N % 4 == 0 && a.entry_s[3] == 1 && a.entry_s[0] % 4 == 0 &&
-                a.entry_s[1] % 4 == 0 && a.entry_s[2] % 4 == 0;
+  a.entry_vec = N % 4 == 0 && states_vec(a.entry, a.entry_s);
   constexpr Index kVec = 16 / static_cast<Index>(sizeof(T));
   a.bc_time_vec =
       plan.chunk_len % kVec == 0 && time_vectors(a.B, a.B_s) && time_vectors(a.C, a.C_s);
