@@ -10,6 +10,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <utility>
 
 namespace ssmkit::cuda {
@@ -17,7 +19,8 @@ namespace ssmkit::cuda {
 /// Blocks until the producer grid has finished and its writes are visible, then lets the next
 /// dependent grid launch. Every kernel of a dependent chain calls it before reading what an
 /// earlier kernel wrote and triggers only after waiting, so that when a grid starts, every grid
-/// but its own producer has finished. No-op before sm_90 and without a dependent launch.
+/// but its own producer has finished. Returns at once without a dependent launch. Compiled for a
+/// target before sm_90 it is a no-op, and launch_dependent then launches in stream order.
 __device__ __forceinline__ void wait_for_producer() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   cudaGridDependencySynchronize();
@@ -25,9 +28,33 @@ __device__ __forceinline__ void wait_for_producer() {
 #endif
 }
 
+namespace detail {
+
+/// Whether `kernel`, as the current device runs it, was compiled for sm_90 or newer, i.e. with
+/// wait_for_producer's grid-dependency wait in it. Code for an older target (a GPU before Hopper,
+/// or PTX such as compute_80 that the driver compiles for a newer GPU) has no wait, so it must not
+/// start before its producer has finished. Asked once per kernel and device.
+inline bool waits_for_producer(const void* kernel) {
+  int device = 0;
+  SSMKIT_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, bool> known;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_pair(kernel, device);
+  const auto it = known.find(key);
+  if (it != known.end())
+    return it->second;
+  cudaFuncAttributes attributes{};
+  SSMKIT_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  return known[key] = attributes.ptxVersion >= 90;
+}
+
+}  // namespace detail
+
 /// Launches kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent of the
-/// previous work on `stream` (also inside a captured CUDA graph); the kernel must call
-/// wait_for_producer() before reading its inputs.
+/// previous work on `stream` (also inside a captured CUDA graph) where the kernel was compiled
+/// with the wait for it, else as an ordinary launch; the kernel must call wait_for_producer()
+/// before reading its inputs.
 template <class... Params, class... Args>
 void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem,
                       cudaStream_t stream, Args&&... args) {
@@ -39,8 +66,10 @@ void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, std::siz
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
+  if (detail::waits_for_producer(reinterpret_cast<const void*>(kernel))) {
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+  }
   SSMKIT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 

@@ -11,6 +11,7 @@
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/dependent_launch.cuh"
 #include "ssmkit/core/dtype.cuh"
+#include "ssmkit/core/dynamic_smem.cuh"
 #include "ssmkit/core/tensor_view.hpp"
 #include "ssmkit/kernels/cuda/gemv.cuh"
 #include "ssmkit/kernels/cuda/scan_math.cuh"
@@ -453,10 +454,8 @@ void mamba_inner_step(const MambaInnerStepParams<W>& p, cudaStream_t stream, voi
       sizeof(float) * (static_cast<std::size_t>(a.tokens) * a.wp + 4 * groups * chunks);
   const auto blocks =
       static_cast<unsigned>((di + detail::kInnerChannels - 1) / detail::kInnerChannels);
-  if (smem > 48 * 1024)  // beyond the default limit (N or dt_rank in the hundreds, 8 tokens)
-    SSMKIT_CUDA_CHECK(cudaFuncSetAttribute(detail::inner_state_update_kernel<W>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem)));
+  // Past 48 KB only with N or dt_rank in the hundreds at 8 tokens.
+  allow_dynamic_smem(detail::inner_state_update_kernel<W>, smem, "mamba_inner_step (state update)");
   launch_dependent(detail::inner_state_update_kernel<W>, blocks, detail::kInnerThreads2, smem,
                    stream, a);
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "ssmkit/core/cuda_check.cuh"
+#include "ssmkit/core/dynamic_smem.cuh"
 #include "ssmkit/kernels/cuda/selective_scan_backward/adjoint_join.cuh"
 #include "ssmkit/kernels/cuda/selective_scan_backward/chunk_gradients.cuh"
 #include "ssmkit/kernels/cuda/selective_scan_backward/gradient_rounding.cuh"
@@ -16,14 +17,6 @@
 namespace ssmkit::cuda::detail {
 
 constexpr int kFlatThreads = 256;
-
-/// Lets `kernel` take `bytes` of dynamic shared memory (beyond the default 48 KB needs opting in).
-template <class Kernel>
-void allow_dynamic_smem(Kernel kernel, std::size_t bytes) {
-  if (bytes > 48 * 1024)
-    SSMKIT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(bytes)));
-}
 
 inline unsigned flat_blocks(Index n) {
   return static_cast<unsigned>((n + kFlatThreads - 1) / kFlatThreads);
@@ -53,7 +46,7 @@ void launch_backward_local(const ScanBackwardArgs<T>& a, const ScanBackwardPlan<
     const std::size_t smem = static_cast<std::size_t>(local_smem_floats<Policy>(
                                  plan.chunk_len, plan.padded_n, lanes_per_channel)) *
                              sizeof(float);
-    allow_dynamic_smem(kernel, smem);
+    allow_dynamic_smem(kernel, smem, "selective_scan_backward (pass 1)");
     kernel<<<grid, Policy::kThreads, smem, stream>>>(a);
   };
   const bool usual = plan.lanes_per_channel == kUsualLanes;
@@ -120,7 +113,7 @@ void launch_backward_chunks(const ScanBackwardArgs<T>& a, const ScanBackwardPlan
   // that its shuffles and index arithmetic fold; other sizes read it at run time.
   constexpr int kUsualLanes = 16 / Policy::kStatesPerThread;
   const auto launch = [&](auto kernel) {
-    allow_dynamic_smem(kernel, smem);
+    allow_dynamic_smem(kernel, smem, "selective_scan_backward (pass 3)");
     kernel<<<grid, Policy::kThreads, smem, stream>>>(a);
   };
   // kRowsVec builds (two steps per lane) exist for 4 usual lanes and 8-step sub-chunks.
