@@ -10,9 +10,8 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <map>
-#include <mutex>
 #include <utility>
+#include <vector>
 
 namespace ssmkit::cuda {
 
@@ -33,20 +32,24 @@ namespace detail {
 /// Whether `kernel`, as the current device runs it, was compiled for sm_90 or newer, i.e. with
 /// wait_for_producer's grid-dependency wait in it. Code for an older target (a GPU before Hopper,
 /// or PTX such as compute_80 that the driver compiles for a newer GPU) has no wait, so it must not
-/// start before its producer has finished. Asked once per kernel and device.
+/// start before its producer has finished. Asked once per kernel, device and thread; the decode
+/// loop asks per launch, so the answers are kept without a lock and found by a linear scan.
 inline bool waits_for_producer(const void* kernel) {
+  struct Known {
+    const void* kernel;
+    int device;
+    bool waits;
+  };
+  thread_local std::vector<Known> known;
   int device = 0;
   SSMKIT_CUDA_CHECK(cudaGetDevice(&device));
-  static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, bool> known;
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_pair(kernel, device);
-  const auto it = known.find(key);
-  if (it != known.end())
-    return it->second;
+  for (const Known& k : known)
+    if (k.kernel == kernel && k.device == device)
+      return k.waits;
   cudaFuncAttributes attributes{};
   SSMKIT_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
-  return known[key] = attributes.ptxVersion >= 90;
+  known.push_back({kernel, device, attributes.ptxVersion >= 90});
+  return known.back().waits;
 }
 
 }  // namespace detail
