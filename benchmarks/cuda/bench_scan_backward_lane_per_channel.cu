@@ -6,6 +6,7 @@
 //   bench_cuda_scan_backward_lane_per_channel [--runs N] [--quick] [--shape I]
 #include "bench_scan_backward.cuh"
 
+#include <ssmkit/core/dynamic_smem.cuh>
 #include <ssmkit/kernels/cuda/selective_scan.cuh>
 #include <ssmkit/kernels/cuda/selective_scan_backward.cuh>
 
@@ -291,8 +292,7 @@ void run_shape(const BackwardShape& s, int runs) {
   SSMKIT_CHECK(plan.chunk_len == kChunk, "chunk_len", "value", "64", plan.chunk_len);
   const Args a = cuda::detail::make_backward_args(q, plan, reinterpret_cast<float*>(qws.data()));
   const std::size_t smem = kSmemFloats * sizeof(float);
-  SSMKIT_CUDA_CHECK(cudaFuncSetAttribute(
-      lane_per_channel_pass3, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  cuda::allow_dynamic_smem(lane_per_channel_pass3, smem, "lane_per_channel_pass3");
   const dim3 grid(static_cast<unsigned>(s.L / kChunk), static_cast<unsigned>(s.D / kThreads),
                   static_cast<unsigned>(s.batch));
   const auto pass3 = [&] {

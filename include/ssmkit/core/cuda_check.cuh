@@ -7,7 +7,9 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <string>
+#include <vector>
 
 namespace ssmkit::detail {
 
@@ -48,14 +50,17 @@ inline int device_count() {
   return n;
 }
 
-/// Multiprocessor count of the current device (cached per process; launch heuristics use it).
+/// Multiprocessor count of the current device (launch heuristics and the workspace sizes that
+/// follow them use it), asked once per device and thread.
 inline int multiprocessor_count() {
-  static const int count = [] {
-    int dev = 0, n = 0;
-    SSMKIT_CUDA_CHECK(cudaGetDevice(&dev));
-    SSMKIT_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return n;
-  }();
+  int device = 0;
+  SSMKIT_CUDA_CHECK(cudaGetDevice(&device));
+  thread_local std::vector<int> counts;  // by device; 0 until asked
+  if (device >= static_cast<int>(counts.size()))
+    counts.resize(static_cast<std::size_t>(device) + 1, 0);
+  int& count = counts[static_cast<std::size_t>(device)];
+  if (count == 0)
+    SSMKIT_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
   return count;
 }
 

@@ -507,7 +507,8 @@ void launch_plan(const ScanArgs<T>& args, const ScanPlan<Policy>& plan, Index N,
 
 }  // namespace detail
 
-/// Bytes of device workspace selective_scan needs for `p` (0 when the sequence is not chunked).
+/// Bytes of device workspace selective_scan needs for `p` on the current device (0 when the
+/// sequence is not chunked; how it is chunked follows the device's multiprocessor count).
 template <class Policy = SelectiveScanPolicy, class T, class W>
 std::size_t selective_scan_workspace_size(const SelectiveScanParams<T, W>& p) {
   const detail::ScanPlan<Policy> plan(p.batch(), p.length(), p.channels(), p.state_size(),
