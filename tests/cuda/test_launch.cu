@@ -1,6 +1,7 @@
 // Launch limits across GPU generations: the dynamic shared memory check and its message, the
-// scan backward's requests against the smallest opt-in limit of the GPUs ssmkit builds for, and
-// the programmatic dependent launch taken only by code compiled with its wait.
+// scan backward's requests against the smallest opt-in limit of the GPUs ssmkit builds for, its
+// grid rows within CUDA's limit, and the programmatic dependent launch taken only by code
+// compiled with its wait.
 #include "cuda_testing.hpp"
 
 #include <ssmkit/core/dependent_launch.cuh>
@@ -44,6 +45,29 @@ TEST(CudaLaunch, ScanBackwardSharedMemoryFitsEveryGpuFromSm80) {
                                                                   plan.lanes_per_channel, fine);
       EXPECT_LE(pass3, kSmallestLimit) << "N = " << N << (fine ? ", fine checkpoints" : "");
     }
+  }
+}
+
+// The serial walk takes a block per round of 32 channels where the chunked plan takes 256: at
+// D = 2^21 that is 65536 grid rows, one past the limit the chunked plan was checked against, so
+// the backward must stay chunked there rather than fail at launch.
+TEST(CudaLaunch, ScanBackwardSerialWalkStaysInsideTheGrid) {
+  using Policy = cuda::SelectiveScanBackwardPolicy;
+  for (const Index D : {Index{1} << 20, Index{1} << 21}) {
+    cuda::detail::ScanBackwardPlan<Policy> plan(1, 64, D, 16, 1, true);
+    ASSERT_LE(plan.slices_per_group, 65535) << "D = " << D;
+    cuda::detail::ScanBackwardArgs<float> a{};
+    a.batch = 1;
+    a.G = 1;
+    a.channels_per_group = static_cast<int>(D);
+    a.entry_every = plan.chunk_len / Policy::kSubChunk;
+    a.entry_vec = a.same_layout = true;
+    a.slices_per_group = plan.slices_per_group;
+    a.channels_per_slice = plan.channels_per_slice;
+    cuda::detail::choose_serial(plan, a, 132);
+    EXPECT_EQ(plan.serial, D == Index{1} << 20) << "D = " << D;
+    EXPECT_LE(plan.slices_per_group, 65535) << "D = " << D;
+    EXPECT_EQ(a.slices_per_group, plan.slices_per_group) << "D = " << D;
   }
 }
 

@@ -306,6 +306,9 @@ TEST(CudaSelectiveScan, ChunkedSequence) {
     c.seed = 13;
     check_scan<float>(c, 1e-5);
     check_scan<__nv_bfloat16>(c, 1e-2);
+    // h_final in h0's memory: the last chunk writes it while the others start from h0.
+    c.in_place_state = true;
+    check_scan<float>(c, 1e-5);
   }
 }
 

@@ -495,6 +495,10 @@ TEST(CudaSelectiveScanBackward, RejectsBadArguments) {
 
   ASSERT_GT(cuda::selective_scan_backward_workspace_size(p), 0u);
   SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(p, s, nullptr, 0), "workspace", "bytes");
+  const std::size_t ws_bytes = cuda::selective_scan_backward_workspace_size(p);
+  cuda::DeviceBuffer<unsigned char> ws(static_cast<Index>(ws_bytes + 16));
+  SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(p, s, ws.data() + 4, ws_bytes), "workspace",
+                      "address modulo 16", "4");
 
   cuda::DeviceBuffer<float> ck_buf(2 * batch * D * N);
   SelectiveScanBackwardParams<float, float> every = p;  // checkpoints 4 steps apart, not 64

@@ -50,18 +50,48 @@ inline int device_count() {
   return n;
 }
 
-/// Multiprocessor count of the current device (launch heuristics and the workspace sizes that
-/// follow them use it), asked once per device and thread.
-inline int multiprocessor_count() {
+/// The current device.
+inline int current_device() {
   int device = 0;
   SSMKIT_CUDA_CHECK(cudaGetDevice(&device));
-  thread_local std::vector<int> counts;  // by device; 0 until asked
-  if (device >= static_cast<int>(counts.size()))
-    counts.resize(static_cast<std::size_t>(device) + 1, 0);
-  int& count = counts[static_cast<std::size_t>(device)];
-  if (count == 0)
+  return device;
+}
+
+/// Throws ssmkit::Error unless `device`, where `what` was made (its memory, cuBLAS handle or
+/// cuFFT plans), is the current device.
+inline void check_current_device(int device, const char* what) {
+  const int current = current_device();
+  SSMKIT_CHECK(current == device, what, "current device",
+               std::to_string(device) + " (where it was made)", current);
+}
+
+namespace detail {
+
+/// ask(device) > 0 for the current device, asked once per device and thread; Tag tells the
+/// caches apart.
+template <class Tag, class Ask>
+int per_device(Ask&& ask) {
+  const int device = current_device();
+  thread_local std::vector<int> values;  // by device; 0 until asked
+  if (device >= static_cast<int>(values.size()))
+    values.resize(static_cast<std::size_t>(device) + 1, 0);
+  int& v = values[static_cast<std::size_t>(device)];
+  if (v == 0)
+    v = ask(device);
+  return v;
+}
+
+}  // namespace detail
+
+/// Multiprocessor count of the current device (launch heuristics and the workspace sizes that
+/// follow them use it).
+inline int multiprocessor_count() {
+  struct Tag;
+  return detail::per_device<Tag>([](int device) {
+    int count = 0;
     SSMKIT_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
+    return count;
+  });
 }
 
 }  // namespace ssmkit::cuda

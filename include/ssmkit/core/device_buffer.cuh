@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <string>
 #include <utility>
 
 namespace ssmkit::cuda {
@@ -90,6 +92,23 @@ class DeviceBuffer {
   T* data_ = nullptr;
   Index count_ = 0;
 };
+
+namespace detail {
+
+/// Throws ssmkit::Error unless `workspace` holds `need` bytes (none needed when need is 0) and is
+/// 16-byte aligned, as cudaMalloc and the stream-ordered pool return it: kernels store their
+/// partial results there as float vectors.
+inline void check_workspace(const void* workspace, std::size_t workspace_bytes, std::size_t need) {
+  if (need == 0)
+    return;
+  SSMKIT_CHECK(workspace != nullptr && workspace_bytes >= need, "workspace", "bytes",
+               ">= " + std::to_string(need), workspace == nullptr ? 0 : workspace_bytes);
+  SSMKIT_CHECK(reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0, "workspace",
+               "address modulo 16", "0 (16-byte aligned)",
+               reinterpret_cast<std::uintptr_t>(workspace) % 16);
+}
+
+}  // namespace detail
 
 /// Calls fn(workspace, bytes) with `bytes` of device memory taken from the stream-ordered pool
 /// (nullptr when bytes is 0) and handed back to it afterwards, also when fn throws.

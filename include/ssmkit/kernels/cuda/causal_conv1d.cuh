@@ -113,6 +113,15 @@ __global__ void __launch_bounds__(kConvThreads)
   a.out[b * a.out_s[0] + c * a.out_s[2]] = from_float<T>(acc);
 }
 
+/// Throws unless the batch size and channels fit the kernels' 32-bit fields and a block per
+/// kConvThreads (batch, channel) rows fits a grid.
+inline void check_conv_extents(Index batch, Index C) {
+  SSMKIT_CHECK(batch <= 2147483647, "x", "batch size", "< 2^31 on CUDA", batch);
+  SSMKIT_CHECK(C <= 2147483647, "x", "channels", "< 2^31 on CUDA", C);
+  const Index row_blocks = (batch * C + kConvThreads - 1) / kConvThreads;
+  SSMKIT_CHECK(row_blocks <= 2147483647, "x", "batch·channel blocks", "< 2^31 on CUDA", row_blocks);
+}
+
 /// The sequence's inputs of `p` (CausalConv1dParams or CausalConv1dBackwardParams): x, the taps,
 /// the bias and initial state (null and zero strides when absent).
 template <class T, class W, class P>
@@ -133,6 +142,7 @@ void causal_conv1d(const CausalConv1dParams<T, W>& p, cudaStream_t stream) {
   validate(p, Device::CUDA);
   const Index batch = p.batch(), L = p.length(), C = p.channels();
   SSMKIT_CHECK(L <= 2147483647, "x", "length", "< 2^31 on CUDA", L);
+  detail::check_conv_extents(batch, C);
   detail::ConvArgs<T, W> a{};
   detail::set_conv_inputs(a, p);
   detail::set_view(p.out, a.out, a.out_s);
@@ -165,6 +175,7 @@ void causal_conv1d(const CausalConv1dParams<T, W>& p, cudaStream_t stream) {
 template <class T, class W>
 void causal_conv1d_update(const CausalConv1dStepParams<T, W>& p, cudaStream_t stream) {
   validate(p, Device::CUDA);
+  detail::check_conv_extents(p.batch(), p.channels());
   const Index rows = p.batch() * p.channels();
   if (rows == 0)
     return;

@@ -212,11 +212,11 @@ void causal_conv1d_backward(const CausalConv1dBackwardParams<T, W>& p, cudaStrea
   const Index batch = p.batch(), L = p.length(), C = p.channels(), K = p.kernel_size();
   SSMKIT_CHECK(K <= detail::kConvBwdMaxK, "weight", "kernel size K = size(1)",
                "<= " + std::to_string(detail::kConvBwdMaxK) + " on CUDA", K);
-  SSMKIT_CHECK(L <= 2147483647 - 2 * detail::kConvBwdSteps && C <= 2147483647, "x",
-               "length and channels", "< 2^31 on CUDA", "larger");
+  SSMKIT_CHECK(L <= 2147483647 - 2 * detail::kConvBwdSteps, "x", "length",
+               "<= " + std::to_string(2147483647 - 2 * detail::kConvBwdSteps) + " on CUDA", L);
+  SSMKIT_CHECK(C <= 2147483647, "x", "channels", "< 2^31 on CUDA", C);
   const std::size_t need = causal_conv1d_backward_workspace_size(p);
-  SSMKIT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need), "workspace", "bytes",
-               ">= " + std::to_string(need), workspace == nullptr ? 0 : workspace_bytes);
+  detail::check_workspace(workspace, workspace_bytes, need);
   if (C == 0)
     return;
   detail::ConvBwdArgs<T> a{};

@@ -164,8 +164,7 @@ inline void cross_entropy(TensorView<const float, 2> logits,
   SSMKIT_CHECK(tokens <= 2147483647, "logits", "rows", "< 2^31 on CUDA", tokens);
   SSMKIT_CHECK(vocab >= 1 || tokens == 0, "logits", "vocab size", ">= 1", vocab);
   const std::size_t need = cross_entropy_workspace_size(tokens);
-  SSMKIT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need), "workspace", "bytes",
-               ">= " + std::to_string(need), workspace == nullptr ? 0 : workspace_bytes);
+  detail::check_workspace(workspace, workspace_bytes, need);
   auto* row_loss = static_cast<float*>(workspace);
   if (tokens > 0) {
     detail::cross_entropy_rows_kernel<float>

@@ -41,10 +41,12 @@ void embedding(TensorView<const std::int64_t, 1> ids, TensorView<const W, 2> tab
   check_device(out, "out", Device::CUDA);
   const Index tokens = ids.size(0), features = table.size(1);
   check_shape(out, "out", {tokens, features});
-  SSMKIT_CHECK(table.stride(1) == 1 && out.stride(1) == 1, "table, out", "feature stride", "1",
-               "other");
-  SSMKIT_CHECK(tokens <= 2147483647 && features <= 2147483647, "out", "shape",
-               "< 2^31 rows, features", "larger");
+  SSMKIT_CHECK(table.stride(1) == 1, "table", "feature stride", "1", table.stride(1));
+  SSMKIT_CHECK(out.stride(1) == 1, "out", "feature stride", "1", out.stride(1));
+  SSMKIT_CHECK(tokens <= 2147483647, "ids", "tokens", "< 2^31 on CUDA", tokens);
+  SSMKIT_CHECK(features <= 2147483647, "table", "features", "< 2^31 on CUDA", features);
+  SSMKIT_CHECK(table.size(0) >= 1 || tokens == 0, "table", "vocab size = size(0)",
+               ">= 1 when there are ids", table.size(0));
   if (tokens == 0)
     return;
   detail::embedding_kernel<W><<<static_cast<unsigned>(tokens), detail::kEmbedThreads, 0, stream>>>(

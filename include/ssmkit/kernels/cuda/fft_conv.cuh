@@ -132,7 +132,8 @@ void validate_device(const cpu::FftConvParams<T>& p) {
 }  // namespace detail
 
 /// The workspace of cuda::fft_conv: padded rows of K and u ((batch + 1) H rows of n), their
-/// half spectra, the output rows, and the two batched plans; remade when the shape changes.
+/// half spectra, the output rows, and the two batched plans; remade when the shape or the
+/// current device changes.
 template <class T>
 class FftConvPlan {
  public:
@@ -140,6 +141,10 @@ class FftConvPlan {
 
   /// Buffers and plans for `batch` sequences of H channels and transform length n.
   void prepare(Index batch, Index H, Index n) {
+    if (const int device = current_device(); device != device_) {
+      *this = FftConvPlan();
+      device_ = device;
+    }
     const Index F = n / 2 + 1, rows = (batch + 1) * H;
     if (in_.size() < rows * n)
       in_ = DeviceBuffer<T>(rows * n, "fft_conv padded rows");
@@ -159,6 +164,7 @@ class FftConvPlan {
   const CufftPlan& inverse() const { return inverse_; }
 
  private:
+  int device_ = -1;
   DeviceBuffer<T> in_, out_;
   DeviceBuffer<complex> spec_;
   CufftPlan forward_, inverse_;

@@ -264,16 +264,16 @@ __global__ void __launch_bounds__(kGemvThreads, kTok == 1 ? 3 : 2)
   }
 }
 
-/// Resident blocks of one instantiation on the whole GPU (asked once).
+/// Resident blocks of one instantiation on the whole current GPU (asked once per device).
 template <class W, bool kXVec, bool kNorm, int kTok>
 int gemv_resident_blocks() {
-  static const int blocks = [] {
+  struct Tag;
+  return per_device<Tag>([](int) {
     int per_sm = 0;
     SSMKIT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
         &per_sm, gemv_kernel<W, kXVec, kNorm, kTok>, kGemvThreads, 0));
     return std::max(1, per_sm) * multiprocessor_count();
-  }();
-  return blocks;
+  });
 }
 
 template <class W, bool kXVec, bool kNorm, int kTok>
@@ -310,6 +310,15 @@ void launch_gemv(const GemvArgs<W>& a, cudaStream_t stream) {
     launch_kernel<W, kXVec, kNorm, kGemvMaxTokens>(a, stream);
 }
 
+/// The checks of an optional bias (N), which gemv and linear's bias rows read contiguously.
+inline void check_bias(TensorView<const float, 1> bias, Index N) {
+  if (bias.absent())
+    return;
+  check_device(bias, "bias", Device::CUDA);
+  check_shape(bias, "bias", {N});
+  SSMKIT_CHECK(bias.stride(0) == 1 || N <= 1, "bias", "stride", "1", bias.stride(0));
+}
+
 }  // namespace detail
 
 /// Launches the product on `stream`. W is float or __nv_bfloat16; the weight's rows must start on
@@ -326,11 +335,7 @@ void gemv(const GemvParams<W>& p, cudaStream_t stream) {
                "<= " + std::to_string(kGemvMaxTokens), tokens);
   check_shape(p.weight, "weight", {N, K});
   check_shape(p.out, "out", {tokens, N});
-  if (!p.bias.absent()) {
-    check_device(p.bias, "bias", Device::CUDA);
-    check_shape(p.bias, "bias", {N});
-    SSMKIT_CHECK(p.bias.stride(0) == 1, "bias", "stride", "1", p.bias.stride(0));
-  }
+  detail::check_bias(p.bias, N);
   const auto aligned = [](const void* q) { return reinterpret_cast<std::uintptr_t>(q) % 16 == 0; };
   const bool norm = !p.norm.weight.absent();
   if (norm) {
@@ -346,8 +351,8 @@ void gemv(const GemvParams<W>& p, cudaStream_t stream) {
   SSMKIT_CHECK(p.weight.stride(1) == 1, "weight", "column stride", "1", p.weight.stride(1));
   SSMKIT_CHECK(aligned(p.weight.data()) && (p.weight.stride(0) * sizeof(W)) % 16 == 0, "weight",
                "row alignment", "16-byte aligned rows", "unaligned");
-  SSMKIT_CHECK(K <= 2147483647 && N <= 2147483647, "weight", "shape", "< 2^31 rows and columns",
-               "larger");
+  SSMKIT_CHECK(N <= 2147483647, "weight", "rows = size(0)", "< 2^31 on CUDA", N);
+  SSMKIT_CHECK(K <= 2147483647, "weight", "columns = size(1)", "< 2^31 on CUDA", K);
   if (tokens == 0 || N == 0)
     return;
   detail::GemvArgs<W> a{};

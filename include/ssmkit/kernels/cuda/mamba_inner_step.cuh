@@ -10,6 +10,7 @@
 
 #include "ssmkit/core/cuda_check.cuh"
 #include "ssmkit/core/dependent_launch.cuh"
+#include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/core/dtype.cuh"
 #include "ssmkit/core/dynamic_smem.cuh"
 #include "ssmkit/core/tensor_view.hpp"
@@ -390,6 +391,9 @@ void mamba_inner_step(const MambaInnerStepParams<W>& p, cudaStream_t stream, voi
   SSMKIT_CHECK(tokens <= kGemvMaxTokens, "xz", "tokens = size(0)",
                "<= " + std::to_string(kGemvMaxTokens), tokens);
   SSMKIT_CHECK(K >= 1, "conv_weight", "width = size(1)", ">= 1", K);
+  SSMKIT_CHECK(di <= 2147483647, "conv_weight", "channels = size(0)", "< 2^31 on CUDA", di);
+  SSMKIT_CHECK(N >= 1, "A", "state size = size(1)", ">= 1", N);
+  SSMKIT_CHECK(R >= 1, "dt_proj_weight", "rank = size(1)", ">= 1", R);
   check_rows(p.xz, "xz", Shape<2>{tokens, 2 * di});
   check_rows(p.conv_weight, "conv_weight", Shape<2>{di, K});
   check_rows(p.x_proj_weight, "x_proj_weight", Shape<2>{width, di});
@@ -414,10 +418,7 @@ void mamba_inner_step(const MambaInnerStepParams<W>& p, cudaStream_t stream, voi
   SSMKIT_CHECK(rows16(p.dt_proj_weight), "dt_proj_weight", "row alignment", "16-byte aligned rows",
                "unaligned");
   const auto layout = detail::inner_step_layout(tokens, di, width);
-  SSMKIT_CHECK(workspace != nullptr && reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0,
-               "workspace", "pointer", "16-byte aligned device memory", "null or unaligned");
-  SSMKIT_CHECK(workspace_bytes >= layout.bytes(), "workspace", "bytes",
-               ">= " + std::to_string(layout.bytes()), workspace_bytes);
+  detail::check_workspace(workspace, workspace_bytes, layout.bytes());
   if (tokens == 0 || di == 0)
     return;
   detail::InnerStepArgs<W> a{};

@@ -51,11 +51,12 @@ inline void rms_norm(TensorView<const float, 2> x, TensorView<const float, 1> we
   const Index rows = x.size(0), features = x.size(1);
   check_shape(weight, "weight", {features});
   check_shape(y, "y", {rows, features});
-  SSMKIT_CHECK(x.stride(1) == 1 && y.stride(1) == 1 && weight.stride(0) == 1, "x, y, weight",
-               "feature stride", "1", "other");
+  SSMKIT_CHECK(x.stride(1) == 1, "x", "feature stride", "1", x.stride(1));
+  SSMKIT_CHECK(y.stride(1) == 1, "y", "feature stride", "1", y.stride(1));
+  SSMKIT_CHECK(weight.stride(0) == 1 || features <= 1, "weight", "stride", "1", weight.stride(0));
   SSMKIT_CHECK(std::isfinite(eps) && eps >= 0, "eps", "value", "finite and >= 0", eps);
-  SSMKIT_CHECK(rows <= 2147483647 && features <= 2147483647, "x", "shape", "< 2^31 rows, features",
-               "larger");
+  SSMKIT_CHECK(rows <= 2147483647, "x", "rows = size(0)", "< 2^31 on CUDA", rows);
+  SSMKIT_CHECK(features <= 2147483647, "x", "features = size(1)", "< 2^31 on CUDA", features);
   if (rows == 0)
     return;
   detail::rms_norm_kernel<<<static_cast<unsigned>(rows), detail::kNormThreads, 0, stream>>>(

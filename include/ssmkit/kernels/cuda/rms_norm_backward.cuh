@@ -8,6 +8,7 @@
 #pragma once
 
 #include "ssmkit/core/cuda_check.cuh"
+#include "ssmkit/core/device_buffer.cuh"
 #include "ssmkit/core/tensor_view.hpp"
 #include "ssmkit/nn/grad/rms_norm_backward.hpp"  // nn::detail::check_rms_norm_backward
 
@@ -129,12 +130,12 @@ inline void rms_norm_backward(TensorView<const float, 2> x, TensorView<const flo
                               std::size_t workspace_bytes, bool accumulate = false) {
   nn::detail::check_rms_norm_backward(x, weight, eps, dy, dx, dweight, Device::CUDA);
   const Index tokens = x.size(0), features = x.size(1);
-  SSMKIT_CHECK(x.stride(1) == 1 && dy.stride(1) == 1 && dx.stride(1) == 1, "x, dy, dx",
-               "feature stride", "1", "other");
+  SSMKIT_CHECK(x.stride(1) == 1, "x", "feature stride", "1", x.stride(1));
+  SSMKIT_CHECK(dy.stride(1) == 1, "dy", "feature stride", "1", dy.stride(1));
+  SSMKIT_CHECK(dx.stride(1) == 1, "dx", "feature stride", "1", dx.stride(1));
   SSMKIT_CHECK(features <= 2147483647, "x", "features", "< 2^31 on CUDA", features);
   const std::size_t need = rms_norm_backward_workspace_size(tokens, features);
-  SSMKIT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need), "workspace", "bytes",
-               ">= " + std::to_string(need), workspace == nullptr ? 0 : workspace_bytes);
+  detail::check_workspace(workspace, workspace_bytes, need);
   if (features == 0)
     return;
   const Index rows_per_block = detail::norm_bwd_rows_per_block(tokens);

@@ -73,6 +73,9 @@ struct ScanArgs {
   bool checkpoints_vec;     // a channel's states contiguous and 16-byte aligned
   float* chunk_state;       // (chunks-1, batch, D, N): local final state of each chunk but the last
   float* chunk_dt;          // (chunks-1, batch, D): ΣΔ over each of those chunks
+  // (batch, D, N): h0 as pass 1 read it, pass 2's entry state. The last chunk writes h_final,
+  // which may alias h0, while blocks of the others still read their entry: they read this copy.
+  float* h0_copy;
   int batch, L, D, N, channels_per_group, chunk_len;
   int lanes_per_channel;  // selective_state_update's split of a channel's states
   bool softplus;
@@ -146,6 +149,13 @@ __global__ void __launch_bounds__(kThreads, kStaged ? (kPass1 ? 5 : 4) : 3)
     const int n = n0 + i;
     a2[i] = n < a.N ? a.A[d * a.A_s[0] + n * a.A_s[1]] * kLog2e : 0.f;
     h[i] = 0.f;
+  }
+  if (kPass1 && chunk == 0 && a.h0_copy != nullptr && active) {
+#pragma unroll
+    for (int i = 0; i < S; ++i)
+      if (n0 + i < a.N)
+        a.h0_copy[(static_cast<Index>(b) * a.D + d) * a.N + n0 + i] =
+            a.h0[b * a.h0_s[0] + d * a.h0_s[1] + (n0 + i) * a.h0_s[2]];
   }
   if (!kPass1) {
     if (a.h0 != nullptr) {
@@ -471,8 +481,15 @@ void launch_scan(const ScanArgs<T>& args, dim3 grid, int chunks, cudaStream_t st
         <<<grid1, kThreads, 0, stream>>>(args);
     SSMKIT_CUDA_CHECK_LAUNCH("selective_scan_kernel (pass 1)");
   }
+  ScanArgs<T> pass2 = args;
+  if (chunks > 1 && args.h0_copy != nullptr) {
+    pass2.h0 = args.h0_copy;
+    pass2.h0_s[0] = static_cast<Index>(args.D) * args.N;
+    pass2.h0_s[1] = args.N;
+    pass2.h0_s[2] = 1;
+  }
   selective_scan_kernel<kThreads, Split, kStaged, false, kRowsVec>
-      <<<grid, kThreads, 0, stream>>>(args);
+      <<<grid, kThreads, 0, stream>>>(pass2);
   SSMKIT_CUDA_CHECK_LAUNCH("selective_scan_kernel");
 }
 
@@ -513,15 +530,23 @@ template <class Policy = SelectiveScanPolicy, class T, class W>
 std::size_t selective_scan_workspace_size(const SelectiveScanParams<T, W>& p) {
   const detail::ScanPlan<Policy> plan(p.batch(), p.length(), p.channels(), p.state_size(),
                                       p.groups(), multiprocessor_count());
+  if (plan.chunks == 1)
+    return 0;
   const std::size_t rows = static_cast<std::size_t>(plan.chunks - 1) *
                            static_cast<std::size_t>(p.batch()) *
                            static_cast<std::size_t>(p.channels());
-  return rows * (static_cast<std::size_t>(p.state_size()) + 1) * sizeof(float);
+  const std::size_t h0_rows =
+      p.h0.absent() ? 0
+                    : static_cast<std::size_t>(p.batch()) * static_cast<std::size_t>(p.channels());
+  return (rows * (static_cast<std::size_t>(p.state_size()) + 1) +
+          h0_rows * static_cast<std::size_t>(p.state_size())) *
+         sizeof(float);
 }
 
 /// The selective scan of `p` (views on Device::CUDA; storage float, __half or __nv_bfloat16 with
 /// float A, D, δ_bias and states), ordered on `stream`. `workspace` holds at least
-/// selective_scan_workspace_size(p) bytes of device memory. h0 and h_final may alias.
+/// selective_scan_workspace_size(p) bytes of device memory. h0 and h_final may alias (a
+/// chunked scan reads h0 from a copy in the workspace once the last chunk may be writing h_final).
 /// Throws ssmkit::Error on invalid arguments or a failed launch.
 template <class Policy = SelectiveScanPolicy, class T, class W>
 void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, void* workspace,
@@ -549,8 +574,7 @@ void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, voi
   if (batch == 0 || D == 0)
     return;
   const std::size_t need = selective_scan_workspace_size<Policy>(p);
-  SSMKIT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need), "workspace", "bytes",
-               ">= " + std::to_string(need), workspace_bytes);
+  detail::check_workspace(workspace, workspace_bytes, need);
 
   const detail::ScanPlan<Policy> plan(batch, L, D, N, p.groups(), multiprocessor_count());
   // A checkpoint is taken at the start of a tile.
@@ -564,6 +588,9 @@ void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, voi
   args.chunk_dt = static_cast<float*>(workspace);
   args.chunk_state =
       need == 0 ? nullptr : args.chunk_dt + static_cast<Index>(plan.chunks - 1) * batch * D;
+  args.h0_copy = need == 0 || p.h0.absent()
+                     ? nullptr
+                     : args.chunk_state + static_cast<Index>(plan.chunks - 1) * batch * D * N;
   args.chunk_len = plan.chunk_len;
   detail::launch_plan(args, plan, N, stream);
 }

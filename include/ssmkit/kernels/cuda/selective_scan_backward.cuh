@@ -111,8 +111,11 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
   detail::check_time_stride(p.ddelta, "ddelta", kStrideLimit);
   detail::check_time_stride(p.dz, "dz", kStrideLimit);
   detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, G, !p.checkpoints.absent());
-  SSMKIT_CHECK(G * plan.slices_per_group <= 65535, "u", "channels",
-               "at most 65535 blocks of channels on CUDA", D);
+  SSMKIT_CHECK(
+      G * plan.slices_per_group <= 65535, "u",
+      "blocks of channels, groups x ceil(channels per group / channels per block)",
+      "<= 65535 on CUDA (" + std::to_string(plan.channels_per_slice) + " channels per block)",
+      G * plan.slices_per_group);
   SSMKIT_CHECK(p.checkpoints.absent() || p.checkpoint_interval == plan.chunk_len ||
                    p.checkpoint_interval == Policy::kSubChunk,
                "checkpoint_interval", "value",
@@ -120,8 +123,7 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
                    " (the backward's chunk and sub-chunk lengths at N = " + std::to_string(N) + ")",
                p.checkpoint_interval);
   const std::size_t need = plan.workspace_bytes();
-  SSMKIT_CHECK(need == 0 || (workspace != nullptr && workspace_bytes >= need), "workspace", "bytes",
-               ">= " + std::to_string(need), workspace == nullptr ? 0 : workspace_bytes);
+  detail::check_workspace(workspace, workspace_bytes, need);
   if (D == 0)
     return;
   detail::ScanBackwardArgs<T> a =

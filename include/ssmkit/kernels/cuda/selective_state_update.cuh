@@ -118,6 +118,8 @@ void selective_state_update(const SelectiveScanParams<T, W>& p, cudaStream_t str
   SSMKIT_CHECK(p.length() == 1, "u", "length = size(1)", "1 for one decoding step", p.length());
   SSMKIT_CHECK(!p.h0.absent(), "h0", "presence", "the state before the step", "absent");
   SSMKIT_CHECK(!p.h_final.absent(), "h_final", "presence", "the state after the step", "absent");
+  SSMKIT_CHECK(p.batch() <= 2147483647, "u", "batch size", "< 2^31 on CUDA", p.batch());
+  SSMKIT_CHECK(p.channels() <= 2147483647, "u", "channels", "< 2^31 on CUDA", p.channels());
   const Index rows = p.batch() * p.channels();
   if (rows == 0)
     return;
@@ -129,10 +131,10 @@ void selective_state_update(const SelectiveScanParams<T, W>& p, cudaStream_t str
   const bool vec =
       detail::state_rows_vectorisable(p.h0) && detail::state_rows_vectorisable(p.h_final);
   const Index threads = rows * K;
-  const auto blocks =
-      static_cast<unsigned>((threads + detail::kUpdateThreads - 1) / detail::kUpdateThreads);
+  const Index blocks = (threads + detail::kUpdateThreads - 1) / detail::kUpdateThreads;
+  SSMKIT_CHECK(blocks <= 2147483647, "u", "batch·channel blocks", "< 2^31 on CUDA", blocks);
   detail::selective_state_update_kernel<T>
-      <<<blocks, detail::kUpdateThreads, 0, stream>>>(args, vec);
+      <<<static_cast<unsigned>(blocks), detail::kUpdateThreads, 0, stream>>>(args, vec);
   SSMKIT_CUDA_CHECK_LAUNCH("selective_state_update_kernel");
 }
 

@@ -148,7 +148,8 @@ __global__ void copy_rows_kernel(const T* src, T* K, Index K_s0, Index K_s1, Ind
 }  // namespace detail
 
 /// The workspace of cuda::ssm_kernel_dplr: the half spectra, the inverse plan and (for strided
-/// K) the time-domain rows, kept between calls and remade when H or L changes.
+/// K) the time-domain rows, kept between calls and remade when H, L or the current device
+/// changes.
 template <class T>
 class DplrKernelPlan {
  public:
@@ -156,6 +157,10 @@ class DplrKernelPlan {
 
   /// Buffers and the C2R plan for H channels of L taps.
   void prepare(Index H, Index L) {
+    if (const int device = current_device(); device != device_) {
+      *this = DplrKernelPlan();
+      device_ = device;
+    }
     const Index F = L / 2 + 1;
     if (spectrum_.size() < H * F)
       spectrum_ = DeviceBuffer<complex>(H * F, "DPLR spectrum");
@@ -172,6 +177,7 @@ class DplrKernelPlan {
   const CufftPlan& inverse() const { return inverse_; }
 
  private:
+  int device_ = -1;
   DeviceBuffer<complex> spectrum_;
   DeviceBuffer<T> rows_;
   CufftPlan inverse_;

@@ -42,12 +42,15 @@ struct CudaOptions {
 class CublasHandle {
  public:
   explicit CublasHandle(const CudaOptions& options = {})
-      : options_(options), workspace_(kWorkspaceBytes, "cuBLAS workspace") {
+      : options_(options),
+        device_(current_device()),
+        workspace_(kWorkspaceBytes, "cuBLAS workspace") {
     SSMKIT_CUBLAS_CHECK(cublasCreate(&h_));
     SSMKIT_CUBLAS_CHECK(cublasSetMathMode(h_, CUBLAS_DEFAULT_MATH));
   }
   CublasHandle(CublasHandle&& o) noexcept
       : options_(o.options_),
+        device_(o.device_),
         workspace_(std::move(o.workspace_)),
         h_(std::exchange(o.h_, nullptr)),
         stream_(o.stream_) {}
@@ -61,8 +64,11 @@ class CublasHandle {
 
   const CudaOptions& options() const { return options_; }
 
-  /// The handle, bound to `stream` and to this object's workspace.
+  /// The handle, bound to `stream` and to this object's workspace. The device current when it
+  /// was made must be current. Calls on different streams share the workspace: the caller
+  /// orders them (a call on one stream after the last on another has finished).
   cublasHandle_t on(cudaStream_t stream) {
+    check_current_device(device_, "cuBLAS handle");
     if (!bound_ || stream != stream_) {
       // cublasSetStream drops the user workspace, so it is set again after.
       SSMKIT_CUBLAS_CHECK(cublasSetStream(h_, stream));
@@ -77,6 +83,7 @@ class CublasHandle {
   static constexpr Index kWorkspaceBytes = Index{32} << 20;  // NVIDIA's advice for Hopper
 
   CudaOptions options_;
+  int device_;
   DeviceBuffer<unsigned char> workspace_;
   cublasHandle_t h_ = nullptr;
   cudaStream_t stream_{};
@@ -220,10 +227,18 @@ void linear(LinearWorkspace& ws, TensorView<const float, 2> x, TensorView<const 
   check_device(out, "out", Device::CUDA);
   check_shape(weight, "weight", {N, K});
   check_shape(out, "out", {tokens, N});
-  SSMKIT_CHECK(x.stride(1) == 1 && out.stride(1) == 1 && weight.stride(1) == 1, "x, out, weight",
-               "inner stride", "1", "other");
-  SSMKIT_CHECK(tokens <= 2147483647 && N <= 2147483647 && K <= 2147483647, "x", "shape",
-               "< 2^31 in each dimension", "larger");
+  SSMKIT_CHECK(x.stride(1) == 1, "x", "inner stride", "1", x.stride(1));
+  SSMKIT_CHECK(out.stride(1) == 1, "out", "inner stride", "1", out.stride(1));
+  SSMKIT_CHECK(weight.stride(1) == 1, "weight", "inner stride", "1", weight.stride(1));
+  SSMKIT_CHECK(tokens <= 2147483647, "x", "tokens = size(0)", "< 2^31 on CUDA", tokens);
+  SSMKIT_CHECK(K <= 2147483647, "x", "features = size(1)", "< 2^31 on CUDA", K);
+  SSMKIT_CHECK(N <= 2147483647, "weight", "rows = size(0)", "< 2^31 on CUDA", N);
+  // cuBLAS takes the row strides as int.
+  SSMKIT_CHECK(x.stride(0) <= 2147483647, "x", "row stride", "< 2^31 on CUDA", x.stride(0));
+  SSMKIT_CHECK(out.stride(0) <= 2147483647, "out", "row stride", "< 2^31 on CUDA", out.stride(0));
+  SSMKIT_CHECK(weight.stride(0) <= 2147483647, "weight", "row stride", "< 2^31 on CUDA",
+               weight.stride(0));
+  detail::check_bias(bias, N);
   if (tokens == 0 || N == 0)
     return;
   ws.reserve(tokens, K);
@@ -235,8 +250,6 @@ void linear(LinearWorkspace& ws, TensorView<const float, 2> x, TensorView<const 
   }
   float beta = accumulate ? 1.f : 0.f;
   if (!bias.absent()) {
-    check_device(bias, "bias", Device::CUDA);
-    check_shape(bias, "bias", {N});
     detail::bias_rows_kernel<<<static_cast<unsigned>(tokens), detail::kLinearThreads, 0, stream>>>(
         bias.data(), out.data(), out.stride(0), static_cast<int>(N), accumulate);
     SSMKIT_CUDA_CHECK_LAUNCH("bias_rows_kernel");

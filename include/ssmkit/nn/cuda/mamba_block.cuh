@@ -110,9 +110,10 @@ class MambaBlock<T, Cuda> {
     cuda::DeviceBuffer<unsigned char> scan_, inner_;
   };
 
-  /// Uploads a (validated) CPU block's weights, synchronously.
+  /// Uploads a (validated) CPU block's weights to the current device, synchronously.
   explicit MambaBlock(const MambaBlock<float, Cpu>& host)
       : c_(host.config()),
+        device_(cuda::current_device()),
         in_proj_(host.weights().in_proj_weight.view(), "in_proj.weight"),
         x_proj_(host.weights().x_proj_weight.view(), "x_proj.weight"),
         dt_proj_(host.weights().dt_proj_weight.view(), "dt_proj.weight"),
@@ -155,6 +156,7 @@ class MambaBlock<T, Cuda> {
   void forward(TensorView<const float, 3> x, TensorView<float, 3> out, Workspace& ws,
                cudaStream_t stream, MambaBlockStateView<float> state = {}, bool accumulate = false,
                const cuda::RowNorm& norm = {}) const {
+    cuda::check_current_device(device_, "MambaBlock");
     const Index batch = x.size(0), L = x.size(1), di = c_.d_inner;
     check_rows(x, "x", batch, L);
     check_rows(out, "out", batch, L);
@@ -198,6 +200,7 @@ class MambaBlock<T, Cuda> {
   void step(TensorView<const float, 2> x, TensorView<float, 2> out,
             MambaBlockStateView<float> state, Workspace& ws, cudaStream_t stream,
             bool accumulate = false, const cuda::RowNorm& norm = {}) const {
+    cuda::check_current_device(device_, "MambaBlock");
     const Index batch = x.size(0), di = c_.d_inner;
     check_matrix(x, "x", batch);
     check_matrix(out, "out", batch);
@@ -339,6 +342,7 @@ class MambaBlock<T, Cuda> {
   }
 
   MambaBlockConfig c_;
+  int device_;  // where the weights live
   cuda::DeviceMatrix<T> in_proj_, x_proj_, dt_proj_, out_proj_;
   cuda::DeviceBuffer<float> in_bias_, out_bias_, conv_weight_, conv_bias_, dt_bias_, D_, A_;
 };

@@ -153,10 +153,12 @@ class MambaLM<T, Cuda> {
     typename Block::Workspace prefill_ws_;
   };
 
-  /// Uploads a (validated) CPU model's weights, synchronously.
+  /// Uploads a (validated) CPU model's weights to the current device, synchronously. Its calls
+  /// need that device current.
   explicit MambaLM(const MambaLM<float, Cpu>& host, const cuda::CudaOptions& options = {})
       : c_(host.config()),
         options_(options),
+        device_(cuda::current_device()),
         embedding_(host.embedding().view(), "embedding"),
         norm_f_(upload(host.norm_f().weight, "norm_f")) {
     if (!c_.tie_embeddings)
@@ -187,6 +189,7 @@ class MambaLM<T, Cuda> {
 
   /// A cache for `batch` sequences, all empty, whose calls are ordered on `stream`.
   Cache make_cache(Index batch, cudaStream_t stream) const {
+    cuda::check_current_device(device_, "MambaLM");
     SSMKIT_CHECK(batch >= 1, "batch", "value", ">= 1", batch);
     return Cache(c_, batch, options_, stream);
   }
@@ -205,6 +208,7 @@ class MambaLM<T, Cuda> {
   /// (batch, L, vocab, device, evenly spaced rows), when given, receives every position's.
   void prefill(TensorView<const std::int64_t, 2> ids, Cache& cache, Index first = 0,
                TensorView<float, 3> all_logits = {}) const {
+    cuda::check_current_device(device_, "MambaLM");
     const Index batch = ids.size(0), L = ids.size(1), dm = c_.d_model(), V = c_.vocab_size;
     SSMKIT_CHECK(L >= 1, "ids", "length size(1)", ">= 1", L);
     SSMKIT_CHECK(first >= 0 && first + batch <= cache.batch(), "first", "sequence range",
@@ -251,6 +255,7 @@ class MambaLM<T, Cuda> {
   /// One token per sequence of the cache: host ids (cache.batch()). States advance; logits()
   /// and next_ids() hold the token after.
   void step(TensorView<const std::int64_t, 1> ids, Cache& cache) const {
+    cuda::check_current_device(device_, "MambaLM");
     check_shape(ids, "ids", {cache.batch()});
     const std::vector<std::int64_t> flat = checked_ids(TensorView<const std::int64_t, 2>::unchecked(
         ids.data(), {cache.batch(), 1}, {ids.stride(0), 1}, ids.device()));
@@ -262,6 +267,7 @@ class MambaLM<T, Cuda> {
   /// that never leaves the device. With `graph`, the step is captured in a CUDA graph on first
   /// use (the cache's stream must then be a created stream) and replayed after.
   void step_greedy(Cache& cache, bool graph = true) const {
+    cuda::check_current_device(device_, "MambaLM");
     if (!graph) {
       decode(cache);
       return;
@@ -335,6 +341,7 @@ class MambaLM<T, Cuda> {
 
   MambaLMConfig c_;
   cuda::CudaOptions options_;
+  int device_;  // where the weights live
   cuda::DeviceMatrix<T> embedding_;
   cuda::DeviceMatrix<T> lm_head_;  // empty when tied to the embedding
   cuda::DeviceBuffer<float> norm_f_;

@@ -135,7 +135,8 @@ ScanBackwardArgs<T> make_backward_args(const SelectiveScanBackwardParams<T, floa
 
 /// Makes `plan` serial (Policy::kSerialBlocksPerSM) where pass 3 has a kernel for it (fine
 /// checkpoints read as vectors, the usual lane count, one layout) and enough blocks of one round
-/// of channels each to fill `sm_count` SMs; `a` follows the plan's new slices.
+/// of channels each to fill `sm_count` SMs, but no more than a grid's 65535 rows (the chunked
+/// plan's wider slices were checked against that); `a` follows the plan's new slices.
 template <class Policy, class T>
 void choose_serial(ScanBackwardPlan<Policy>& plan, ScanBackwardArgs<T>& a, int sm_count) {
   constexpr int kUsualLanes = 16 / Policy::kStatesPerThread;
@@ -145,7 +146,8 @@ void choose_serial(ScanBackwardPlan<Policy>& plan, ScanBackwardArgs<T>& a, int s
   const Index blocks = static_cast<Index>(a.batch) * a.G * slices;
   plan.serial = plan.from_checkpoints && plan.chunks > 0 && a.entry_every > 1 && a.entry_vec &&
                 plan.lanes_per_channel == kUsualLanes && a.same_layout && round > 0 &&
-                blocks >= static_cast<Index>(Policy::kSerialBlocksPerSM) * sm_count;
+                blocks >= static_cast<Index>(Policy::kSerialBlocksPerSM) * sm_count &&
+                a.G * slices <= 65535;
   if (!plan.serial)
     return;
   plan.channels_per_slice = a.channels_per_slice = static_cast<int>(round);

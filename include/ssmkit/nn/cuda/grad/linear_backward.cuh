@@ -95,10 +95,9 @@ inline void linear_forward(LinearBackwardWorkspace& ws, TensorView<const float, 
   check_shape(out, "out", {tokens, N});
   if (tokens == 0 || N == 0)
     return;
+  detail::check_bias(bias, N);
   float beta = accumulate ? 1.f : 0.f;
   if (!bias.absent()) {
-    check_device(bias, "bias", Device::CUDA);
-    check_shape(bias, "bias", {N});
     detail::bias_rows_kernel<<<static_cast<unsigned>(tokens), detail::kLinearThreads, 0, stream>>>(
         bias.data(), out.data(), out.stride(0), detail::as_int(N), accumulate);
     SSMKIT_CUDA_CHECK_LAUNCH("bias_rows_kernel");
@@ -138,7 +137,8 @@ inline void linear_backward(LinearBackwardWorkspace& ws, TensorView<const float,
   const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
   if (tokens == 0) {
     if (!accumulate)
-      SSMKIT_CUDA_CHECK(cudaMemsetAsync(dbias.data(), 0, sizeof(float) * out, stream));
+      SSMKIT_CUDA_CHECK(cudaMemset2DAsync(dbias.data(), sizeof(float) * dbias.stride(0), 0,
+                                          sizeof(float), out, stream));
     return;
   }
   // dbias (out) = dyᵀ · ones: column-major dy is (out, tokens).

@@ -189,6 +189,9 @@ void check_block_views(const MambaBlockConfig& c, const MambaBlockWeightViews<E>
                                                  w.A_log,          w.out_proj_weight};
   for (const auto& m : matrices)
     SSMKIT_CHECK(m.stride(1) == 1, (arg + " matrices").c_str(), "inner stride", "1", m.stride(1));
+  // exp(A_log) and its chain rule run over A_log as one array.
+  SSMKIT_CHECK(w.A_log.stride(0) == N || di <= 1, (arg + ".A_log").c_str(), "row stride",
+               std::to_string(N) + " (contiguous)", w.A_log.stride(0));
 }
 
 template <class E>
@@ -307,14 +310,18 @@ inline void mamba_block_backward(const MambaBlockConfig& c,
   detail::check_sequence(dx, "dx", batch, L, dm);
   // The forward again (it checks w and x), keeping what the backward reads.
   mamba_block_forward(c, w, x, {}, ws, stream);
-  if (tokens == 0) {
+  if (tokens == 0) {  // every gradient is zero; rows of `width` floats, `stride` apart
+    const auto zero = [&](float* data, Index rows, Index stride, Index width) {
+      SSMKIT_CUDA_CHECK(cudaMemset2DAsync(data, sizeof(float) * std::max(stride, width), 0,
+                                          sizeof(float) * width, rows, stream));
+    };
     for (const auto& g :
          {grads.in_proj_bias, grads.conv1d_bias, grads.dt_proj_bias, grads.D, grads.out_proj_bias})
       if (!g.absent())
-        SSMKIT_CUDA_CHECK(cudaMemsetAsync(g.data(), 0, sizeof(float) * g.size(0), stream));
+        zero(g.data(), g.size(0), g.stride(0), 1);
     for (const auto& g : {grads.in_proj_weight, grads.conv1d_weight, grads.x_proj_weight,
                           grads.dt_proj_weight, grads.A_log, grads.out_proj_weight})
-      SSMKIT_CUDA_CHECK(cudaMemsetAsync(g.data(), 0, sizeof(float) * g.numel(), stream));
+      zero(g.data(), g.size(0), g.stride(0), g.size(1));
     return;
   }
   using detail::rows;
