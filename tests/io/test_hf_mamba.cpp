@@ -6,6 +6,11 @@
 #include <ssmkit/io/hf_mamba.hpp>
 #include <ssmkit/io/safetensors.hpp>
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
 #include <filesystem>
 
 namespace ssmkit {
@@ -192,6 +197,9 @@ INSTANTIATE_TEST_SUITE_P(
         BadConfig{"huge_vocab", {{"vocab_size", 1ll << 40}}, {"'vocab_size'", "[1, 2^31 - 1]"}},
         BadConfig{"boolean_conv_kernel", {{"conv_kernel", true}}, {"'conv_kernel'", "an integer"}},
         BadConfig{"fractional_expand", {{"expand", 2.5}}, {"'expand'", "an integer"}},
+        BadConfig{"huge_expand_times_hidden_size",
+                  {{"expand", 1 << 20}, {"hidden_size", 1 << 20}},
+                  {"'expand'", "hidden_size (d_inner)", "got 1099511627776"}},
         BadConfig{"inconsistent_intermediate_size",
                   {{"intermediate_size", 96}},
                   {"'intermediate_size'", "expected 80, got 96"}},
@@ -334,6 +342,44 @@ TEST(CorruptCheckpoint, BiasesDeclaredButAbsent) {
   const MambaConfig no_bias = MambaConfig::from_json(tied_config(), "c");
   expect_bad_single_file({{"use_bias", true}}, no_bias, {"in_proj.bias", "missing"});
   expect_bad_single_file({{"use_conv_bias", true}}, no_bias, {"conv1d.bias", "missing"});
+}
+
+// The tensors are checked layer by layer: a config claiming 2^31 - 1 layers fails at the first
+// layer the file lacks, without first listing the names of every layer (which took all memory).
+TEST(CorruptCheckpoint, HugeLayerCountFailsAtTheFirstMissingLayer) {
+  TempDir dir;
+  nlohmann::json config = tied_config();
+  write_checkpoint<float>(dir.path(), config, MambaConfig::from_json(config, "c"));
+  config["num_hidden_layers"] = 2147483647;
+  testing::write_text(dir.file("config.json"), config.dump());
+  const auto start = std::chrono::steady_clock::now();
+  SSMKIT_EXPECT_ERROR(HfMambaCheckpoint::open(dir.path().string()),
+                      "'backbone.layers.2.norm.weight'", "num_hidden_layers 2147483647", "missing");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+}
+
+// What is at the path, or why it cannot be looked at, is reported as an ssmkit::Error (not a
+// std::filesystem::filesystem_error) that says so.
+TEST(CorruptCheckpoint, PathsThatAreNotWhatTheyShouldBe) {
+  TempDir dir;
+  testing::write_text(dir.file("file"), "x");
+  SSMKIT_EXPECT_ERROR(HfMambaCheckpoint::open(dir.file("file")), "a directory",
+                      "got a regular file");
+  fs::create_symlink("loop", dir.path() / "loop");
+  SSMKIT_EXPECT_ERROR(HfMambaCheckpoint::open(dir.file("loop")), "loop", "a directory");
+  SSMKIT_EXPECT_ERROR(HfMambaCheckpoint::open(std::string(5000, 'a')), "a directory");
+
+  fs::create_directories(dir.path() / "ck" / "config.json");
+  SSMKIT_EXPECT_ERROR(HfMambaCheckpoint::open(dir.file("ck")), "config.json", "a regular file",
+                      "got a directory");
+  fs::remove(dir.path() / "ck" / "config.json");
+  ASSERT_EQ(::mkfifo(dir.file("ck/config.json").c_str(), 0600), 0) << std::strerror(errno);
+  SSMKIT_EXPECT_ERROR(HfMambaCheckpoint::open(dir.file("ck")), "config.json", "got a FIFO");
+  fs::remove(dir.path() / "ck" / "config.json");
+  testing::write_text(dir.file("ck/config.json"), tied_config().dump());
+  // A link to itself: reported as the weights file it is, not as absent.
+  fs::create_symlink("model.safetensors", dir.path() / "ck" / "model.safetensors");
+  SSMKIT_EXPECT_ERROR(HfMambaCheckpoint::open(dir.file("ck")), "model.safetensors", "readable");
 }
 
 TEST(CorruptCheckpoint, IntegerWeights) {

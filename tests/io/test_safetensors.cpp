@@ -6,6 +6,9 @@
 #include <ssmkit/io/safetensors.hpp>
 
 #include <cmath>
+#include <filesystem>
+#include <iterator>
+#include <limits>
 #include <random>
 
 namespace ssmkit {
@@ -200,9 +203,107 @@ TEST(Safetensors, ReadAsConvertsIntegersWithRangeChecks) {
   const auto as_bool = f.read_as<bool, 1>("u8");
   for (Index i = 0; i < 4; ++i)
     EXPECT_EQ(as_bool(i), flags[static_cast<std::size_t>(i)]);
-  SSMKIT_EXPECT_ERROR((f.read_as<std::int32_t, 1>("wide")), "ints", "'wide'", "I64 to I32");
-  SSMKIT_EXPECT_ERROR((f.read_as<float, 1>("small")), "'small'", "element conversion");
+  SSMKIT_EXPECT_ERROR((f.read_as<std::int32_t, 1>("wide")), "ints", "'wide'",
+                      "element 0 = " + std::to_string(wide(0)), "I64 to I32");
+  SSMKIT_EXPECT_ERROR((f.read_as<float, 1>("small")), "'small'", "to read as F32", "got I64");
   SSMKIT_EXPECT_ERROR((f.read_as<std::int32_t, 1>("nope")), "'nope'", "missing");
+}
+
+// A finite value past the target's range is refused, as integer narrowing is, instead of
+// becoming inf; values already infinite or NaN are kept.
+TEST(Safetensors, ReadAsRefusesFloatsThatOverflowTheTarget) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  const double special[4] = {nan, inf, -inf, 7e4};
+  const double huge[2] = {1.0, -1e300};
+  const float f32[2] = {65504.0f, 1e5f};
+  SafetensorsWriter w;
+  w.add("special", TensorView<const double, 1>(special, {4}));
+  w.add("huge", TensorView<const double, 1>(huge, {2}));
+  w.add("f32", TensorView<const float, 1>(f32, {2}));
+  w.add("f32_first", TensorView<const float, 1>(f32, {1}));
+  const auto f = SafetensorsFile::from_bytes(w.serialize(), "floats");
+  const auto as_f = f.read_as<float, 1>("special");
+  EXPECT_TRUE(std::isnan(as_f(0)));
+  EXPECT_EQ(as_f(1), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(as_f(2), -std::numeric_limits<float>::infinity());
+  EXPECT_EQ(as_f(3), 7e4f);
+  EXPECT_EQ(static_cast<float>(f.read_as<Eigen::half, 1>("f32_first")(0)), 65504.0f);  // max
+  SSMKIT_EXPECT_ERROR((f.read_as<Eigen::half, 1>("special")), "floats", "'special'",
+                      "element 3 = 70000", "F64 to F16");
+  SSMKIT_EXPECT_ERROR((f.read_as<float, 1>("huge")), "'huge'", "element 1 = -1e+300", "F64 to F32");
+  SSMKIT_EXPECT_ERROR((f.read_as<Eigen::bfloat16, 1>("huge")), "'huge'", "F64 to BF16");
+  SSMKIT_EXPECT_ERROR((f.read_as<Eigen::half, 1>("f32")), "'f32'", "element 1 = 100000",
+                      "F32 to F16");
+}
+
+// The dtype's kind is judged before any element: an empty tensor of the wrong kind is refused as
+// one with elements is.
+TEST(Safetensors, ReadAsRefusesTheOtherKindEvenWhenEmpty) {
+  const float x[1] = {1.0f};
+  const std::int32_t k[1] = {3};
+  SafetensorsWriter w;
+  w.add("f32_empty", TensorView<const float, 2>(x, {0, 3}));
+  w.add("f32_one", TensorView<const float, 1>(x, {1}));
+  w.add("i32_empty", TensorView<const std::int32_t, 1>(k, {0}));
+  const auto f = SafetensorsFile::from_bytes(w.serialize(), "kinds");
+  SSMKIT_EXPECT_ERROR((f.read_as<std::int32_t, 2>("f32_empty")), "'f32_empty'", "to read as I32",
+                      "got F32");
+  SSMKIT_EXPECT_ERROR((f.read_as<std::int32_t, 1>("f32_one")), "'f32_one'", "to read as I32",
+                      "got F32");
+  SSMKIT_EXPECT_ERROR((f.read_as<bool, 1>("f32_one")), "'f32_one'", "to read as BOOL");
+  SSMKIT_EXPECT_ERROR((f.read_as<double, 1>("i32_empty")), "'i32_empty'", "to read as F64",
+                      "got I32");
+  EXPECT_EQ((f.read_as<double, 2>("f32_empty").numel()), 0);
+  EXPECT_EQ((f.read_as<std::int64_t, 1>("i32_empty").numel()), 0);
+}
+
+// write() puts a new file in place of the old one: a view of the old file keeps its bytes (an
+// in-place rewrite showed the new ones through the mapping, or SIGBUS once the file shrank).
+TEST(Safetensors, RewritingAnOpenFileLeavesItsViewsIntact) {
+  TempDir dir;
+  const std::string path = dir.file("w.safetensors");
+  const auto a = random_values<float>(4096, 61);
+  const auto b = random_values<float>(4096, 62);
+  SafetensorsWriter wa;
+  wa.add("w", TensorView<const float, 1>(a.data(), {4096}));
+  wa.write(path);
+  const auto old_file = SafetensorsFile::open(path);
+  const auto old_view = old_file.view<float, 1>("w");
+
+  SafetensorsWriter wb;  // same size, other values: the mapping would show them if rewritten
+  wb.add("w", TensorView<const float, 1>(b.data(), {4096}));
+  wb.write(path);
+  for (Index i = 0; i < 4096; ++i)
+    ASSERT_TRUE(same_bits(old_view(i), a(i))) << "element " << i;
+  const auto new_view = SafetensorsFile::open(path).read_as<float, 1>("w");
+  for (Index i = 0; i < 4096; ++i)
+    ASSERT_TRUE(same_bits(new_view(i), b(i))) << "element " << i;
+  // The temporary file was renamed, not left behind.
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 1);
+}
+
+TEST(Safetensors, AFailedWriteLeavesNoTemporaryFile) {
+  TempDir dir;
+  std::filesystem::create_directories(dir.path() / "sub" / "child");
+  const float x[1] = {1.0f};
+  SafetensorsWriter w;
+  w.add("x", TensorView<const float, 1>(x, {1}));
+  SSMKIT_EXPECT_ERROR(w.write(dir.file("sub")), "sub", "write");  // rename over a directory fails
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 1);
+  EXPECT_TRUE(std::filesystem::is_directory(dir.path() / "sub" / "child"));
+}
+
+// The writer refuses a header its own reader (and the reference one) would reject.
+TEST(Safetensors, WriterRefusesAHeaderPastTheReadersLimit) {
+  const float x[1] = {1.0f};
+  SafetensorsWriter w;
+  w.add("x", TensorView<const float, 1>(x, {1}));
+  w.set_metadata("blob", std::string(io::kMaxSafetensorsHeader, 'x'));
+  TempDir dir;
+  SSMKIT_EXPECT_ERROR(w.write(dir.file("big.safetensors")), "safetensors header",
+                      "<= 100000000 bytes (kMaxSafetensorsHeader)");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("big.safetensors")));
 }
 
 TEST(Safetensors, ViewChecksDtypeRankAndAlignment) {

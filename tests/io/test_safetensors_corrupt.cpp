@@ -6,6 +6,11 @@
 
 #include <ssmkit/io/safetensors.hpp>
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+
 namespace ssmkit {
 namespace {
 
@@ -195,7 +200,18 @@ TEST(Corrupt, MissingFileAndDirectory) {
   TempDir dir;
   SSMKIT_EXPECT_ERROR(SafetensorsFile::open(dir.file("absent.safetensors")), "absent.safetensors",
                       "readable");
-  SSMKIT_EXPECT_ERROR(SafetensorsFile::open(dir.path().string()), "a regular file");
+  SSMKIT_EXPECT_ERROR(SafetensorsFile::open(dir.path().string()), "a regular file",
+                      "got a directory");
+  SSMKIT_EXPECT_ERROR(io::read_json_file(dir.path().string()), "a regular file", "got a directory");
+}
+
+// Opening a FIFO for reading waits for a writer: both readers must refuse it without blocking.
+TEST(Corrupt, Fifo) {
+  TempDir dir;
+  const std::string fifo = dir.file("fifo.safetensors");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+  SSMKIT_EXPECT_ERROR(SafetensorsFile::open(fifo), fifo, "a regular file", "got a FIFO");
+  SSMKIT_EXPECT_ERROR(io::read_json_file(fifo), fifo, "a regular file", "got a FIFO");
 }
 
 // Valid headers whose bytes are wrong for the type asked: reported when read, not at open.

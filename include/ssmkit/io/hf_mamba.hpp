@@ -7,8 +7,13 @@
 #include "ssmkit/core/host_tensor.hpp"
 #include "ssmkit/io/hf_mamba_config.hpp"
 #include "ssmkit/io/json_document.hpp"
+#include "ssmkit/io/mapped_file.hpp"
 #include "ssmkit/io/safetensors_file.hpp"
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -55,31 +60,46 @@ struct MambaLayerNames {
   static std::string prefix(Index i) { return "backbone.layers." + std::to_string(i) + "."; }
 };
 
-/// Every tensor a checkpoint of config `c` must hold, with its shape.
-inline std::vector<std::pair<std::string, std::vector<Index>>> hf_mamba_tensor_shapes(
-    const MambaConfig& c) {
-  const Index I = c.d_inner, N = c.d_state, R = c.dt_rank, M = c.d_model;
-  std::vector<std::pair<std::string, std::vector<Index>>> out = {{kHfEmbeddings, {c.vocab_size, M}},
-                                                                 {kHfNormF, {M}}};
+/// Tensor names with their shapes.
+using HfTensorShapes = std::vector<std::pair<std::string, std::vector<Index>>>;
+
+/// The model-level tensors a checkpoint of config `c` must hold, with their shapes.
+inline HfTensorShapes hf_mamba_model_tensor_shapes(const MambaConfig& c) {
+  HfTensorShapes out = {{kHfEmbeddings, {c.vocab_size, c.d_model}}, {kHfNormF, {c.d_model}}};
   if (!c.tie_word_embeddings)
-    out.push_back({kHfLmHead, {c.vocab_size, M}});
+    out.push_back({kHfLmHead, {c.vocab_size, c.d_model}});
+  return out;
+}
+
+/// The tensors of layer `i` a checkpoint of config `c` must hold, with their shapes.
+inline HfTensorShapes hf_mamba_layer_tensor_shapes(const MambaConfig& c, Index i) {
+  const Index I = c.d_inner, N = c.d_state, R = c.dt_rank, M = c.d_model;
+  const MambaLayerNames n(i);
+  HfTensorShapes out = {{n.norm, {M}},
+                        {n.in_proj_weight, {2 * I, M}},
+                        {n.conv1d_weight, {I, 1, c.d_conv}},
+                        {n.x_proj_weight, {R + 2 * N, I}},
+                        {n.dt_proj_weight, {I, R}},
+                        {n.dt_proj_bias, {I}},
+                        {n.A_log, {I, N}},
+                        {n.D, {I}},
+                        {n.out_proj_weight, {M, I}}};
+  if (c.use_bias) {
+    out.push_back({n.in_proj_bias, {2 * I}});
+    out.push_back({n.out_proj_bias, {M}});
+  }
+  if (c.use_conv_bias)
+    out.push_back({n.conv1d_bias, {I}});
+  return out;
+}
+
+/// Every tensor a checkpoint of config `c` must hold, with its shape: 9 to 12 per layer, so a
+/// config of 2^31 - 1 layers asks for more memory than there is.
+inline HfTensorShapes hf_mamba_tensor_shapes(const MambaConfig& c) {
+  HfTensorShapes out = hf_mamba_model_tensor_shapes(c);
   for (Index i = 0; i < c.n_layer; ++i) {
-    const MambaLayerNames n(i);
-    out.push_back({n.norm, {M}});
-    out.push_back({n.in_proj_weight, {2 * I, M}});
-    out.push_back({n.conv1d_weight, {I, 1, c.d_conv}});
-    out.push_back({n.x_proj_weight, {R + 2 * N, I}});
-    out.push_back({n.dt_proj_weight, {I, R}});
-    out.push_back({n.dt_proj_bias, {I}});
-    out.push_back({n.A_log, {I, N}});
-    out.push_back({n.D, {I}});
-    out.push_back({n.out_proj_weight, {M, I}});
-    if (c.use_bias) {
-      out.push_back({n.in_proj_bias, {2 * I}});
-      out.push_back({n.out_proj_bias, {M}});
-    }
-    if (c.use_conv_bias)
-      out.push_back({n.conv1d_bias, {I}});
+    const HfTensorShapes layer = hf_mamba_layer_tensor_shapes(c, i);
+    out.insert(out.end(), layer.begin(), layer.end());
   }
   return out;
 }
@@ -90,27 +110,32 @@ class HfMambaCheckpoint {
  public:
   static HfMambaCheckpoint open(const std::string& dir) {
     namespace fs = std::filesystem;
-    SSMKIT_CHECK(fs::is_directory(dir), dir, "checkpoint", "a directory", "not found");
+    struct stat st {};
+    const bool found = ::stat(dir.c_str(), &st) == 0;
+    const int err = errno;
+    SSMKIT_CHECK(found && S_ISDIR(st.st_mode), dir, "checkpoint", "a directory",
+                 found ? detail::file_kind(st.st_mode) : std::strerror(err));
     HfMambaCheckpoint ck;
     ck.dir_ = dir;
     ck.config_ = MambaConfig::load((fs::path(dir) / "config.json").string());
     const fs::path single = fs::path(dir) / "model.safetensors";
     const fs::path index = fs::path(dir) / "model.safetensors.index.json";
-    if (fs::exists(single)) {
+    if (present(single)) {
       ck.shards_.push_back(SafetensorsFile::open(single.string()));
       for (const auto& t : ck.shards_[0].tensors())
         ck.where_.emplace(t.name, 0);
     } else {
-      SSMKIT_CHECK(fs::exists(index), dir, "weights",
+      SSMKIT_CHECK(present(index), dir, "weights",
                    "model.safetensors or model.safetensors.index.json", "neither");
       ck.open_shards(index.string());
     }
-    for (const auto& [name, shape] : hf_mamba_tensor_shapes(ck.config_)) {
-      const TensorInfo& t = ck.info(name);
-      SSMKIT_CHECK(is_floating(t.dtype), ck.where(name), "dtype", "F64, F32, F16 or BF16", t.dtype);
-      SSMKIT_CHECK(t.shape == shape, ck.where(name), "shape", shape_text(shape),
-                   shape_text(t.shape));
-    }
+    // Layer by layer, not from hf_mamba_tensor_shapes: a config claiming more layers than the
+    // files hold then fails at the first missing tensor instead of listing every name first.
+    ck.check_tensors(hf_mamba_model_tensor_shapes(ck.config_), "present in the checkpoint");
+    const std::string layers = "present in the checkpoint (config.json: num_hidden_layers " +
+                               std::to_string(ck.config_.n_layer) + ")";
+    for (Index i = 0; i < ck.config_.n_layer; ++i)
+      ck.check_tensors(hf_mamba_layer_tensor_shapes(ck.config_, i), layers);
     return ck;
   }
 
@@ -145,6 +170,24 @@ class HfMambaCheckpoint {
 
  private:
   std::string where(const std::string& name) const { return dir_ + ": tensor '" + name + "'"; }
+
+  /// Whether anything is at `p`, even a broken link or one it cannot stat: opening it then says
+  /// what is wrong, where treating it as absent would report the wrong file.
+  static bool present(const std::filesystem::path& p) {
+    struct stat st {};
+    return ::lstat(p.c_str(), &st) == 0 || errno != ENOENT;
+  }
+
+  /// Checks that each of `shapes` is present (`presence` says why it must be), floating-point and
+  /// of its shape.
+  void check_tensors(const HfTensorShapes& shapes, const std::string& presence) const {
+    for (const auto& [name, shape] : shapes) {
+      SSMKIT_CHECK(has(name), where(name), "tensor", presence, "missing");
+      const TensorInfo& t = info(name);
+      SSMKIT_CHECK(is_floating(t.dtype), where(name), "dtype", "F64, F32, F16 or BF16", t.dtype);
+      SSMKIT_CHECK(t.shape == shape, where(name), "shape", shape_text(shape), shape_text(t.shape));
+    }
+  }
 
   static std::string shape_text(const std::vector<Index>& s) {
     std::string out = "(";

@@ -45,7 +45,11 @@ struct MambaConfig {
     c.d_state = positive(j, source, "state_size", false, c.d_state);
     c.expand = positive(j, source, "expand", false, c.expand);
     c.d_conv = positive(j, source, "conv_kernel", false, c.d_conv);
+    // Both factors are below 2^31, so the product cannot overflow int64; it must still fit int32
+    // as every size does.
     const Index d_inner = c.expand * c.d_model;
+    SSMKIT_CHECK(d_inner <= Index{kMaxSize}, key_arg(source, "expand"),
+                 "value * hidden_size (d_inner)", "in [1, 2^31 - 1]", d_inner);
     // transformers always derives intermediate_size from expand; a different stored value means
     // the file and the model it came from disagree.
     c.d_inner = positive(j, source, "intermediate_size", false, d_inner);

@@ -3,12 +3,12 @@
 #pragma once
 
 #include "ssmkit/core/error.hpp"
+#include "ssmkit/io/mapped_file.hpp"
 
 #include <nlohmann/json.hpp>
 
 #include <cstddef>
 #include <cstdint>
-#include <fstream>
 #include <set>
 #include <string>
 #include <string_view>
@@ -51,21 +51,15 @@ inline nlohmann::json parse_json(std::string_view text, const std::string& sourc
   }
 }
 
-/// Reads the file at `path` (at most `max_bytes`) and parses it with parse_json.
+/// Reads the file at `path` (a regular file of at most `max_bytes`) and parses it with parse_json.
 inline nlohmann::json read_json_file(const std::string& path,
                                      std::uintmax_t max_bytes = 16u << 20) {
-  std::ifstream in(path, std::ios::binary);
-  SSMKIT_CHECK(in.good(), path, "file", "readable", "cannot open");
-  in.seekg(0, std::ios::end);
-  const std::streamoff size = in.tellg();
-  SSMKIT_CHECK(size >= 0, path, "file size", "known", "unreadable");
-  SSMKIT_CHECK(static_cast<std::uintmax_t>(size) <= max_bytes, path, "file size",
-               "<= " + std::to_string(max_bytes) + " bytes", size);
-  std::string text(static_cast<std::size_t>(size), '\0');
-  in.seekg(0, std::ios::beg);
-  in.read(text.data(), size);
-  SSMKIT_CHECK(in.gcount() == size, path, "bytes read", size, in.gcount());
-  return parse_json(text, path);
+  // Mapped, not streamed: MappedFile rejects directories and FIFOs before reading a byte.
+  const MappedFile file(path);
+  SSMKIT_CHECK(file.size() <= max_bytes, path, "file size",
+               "<= " + std::to_string(max_bytes) + " bytes", file.size());
+  return parse_json(std::string_view(reinterpret_cast<const char*>(file.data()), file.size()),
+                    path);
 }
 
 /// True when `s` is well-formed UTF-8 (no overlong forms, surrogates or code points > U+10FFFF).

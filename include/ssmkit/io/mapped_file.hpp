@@ -17,20 +17,47 @@
 #include <utility>
 
 namespace ssmkit::io {
+namespace detail {
 
-/// Maps a regular file read-only. The mapping is private: bytes never change under a view unless
-/// another process truncates the file, which no reader can guard against (the OS sends SIGBUS).
+/// What a stat(2) mode says the file is, for error messages ("a directory", "a FIFO", ...).
+inline const char* file_kind(mode_t mode) {
+  if (S_ISREG(mode))
+    return "a regular file";
+  if (S_ISDIR(mode))
+    return "a directory";
+  if (S_ISFIFO(mode))
+    return "a FIFO";
+  if (S_ISSOCK(mode))
+    return "a socket";
+  if (S_ISCHR(mode))
+    return "a character device";
+  if (S_ISBLK(mode))
+    return "a block device";
+  return "a special file";
+}
+
+}  // namespace detail
+
+/// Maps a regular file read-only. The mapping is private, yet Linux still shows it writes made to
+/// the file in place, and truncation makes reads past the new end SIGBUS: no reader can guard
+/// against that, so SafetensorsWriter replaces a file (a new inode) instead of rewriting it.
 class MappedFile {
  public:
   MappedFile() = default;
 
   explicit MappedFile(const std::string& path) : path_(path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer before the check below runs.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     SSMKIT_CHECK(fd >= 0, path, "file", "readable", std::strerror(errno));
     struct stat st {};
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (::fstat(fd, &st) != 0) {
+      const int err = errno;
       ::close(fd);
-      ssmkit::detail::throw_check(path, "file", "a regular file", "something else");
+      ssmkit::detail::throw_check(path, "file status", "readable", std::strerror(err));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      ssmkit::detail::throw_check(path, "file", "a regular file", detail::file_kind(st.st_mode));
     }
     size_ = static_cast<std::size_t>(st.st_size);
     if (size_ > 0) {  // mmap rejects length 0; an empty file maps to nothing

@@ -7,6 +7,7 @@
 
 #include <Eigen/Core>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -79,22 +80,25 @@ inline std::int64_t load_integer(const std::uint8_t* p, DType t) {
 }  // namespace detail
 
 /// Converts one element of dtype `src` at `p` to T. Floating targets accept any floating source
-/// (rounded to nearest); integer targets accept any integer source whose value fits (BOOL counts
-/// as an integer limited to 0 and 1). Returns false when the value does not fit or the kinds
-/// differ; the caller names the tensor in its error.
+/// (rounded to nearest) whose value stays finite in T: NaN and inf pass through, but a finite
+/// value past T's range is refused rather than turned into inf. Integer targets accept any integer
+/// source whose value fits (BOOL counts as an integer limited to 0 and 1). Returns false when the
+/// value does not fit or the kinds differ; the caller names the tensor in its error.
 template <class T>
 bool convert_element(const std::uint8_t* p, DType src, T* out) {
   if constexpr (std::is_same_v<T, double> || std::is_same_v<T, float>) {
     if (!is_floating(src))
       return false;
-    *out = static_cast<T>(detail::load_floating(p, src));
-    return true;
+    const double v = detail::load_floating(p, src);
+    *out = static_cast<T>(v);
+    return !std::isfinite(v) || std::isfinite(*out);
   } else if constexpr (std::is_same_v<T, Eigen::half> || std::is_same_v<T, Eigen::bfloat16>) {
     if (!is_floating(src))
       return false;
     // Half-precision sources convert exactly through float; F64 rounds twice (to float first).
-    *out = static_cast<T>(static_cast<float>(detail::load_floating(p, src)));
-    return true;
+    const double v = detail::load_floating(p, src);
+    *out = static_cast<T>(static_cast<float>(v));
+    return !std::isfinite(v) || std::isfinite(static_cast<float>(*out));
   } else {
     static_assert(std::is_integral_v<T>, "read_as supports the floating and integer storage types");
     if (is_floating(src))

@@ -100,10 +100,18 @@ class SafetensorsFile {
   }
 
   /// Copy of tensor `name` converted to T: any floating dtype to a floating T, any integer dtype
-  /// (or BOOL) to an integer T whose range holds every value.
+  /// (or BOOL) to an integer T. A dtype of the other kind is refused, even for an empty tensor. So
+  /// is any value T cannot hold: an integer out of T's range, or a finite float that would become
+  /// inf in T (F64 1e300 as float, F32 1e5 as half); NaN and inf are kept.
   template <class T, int Rank>
   HostTensor<T, Rank> read_as(const std::string& name) const {
     const TensorInfo& t = info(name);
+    constexpr bool floating = is_floating(dtype_of<T>);
+    SSMKIT_CHECK(is_floating(t.dtype) == floating, where(name),
+                 "dtype (read_as converts within a kind)",
+                 std::string(floating ? "F64, F32, F16 or BF16" : "I64, I32, I16, I8, U8 or BOOL") +
+                     " to read as " + std::string(name_of(dtype_of<T>)),
+                 t.dtype);
     HostTensor<T, Rank> out(shape_of<Rank>(t), t.name.c_str());
     const std::uint8_t* p = data_ + t.begin;
     if constexpr (!std::is_same_v<T, bool>) {  // bool bytes need the 0/1 check below
@@ -115,13 +123,17 @@ class SafetensorsFile {
     }
     const std::size_t width = size_of(t.dtype);
     for (Index i = 0; i < out.numel(); ++i) {
-      if (!convert_element<T>(p + static_cast<std::size_t>(i) * width, t.dtype, out.data() + i))
-        ssmkit::detail::throw_check(
-            where(name), "element conversion",
-            std::string(is_floating(t.dtype) ? "a floating" : "an integer") +
-                " target type holding every value",
-            "failure at element " + std::to_string(i) + " (" + std::string(name_of(t.dtype)) +
-                " to " + std::string(name_of(dtype_of<T>)) + ")");
+      const std::uint8_t* e = p + static_cast<std::size_t>(i) * width;
+      if (convert_element<T>(e, t.dtype, out.data() + i))
+        continue;
+      const std::string src(name_of(t.dtype)), dst(name_of(dtype_of<T>));
+      const std::string value = floating ? ssmkit::detail::concat(detail::load_floating(e, t.dtype))
+                                         : std::to_string(detail::load_integer(e, t.dtype));
+      ssmkit::detail::throw_check(
+          where(name), "element conversion",
+          "a valid " + src + " value that " + dst + " holds" +
+              (floating ? " as a finite number" : ""),
+          "element " + std::to_string(i) + " = " + value + " (" + src + " to " + dst + ")");
     }
     return out;
   }

@@ -7,11 +7,16 @@
 #include "ssmkit/core/tensor_view.hpp"
 #include "ssmkit/io/json_document.hpp"
 #include "ssmkit/io/safetensors_dtype.hpp"
+#include "ssmkit/io/safetensors_file.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <set>
 #include <string>
@@ -77,6 +82,10 @@ class SafetensorsWriter {
     }
     std::string text = header.dump();
     text.append((8 - text.size() % 8) % 8, ' ');
+    // A longer header would make a file that every reader, ssmkit's included, refuses.
+    SSMKIT_CHECK(text.size() <= kMaxSafetensorsHeader, "safetensors header", "length",
+                 "<= " + std::to_string(kMaxSafetensorsHeader) + " bytes (kMaxSafetensorsHeader)",
+                 text.size());
 
     std::vector<std::uint8_t> out(8 + text.size() + offset);
     const std::uint64_t n = text.size();
@@ -91,15 +100,48 @@ class SafetensorsWriter {
     return out;
   }
 
-  /// Writes the file to `path` (replacing it).
+  /// Writes the file to `path`, replacing any file there. The bytes go to a new file beside it,
+  /// which then is renamed over `path`: views of the old file (mapped by a SafetensorsFile) keep
+  /// their bytes, and a crash leaves the old file or the new one, never a mix. A symbolic link at
+  /// `path` is replaced itself, not its target.
   void write(const std::string& path) const {
     const std::vector<std::uint8_t> bytes = serialize();
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    SSMKIT_CHECK(out.good(), path, "file", "writable", "cannot open");
-    out.write(reinterpret_cast<const char*>(bytes.data()),
-              static_cast<std::streamsize>(bytes.size()));
-    out.close();
-    SSMKIT_CHECK(!out.fail(), path, "write", std::to_string(bytes.size()) + " bytes", "failed");
+    static std::atomic<unsigned> counter{0};
+    std::string tmp;
+    int fd = -1;
+    // O_EXCL: a name some other writer (or a crashed one) left is skipped, never shared.
+    for (int attempt = 0; fd < 0 && attempt < 100; ++attempt) {
+      tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+      fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (fd < 0 && errno != EEXIST)
+        break;
+    }
+    SSMKIT_CHECK(fd >= 0, path, "file", "writable (through a temporary file beside it)",
+                 std::strerror(errno));
+    int err = 0;  // errno of the first step that failed
+    const char* p = reinterpret_cast<const char*>(bytes.data());
+    std::size_t left = bytes.size();
+    while (err == 0 && left > 0) {
+      const ssize_t n = ::write(fd, p, left);
+      if (n > 0) {
+        p += n;
+        left -= static_cast<std::size_t>(n);
+      } else if (n == 0 || errno != EINTR) {
+        err = n == 0 ? EIO : errno;
+      }
+    }
+    // fsync before rename: otherwise a crash could leave the new name with no data behind it.
+    if (err == 0 && ::fsync(fd) != 0)
+      err = errno;
+    if (::close(fd) != 0 && err == 0)
+      err = errno;
+    if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0)
+      err = errno;
+    if (err != 0) {
+      ::unlink(tmp.c_str());
+      ssmkit::detail::throw_check(path, "write", std::to_string(bytes.size()) + " bytes",
+                                  std::strerror(err));
+    }
   }
 
  private:
