@@ -25,8 +25,8 @@ struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// `text` as an N, the whole of it: integers exactly (from_chars), reals through strtod (its
-/// from_chars overload is missing from older standard libraries) and finite.
+/// `text` as an N, the whole of it: integers exactly, in decimal digits (from_chars), reals
+/// through strtod (its from_chars overload is missing from older standard libraries) and finite.
 template <class N>
 N parse_number(const std::string& flag, const std::string& text) {
   const char* end = text.data() + text.size();
@@ -38,9 +38,13 @@ N parse_number(const std::string& flag, const std::string& text) {
     const auto [ptr, ec] = std::from_chars(text.data(), end, value);
     if (ec == std::errc() && ptr == end && !text.empty())
       return value;
-    const bool fraction = is_real && real != std::floor(real);  // say why 2.5 is refused
-    throw UsageError(flag + ": '" + text + "' is not " +
-                     (fraction ? "an integer" : "a valid number"));
+    // Say why a number is refused: 2.5, 1e5 and 99999999999999999999 are numbers all the same.
+    const char* why = ec == std::errc::result_out_of_range && ptr == end ? "is out of range"
+                      : !is_real                                         ? "is not a valid number"
+                      : real != std::floor(real)                         ? "is not an integer"
+                      : std::is_unsigned_v<N> && real < 0                ? "is negative"
+                                                          : "is not an integer in decimal digits";
+    throw UsageError(flag + ": '" + text + "' " + why);
   } else {
     if (!is_real)
       throw UsageError(flag + ": '" + text + "' is not a valid number");

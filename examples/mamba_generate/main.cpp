@@ -1,9 +1,12 @@
 // mamba_generate: continues token ids with a Hugging Face MambaForCausalLM checkpoint on the CPU
 // or, with --device cuda, on the GPU (weights as float, or bfloat16 with --dtype bf16).
 //
-//   mamba_generate --model DIR --ids 1,2,3 --max-new-tokens N [--temperature T] [--top-k K]
-//                  [--top-p P] [--seed S] [--dump-logits FILE] [--threads N]
+//   mamba_generate --model DIR --ids 1,2,3 --max-new-tokens N [--temperature T [--top-k K]
+//                  [--top-p P]] [--seed S] [--dump-logits FILE] [--threads N]
 //                  [--device cpu|cuda] [--dtype float|bf16]
+//
+// Decoding is greedy unless --temperature T > 0 is given; --top-k and --top-p narrow what that
+// samples from, so they are refused without it rather than silently ignored.
 //
 // stdout: the generated ids (prompt excluded), comma-separated, on one line. stderr: prefill and
 // decode speed, and a progress bar when stderr is a terminal. Any error: one line, exit status 1
@@ -34,9 +37,10 @@ using namespace ssmkit::examples;
 constexpr int kBarWidth = 40;
 
 constexpr const char* kUsage =
-    "usage: mamba_generate --model DIR --ids 1,2,3 --max-new-tokens N [--temperature T] "
-    "[--top-k K] [--top-p P] [--seed S] [--dump-logits FILE] [--threads N] [--device cpu|cuda] "
-    "[--dtype float|bf16]";
+    "usage: mamba_generate --model DIR --ids 1,2,3 --max-new-tokens N [--temperature T "
+    "[--top-k K] [--top-p P]] [--seed S] [--dump-logits FILE] [--threads N] [--device cpu|cuda] "
+    "[--dtype float|bf16]\n"
+    "greedy unless --temperature T > 0; --top-k and --top-p only with it";
 
 std::vector<std::int64_t> parse_ids(const std::string& text) {
   std::vector<std::int64_t> ids;
@@ -110,6 +114,9 @@ int run(int argc, char** argv) {
   sampling.top_p = parse_number<double>("--top-p", flags.get("--top-p", "1"));
   sampling.seed = parse_number<std::uint64_t>("--seed", flags.get("--seed", "0"));
   sampling.validate();
+  if (sampling.temperature == 0 && (sampling.top_k != 0 || sampling.top_p != 1))
+    throw UsageError(
+        "--top-k and --top-p need --temperature T > 0 (without it decoding is greedy)");
   const auto ids = parse_ids(flags.get("--ids", ""));
 
   const bool bar = isatty(STDERR_FILENO) && max_new >= 16;

@@ -7,15 +7,17 @@
 //
 // A sequence of --length tokens holds 16 data tokens (vocabulary of 16) at random positions among
 // noise tokens, then 16 marker tokens; at the markers the model must output the data tokens in
-// order (the paper's length is 4096; the default here, 128, trains in half an hour on two cores).
+// order (the paper's length is 4096; the default here, 128, reaches 99.5 % in minutes on two
+// cores: 2.3 with AVX-512, see the README). Limits: --length 32 to 16384, --batch × --length at
+// most 2^20 tokens a step (a CPU step takes about 11 KB a token, so 12 GB at the limit).
 // Defaults: --length 128 --steps 16000 --batch 16 --lr 3e-3 --eval-every 400 --seed 1; AdamW
 // (weight decay 0.1 on matrices), gradient norm clipped to 1, warm-up then cosine learning rate.
 // Loss: cross-entropy on the 16 answers. Held-out accuracy: the fraction of answer tokens
 // predicted exactly (argmax) on a fixed set of 256 sequences. stdout: the model size, one line per
 // evaluation, a summary. stderr: a progress bar when it is a terminal. --csv writes
-// step,loss,accuracy,seconds at each evaluation. --target-accuracy A (a fraction, e.g. 0.995)
-// stops at the first evaluation that reaches A. --device cuda runs the training steps on the GPU
-// (the CPU's arithmetic to float rounding) and evaluates a copy of the weights on the CPU;
+// step,loss,accuracy,seconds at each evaluation. --target-accuracy A (a fraction in (0, 1], e.g.
+// 0.995) stops at the first evaluation that reaches A. --device cuda runs the training steps on
+// the GPU (the CPU's arithmetic to float rounding) and evaluates a copy of the weights on the CPU;
 // --threads then only speeds up the evaluation. Any error: one line, exit status 1 (2 for usage).
 #include <ssmkit/core/parallel.hpp>
 #include <ssmkit/nn/grad/mamba_lm_backward.hpp>
@@ -63,6 +65,10 @@ constexpr std::int64_t kNoise = 0, kMarker = kMemorize + 1;
 constexpr Index kVocab = kMemorize + 2;
 constexpr Index kHeldOut = 256;  // sequences
 constexpr std::int64_t kIgnore = -100;
+// Bounds that keep a step (about 11 KB a token on the CPU) and the held-out set in a machine's
+// memory and every product of sizes far from overflowing Index, whatever the flags say.
+constexpr Index kMaxLength = Index{1} << 14;
+constexpr Index kMaxTokensPerStep = Index{1} << 20;
 
 /// A batch of sequences (batch, L) and their targets: kIgnore except at the 16 markers.
 struct Batch {
@@ -160,12 +166,20 @@ int run(int argc, char** argv) {
   const auto eval_every = parse_number<Index>("--eval-every", flags.get("--eval-every", "400"));
   const auto target =
       parse_number<double>("--target-accuracy", flags.get("--target-accuracy", "2"));
-  if (L < 2 * kMemorize)
-    throw UsageError("--length: must be >= " + std::to_string(2 * kMemorize));
+  if (L < 2 * kMemorize || L > kMaxLength)
+    throw UsageError("--length: must be in [" + std::to_string(2 * kMemorize) + ", " +
+                     std::to_string(kMaxLength) + "]");
   if (steps < 1 || batch < 1 || eval_every < 1)
     throw UsageError("--steps, --batch and --eval-every must be >= 1");
+  if (batch > kMaxTokensPerStep / L)
+    throw UsageError("--batch: must be <= " + std::to_string(kMaxTokensPerStep / L) +
+                     " at --length " + std::to_string(L) + " (at most " +
+                     std::to_string(kMaxTokensPerStep) + " tokens a step)");
   if (!(lr > 0))
     throw UsageError("--lr: must be > 0");
+  // Unset, the target (2) is out of reach: every step runs.
+  if (flags.has("--target-accuracy") && !(target > 0 && target <= 1))
+    throw UsageError("--target-accuracy: must be a fraction in (0, 1], e.g. 0.99 for 99 %");
   flags.apply_threads();
   std::ofstream csv;
   if (flags.has("--csv")) {

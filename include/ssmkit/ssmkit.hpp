@@ -1,5 +1,6 @@
-// Umbrella header of ssmkit's CPU side: core types, the S4 and S6 kernels, the nn modules and the
-// checkpoint readers. The GPU side is <ssmkit/cuda.cuh>, for nvcc only.
+// Umbrella header of ssmkit's CPU side: core types, the S4 and S6 kernels, the nn modules, their
+// backward passes and optimisers for training, and the checkpoint readers. The GPU side is
+// <ssmkit/cuda.cuh>, for nvcc only.
 #pragma once
 
 #include "ssmkit/version.hpp"
@@ -30,12 +31,21 @@
 #include "ssmkit/io/hf_mamba.hpp"
 #include "ssmkit/io/safetensors.hpp"
 
+#include "ssmkit/nn/grad/checked_tokens.hpp"
+#include "ssmkit/nn/grad/cross_entropy.hpp"
+#include "ssmkit/nn/grad/embedding_backward.hpp"
+#include "ssmkit/nn/grad/linear_backward.hpp"
+#include "ssmkit/nn/grad/mamba_block_backward.hpp"
+#include "ssmkit/nn/grad/mamba_lm_backward.hpp"
+#include "ssmkit/nn/grad/mamba_lm_init.hpp"
+#include "ssmkit/nn/grad/rms_norm_backward.hpp"
 #include "ssmkit/nn/linear.hpp"
 #include "ssmkit/nn/mamba_block.hpp"
 #include "ssmkit/nn/mamba_lm.hpp"
 #include "ssmkit/nn/rms_norm.hpp"
 #include "ssmkit/nn/s4_layer.hpp"
 #include "ssmkit/nn/sampling.hpp"
+#include "ssmkit/nn/workspace.hpp"
 
 #include "ssmkit/optim/adamw.hpp"
 #include "ssmkit/optim/clip_grad_norm.hpp"
