@@ -1,6 +1,7 @@
 #include "testing.hpp"
 
 #include <cstdint>
+#include <utility>
 
 namespace ssmkit {
 namespace {
@@ -30,6 +31,27 @@ TEST(HostTensor, EmptyHasNoStorage) {
   HostTensor<float, 2> t({0, 4});
   EXPECT_EQ(t.numel(), 0);
   EXPECT_EQ(t.data(), nullptr);
+}
+
+// A moved-from tensor is empty, not a shape over null data: its view is the absent one.
+TEST(HostTensor, MoveLeavesTheSourceEmpty) {
+  HostTensor<float, 2> a({3, 4});
+  a(2, 3) = 7.0f;
+  float* const storage = a.data();
+  HostTensor<float, 2> b = std::move(a);
+  EXPECT_EQ(b.data(), storage);
+  EXPECT_EQ(b.shape(), (Shape<2>{3, 4}));
+  EXPECT_EQ(b(2, 3), 7.0f);
+  EXPECT_EQ(a.shape(), (Shape<2>{0, 0}));
+  EXPECT_EQ(a.numel(), 0);
+  EXPECT_EQ(a.data(), nullptr);
+  EXPECT_TRUE(a.view().absent());
+  HostTensor<float, 2> c({1, 2});
+  c = std::move(b);
+  EXPECT_EQ(c.data(), storage);
+  EXPECT_EQ(c.shape(), (Shape<2>{3, 4}));
+  EXPECT_EQ(b.shape(), (Shape<2>{0, 0}));
+  EXPECT_TRUE(b.view().absent());
 }
 
 TEST(HostTensor, RejectsBadShapes) {

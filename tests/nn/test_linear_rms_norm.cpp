@@ -77,6 +77,18 @@ TEST(Linear, StridedRowsAndErrors) {
   SSMKIT_EXPECT_ERROR(nn::linear<double>(x, w.view(), {}, y2.view()), "y", "shape");
 }
 
+// y over x's memory would be written while x is read: rejected, naming y and x.
+TEST(Linear, RejectsOutputOverlappingInput) {
+  HostTensor<double, 2> buf({4, 9}), w({9, 9});
+  fill_random(buf, 6);
+  fill_random(w, 7);
+  SSMKIT_EXPECT_ERROR(nn::linear<double>(buf.view(), w.view(), {}, buf.view()), "y", "x",
+                      "overlap");
+  const TensorView<const double, 2> x(buf.data(), {2, 9});
+  const TensorView<double, 2> y(buf.data() + 9, {2, 9});  // rows 1 and 2: overlaps x's row 1
+  SSMKIT_EXPECT_ERROR(nn::linear<double>(x, w.view(), {}, y), "y", "x", "overlap");
+}
+
 TEST(RMSNorm, MatchesDoubleFormula) {
   ThreadGuard guard;
   for (int threads : {1, 2})

@@ -119,6 +119,57 @@ TEST_P(MambaBlockModes, StateOfOneSequenceIsIndependentOfTheOthers) {
 
 INSTANTIATE_TEST_SUITE_P(Goldens, MambaBlockModes, ::testing::Values("n64", "bias"));
 
+// d_conv = 1 keeps no conv inputs, so its decoding state has an empty conv part. The reference is
+// the golden block with every tap but the newest zeroed, whose conv runs with a state; prefill
+// then steps through the d_conv = 1 state must give the same outputs.
+TEST(MambaBlock, OneTapConvForwardsAndDecodes) {
+  MixerGolden<double> g("bias");
+  const Index K = g.config.d_conv, di = g.config.d_inner, dm = g.config.d_model;
+  ASSERT_GT(K, 1);
+  auto one_tap = g.copy_weights(), zeroed = g.copy_weights();
+  one_tap.conv1d_weight = HostTensor<double, 2>({di, 1});
+  for (Index d = 0; d < di; ++d) {
+    one_tap.conv1d_weight(d, 0) = g.weights.conv1d_weight(d, K - 1);
+    for (Index k = 0; k < K - 1; ++k)
+      zeroed.conv1d_weight(d, k) = 0;
+  }
+  nn::MambaBlockConfig c1 = g.config;
+  c1.d_conv = 1;
+  const nn::MambaBlock<double> block(c1, std::move(one_tap)),
+      ref_block(g.config, std::move(zeroed));
+  const Index batch = 2, L = 9;
+  HostTensor<double, 3> x({batch, L, dm}), ref({batch, L, dm}), out({batch, L, dm});
+  fill_random(x, 404, -2, 2);
+  ref_block.forward(x.view(), ref.view());
+  poison(out);
+  block.forward(x.view(), out.view());
+  EXPECT_LE(rel_error(out.data(), ref.data(), out.numel()), 1e-13);
+
+  nn::MambaBlockState<double> state(c1, batch);
+  nn::MambaBlock<double>::Workspace ws;
+  poison(out);
+  const Index prefill = 4;
+  block.forward(TensorView<const double, 3>::unchecked(x.data(), {batch, prefill, dm},
+                                                       {L * dm, dm, 1}, Device::CPU),
+                TensorView<double, 3>::unchecked(out.data(), {batch, prefill, dm}, {L * dm, dm, 1},
+                                                 Device::CPU),
+                ws, state.view());
+  for (Index t = prefill; t < L; ++t)
+    block.step(TensorView<const double, 2>::unchecked(x.data() + t * dm, {batch, dm}, {L * dm, 1},
+                                                      Device::CPU),
+               TensorView<double, 2>::unchecked(out.data() + t * dm, {batch, dm}, {L * dm, 1},
+                                                Device::CPU),
+               state.view(), ws);
+  EXPECT_LE(rel_error(out.data(), ref.data(), out.numel()), 1e-12);
+  // Sequence 1 alone through its slot of the state: the empty conv view of a later row.
+  state.reset();
+  HostTensor<double, 3> out1({1, L, dm});
+  poison(out1);
+  block.forward(TensorView<const double, 3>(x.view()[1].data(), {1, L, dm}), out1.view(), ws,
+                state.view(1, 1));
+  EXPECT_LE(rel_error(out1.data(), ref.view()[1].data(), L * dm), 1e-13);
+}
+
 TEST(MambaBlock, UnevenlySpacedBatchAndInPlaceOutput) {
   // Sequences 5 rows apart in a padded buffer (not one flat matrix), output written over x.
   MixerGolden<double> g("bias");
@@ -175,12 +226,18 @@ TEST(MambaBlock, RejectsBadWeightsAndInputs) {
   HostTensor<float, 3> x2({2, 4, c.d_model}), out2({2, 5, c.d_model});
   fill_random(x2, 2);
   SSMKIT_EXPECT_ERROR(block.forward(x2.view(), out2.view()), "out", "shape");
+  const TensorView<float, 3> out_cuda(out.data(), out.shape(), "out", Device::CUDA);
+  SSMKIT_EXPECT_ERROR(block.forward(x2.view(), out_cuda), "out", "device", "cpu", "cuda");
   nn::MambaBlockState<float> state(c, 3);
   SSMKIT_EXPECT_ERROR(block.forward(x2.view(), out.view(), state.view()), "state.conv", "shape");
   nn::MambaBlock<float>::Workspace ws;
   HostTensor<float, 2> xt({2, c.d_model}), yt({2, c.d_model});
   fill_random(xt, 3);
   SSMKIT_EXPECT_ERROR(block.step(xt.view(), yt.view(), {}, ws), "state", "presence");
+  nn::MambaBlockState<float> state2(c, 2);
+  const TensorView<float, 2> yt_cuda(yt.data(), yt.shape(), "out", Device::CUDA);
+  SSMKIT_EXPECT_ERROR(block.step(xt.view(), yt_cuda, state2.view(), ws), "out", "device", "cpu",
+                      "cuda");
   SSMKIT_EXPECT_ERROR(state.view(2, 2), "state sequences");
 }
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 
 using namespace ssmkit;
@@ -133,6 +134,41 @@ TEST(Sampler, SeedMakesDrawsReproducible) {
   };
   EXPECT_EQ(draws(42), draws(42));
   EXPECT_NE(draws(42), draws(43));
+}
+
+// +inf logits (a forced token) share the probability evenly, whatever the temperature; a
+// temperature so small that logit / temperature overflows still picks the argmax.
+TEST(Sampler, InfiniteLogitsAndTinyTemperatures) {
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<float> forced = {5, inf, 1, -3, inf, -inf};
+  const TensorView<const float, 1> v(forced.data(), {6});
+  for (double temp : {0.5, 1e-310}) {
+    nn::Sampler s({temp, 0, 1.0, 9});
+    const auto d = s.distribution(v);
+    ASSERT_EQ(d.size(), 6u);
+    EXPECT_EQ(d[0], (std::pair<Index, double>{1, 0.5}));
+    EXPECT_EQ(d[1], (std::pair<Index, double>{4, 0.5}));
+    for (std::size_t i = 2; i < d.size(); ++i)
+      EXPECT_EQ(d[i].second, 0.0) << "token " << d[i].first;
+    std::map<Index, int> count;
+    for (int i = 0; i < 2000; ++i)
+      ++count[s(v)];
+    EXPECT_EQ(count[1] + count[4], 2000);
+    EXPECT_NEAR(count[1] / 2000.0, 0.5, 5 * std::sqrt(0.25 / 2000));
+  }
+  nn::Sampler top2({1.0, 2, 0.3, 0});
+  expect_same_distribution(top2.distribution(v), {{1, 1.0}});
+  std::vector<float> masked(4, -inf);
+  nn::Sampler all({1.0, 0, 1.0, 0});
+  expect_same_distribution(all.distribution(TensorView<const float, 1>(masked.data(), {4})),
+                           {{0, 0.25}, {1, 0.25}, {2, 0.25}, {3, 0.25}});
+
+  const std::vector<float> logits = {10, 9, 0};
+  const TensorView<const float, 1> w(logits.data(), {3});
+  nn::Sampler cold({1e-310, 0, 1.0, 0});
+  expect_same_distribution(cold.distribution(w), sorted_softmax(logits, 1e-310));
+  for (int i = 0; i < 100; ++i)
+    ASSERT_EQ(cold(w), 0);
 }
 
 TEST(Sampler, RejectsBadSettingsAndLogits) {

@@ -46,6 +46,18 @@ TEST(S4Errors, StepSize) {
   SSMKIT_EXPECT_ERROR(layer.forward_conv(u.view(), y.view()), "dt[0]");
 }
 
+// A non-finite A or B is named as such.
+TEST(S4Errors, NonFiniteTransition) {
+  auto t = math::hippo<double>(math::Measure::LegS, 4);
+  t.B(1) = std::nan("");
+  SSMKIT_EXPECT_ERROR(math::discretize(t, 0.1, math::Discretization::ZOH), "ssmkit: B:", "entries",
+                      "finite");
+  t = math::hippo<double>(math::Measure::LegS, 4);
+  t.A(2, 3) = std::numeric_limits<double>::infinity();
+  SSMKIT_EXPECT_ERROR(math::discretize(t, 0.1, math::Discretization::Bilinear),
+                      "ssmkit: A:", "entries", "finite");
+}
+
 TEST(S4Errors, UnstableModes) {
   HostTensor<cd, 2> L({1, 3}), B({1, 3}), C({1, 3});
   HostTensor<cd, 3> P({1, 3, 1});

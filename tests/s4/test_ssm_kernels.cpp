@@ -148,6 +148,27 @@ TEST(SsmKernel, VandermondeEqualsDiagonalRecurrence) {
   check_vandermonde<float>(1e-6);
 }
 
+// Bilinear at dt·Lambda = −2 exactly gives A_bar = 0 (log A_bar = −inf): that mode contributes at
+// l = 0 only, as the dense recurrence has it, and nothing turns NaN.
+TEST(SsmKernel, VandermondeBilinearWithZeroTransition) {
+  const Index H = 2, M = 4, L = 150;
+  RandomModes s(H, M, 0, 17);
+  for (Index h = 0; h < H; ++h) {
+    s.dt(h) = 0.5;
+    s.Lambda(h, h + 1) = cd(-4, 0);
+  }
+  EXPECT_EQ(math::discretize_mode(s.Lambda(0, 1), s.dt(0), Discretization::Bilinear).A_bar, cd(0));
+  HostTensor<double, 2> K({H, L});
+  poison(K);
+  cpu::ssm_kernel_vandermonde(
+      cpu::DiagonalSsm<double>{s.Lambda.view(), s.B.view(), s.C.view(), s.dt.view()},
+      Discretization::Bilinear, K.view());
+  for (Index h = 0; h < H; ++h) {
+    const auto ref = reference_kernel(s, h, Discretization::Bilinear, L);
+    EXPECT_LE(ssmkit::testing::rel_error(&K(h, 0), ref.data(), L), 1e-11) << "channel " << h;
+  }
+}
+
 // The HiPPO-LegS matrix itself, discretised densely: its kernel for a random real output c must
 // equal the DPLR kernel of its NPLR form with C~ = (c V_h)(I - A_bar^L).
 template <class T>

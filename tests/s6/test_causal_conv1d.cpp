@@ -263,5 +263,18 @@ TEST(CausalConv1d, RejectsBadArguments) {
   SSMKIT_EXPECT_ERROR(cpu::causal_conv1d_update(step), "out", "shape", "(2, 70)", "(2, 71)");
 }
 
+// out must not overlap x, which is read after earlier outputs are written: the same memory and a
+// shift by one channel are both rejected, naming out and x.
+TEST(CausalConv1d, RejectsOutOverlappingX) {
+  ConvCase<float> c(ConvShape{}, 6);
+  auto p = c.params();
+  p.out = c.x.view();
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d(p), "out", "x", "overlap");
+  HostTensor<float, 3> wide({2, 23, 71});
+  p.x = TensorView<const float, 3>(wide.data(), {2, 23, 70}, {23 * 71, 71, 1});
+  p.out = TensorView<float, 3>(wide.data() + 1, {2, 23, 70}, {23 * 71, 71, 1});
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d(p), "out", "x", "overlap");
+}
+
 }  // namespace
 }  // namespace ssmkit

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 
 namespace ssmkit {
 namespace {
@@ -121,6 +122,32 @@ TYPED_TEST(VectorMath, SoftplusMatchesTorchConvention) {
   cpu::simd::softplus(P::load(big.data())).store(out);
   for (int l = 0; l < P::width; ++l)
     EXPECT_EQ(out[l], big[static_cast<std::size_t>(l)]);  // the identity above the threshold
+}
+
+// A NaN lane stays NaN (the clamps and softplus's max must not swallow it) and leaves the
+// other lanes alone.
+TYPED_TEST(VectorMath, NanPropagatesThroughItsLaneOnly) {
+  using P = TypeParam;
+  std::vector<float> xs(P::width, 0.5f);
+  xs[1] = std::numeric_limits<float>::quiet_NaN();
+  const P x = P::load(xs.data());
+  float out[P::width];
+  const auto check = [&](const char* name, double at_half) {
+    for (int l = 0; l < P::width; ++l) {
+      if (l == 1)
+        EXPECT_TRUE(std::isnan(out[l])) << name << "(NaN) = " << out[l];
+      else
+        EXPECT_NEAR(out[l], at_half, 2e-6 * at_half) << name << " lane " << l;
+    }
+  };
+  cpu::simd::exp2(x).store(out);
+  check("exp2", std::exp2(0.5));
+  cpu::simd::exp2<P, false>(x).store(out);
+  check("exp2 without upper clamp", std::exp2(0.5));
+  cpu::simd::softplus(x).store(out);
+  check("softplus", std::log1p(std::exp(0.5)));
+  cpu::simd::silu(x).store(out);
+  check("silu", 0.5 / (1 + std::exp(-0.5)));
 }
 
 TYPED_TEST(VectorMath, SiluMatchesLibm) {

@@ -5,6 +5,7 @@
 #include <ssmkit/kernels/cpu/selective_scan.hpp>
 
 #include <cmath>
+#include <limits>
 
 namespace ssmkit {
 namespace {
@@ -296,6 +297,50 @@ TEST(SelectiveScan, CheckpointsAreTheStatesEnteringEveryKthStep) {
       EXPECT_LE(rel_error(fast.data(), ref.data(), ref.numel()), 1e-5) << chunks;
     }
   }
+}
+
+// A NaN step makes its channel's outputs NaN from that time on and its final state NaN, as in
+// the oracle, on every pack and mode; every other element still matches.
+template <class Pack>
+void check_nan_delta() {
+  ScanShape s;  // softplus on: the NaN must survive it
+  ScanCase<float> c(s, 71);
+  const Index b = 1, t0 = 5, d0 = 3;
+  c.delta(b, t0, d0) = std::numeric_limits<float>::quiet_NaN();
+  const auto ref = oracle(c);
+  Index nan_out = 0, nan_state = 0;
+  for (double v : ref.out)
+    nan_out += std::isnan(v);
+  for (double v : ref.h_final)
+    nan_state += std::isnan(v);
+  ASSERT_EQ(nan_out, s.L - t0);
+  ASSERT_EQ(nan_state, s.N);
+  for (Mode mode : {Mode::Blocked, Mode::Chunked}) {
+    c.poison();
+    Policy policy;
+    policy.mode = mode;
+    policy.chunks = 3;
+    cpu::selective_scan<Pack>(c.params(), policy);
+    SCOPED_TRACE(::testing::Message() << "chunked " << (mode == Mode::Chunked));
+    const auto compare = [](const float* got, const std::vector<double>& want) {
+      std::vector<double> finite_got, finite_want;
+      for (std::size_t i = 0; i < want.size(); ++i) {
+        ASSERT_EQ(std::isnan(got[i]), std::isnan(want[i])) << "element " << i;
+        if (!std::isnan(want[i])) {
+          finite_got.push_back(got[i]);
+          finite_want.push_back(want[i]);
+        }
+      }
+      EXPECT_LE(rel_error(finite_got, finite_want), 1e-5);
+    };
+    compare(c.out.data(), ref.out);
+    compare(c.h_final.data(), ref.h_final);
+  }
+}
+
+TEST(SelectiveScan, NanDeltaPropagatesLikeTheOracle) {
+  check_nan_delta<void>();
+  check_nan_delta<cpu::simd::Portable<float, 8>>();
 }
 
 TEST(SelectiveScan, RejectsBadArguments) {

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -172,6 +173,9 @@ TEST(CausalConv1dBackward, RejectsMismatchedGradients) {
   p.bias = {};
   p.dweight = TensorView<float, 2>(dw.data(), {2, 3});
   SSMKIT_EXPECT_ERROR(cpu::causal_conv1d_backward(p), "dweight", "(3, 2)", "(2, 3)");
+  p.dweight = TensorView<float, 2>(dw.data(), {3, 2});
+  p.dx = TensorView<float, 3>(x.data(), {1, 4, 3});
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d_backward(p), "dx", "x", "overlap");
 }
 
 TEST(LinearBackward, MatchesFiniteDifferences) {
@@ -202,6 +206,38 @@ TEST(LinearBackward, MatchesFiniteDifferences) {
   for (double& g : fd_w)
     g *= 2;
   EXPECT_LE(rel_error(dw, fd_w), 1e-6);
+}
+
+// dx may be x's memory (dW and db read x before dx is written), checked against direct sums;
+// dx over dy's memory is rejected, naming both.
+TEST(LinearBackward, DxMayBeXButNotDy) {
+  const Index tokens = 5, in = 4, out = 4;
+  const auto x0 = random_vector<double>(tokens * in, 21), w = random_vector<double>(out * in, 22);
+  auto dy = random_vector<double>(tokens * out, 23);
+  std::vector<double> want_dx(x0.size(), 0.0), want_dw(w.size(), 0.0), want_db(out, 0.0);
+  for (Index t = 0; t < tokens; ++t)
+    for (Index o = 0; o < out; ++o) {
+      want_db[o] += dy[t * out + o];
+      for (Index i = 0; i < in; ++i) {
+        want_dx[t * in + i] += dy[t * out + o] * w[o * in + i];
+        want_dw[o * in + i] += dy[t * out + o] * x0[t * in + i];
+      }
+    }
+  auto x = x0;
+  std::vector<double> dw(w.size(), kNaN), db(out, kNaN);
+  const TensorView<const double, 2> w_v(w.data(), {out, in}), dy_v(dy.data(), {tokens, out});
+  nn::linear_backward<double>(TensorView<const double, 2>(x.data(), {tokens, in}), w_v, dy_v,
+                              TensorView<double, 2>(x.data(), {tokens, in}),
+                              TensorView<double, 2>(dw.data(), {out, in}),
+                              TensorView<double, 1>(db.data(), {out}));
+  EXPECT_LE(rel_error(x, want_dx), 1e-14);
+  EXPECT_LE(rel_error(dw, want_dw), 1e-14);
+  EXPECT_LE(rel_error(db, want_db), 1e-14);
+  SSMKIT_EXPECT_ERROR(
+      nn::linear_backward<double>(TensorView<const double, 2>(x0.data(), {tokens, in}), w_v, dy_v,
+                                  TensorView<double, 2>(dy.data(), {tokens, in}),
+                                  TensorView<double, 2>(dw.data(), {out, in}), {}),
+      "dx", "dy", "overlap");
 }
 
 TEST(RmsNormBackward, MatchesFiniteDifferences) {
@@ -323,6 +359,34 @@ TEST(AdamW, MatchesPyTorch) {
   EXPECT_EQ(opt.steps(), 4);
   o.beta2 = 1.0;
   SSMKIT_EXPECT_ERROR(optim::AdamW<double>{o}, "beta2", "[0, 1)");
+}
+
+// PyTorch keeps a step count per parameter: one added after others have been stepped takes the
+// bias corrections of its own first steps, as a fresh optimizer would give it.
+TEST(AdamW, ParameterAddedLaterCountsItsOwnSteps) {
+  optim::AdamWOptions o;
+  o.lr = 0.01;
+  optim::AdamW<double> shared(o), fresh(o);
+  std::vector<double> a(5, 0.5), ga(5), b = {0.3, -0.7, 1.1}, gb(3), b_alone = b;
+  shared.add(TensorView<double, 1>(a.data(), {5}), TensorView<const double, 1>(ga.data(), {5}));
+  for (int step = 0; step < 7; ++step) {
+    for (std::size_t i = 0; i < ga.size(); ++i)
+      ga[i] = std::sin(1.0 + step + static_cast<double>(i));
+    if (step == 4) {
+      shared.add(TensorView<double, 1>(b.data(), {3}), TensorView<const double, 1>(gb.data(), {3}));
+      fresh.add(TensorView<double, 1>(b_alone.data(), {3}),
+                TensorView<const double, 1>(gb.data(), {3}));
+    }
+    for (std::size_t i = 0; i < gb.size(); ++i)
+      gb[i] = std::cos(0.5 * step - static_cast<double>(i));
+    shared.step();
+    if (step >= 4)
+      fresh.step();
+  }
+  // The first update moves a parameter by about lr whatever its gradient's scale.
+  EXPECT_NEAR(std::abs(b_alone[0] - 0.3), 3 * o.lr, 2 * o.lr);
+  EXPECT_EQ(b, b_alone);
+  EXPECT_EQ(shared.steps(), 7);
 }
 
 TEST(ClipGradNorm, MatchesPyTorch) {

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <utility>
 
 namespace ssmkit {
 
@@ -40,8 +41,15 @@ class HostTensor {
     }
   }
 
-  HostTensor(HostTensor&&) noexcept = default;
-  HostTensor& operator=(HostTensor&&) noexcept = default;
+  /// Moves leave the source empty (every extent 0), so that its view is absent, not a shape
+  /// over null data.
+  HostTensor(HostTensor&& other) noexcept
+      : data_(std::move(other.data_)), shape_(std::exchange(other.shape_, Shape<Rank>{})) {}
+  HostTensor& operator=(HostTensor&& other) noexcept {
+    data_ = std::move(other.data_);
+    shape_ = std::exchange(other.shape_, Shape<Rank>{});
+    return *this;
+  }
 
   /// Deep copy (explicit, so that accidental copies of large weights do not happen).
   HostTensor clone() const {

@@ -244,6 +244,27 @@ void check_device(const TensorView<T, Rank>& v, const char* arg, Device device) 
   SSMKIT_CHECK(v.device() == device, arg, "device", device, v.device());
 }
 
+/// Whether the address ranges of two views intersect (an empty view has none). The addresses
+/// compare as integers, as the views may lie in different buffers; views that interleave in one
+/// buffer without sharing an element count as overlapping.
+template <class A, int RA, class B, int RB>
+bool overlaps(const TensorView<A, RA>& a, const TensorView<B, RB>& b) {
+  if (a.empty() || b.empty())
+    return false;
+  const auto a0 = reinterpret_cast<std::uintptr_t>(a.data());
+  const auto b0 = reinterpret_cast<std::uintptr_t>(b.data());
+  return a0 < b0 + sizeof(B) * static_cast<std::size_t>(b.span()) &&
+         b0 < a0 + sizeof(A) * static_cast<std::size_t>(a.span());
+}
+
+/// Throws unless `out` (written while `in` is read) and `in` are disjoint; names both.
+template <class A, int RA, class B, int RB>
+void check_disjoint(const TensorView<A, RA>& out, const char* out_name, const TensorView<B, RB>& in,
+                    const char* in_name) {
+  SSMKIT_CHECK(!overlaps(out, in), out_name, "memory", std::string("disjoint from ") + in_name,
+               std::string("an overlap with ") + in_name);
+}
+
 /// Eigen::Map of a rank-2 host view (any strides), for matrix products and Eigen algorithms.
 template <class T>
 auto as_eigen(const TensorView<T, 2>& v) {

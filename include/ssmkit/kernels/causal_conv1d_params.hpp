@@ -63,7 +63,8 @@ void check_conv_weight(const TensorView<const W, 2>& weight, Index C, Device dev
 
 }  // namespace detail
 
-/// Throws ssmkit::Error naming the first argument whose shape or device is wrong.
+/// Throws ssmkit::Error naming the first argument whose shape or device is wrong, or out if it
+/// overlaps x.
 template <class T, class W>
 void validate(const CausalConv1dParams<T, W>& p, Device device) {
   const Index batch = p.batch(), L = p.length(), C = p.channels();
@@ -73,6 +74,7 @@ void validate(const CausalConv1dParams<T, W>& p, Device device) {
   detail::check_conv_arg(p.bias, "bias", Shape<1>{C}, device, true);
   detail::check_conv_arg(p.initial_state, "initial_state", Shape<3>{batch, C, K - 1}, device, true);
   detail::check_conv_arg(p.out, "out", Shape<3>{batch, L, C}, device, false);
+  check_disjoint(p.out, "out", p.x, "x");
   detail::check_conv_arg(p.final_state, "final_state", Shape<3>{batch, C, K - 1}, device, true);
 }
 

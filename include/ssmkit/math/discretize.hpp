@@ -35,7 +35,8 @@ Transition<Scalar> discretize(const Transition<Scalar>& c, T dt, Discretization 
   SSMKIT_CHECK(N >= 1 && c.A.cols() == N, "A", "shape", "square N x N with N >= 1",
                std::to_string(c.A.rows()) + " x " + std::to_string(c.A.cols()));
   SSMKIT_CHECK_EQ("B", "size", N, c.B.size());
-  SSMKIT_CHECK(c.A.allFinite() && c.B.allFinite(), "A", "entries", "finite", "NaN or Inf");
+  SSMKIT_CHECK(c.A.allFinite(), "A", "entries", "finite", "NaN or Inf");
+  SSMKIT_CHECK(c.B.allFinite(), "B", "entries", "finite", "NaN or Inf");
   using Mat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   Transition<Scalar> d;
   if (method == Discretization::ZOH) {
@@ -63,7 +64,8 @@ std::complex<T> expm1(std::complex<T> z) {
 }
 
 /// One diagonal mode lambda discretised with step dt: A_bar, the input factor B_bar / B, and
-/// log A_bar (the exponent that powers A_bar^l = exp(l log A_bar) stably).
+/// log A_bar (the exponent that powers A_bar^l = exp(l log A_bar) stably). Bilinear at
+/// dt·lambda = −2 gives A_bar = 0 and log A_bar = −inf, whose power 0 the caller must take as 1.
 template <class T>
 struct DiagonalMode {
   std::complex<T> A_bar;

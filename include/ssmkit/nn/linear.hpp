@@ -35,6 +35,7 @@ void check_rows(const TensorView<T, 2>& v, const char* arg) {
 }  // namespace detail
 
 /// y (tokens, out) = x (tokens, in) · weightᵀ (+ bias (out), optional: pass an absent view).
+/// y must not overlap x (it is written while x is read).
 /// Threads split the output features, so that each reads only its share of the weight: at one
 /// token (decoding) the product is a matrix-vector one bound by reading the weight.
 template <class T>
@@ -48,6 +49,7 @@ void linear(TensorView<const T, 2> x, TensorView<const T, 2> weight, TensorView<
   const Index tokens = x.size(0), in = x.size(1), out = weight.size(0);
   check_shape(weight, "weight", {out, in});
   check_shape(y, "y", {tokens, out});
+  check_disjoint(y, "y", x, "x");
   if (!bias.absent()) {
     check_shape(bias, "bias", {out});
     check_device(bias, "bias", Device::CPU);

@@ -92,8 +92,9 @@ class MambaBlockState {
  private:
   static TensorView<T, 3> rows(HostTensor<T, 3>& t, Index first, Index count) {
     const TensorView<T, 3> v = t.view();
-    return TensorView<T, 3>::unchecked(v.data() + first * v.stride(0),
-                                       {count, v.size(1), v.size(2)}, v.strides(), Device::CPU);
+    // An empty state (d_conv = 1) has no data to offset into.
+    T* const p = v.empty() ? nullptr : v.data() + first * v.stride(0);
+    return TensorView<T, 3>::unchecked(p, {count, v.size(1), v.size(2)}, v.strides(), Device::CPU);
   }
 
   HostTensor<T, 3> conv_;
@@ -159,6 +160,7 @@ class MambaBlock {
                MambaBlockStateView<T> state = {}) const {
     const Index batch = x.size(0), L = x.size(1), di = c_.d_inner;
     check_device(x, "x", Device::CPU);
+    check_device(out, "out", Device::CPU);
     check_shape(x, "x", {batch, L, c_.d_model});
     check_shape(out, "out", {batch, L, c_.d_model});
     check_state(state, batch);
@@ -201,6 +203,7 @@ class MambaBlock {
             Workspace& ws) const {
     const Index batch = x.size(0), di = c_.d_inner;
     check_device(x, "x", Device::CPU);
+    check_device(out, "out", Device::CPU);
     check_shape(x, "x", {batch, c_.d_model});
     check_shape(out, "out", {batch, c_.d_model});
     SSMKIT_CHECK(!state.ssm.absent(), "state", "presence", "a decoding state", "absent");
@@ -291,11 +294,13 @@ class MambaBlock {
                                        Device::CPU);
   }
 
+  /// Presence is the SSM state's: with d_conv = 1 the conv state keeps no inputs, so its view is
+  /// empty (absent) in a decoding state too.
   void check_state(const MambaBlockStateView<T>& s, Index batch) const {
-    SSMKIT_CHECK(s.conv.absent() == s.ssm.absent(), "state", "views", "both present or both absent",
-                 s.ssm.absent() ? "only conv" : "only ssm");
-    if (s.ssm.absent())
+    if (s.ssm.absent()) {
+      SSMKIT_CHECK(s.conv.absent(), "state", "views", "both present or both absent", "only conv");
       return;
+    }
     check_device(s.conv, "state.conv", Device::CPU);
     check_device(s.ssm, "state.ssm", Device::CPU);
     check_shape(s.conv, "state.conv", {batch, c_.d_inner, c_.d_conv - 1});

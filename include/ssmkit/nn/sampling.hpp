@@ -38,7 +38,8 @@ class Sampler {
   explicit Sampler(const SamplingConfig& config) : c_(config), rng_(config.seed) { c_.validate(); }
 
   /// The candidate tokens and their probabilities (summing to 1), most likely first: what
-  /// operator() draws from. Greedy yields the single argmax with probability 1.
+  /// operator() draws from. Greedy yields the single argmax with probability 1. Logits of +inf
+  /// share all the probability equally; NaN logits are rejected.
   template <class T>
   std::vector<std::pair<Index, double>> distribution(TensorView<const T, 1> logits) {
     const Index V = logits.size(0);
@@ -65,12 +66,16 @@ class Sampler {
       while (keep < V && logits(order_[keep]) == logits(order_[keep - 1]))
         ++keep;
     }
-    const double top = static_cast<double>(logits(order_[0])) / c_.temperature;
+    // (logit − top) / temperature, never logit / temperature: a tiny temperature then sends the
+    // others to −inf (weight 0) instead of overflowing them all to inf. Entries equal to the top
+    // weigh 1, so +inf logits share the draw evenly (softmax's limit), as all −inf ones do.
+    const double top = static_cast<double>(logits(order_[0]));
     std::vector<std::pair<Index, double>> out;
     out.reserve(static_cast<std::size_t>(keep));
     double sum = 0;
     for (Index i = 0; i < keep; ++i) {
-      const double e = std::exp(static_cast<double>(logits(order_[i])) / c_.temperature - top);
+      const double l = static_cast<double>(logits(order_[i]));
+      const double e = l == top ? 1.0 : std::exp((l - top) / c_.temperature);
       out.emplace_back(order_[i], e);
       sum += e;
     }

@@ -36,7 +36,9 @@ inline void check_adamw_options(const AdamWOptions& o) {
 }  // namespace detail
 
 /// Keeps the moments of every registered parameter (in T, as PyTorch keeps them in the
-/// parameter's dtype) and updates the parameters in place from their gradient buffers.
+/// parameter's dtype) and updates the parameters in place from their gradient buffers. As in
+/// PyTorch, each parameter counts its own steps for the bias corrections: one added after others
+/// have been stepped starts from step 1.
 /// AdamW<T, Cuda> (optim/cuda/adamw.cuh) steps device parameters.
 template <class T, class Backend = Cpu>
 class AdamW {
@@ -53,8 +55,14 @@ class AdamW {
     check_device(param, "param", Device::CPU);
     check_device(grad, "grad", Device::CPU);
     check_shape(grad, "grad", {param.size(0)});
-    slots_.push_back(Slot{param, grad, HostTensor<T, 1>({param.size(0)}, "exp_avg"),
-                          HostTensor<T, 1>({param.size(0)}, "exp_avg_sq"), decay});
+    slots_.push_back(Slot{param,
+                          grad,
+                          HostTensor<T, 1>({param.size(0)}, "exp_avg"),
+                          HostTensor<T, 1>({param.size(0)}, "exp_avg_sq"),
+                          decay,
+                          0,
+                          {},
+                          {}});
     for (Index i = 0; i < param.size(0); i += kChunk)
       chunks_.push_back({slots_.size() - 1, i, std::min(param.size(0), i + kChunk)});
   }
@@ -62,8 +70,9 @@ class AdamW {
   /// add() for a whole contiguous host tensor of any rank.
   template <int R>
   void add(HostTensor<T, R>& param, const HostTensor<T, R>& grad, bool decay = true) {
-    SSMKIT_CHECK(param.shape() == grad.shape(), "grad", "shape", "the parameter's shape",
-                 "a different one");
+    SSMKIT_CHECK(param.shape() == grad.shape(), "grad", "shape",
+                 ssmkit::detail::shape_string<R>(param.shape()) + " (the parameter's)",
+                 ssmkit::detail::shape_string<R>(grad.shape()));
     add(TensorView<T, 1>(param.data(), {param.numel()}, "param"),
         TensorView<const T, 1>(grad.data(), {grad.numel()}, "grad"), decay);
   }
@@ -73,12 +82,15 @@ class AdamW {
     using Acc = accum_t<T>;
     detail::check_adamw_options(options_);
     ++steps_;
-    const double bc1 = 1 - std::pow(options_.beta1, static_cast<double>(steps_));
-    const double bc2 = 1 - std::pow(options_.beta2, static_cast<double>(steps_));
+    for (Slot& s : slots_) {  // the bias corrections of each parameter's own step count
+      ++s.steps;
+      const double bc1 = 1 - std::pow(options_.beta1, static_cast<double>(s.steps));
+      const double bc2 = 1 - std::pow(options_.beta2, static_cast<double>(s.steps));
+      s.step_size = static_cast<Acc>(options_.lr / bc1);
+      s.bc2_sqrt = static_cast<Acc>(std::sqrt(bc2));
+    }
     const Acc lr = static_cast<Acc>(options_.lr), b1 = static_cast<Acc>(options_.beta1);
     const Acc b2 = static_cast<Acc>(options_.beta2), eps = static_cast<Acc>(options_.eps);
-    const Acc step_size = static_cast<Acc>(options_.lr / bc1);
-    const Acc bc2_sqrt = static_cast<Acc>(std::sqrt(bc2));
     // One parallel region for all parameters: a model has many small tensors, each too short to
     // be worth waking the threads for on its own.
     parallel_for(0, static_cast<Index>(chunks_.size()), [&](Index c) {
@@ -94,13 +106,14 @@ class AdamW {
         m[i] = static_cast<T>(mi);
         v[i] = static_cast<T>(vi);
         const Acc p = static_cast<Acc>(s.param(i)) * shrink;
-        s.param(i) = static_cast<T>(p - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps));
+        s.param(i) = static_cast<T>(p - s.step_size * mi / (std::sqrt(vi) / s.bc2_sqrt + eps));
       }
     });
   }
 
   /// The options; change lr here for a schedule.
   AdamWOptions& options() { return options_; }
+  /// Calls of step() so far.
   long steps() const { return steps_; }
 
  private:
@@ -111,6 +124,8 @@ class AdamW {
     TensorView<const T, 1> grad;
     HostTensor<T, 1> exp_avg, exp_avg_sq;
     bool decay;
+    long steps;                      ///< this parameter's steps so far
+    accum_t<T> step_size, bc2_sqrt;  ///< lr / (1 − β1^t) and sqrt(1 − β2^t) at its step t
   };
 
   AdamWOptions options_;

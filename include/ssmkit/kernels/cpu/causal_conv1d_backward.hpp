@@ -26,7 +26,7 @@ struct CausalConv1dBackwardParams {
   TensorView<const T, 3> initial_state;  ///< (batch, C, K-1) optional
   bool silu = false;
   TensorView<const T, 3> dout;      ///< (batch, L, C)
-  TensorView<T, 3> dx;              ///< (batch, L, C)
+  TensorView<T, 3> dx;              ///< (batch, L, C); must not overlap x
   TensorView<W, 2> dweight;         ///< (C, K)
   TensorView<W, 1> dbias;           ///< (C) iff bias
   TensorView<T, 3> dinitial_state;  ///< (batch, C, K-1) iff initial_state
@@ -49,6 +49,7 @@ template <class T, class W>
 void validate(const CausalConv1dBackwardParams<T, W>& p, Device device) {
   const Index batch = p.batch(), L = p.length(), C = p.channels();
   detail::check_conv_arg(p.dx, "dx", Shape<3>{batch, L, C}, device, false);
+  check_disjoint(p.dx, "dx", p.x, "x");  // here, or the forward check names it out
   validate(p.forward(p.dx), device);
   const Index K = p.kernel_size();
   detail::check_conv_arg(p.dout, "dout", Shape<3>{batch, L, C}, device, false);

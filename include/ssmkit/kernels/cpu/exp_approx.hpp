@@ -72,6 +72,7 @@ struct Portable {
       r.v[i] = std::fma(a.v[i], b.v[i], c.v[i]);
     return r;
   }
+  /// max and min return b when a lane is unordered, as the SSE/AVX instructions do.
   friend Portable max(const Portable& a, const Portable& b) {
     return map(a, b, [](F x, F y) { return x > y ? x : y; });
   }
@@ -232,10 +233,12 @@ P exp2(P x) {
     // Adding 1.5·2^23 rounds x to the integer n held in the low mantissa bits; 2^f for the
     // remainder f in [-1/2, 1/2] is a polynomial, and n is added to its exponent field (an
     // integer add, cheaper than a multiply, exact while the result stays normal).
+    // The clamps return their second operand for a NaN lane (the SSE/AVX rule, which the portable
+    // pack follows), so x goes second and a NaN propagates.
     const P magic = P::broadcast(12582912.0f);
-    x = max(x, P::broadcast(-125.0f));
+    x = max(P::broadcast(-125.0f), x);
     if constexpr (kClampHigh)
-      x = min(x, P::broadcast(127.0f));
+      x = min(P::broadcast(127.0f), x);
     const P rounded = x + magic;
     const P f = x - (rounded - magic);
     P poly = P::broadcast(1.5332502e-4f);
@@ -273,7 +276,7 @@ P softplus(P x) {
     return x;
   } else {
     const P e = exp2(abs(x) * P::broadcast(F(-1.4426950408889634)));
-    return max(x, P::broadcast(F(0))) + log1p_unit(e);
+    return max(P::broadcast(F(0)), x) + log1p_unit(e);  // x second: a NaN lane stays NaN
   }
 }
 

@@ -89,6 +89,11 @@ void ssm_kernel_vandermonde(const DiagonalSsm<T>& s, math::Discretization method
   constexpr Index kBlock = 64;
   using cd = std::complex<double>;
 
+  // A_bar^k = exp(k log A_bar), except A_bar = 0 (bilinear at dt·Lambda = −2, log A_bar = −inf):
+  // its powers are 1, 0, 0, ..., where exp(0·(−inf)) would be NaN.
+  const auto power = [](cd log_a, Index k) {
+    return std::isinf(log_a.real()) ? cd(k == 0 ? 1.0 : 0.0) : std::exp(double(k) * log_a);
+  };
   parallel_for(0, H, [&](Index h) {
     std::vector<double> pw_re(M * kBlock), pw_im(M * kBlock), acc(kBlock);
     std::vector<cd> logA(M), q(M);
@@ -97,7 +102,7 @@ void ssm_kernel_vandermonde(const DiagonalSsm<T>& s, math::Discretization method
       logA[n] = mode.log_A_bar;
       q[n] = 2.0 * cd(s.C(h, n)) * mode.B_scale * cd(s.B(h, n));
       for (Index j = 0; j < kBlock; ++j) {
-        const cd p = std::exp(double(j) * logA[n]);
+        const cd p = power(logA[n], j);
         pw_re[n * kBlock + j] = p.real();
         pw_im[n * kBlock + j] = p.imag();
       }
@@ -105,7 +110,7 @@ void ssm_kernel_vandermonde(const DiagonalSsm<T>& s, math::Discretization method
     for (Index l0 = 0; l0 < L; l0 += kBlock) {
       std::fill(acc.begin(), acc.end(), 0.0);
       for (Index n = 0; n < M; ++n) {
-        const cd anchor = q[n] * std::exp(double(l0) * logA[n]);
+        const cd anchor = q[n] * power(logA[n], l0);
         if (anchor == cd(0))
           continue;  // underflowed: this mode has decayed for good
         const double ar = anchor.real(), ai = anchor.imag();

@@ -330,11 +330,13 @@ class MambaBlock<T, Cuda> {
     check_shape(v, arg, {batch, c_.d_model});
     SSMKIT_CHECK(v.stride(1) == 1, arg, "feature stride", "1", v.stride(1));
   }
+  /// Presence is the SSM state's: with d_conv = 1 the conv state keeps no inputs, so its view is
+  /// empty (absent) in a decoding state too.
   void check_state(const MambaBlockStateView<float>& s, Index batch) const {
-    SSMKIT_CHECK(s.conv.absent() == s.ssm.absent(), "state", "views", "both present or both absent",
-                 s.ssm.absent() ? "only conv" : "only ssm");
-    if (s.ssm.absent())
+    if (s.ssm.absent()) {
+      SSMKIT_CHECK(s.conv.absent(), "state", "views", "both present or both absent", "only conv");
       return;
+    }
     check_device(s.conv, "state.conv", Device::CUDA);
     check_device(s.ssm, "state.ssm", Device::CUDA);
     check_shape(s.conv, "state.conv", {batch, c_.d_inner, c_.d_conv - 1});

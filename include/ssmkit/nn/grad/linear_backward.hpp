@@ -25,6 +25,7 @@ void check_linear_backward(TensorView<const T, 2> x, TensorView<const T, 2> weig
   if (!dx.absent()) {
     rows(dx, "dx");
     check_shape(dx, "dx", {tokens, in});
+    check_disjoint(dx, "dx", dy, "dy");
   }
   if (!dbias.absent()) {
     check_device(dbias, "dbias", device);
@@ -37,7 +38,7 @@ void check_linear_backward(TensorView<const T, 2> x, TensorView<const T, 2> weig
 /// Given x (tokens, in), weight (out, in) and dy = ∂ℓ/∂y (tokens, out): writes dx (tokens, in)
 /// unless absent, and dweight (out, in) and dbias (out, unless absent). With `accumulate` the
 /// parameter gradients are added to (a weight used twice, as a tied embedding is); dx is always
-/// overwritten.
+/// overwritten. dx may be x's memory (it is written last) but must not overlap dy.
 template <class T>
 void linear_backward(TensorView<const T, 2> x, TensorView<const T, 2> weight,
                      TensorView<const T, 2> dy, TensorView<T, 2> dx, TensorView<T, 2> dweight,
@@ -51,11 +52,6 @@ void linear_backward(TensorView<const T, 2> x, TensorView<const T, 2> weight,
   const auto Wt = detail::rows_map(weight);
   const auto dY = detail::rows_map(dy);
   auto dW = detail::rows_map(dweight);
-  if (!dx.absent()) {
-    auto dX = detail::rows_map(dx);
-    if (in > 0)
-      dX.noalias() = dY * Wt;
-  }
   if (accumulate)
     dW.noalias() += dY.transpose() * X;
   else
@@ -66,6 +62,11 @@ void linear_backward(TensorView<const T, 2> x, TensorView<const T, 2> weight,
       db += dY.colwise().sum().transpose();
     else
       db = dY.colwise().sum().transpose();
+  }
+  if (!dx.absent()) {  // last: dx may be x, which dW has read
+    auto dX = detail::rows_map(dx);
+    if (in > 0)
+      dX.noalias() = dY * Wt;
   }
 }
 

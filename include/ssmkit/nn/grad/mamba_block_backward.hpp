@@ -9,6 +9,10 @@
 #include "ssmkit/nn/mamba_block.hpp"
 #include "ssmkit/nn/workspace.hpp"
 
+#include <string>
+#include <tuple>
+#include <type_traits>
+
 namespace ssmkit::nn {
 
 /// Zero tensors of the shapes of `w` (absent where w's optional biases are): a gradient buffer.
@@ -30,15 +34,31 @@ MambaBlockWeights<T> zeros_like(const MambaBlockWeights<T>& w) {
 
 namespace detail {
 
-/// Whether every tensor of a and b has the same shape (absent ones included).
+/// Throws unless the gradient buffer `g` has the shape of its weight `w`; the message names `name`.
+template <class G, class W>
+void check_grad_shape(const G& g, const W& w, const std::string& name) {
+  constexpr int R = static_cast<int>(std::tuple_size_v<std::decay_t<decltype(w.shape())>>);
+  SSMKIT_CHECK(g.shape() == w.shape(), name, "shape",
+               ssmkit::detail::shape_string<R>(w.shape()) + ", the weight's (see zeros_like)",
+               ssmkit::detail::shape_string<R>(g.shape()));
+}
+
+/// Throws unless every tensor of grads has the shape of the matching one of w (absent ones
+/// included); the message names the first that differs, after `prefix`.
 template <class T>
-bool same_shapes(const MambaBlockWeights<T>& a, const MambaBlockWeights<T>& b) {
-  const auto same = [](const auto& x, const auto& y) { return x.shape() == y.shape(); };
-  return same(a.in_proj_weight, b.in_proj_weight) && same(a.in_proj_bias, b.in_proj_bias) &&
-         same(a.conv1d_weight, b.conv1d_weight) && same(a.conv1d_bias, b.conv1d_bias) &&
-         same(a.x_proj_weight, b.x_proj_weight) && same(a.dt_proj_weight, b.dt_proj_weight) &&
-         same(a.dt_proj_bias, b.dt_proj_bias) && same(a.A_log, b.A_log) && same(a.D, b.D) &&
-         same(a.out_proj_weight, b.out_proj_weight) && same(a.out_proj_bias, b.out_proj_bias);
+void check_grad_shapes(const MambaBlockWeights<T>& g, const MambaBlockWeights<T>& w,
+                       const std::string& prefix) {
+  check_grad_shape(g.in_proj_weight, w.in_proj_weight, prefix + "in_proj.weight");
+  check_grad_shape(g.in_proj_bias, w.in_proj_bias, prefix + "in_proj.bias");
+  check_grad_shape(g.conv1d_weight, w.conv1d_weight, prefix + "conv1d.weight");
+  check_grad_shape(g.conv1d_bias, w.conv1d_bias, prefix + "conv1d.bias");
+  check_grad_shape(g.x_proj_weight, w.x_proj_weight, prefix + "x_proj.weight");
+  check_grad_shape(g.dt_proj_weight, w.dt_proj_weight, prefix + "dt_proj.weight");
+  check_grad_shape(g.dt_proj_bias, w.dt_proj_bias, prefix + "dt_proj.bias");
+  check_grad_shape(g.A_log, w.A_log, prefix + "A_log");
+  check_grad_shape(g.D, w.D, prefix + "D");
+  check_grad_shape(g.out_proj_weight, w.out_proj_weight, prefix + "out_proj.weight");
+  check_grad_shape(g.out_proj_bias, w.out_proj_bias, prefix + "out_proj.bias");
 }
 
 }  // namespace detail
@@ -52,6 +72,7 @@ using MambaBlockBackwardBuffers = Workspace<T, 14>;
 /// Given the block's input x and dout = ∂ℓ/∂out (batch, L, d_model, contiguous), for a forward
 /// that starts from a zero state: writes dx and overwrites every tensor of `grads` (shaped as by
 /// zeros_like(block.weights())) with the gradient of the matching weight (A_log's included).
+/// dx may be x's or dout's memory: it is written last, after both are read.
 template <class T>
 void mamba_block_backward(const MambaBlock<T>& block, TensorView<const T, 3> x,
                           TensorView<const T, 3> dout, TensorView<T, 3> dx,
@@ -64,13 +85,19 @@ void mamba_block_backward(const MambaBlock<T>& block, TensorView<const T, 3> x,
   SSMKIT_CHECK(dout.is_contiguous(), "dout", "layout", "contiguous", "strided");
   SSMKIT_CHECK(dx.is_contiguous(), "dx", "layout", "contiguous", "strided");
   check_device(x, "x", Device::CPU);
+  check_device(dout, "dout", Device::CPU);
+  check_device(dx, "dx", Device::CPU);
   check_shape(x, "x", {batch, L, dm});
   check_shape(dout, "dout", {batch, L, dm});
   check_shape(dx, "dx", {batch, L, dm});
-  SSMKIT_CHECK(detail::same_shapes(grads, w), "grads", "shapes",
-               "those of the block's weights (see zeros_like)", "different ones");
-  if (tokens == 0)
+  detail::check_grad_shapes(grads, w, "grads.");
+  if (tokens == 0) {  // the gradient of an empty batch
+    const auto zero = [](auto&... t) { (t.fill(T(0)), ...); };
+    zero(grads.in_proj_weight, grads.in_proj_bias, grads.conv1d_weight, grads.conv1d_bias,
+         grads.x_proj_weight, grads.dt_proj_weight, grads.dt_proj_bias, grads.A_log, grads.D,
+         grads.out_proj_weight, grads.out_proj_bias);
     return;
+  }
   int slot = 0;  // each buffer below is written whole before it is read
   auto buf = [&](Index n) { return buffers.get(slot++, n); };
   auto mat = [](T* p, Index rows, Index cols, Index stride) {

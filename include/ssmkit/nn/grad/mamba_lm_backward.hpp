@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -67,18 +68,22 @@ std::vector<std::int64_t> checked_ids(const MambaLM<T>& model,
                                       const MambaLMWeights<T>& grads) {
   const MambaLMConfig& c = model.config();
   std::vector<std::int64_t> flat = checked_token_ids(ids, c.vocab_size);
-  const auto same = [](const auto& a, const auto& b) { return a.shape() == b.shape(); };
-  bool ok = same(grads.embedding, model.embedding()) &&
-            grads.layers.size() == static_cast<std::size_t>(c.n_layer) &&
-            same(grads.norm_f, model.norm_f().weight) &&
-            (c.tie_embeddings ? grads.lm_head.numel() == 0
-                              : grads.lm_head.shape() == model.head().shape());
-  for (Index i = 0; ok && i < c.n_layer; ++i) {
+  check_grad_shape(grads.embedding, model.embedding(), "grads.embedding");
+  SSMKIT_CHECK(grads.layers.size() == static_cast<std::size_t>(c.n_layer), "grads.layers", "count",
+               std::to_string(c.n_layer) + ", the model's (see zeros_like)", grads.layers.size());
+  for (Index i = 0; i < c.n_layer; ++i) {
     const MambaLayerWeights<T>& g = grads.layers[static_cast<std::size_t>(i)];
-    ok = same(g.norm, model.norm(i).weight) && same_shapes(g.mixer, model.mixer(i).weights());
+    const std::string layer = "grads.layers[" + std::to_string(i) + "].";
+    check_grad_shape(g.norm, model.norm(i).weight, layer + "norm");
+    check_grad_shapes(g.mixer, model.mixer(i).weights(), layer + "mixer.");
   }
-  SSMKIT_CHECK(ok, "grads", "shapes", "those of the model's weights (see zeros_like)",
-               "different ones");
+  check_grad_shape(grads.norm_f, model.norm_f().weight, "grads.norm_f");
+  if (c.tie_embeddings)
+    SSMKIT_CHECK(grads.lm_head.numel() == 0, "grads.lm_head", "presence",
+                 "absent (tied embeddings)",
+                 ssmkit::detail::shape_string<2>(grads.lm_head.shape()));
+  else
+    check_grad_shape(grads.lm_head, model.head(), "grads.lm_head");
   return flat;
 }
 

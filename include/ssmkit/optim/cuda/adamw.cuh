@@ -23,17 +23,22 @@ constexpr int kAdamThreads = 256;
 constexpr Index kAdamChunk = 4096;  ///< elements per block
 
 /// A registered parameter: its views' data and strides, its moments' offset in the optimizer's
-/// moment buffers, and the first block (chunk) that steps it.
+/// moment buffers, the first block (chunk) that steps it, and the optimizer's step count when it
+/// was added (its own count is the difference).
 struct AdamSegment {
   float* param;
   const float* grad;
   Index param_s, grad_s, n, moment_offset, first_block;
+  long steps_before;
   bool decay;
 };
 
-/// The per-step constants, each rounded to float as the CPU step rounds it.
+/// The per-step constants, each rounded to float as the CPU step rounds it, and what the bias
+/// corrections of each parameter's own step count are computed from (in double, as on the CPU).
 struct AdamStep {
-  float one_minus_b1, b2, one_minus_b2, shrink, step_size, bc2_sqrt, eps;
+  float one_minus_b1, b2, one_minus_b2, shrink, eps;
+  double lr, beta1, beta2;
+  long steps;  ///< the optimizer's, this one included
 };
 
 template <class T>
@@ -43,6 +48,9 @@ __global__ void __launch_bounds__(kAdamThreads)
   Index begin = 0, end = 0;
   const AdamSegment s = find_segment(segments, count, blockIdx.x, kAdamChunk, begin, end);
   const T shrink = s.decay ? k.shrink : T(1);
+  const double t = static_cast<double>(k.steps - s.steps_before);
+  const T step_size = static_cast<T>(k.lr / (1 - pow(k.beta1, t)));
+  const T bc2_sqrt = static_cast<T>(sqrt(1 - pow(k.beta2, t)));
   T* m = exp_avg + s.moment_offset;
   T* v = exp_avg_sq + s.moment_offset;
   for (Index i = begin + threadIdx.x; i < end; i += kAdamThreads) {
@@ -52,7 +60,7 @@ __global__ void __launch_bounds__(kAdamThreads)
     m[i] = mi;
     v[i] = vi;
     const T p = s.param[i * s.param_s] * shrink;
-    s.param[i * s.param_s] = p - k.step_size * mi / (sqrtf(vi) / k.bc2_sqrt + k.eps);
+    s.param[i * s.param_s] = p - step_size * mi / (sqrtf(vi) / bc2_sqrt + k.eps);
   }
 }
 
@@ -60,7 +68,8 @@ __global__ void __launch_bounds__(kAdamThreads)
 
 /// AdamW over float parameters and gradients in device memory, the moments (float, zero at the
 /// start) in device memory too. Steps are ordered on the stream passed to step(); the first step
-/// after add() uploads the parameter table and synchronises that stream once.
+/// after add() uploads the parameter table and synchronises that stream once. Each parameter
+/// counts its own steps, as on the CPU and in PyTorch.
 template <class T>
 class AdamW<T, Cuda> {
   static_assert(std::is_same_v<T, float>, "AdamW<T, Cuda> steps float parameters");
@@ -81,7 +90,7 @@ class AdamW<T, Cuda> {
     if (n == 0)
       return;
     segments_.push_back(detail::AdamSegment{param.data(), grad.data(), param.stride(0),
-                                            grad.stride(0), n, elements_, blocks_, decay});
+                                            grad.stride(0), n, elements_, blocks_, steps_, decay});
     elements_ += n;
     blocks_ += (n + detail::kAdamChunk - 1) / detail::kAdamChunk;
   }
@@ -91,8 +100,6 @@ class AdamW<T, Cuda> {
     detail::check_adamw_options(options_);
     upload(stream);
     ++steps_;
-    const double bc1 = 1 - std::pow(options_.beta1, static_cast<double>(steps_));
-    const double bc2 = 1 - std::pow(options_.beta2, static_cast<double>(steps_));
     const float lr = static_cast<float>(options_.lr), b1 = static_cast<float>(options_.beta1);
     const float b2 = static_cast<float>(options_.beta2);
     detail::AdamStep k{};
@@ -100,9 +107,11 @@ class AdamW<T, Cuda> {
     k.b2 = b2;
     k.one_minus_b2 = 1.f - b2;
     k.shrink = 1.f - lr * static_cast<float>(options_.weight_decay);
-    k.step_size = static_cast<float>(options_.lr / bc1);
-    k.bc2_sqrt = static_cast<float>(std::sqrt(bc2));
     k.eps = static_cast<float>(options_.eps);
+    k.lr = options_.lr;
+    k.beta1 = options_.beta1;
+    k.beta2 = options_.beta2;
+    k.steps = steps_;
     if (blocks_ == 0)
       return;
     SSMKIT_CHECK(blocks_ <= 2147483647, "param", "4096-element chunks", "< 2^31 on CUDA", blocks_);
@@ -115,6 +124,7 @@ class AdamW<T, Cuda> {
 
   /// The options; change lr here for a schedule.
   AdamWOptions& options() { return options_; }
+  /// Calls of step() so far.
   long steps() const { return steps_; }
 
  private:

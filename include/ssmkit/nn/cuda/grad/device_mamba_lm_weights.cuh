@@ -86,15 +86,21 @@ class DeviceMambaLMWeights {
 
   const MambaLMConfig& config() const { return c_; }
 
-  /// Whether `o` holds the same tensors (names and sizes, in the same order).
-  bool same_layout(const DeviceMambaLMWeights& o) const {
-    if (entries_.size() != o.entries_.size())
-      return false;
-    for (std::size_t k = 0; k < entries_.size(); ++k)
-      if (entries_[k].name != o.entries_[k].name || entries_[k].rows != o.entries_[k].rows ||
-          entries_[k].cols != o.entries_[k].cols)
-        return false;
-    return true;
+  /// Throws unless `o` (named `arg`) holds the same tensors as this (names and sizes, in the same
+  /// order); the message names the first that differs.
+  void check_same_layout(const DeviceMambaLMWeights& o, const char* arg) const {
+    SSMKIT_CHECK(o.entries_.size() == entries_.size(), arg, "tensor count",
+                 std::to_string(entries_.size()) + " (see zeros_like)", o.entries_.size());
+    const auto describe = [](const Entry& e) {
+      return e.name + " (" + std::to_string(e.rows) +
+             (e.cols ? " x " + std::to_string(e.cols) : "") + ")";
+    };
+    for (std::size_t k = 0; k < entries_.size(); ++k) {
+      const Entry &e = entries_[k], &f = o.entries_[k];
+      const std::string what = "tensor " + std::to_string(k);
+      SSMKIT_CHECK(e.name == f.name && e.rows == f.rows && e.cols == f.cols, arg, what.c_str(),
+                   describe(e), describe(f));
+    }
   }
 
   /// Copies host tensors in, synchronously: `host` lists them as nn::parameters(weights) or

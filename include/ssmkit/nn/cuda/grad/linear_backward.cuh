@@ -14,6 +14,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -110,9 +111,8 @@ inline void linear_forward(LinearBackwardWorkspace& ws, TensorView<const float, 
 /// Given x (tokens, in), weight (out, in) and dy = ∂ℓ/∂y (tokens, out), device views with
 /// contiguous rows: writes dx (tokens, in) unless absent (adds to it with `accumulate_dx`), and
 /// dweight (out, in) and dbias (out, unless absent), added to with `accumulate`. Ordered on
-/// `stream`; ws must have room for `tokens` (reserve()) when dbias is given. dx must not overlap
-/// x or dy (dW reads x after dx is written). Throws
-/// ssmkit::Error.
+/// `stream`; ws must have room for `tokens` (reserve()) when dbias is given. dx may be x's
+/// memory but must not overlap dy. Throws ssmkit::Error.
 inline void linear_backward(LinearBackwardWorkspace& ws, TensorView<const float, 2> x,
                             TensorView<const float, 2> weight, TensorView<const float, 2> dy,
                             TensorView<float, 2> dx, TensorView<float, 2> dweight,
@@ -126,26 +126,24 @@ inline void linear_backward(LinearBackwardWorkspace& ws, TensorView<const float,
     SSMKIT_CHECK(ws.ones_size() >= tokens, "ws", "ones vector",
                  ">= " + std::to_string(tokens) + " elements (reserve())", ws.ones_size());
   }
+  // dW (out, in) = dyᵀ (out, tokens) · x (tokens, in), and dbias, before dx: dx may be x.
+  detail::gemm_rows(ws, true, false, out, in, tokens, dy.data(), dy.stride(0), x.data(),
+                    x.stride(0), accumulate ? 1.f : 0.f, dweight.data(), dweight.stride(0), stream);
+  if (!dbias.absent() && out > 0) {
+    const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
+    if (tokens > 0)  // dbias (out) = dyᵀ · ones: column-major dy is (out, tokens).
+      SSMKIT_CUBLAS_CHECK(cublasSgemv(ws.cublas().on(stream), CUBLAS_OP_N, detail::as_int(out),
+                                      detail::as_int(tokens), &alpha, dy.data(),
+                                      detail::as_int(dy.stride(0)), ws.ones(), 1, &beta,
+                                      dbias.data(), detail::as_int(dbias.stride(0))));
+    else if (!accumulate)
+      SSMKIT_CUDA_CHECK(cudaMemset2DAsync(dbias.data(),
+                                          sizeof(float) * std::max<Index>(dbias.stride(0), 1), 0,
+                                          sizeof(float), out, stream));
+  }
   if (!dx.absent())  // dx (tokens, in) = dy (tokens, out) · W (out, in)
     detail::gemm_rows(ws, false, false, tokens, in, out, dy.data(), dy.stride(0), weight.data(),
                       weight.stride(0), accumulate_dx ? 1.f : 0.f, dx.data(), dx.stride(0), stream);
-  // dW (out, in) = dyᵀ (out, tokens) · x (tokens, in)
-  detail::gemm_rows(ws, true, false, out, in, tokens, dy.data(), dy.stride(0), x.data(),
-                    x.stride(0), accumulate ? 1.f : 0.f, dweight.data(), dweight.stride(0), stream);
-  if (dbias.absent() || out == 0)
-    return;
-  const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
-  if (tokens == 0) {
-    if (!accumulate)
-      SSMKIT_CUDA_CHECK(cudaMemset2DAsync(dbias.data(), sizeof(float) * dbias.stride(0), 0,
-                                          sizeof(float), out, stream));
-    return;
-  }
-  // dbias (out) = dyᵀ · ones: column-major dy is (out, tokens).
-  SSMKIT_CUBLAS_CHECK(cublasSgemv(ws.cublas().on(stream), CUBLAS_OP_N, detail::as_int(out),
-                                  detail::as_int(tokens), &alpha, dy.data(),
-                                  detail::as_int(dy.stride(0)), ws.ones(), 1, &beta, dbias.data(),
-                                  detail::as_int(dbias.stride(0))));
 }
 
 }  // namespace ssmkit::cuda

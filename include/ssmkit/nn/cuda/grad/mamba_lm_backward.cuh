@@ -74,9 +74,7 @@ class MambaLMBackwardWorkspace {
   static std::vector<std::int64_t> checked_ids(const DeviceMambaLMWeights& model,
                                                TensorView<const std::int64_t, 2> ids,
                                                const DeviceMambaLMWeights& grads) {
-    SSMKIT_CHECK(grads.same_layout(model), "grads", "tensors",
-                 "those of the model's weights (DeviceMambaLMWeights::zeros_like)",
-                 "different ones");
+    model.check_same_layout(grads, "grads");
     return detail::checked_token_ids(ids, model.config().vocab_size);
   }
 
