@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 
@@ -44,6 +45,20 @@ inline ProgramRun run_program(const std::string& program, const std::string& arg
   r.err = ss.str();
   std::filesystem::remove(err_path);
   return r;
+}
+
+/// Whether `r`, a run of `program` with --device cuda, is that example's own refusal where
+/// --device cuda cannot run: exit status 1, nothing on stdout and, on stderr, exactly one line
+/// "program: reason" for one of `reasons` (its messages for a build without the CUDA backend and
+/// for no visible device). Any other failure (a CUDA call that failed, a crash) is not.
+inline bool cuda_unavailable(const ProgramRun& r, const std::string& program,
+                             std::initializer_list<const char*> reasons) {
+  if (r.status != 1 || !r.out.empty())
+    return false;
+  for (const char* reason : reasons)
+    if (r.err == program + ": " + reason + "\n")
+      return true;
+  return false;
 }
 
 }  // namespace ssmkit::testing

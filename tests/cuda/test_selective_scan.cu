@@ -146,13 +146,15 @@ std::pair<double, double> run_scan(const ScanCase& c) {
   return {rel_error(got, ref_out), err_h};
 }
 
-/// Runs `c` and checks both errors against `tol`.
+/// Runs `c` and checks out's error against `tol` (its storage's) and h_final's against 1e-5:
+/// the state stays in float whatever T is (2-byte storage: at most 2.2e-7 on an H200; rounding
+/// it through T gives 2e-4 and more).
 template <class T>
 void check_scan(const ScanCase& c, double tol) {
   SCOPED_TRACE(c.name());
   const auto [err_out, err_h] = run_scan<T>(c);
-  EXPECT_LE(err_out, tol);
-  EXPECT_LE(err_h, tol);
+  EXPECT_LE(err_out, tol) << "out";
+  EXPECT_LE(err_h, 1e-5) << "h_final";
 }
 
 TEST(CudaSelectiveScan, FloatEveryStateSizeBothLayouts) {

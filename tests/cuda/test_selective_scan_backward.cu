@@ -39,7 +39,13 @@ struct BackwardCase {
   }
 };
 
-/// Runs `c` on the GPU and the oracle and checks every gradient's relative error against `tol`.
+/// The relative error allowed the gradients kept in float (dA, dD_skip, dδ_bias, dh0) whatever T
+/// is: float sums of float terms, as in the float cases. With 2-byte storage an H200 measured at
+/// most 3.4e-7 (the CPU twin 1.2-2.7e-7); rounding them through T gives 1.2e-4 and more.
+constexpr double kFloatTol = 1e-5;
+
+/// Runs `c` on the GPU and the oracle and checks the relative error of every gradient stored in
+/// T (du, dδ, dz, dB, dC) against `tol`, and of those kept in float against kFloatTol.
 template <class T, class Policy = cuda::SelectiveScanBackwardPolicy>
 void check_backward(const BackwardCase& c, double tol) {
   SCOPED_TRACE(c.name());
@@ -188,15 +194,15 @@ void check_backward(const BackwardCase& c, double tol) {
   EXPECT_LE(rel_error(first_steps_of(ddelta.download(s), "ddelta"), r_ddelta), tol) << "ddelta";
   EXPECT_LE(rel_error(dB.download(s), r_dB), tol) << "dB";
   EXPECT_LE(rel_error(dC.download(s), r_dC), tol) << "dC";
-  EXPECT_LE(rel_error(dA.download(s), r_dA), tol) << "dA";
+  EXPECT_LE(rel_error(dA.download(s), r_dA), kFloatTol) << "dA";
   if (c.gate)
     EXPECT_LE(rel_error(first_steps_of(dz.download(s), "dz"), r_dz), tol) << "dz";
   if (c.skip)
-    EXPECT_LE(rel_error(dD.download(s), r_dD), tol) << "dD_skip";
+    EXPECT_LE(rel_error(dD.download(s), r_dD), kFloatTol) << "dD_skip";
   if (c.bias)
-    EXPECT_LE(rel_error(dbias.download(s), r_dbias), tol) << "ddelta_bias";
+    EXPECT_LE(rel_error(dbias.download(s), r_dbias), kFloatTol) << "ddelta_bias";
   if (c.h0)
-    EXPECT_LE(rel_error(dh0.download(s), r_dh0), tol) << "dh0";
+    EXPECT_LE(rel_error(dh0.download(s), r_dh0), kFloatTol) << "dh0";
 }
 
 /// A small case with each set bit of `mask` turning one option off (softplus, δ_bias, D, z, h0,

@@ -403,15 +403,31 @@ TEST(CudaTrainKernels, CrossEntropyOutOfRangeTargetIsNaN) {
   const std::int64_t targets[tokens] = {2, vocab, 4};
   cuda::DeviceBuffer<std::int64_t> d_targets(tokens);
   d_targets.copy_from_host_async(targets, tokens, s);
+  // The loss and every gradient poisoned with a finite value, so that a NaN is the kernel's.
   cuda::DeviceBuffer<float> loss(1);
+  const float finite_poison = 12345.f;
+  loss.copy_from_host_async(&finite_poison, 1, s);
+  const std::vector<float> poison_rows(static_cast<std::size_t>(tokens * vocab), finite_poison);
+  dlogits.dev.copy_from_host_async(poison_rows.data(), tokens * vocab, s);
   cuda::cross_entropy(logits.view(), d_targets.view<1>({tokens}), dlogits.view(), loss.data(), s);
   float sum = 0;
   loss.copy_to_host_async(&sum, 1, s);
   const std::vector<double> g = dlogits.download(s);
-  EXPECT_TRUE(std::isnan(sum));
-  for (Index v = 0; v < vocab; ++v) {
-    EXPECT_TRUE(std::isfinite(g[static_cast<std::size_t>(v)]));
-    EXPECT_TRUE(std::isnan(g[static_cast<std::size_t>(vocab + v)]));
+  EXPECT_TRUE(std::isnan(sum)) << sum;
+  for (Index v = 0; v < vocab; ++v)
+    EXPECT_TRUE(std::isnan(g[static_cast<std::size_t>(vocab + v)])) << "column " << v;
+  // The rows in range get softmax − onehot (scale 1) all the same.
+  for (const Index t : {Index{0}, Index{2}}) {
+    const double* z = &logits.exact[static_cast<std::size_t>(t * vocab)];
+    const double zmax = *std::max_element(z, z + vocab);
+    double denom = 0;
+    for (Index v = 0; v < vocab; ++v)
+      denom += std::exp(z[v] - zmax);
+    std::vector<double> want(static_cast<std::size_t>(vocab));
+    for (Index v = 0; v < vocab; ++v)
+      want[static_cast<std::size_t>(v)] = std::exp(z[v] - zmax) / denom - (v == targets[t]);
+    const std::vector<double> got(g.begin() + t * vocab, g.begin() + (t + 1) * vocab);
+    EXPECT_LE(rel_error(got, want), 1e-5) << "row " << t;
   }
 }
 

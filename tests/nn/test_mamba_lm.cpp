@@ -21,7 +21,9 @@ void check_logits(const std::string& name) {
   HostTensor<T, 3> logits(g.logits.shape());
   poison(logits);
   model.forward(g.input_ids.view(), logits.view());
-  EXPECT_LE(rel_error(logits.data(), g.logits.data(), logits.numel()), 1e-4) << name;
+  // The golden is transformers in float64 with a few float32 intermediates, stored as float32:
+  // measured 0.9-1.1e-7 in double and 2.5-4.9e-7 in float (AVX-512, AVX2 and portable paths).
+  EXPECT_LE(rel_error(logits.data(), g.logits.data(), logits.numel()), 1e-5) << name;
 }
 
 TEST_P(MambaLMGolden, LogitsMatchTransformersFloat) {
@@ -107,7 +109,8 @@ TEST(MambaLM, AllPositionLogitsOfAChunkedPrefill) {
     const auto out = TensorView<float, 3>(&logits(0, t0, 0), {batch, n, V}, {L * V, V, 1});
     model.prefill(ids, cache, 0, out);
   }
-  EXPECT_LE(rel_error(logits.data(), g.logits.data(), logits.numel()), 1e-4);
+  // Measured 4.7-4.9e-7, as the one-pass float forward.
+  EXPECT_LE(rel_error(logits.data(), g.logits.data(), logits.numel()), 1e-5);
 }
 
 TEST(MambaLM, RejectsBadInputs) {

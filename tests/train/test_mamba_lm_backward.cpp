@@ -367,8 +367,10 @@ TEST(MambaLMBackward, FloatAgreesWithDoubleOnTheSelectiveCopyingModel) {
   EXPECT_NEAR(lf, ld, 1e-5 * ld);
   const auto a = nn::parameters(gd);
   const auto b = nn::parameters(gf);
+  // Float against double: at most 1.4e-6 measured (x_proj.weight of layer 1) over the AVX-512,
+  // AVX2 and portable paths on 1 to 32 threads.
   for (std::size_t k = 0; k < a.size(); ++k)
-    EXPECT_LE(rel_error(b[k].value.data(), a[k].value.data(), a[k].value.size(0)), 1e-4)
+    EXPECT_LE(rel_error(b[k].value.data(), a[k].value.data(), a[k].value.size(0)), 2e-5)
         << a[k].name;
 }
 

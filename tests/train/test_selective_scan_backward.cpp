@@ -75,18 +75,25 @@ ScanGradients<T> run_fast(P& pr, const cpu::SelectiveScanBackwardPolicy& policy 
   return g;
 }
 
+/// Every present gradient of `got` against `want`: those stored in T (du, dδ, dB, dC, dz) with
+/// relative error at most t_tol, those kept in W (dA, dD_skip, dδ_bias, dh0) at most w_tol.
+template <class G1, class G2>
+void expect_gradients_near(const G1& got, const G2& want, double t_tol, double w_tol) {
+  EXPECT_LE(rel_error(got.du, want.du), t_tol) << "du";
+  EXPECT_LE(rel_error(got.ddelta, want.ddelta), t_tol) << "ddelta";
+  EXPECT_LE(rel_error(got.dA, want.dA), w_tol) << "dA";
+  EXPECT_LE(rel_error(got.dB, want.dB), t_tol) << "dB";
+  EXPECT_LE(rel_error(got.dC, want.dC), t_tol) << "dC";
+  EXPECT_LE(rel_error(got.dz, want.dz), t_tol) << "dz";
+  EXPECT_LE(rel_error(got.dD, want.dD), w_tol) << "dD_skip";
+  EXPECT_LE(rel_error(got.dbias, want.dbias), w_tol) << "ddelta_bias";
+  EXPECT_LE(rel_error(got.dh0, want.dh0), w_tol) << "dh0";
+}
+
 /// Every present gradient of `got` against `want`, relative error at most tol.
 template <class G1, class G2>
 void expect_gradients_near(const G1& got, const G2& want, double tol) {
-  EXPECT_LE(rel_error(got.du, want.du), tol) << "du";
-  EXPECT_LE(rel_error(got.ddelta, want.ddelta), tol) << "ddelta";
-  EXPECT_LE(rel_error(got.dA, want.dA), tol) << "dA";
-  EXPECT_LE(rel_error(got.dB, want.dB), tol) << "dB";
-  EXPECT_LE(rel_error(got.dC, want.dC), tol) << "dC";
-  EXPECT_LE(rel_error(got.dz, want.dz), tol) << "dz";
-  EXPECT_LE(rel_error(got.dD, want.dD), tol) << "dD_skip";
-  EXPECT_LE(rel_error(got.dbias, want.dbias), tol) << "ddelta_bias";
-  EXPECT_LE(rel_error(got.dh0, want.dh0), tol) << "dh0";
+  expect_gradients_near(got, want, tol, tol);
 }
 
 ScanOptions options_of(int mask, Index groups) {
@@ -200,8 +207,11 @@ TEST(SelectiveScanBackward, Bfloat16StorageMatchesDoubleReference) {
   all.softplus = all.bias = all.skip = all.gate = all.h0 = true;
   ScanProblem<Eigen::bfloat16> pr(1, 70, 20, 8, all, 13);
   auto pd = pr.cast<double>();
-  // Storage rounds each gradient to 8 bits of mantissa: 2^-9 relative, well inside 1e-2.
-  expect_gradients_near(run_fast<Eigen::bfloat16>(pr), run_reference<double>(pd), 1e-2);
+  // Storage rounds each gradient stored in bf16 to 8 bits of mantissa: 2^-9 relative (measured
+  // 1.6-1.9e-3), well inside 1e-2. dA, dD_skip, dδ_bias and dh0 are kept in float: measured
+  // 1.2-2.7e-7 on the AVX-512, AVX2 and portable paths, so rounding them through bf16 (1.2-1.7e-3)
+  // fails 1e-5.
+  expect_gradients_near(run_fast<Eigen::bfloat16>(pr), run_reference<double>(pd), 1e-2, 1e-5);
 }
 
 TEST(SelectiveScanBackward, ChunkLengthOnlyChangesMemory) {
