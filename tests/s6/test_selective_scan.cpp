@@ -64,6 +64,16 @@ TEST(SelectiveScanReference, MatchesClosedFormSum) {
 }
 
 // Every combination of the six options, both layouts, both threading modes, against the oracle.
+/// The fast scan of c in `mode` (three chunks when chunked), its outputs poisoned first.
+template <class Pack>
+void run_poisoned(ScanCase<float>& c, Mode mode) {
+  c.poison();
+  Policy policy;
+  policy.mode = mode;
+  policy.chunks = 3;
+  cpu::selective_scan<Pack>(c.params(), policy);
+}
+
 template <class Pack>
 void check_all_options(const ScanShape& base, double tol) {
   for (int mask = 0; mask < 64; ++mask)
@@ -74,11 +84,7 @@ void check_all_options(const ScanShape& base, double tol) {
       ScanCase<float> c(s, 100 + static_cast<std::uint64_t>(mask));
       const auto ref = oracle(c);
       for (Mode mode : {Mode::Blocked, Mode::Chunked}) {
-        c.poison();
-        Policy policy;
-        policy.mode = mode;
-        policy.chunks = 3;
-        cpu::selective_scan<Pack>(c.params(), policy);
+        run_poisoned<Pack>(c, mode);
         SCOPED_TRACE(::testing::Message() << "mask " << mask << " channel-major " << channel_major
                                           << " chunked " << (mode == Mode::Chunked));
         EXPECT_LE(out_error(c, ref), tol);
@@ -316,11 +322,7 @@ void check_nan_delta() {
   ASSERT_EQ(nan_out, s.L - t0);
   ASSERT_EQ(nan_state, s.N);
   for (Mode mode : {Mode::Blocked, Mode::Chunked}) {
-    c.poison();
-    Policy policy;
-    policy.mode = mode;
-    policy.chunks = 3;
-    cpu::selective_scan<Pack>(c.params(), policy);
+    run_poisoned<Pack>(c, mode);
     SCOPED_TRACE(::testing::Message() << "chunked " << (mode == Mode::Chunked));
     const auto compare = [](const float* got, const std::vector<double>& want) {
       std::vector<double> finite_got, finite_want;
