@@ -135,8 +135,9 @@ TEST(CausalConv1d, FloatMatchesDirectLoop) {
 TEST(CausalConv1d, DoubleMatchesDirectLoop) {
   check_against_direct<double>(1e-14);
 }
+// The outputs' rounding to half is at most 2^-11 in norm (measured 2.1e-4).
 TEST(CausalConv1d, HalfMatchesDirectLoop) {
-  check_against_direct<Eigen::half>(1e-2);
+  check_against_direct<Eigen::half>(2e-3);
 }
 TEST(CausalConv1d, BFloat16MatchesDirectLoop) {
   check_against_direct<Eigen::bfloat16>(1e-2);

@@ -152,7 +152,7 @@ TEST(SelectiveScan, DoubleMatchesOracle) {
 }
 
 template <class T>
-void check_low_precision() {
+void check_low_precision(double tol) {
   for (bool channel_major : {false, true}) {
     ScanShape s;
     s.L = 77, s.D = 24, s.G = 3, s.channel_major = channel_major;
@@ -163,17 +163,20 @@ void check_low_precision() {
       Policy policy;
       policy.mode = mode;
       cpu::selective_scan(c.params(), policy);
-      EXPECT_LE(out_error(c, ref), 1e-2);
+      EXPECT_LE(out_error(c, ref), tol);
       EXPECT_LE(state_error(c, ref), 1e-5);  // the state stays in float
     }
   }
 }
 
+// Only the outputs' rounding to storage differs from the oracle's (it reads the same rounded
+// inputs): at most the unit roundoff in norm, 2^-11 for half (measured 2.2e-4), 2^-8 for
+// bfloat16 (1.7e-3); the bounds are about four and two and a half of those.
 TEST(SelectiveScan, HalfMatchesOracle) {
-  check_low_precision<Eigen::half>();
+  check_low_precision<Eigen::half>(2e-3);
 }
 TEST(SelectiveScan, BFloat16MatchesOracle) {
-  check_low_precision<Eigen::bfloat16>();
+  check_low_precision<Eigen::bfloat16>(1e-2);
 }
 
 // The chunked scan against the blocked one for chunk counts that split L unevenly, one and two
