@@ -1,6 +1,7 @@
 #include "testing.hpp"
 
 #include <atomic>
+#include <new>
 #include <vector>
 
 namespace ssmkit {
@@ -23,6 +24,30 @@ TEST(Parallel, EmptyAndOffsetRanges) {
   std::vector<int> seen(10, 0);
   parallel_for(3, 7, [&](Index i) { seen[static_cast<std::size_t>(i)] = 1; });
   EXPECT_EQ(seen, (std::vector<int>{0, 0, 0, 1, 1, 1, 1, 0, 0, 0}));
+}
+
+// An exception leaves no OpenMP region: parallel_for rethrows the one fn threw after the loop,
+// with one thread or two.
+TEST(Parallel, RethrowsWhatTheBodyThrows) {
+  const int before = max_threads();
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    std::atomic<int> calls{0};
+    try {
+      parallel_for(0, 64, [&](Index i) {
+        ++calls;
+        if (i == 40)
+          throw std::bad_alloc();
+      });
+      ADD_FAILURE() << "no exception, threads " << threads;
+    } catch (const std::bad_alloc&) {
+    }
+    EXPECT_GE(calls.load(), 1) << "threads " << threads;
+    SSMKIT_EXPECT_ERROR(
+        parallel_for(0, 8, [](Index i) { SSMKIT_CHECK(i != 3, "i", "value", "not 3", i); }),
+        "ssmkit: i: value expected not 3, got 3");
+  }
+  set_num_threads(before);
 }
 
 TEST(Parallel, RejectsZeroThreads) {

@@ -6,6 +6,9 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+
+#include <atomic>
+#include <exception>
 #endif
 
 namespace ssmkit {
@@ -29,15 +32,30 @@ inline void set_num_threads(int n) {
 #endif
 }
 
-/// Calls fn(i) for every i in [begin, end), statically split across threads. fn must not throw
-/// (an exception cannot cross an OpenMP region): validate before the loop.
+/// Calls fn(i) for every i in [begin, end), statically split across threads. An exception cannot
+/// cross an OpenMP region: the first one fn throws (std::bad_alloc from a task's buffers, say) is
+/// kept, the iterations not yet started are skipped, and it is rethrown after the loop.
 template <class F>
 void parallel_for(Index begin, Index end, F&& fn) {
 #ifdef _OPENMP
   if (end - begin > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+    std::exception_ptr error;
+    std::atomic<bool> failed{false};
 #pragma omp parallel for schedule(static)
-    for (Index i = begin; i < end; ++i)
-      fn(i);
+    for (Index i = begin; i < end; ++i) {
+      if (failed.load(std::memory_order_relaxed))
+        continue;
+      try {
+        fn(i);
+      } catch (...) {
+#pragma omp critical(ssmkit_parallel_for_error)
+        if (!error)
+          error = std::current_exception();
+        failed.store(true, std::memory_order_relaxed);
+      }
+    }
+    if (error)
+      std::rethrow_exception(error);
     return;
   }
 #endif

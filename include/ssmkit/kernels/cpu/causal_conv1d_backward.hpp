@@ -9,8 +9,6 @@
 #include "ssmkit/kernels/cpu/exp_approx.hpp"
 #include "ssmkit/math/activations.hpp"
 
-#include <atomic>
-#include <new>
 #include <type_traits>
 #include <vector>
 
@@ -198,22 +196,15 @@ void causal_conv1d_backward(const CausalConv1dBackwardParams<T, W>& p) {
     if (p.x.stride(2) == 1 && p.dout.stride(2) == 1 && p.dx.stride(2) == 1)
       packed = C / P::width * P::width;
   const Index packs = packed / P::width;
-  std::atomic<bool> out_of_memory{false};
   parallel_for(0, packs + (C - packed), [&](Index i) {
-    try {
-      if constexpr (std::is_same_v<T, float>) {
-        if (i < packs) {
-          detail::conv_backward_lanes<P>(p, i * P::width);
-          return;
-        }
+    if constexpr (std::is_same_v<T, float>) {
+      if (i < packs) {
+        detail::conv_backward_lanes<P>(p, i * P::width);
+        return;
       }
-      detail::conv_backward_channel(p, packed + (i - packs));
-    } catch (const std::bad_alloc&) {
-      out_of_memory = true;  // an exception may not leave a parallel region
     }
+    detail::conv_backward_channel(p, packed + (i - packs));
   });
-  if (out_of_memory)
-    throw std::bad_alloc();
 }
 
 }  // namespace cpu

@@ -11,9 +11,7 @@
 #include "ssmkit/math/activations.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <new>
 #include <type_traits>
 #include <vector>
 
@@ -345,23 +343,16 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p,
   // Private sums of the tasks: dB, dC per (batch, group, slice); dA, dD, dδ_bias per batch.
   std::vector<F> dB_part(sz(batch * G * slices * L * N)), dC_part(dB_part.size());
   std::vector<W> dA_part(sz(batch * D * N)), dD_part(sz(batch * D)), dbias_part(sz(batch * D));
-  std::atomic<bool> out_of_memory{false};
   parallel_for(0, batch * G * slices, [&](Index task) {
     const Index b = task / (G * slices), g = (task / slices) % G, slice = task % slices;
     const Index begin = g * Dg + slice * slice_width;
     const Index end = std::min(begin + slice_width, (g + 1) * Dg);
-    try {
-      detail::ScanBackwardLanes<P, T, W> lanes(p, K);
-      for (Index d0 = begin; d0 < end; d0 += V)
-        lanes.run(b, d0, std::min(V, end - d0), dB_part.data() + task * L * N,
-                  dC_part.data() + task * L * N, dA_part.data() + b * D * N, dD_part.data() + b * D,
-                  dbias_part.data() + b * D);
-    } catch (const std::bad_alloc&) {
-      out_of_memory = true;  // an exception may not leave a parallel region
-    }
+    detail::ScanBackwardLanes<P, T, W> lanes(p, K);
+    for (Index d0 = begin; d0 < end; d0 += V)
+      lanes.run(b, d0, std::min(V, end - d0), dB_part.data() + task * L * N,
+                dC_part.data() + task * L * N, dA_part.data() + b * D * N, dD_part.data() + b * D,
+                dbias_part.data() + b * D);
   });
-  if (out_of_memory)
-    throw std::bad_alloc();
 
   parallel_for(0, batch * L, [&](Index bt) {
     const Index b = bt / L, t = bt % L;
