@@ -581,6 +581,9 @@ TEST(CudaTrainKernels, AdamWRejectsBadArguments) {
   Strided p(10, 1, 1, -1, 1, stream.s), g(9, 1, 2, -1, 1, stream.s);
   optim::AdamW<float, Cuda> opt;
   SSMKIT_EXPECT_ERROR(opt.add(p.view(), g.view()), "grad", "shape");
+  Strided g2(10, 1, 3, -1, 1, stream.s);
+  opt.add(p.view(), g2.view());
+  SSMKIT_EXPECT_ERROR(opt.add(p.view(), g2.view()), "param", "a parameter added before");
   optim::AdamWOptions o;
   o.beta2 = 1;
   SSMKIT_EXPECT_ERROR((optim::AdamW<float, Cuda>{o}), "beta2", "[0, 1)");

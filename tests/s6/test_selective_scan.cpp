@@ -190,7 +190,7 @@ TEST(SelectiveScan, ChunkedEqualsSequential) {
   cpu::selective_scan(c.params(), blocked);
   const std::vector<float> seq(c.out.data(), c.out.data() + c.out.numel());
   const std::vector<float> seq_h(c.h_final.data(), c.h_final.data() + c.h_final.numel());
-  for (Index chunks : {2, 3, 7, 16, 1500}) {
+  for (Index chunks : {Index{2}, Index{3}, Index{7}, Index{16}, Index{1500}, Index{1} << 40}) {
     std::vector<float> first;
     for (int threads : {1, 2}) {
       set_num_threads(threads);
@@ -381,6 +381,11 @@ TEST(SelectiveScan, RejectsBadArguments) {
   SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "checkpoints", "shape", "(3, 2, 20, 16)");
   p = good, p.u = TensorView<const float, 3>(c.u.data(), {2, 37, 20}, "u", Device::CUDA);
   SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "u", "device", "cpu", "cuda");
+  Policy policy;
+  policy.chunks = -1;
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(good, policy), "policy.chunks", ">= 0", "-1");
+  policy.chunks = 0, policy.min_chunk_length = 0;
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(good, policy), "policy.min_chunk_length", ">= 1", "0");
 
   c.A(3, 4) = std::numeric_limits<float>::quiet_NaN();
   SSMKIT_EXPECT_ERROR(cpu::selective_scan(good), "A", "element (3, 4)", "finite");

@@ -387,6 +387,10 @@ TEST(AdamW, ParameterAddedLaterCountsItsOwnSteps) {
   EXPECT_NEAR(std::abs(b_alone[0] - 0.3), 3 * o.lr, 2 * o.lr);
   EXPECT_EQ(b, b_alone);
   EXPECT_EQ(shared.steps(), 7);
+  // Registered twice, b would be updated twice a step.
+  SSMKIT_EXPECT_ERROR(shared.add(TensorView<double, 1>(b.data() + 1, {2}),
+                                 TensorView<const double, 1>(gb.data(), {2})),
+                      "param", "a parameter added before");
 }
 
 TEST(ClipGradNorm, MatchesPyTorch) {

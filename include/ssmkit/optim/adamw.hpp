@@ -55,6 +55,8 @@ class AdamW {
     check_device(param, "param", Device::CPU);
     check_device(grad, "grad", Device::CPU);
     check_shape(grad, "grad", {param.size(0)});
+    for (const Slot& s : slots_)  // a parameter registered twice would be updated twice
+      check_disjoint(param, "param", s.param, "a parameter added before");
     slots_.push_back(Slot{param,
                           grad,
                           HostTensor<T, 1>({param.size(0)}, "exp_avg"),

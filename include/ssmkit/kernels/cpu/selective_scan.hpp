@@ -24,6 +24,7 @@ struct SelectiveScanPolicy {
   };
   Mode mode = Mode::Auto;
   /// Time chunks of the chunked scan; 0 means one more than the threads (see selective_scan).
+  /// At most max(2, L) are used: more would be empty.
   Index chunks = 0;
   /// Auto chooses the chunked scan only when its chunks are at least this long.
   Index min_chunk_length = 256;
@@ -305,6 +306,10 @@ inline std::vector<Index> chunk_bounds(Index L, Index chunks) {
 template <class Pack = void, class T, class W>
 void selective_scan(const SelectiveScanParams<T, W>& p, const SelectiveScanPolicy& policy = {}) {
   validate(p, Device::CPU);
+  SSMKIT_CHECK(policy.chunks >= 0, "policy.chunks", "value", ">= 0 (0: one more than the threads)",
+               policy.chunks);
+  SSMKIT_CHECK(policy.min_chunk_length >= 1, "policy.min_chunk_length", "value", ">= 1",
+               policy.min_chunk_length);
   using P = std::conditional_t<std::is_void_v<Pack>, detail::scan_pack_t<T>, Pack>;
   using F = typename P::scalar;
   static_assert(std::is_same_v<F, accum_t<T>>, "the pack must hold accum_t<T>");
@@ -322,10 +327,11 @@ void selective_scan(const SelectiveScanParams<T, W>& p, const SelectiveScanPolic
   using Lanes = detail::ScanLanes<P, T, W>;
   const Index np = Lanes::padded_states(p.state_size());
   const Index threads = max_threads();
-  const Index chunks = std::max<Index>(2, policy.chunks > 0 ? policy.chunks : threads + 1);
+  const Index chunks =
+      std::clamp<Index>(policy.chunks > 0 ? policy.chunks : threads + 1, 2, std::max<Index>(2, L));
   const bool chunked = policy.mode == SelectiveScanPolicy::Mode::Chunked ||
                        (policy.mode == SelectiveScanPolicy::Mode::Auto && blocks < threads &&
-                        L >= chunks * policy.min_chunk_length);
+                        L / chunks >= policy.min_chunk_length);
   if (!chunked) {
     const Index tasks = (blocks + detail::kBlocksPerTask - 1) / detail::kBlocksPerTask;
     parallel_for(0, tasks, [&](Index task) {

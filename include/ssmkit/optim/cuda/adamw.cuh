@@ -89,6 +89,11 @@ class AdamW<T, Cuda> {
     const Index n = param.size(0);
     if (n == 0)
       return;
+    for (const detail::AdamSegment& s : segments_)  // updated twice, and racing, if added twice
+      check_disjoint(
+          param, "param",
+          TensorView<const float, 1>::unchecked(s.param, {s.n}, {s.param_s}, Device::CUDA),
+          "a parameter added before");
     segments_.push_back(detail::AdamSegment{param.data(), grad.data(), param.stride(0),
                                             grad.stride(0), n, elements_, blocks_, steps_, decay});
     elements_ += n;
