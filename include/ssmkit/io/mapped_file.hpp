@@ -49,26 +49,24 @@ class MappedFile {
     // O_NONBLOCK: opening a FIFO would otherwise wait for a writer before the check below runs.
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     SSMKIT_CHECK(fd >= 0, path, "file", "readable", std::strerror(errno));
+    // Status and mapping first, then the descriptor closes once (a mapping outlives it), then
+    // the checks.
     struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int err = errno;
-      ::close(fd);
-      ssmkit::detail::throw_check(path, "file status", "readable", std::strerror(err));
+    const bool have_status = ::fstat(fd, &st) == 0;
+    const int status_err = errno;
+    const bool regular = have_status && S_ISREG(st.st_mode);
+    void* p = nullptr;
+    int map_err = 0;
+    if (regular && st.st_size > 0) {  // mmap rejects length 0; an empty file maps to nothing
+      p = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+      map_err = errno;
     }
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd);
-      ssmkit::detail::throw_check(path, "file", "a regular file", detail::file_kind(st.st_mode));
-    }
+    ::close(fd);
+    SSMKIT_CHECK(have_status, path, "file status", "readable", std::strerror(status_err));
+    SSMKIT_CHECK(regular, path, "file", "a regular file", detail::file_kind(st.st_mode));
+    SSMKIT_CHECK(p != MAP_FAILED, path, "mmap", "success", std::strerror(map_err));
     size_ = static_cast<std::size_t>(st.st_size);
-    if (size_ > 0) {  // mmap rejects length 0; an empty file maps to nothing
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      const int err = errno;
-      ::close(fd);
-      SSMKIT_CHECK(p != MAP_FAILED, path, "mmap", "success", std::strerror(err));
-      data_ = static_cast<const std::uint8_t*>(p);
-    } else {
-      ::close(fd);
-    }
+    data_ = static_cast<const std::uint8_t*>(p);
   }
 
   MappedFile(MappedFile&& o) noexcept
