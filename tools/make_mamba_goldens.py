@@ -13,7 +13,7 @@ holds exactly the weights the float64 reference used. transformers still rounds 
 intermediates to float32 (A = -exp(A_log.float()), RMSNorm, the fp32 residual); that costs ~1e-7
 relative, far below the tests' 1e-5 / 1e-4 bounds.
 
-Usage: python3 tools/make_mamba_goldens.py [--out tests/data/mamba]
+Usage: python3 tools/make_mamba_goldens.py [--out tests/data/mamba] [--only NAME ...]
 """
 import argparse
 import json
@@ -40,6 +40,11 @@ LM_CASES = {
     "tiny_n64": dict(hidden_size=48, num_hidden_layers=3, vocab_size=280, state_size=64,
                      expand=2, conv_kernel=3, use_bias=False, use_conv_bias=False,
                      tie_word_embeddings=False, layer_norm_epsilon=1e-6, seed=13),
+    # intermediate_size stored apart from expand * hidden_size (72, not 80): transformers sizes
+    # the mixer from the stored value
+    "tiny_inner": dict(hidden_size=40, intermediate_size=72, num_hidden_layers=2, vocab_size=200,
+                       state_size=8, expand=2, conv_kernel=4, use_bias=False, use_conv_bias=True,
+                       tie_word_embeddings=False, layer_norm_epsilon=1e-5, seed=14),
 }
 
 MIXER_CASES = {
@@ -100,6 +105,8 @@ def make_lm(name, case, out_dir):
     gen = torch.Generator().manual_seed(case["seed"])
     config = config_of(case)
     model = MambaForCausalLM(config).eval()
+    if "intermediate_size" in case:
+        assert model.backbone.layers[0].mixer.intermediate_size == case["intermediate_size"]
     randomise(model, gen)
     # With tied embeddings the residual stream's own embedding wins the lm head unless the mixers
     # speak louder: without this the greedy continuation just repeats the last prompt token.
@@ -150,13 +157,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "data",
                                                   "mamba"))
+    ap.add_argument("--only", action="append", default=[],
+                    help="make only these cases (LM names, or mixer_<name>); repeatable")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.use_deterministic_algorithms(True)
+    wanted = set(args.only)
+    unknown = wanted - set(LM_CASES) - {f"mixer_{n}" for n in MIXER_CASES}
+    if unknown:
+        ap.error(f"unknown cases: {sorted(unknown)}")
     for name, case in LM_CASES.items():
-        make_lm(name, case, args.out)
+        if not wanted or name in wanted:
+            make_lm(name, case, args.out)
     for name, case in MIXER_CASES.items():
-        make_mixer(name, case, args.out)
+        if not wanted or f"mixer_{name}" in wanted:
+            make_mixer(name, case, args.out)
 
 
 if __name__ == "__main__":

@@ -419,7 +419,8 @@ TEST_P(CudaMambaLMGolden, GreedyContinuationMatchesTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, CudaMambaLMGolden,
-                         ::testing::Values("tiny_tied", "tiny_untied_bias", "tiny_n64"));
+                         ::testing::Values("tiny_tied", "tiny_untied_bias", "tiny_n64",
+                                           "tiny_inner"));
 
 /// Prefill then steps of sampled tokens against the CPU model's logits at every step; batches
 /// above kGemvMaxTokens run their products through cuBLAS.

@@ -76,7 +76,8 @@ TEST_P(GenerateExample, GreedyIdsAndDumpedLogitsMatchTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, GenerateExample,
-                         ::testing::Values("tiny_tied", "tiny_untied_bias", "tiny_n64"));
+                         ::testing::Values("tiny_tied", "tiny_untied_bias", "tiny_n64",
+                                           "tiny_inner"));
 
 TEST(GenerateExampleFlags, SamplingIsSeededAndTopKOneIsGreedy) {
   const Golden g = golden("tiny_n64", 0);

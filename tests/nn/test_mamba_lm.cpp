@@ -49,7 +49,8 @@ TEST_P(MambaLMGolden, GreedyContinuationMatchesTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, MambaLMGolden,
-                         ::testing::Values("tiny_tied", "tiny_untied_bias", "tiny_n64"));
+                         ::testing::Values("tiny_tied", "tiny_untied_bias", "tiny_n64",
+                                           "tiny_inner"));
 
 TEST(MambaLM, CachedDecodeEqualsFullRecomputeAtEveryStep) {
   // Sampled tokens (not greedy ones) drive the decode, so every step sees a fresh context.

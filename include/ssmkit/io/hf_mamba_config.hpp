@@ -19,7 +19,7 @@ struct MambaConfig {
   Index vocab_size = 0;             ///< vocab_size (rows of the embedding)
   Index d_state = 16;               ///< state_size (N)
   Index expand = 2;                 ///< expand
-  Index d_inner = 0;                ///< intermediate_size, else expand * d_model
+  Index d_inner = 0;                ///< intermediate_size if stored, else expand * d_model
   Index d_conv = 4;                 ///< conv_kernel
   Index dt_rank = 0;                ///< time_step_rank; "auto" = ceil(d_model / 16)
   bool use_bias = false;            ///< biases of in_proj and out_proj
@@ -45,16 +45,17 @@ struct MambaConfig {
     c.d_state = positive(j, source, "state_size", false, c.d_state);
     c.expand = positive(j, source, "expand", false, c.expand);
     c.d_conv = positive(j, source, "conv_kernel", false, c.d_conv);
-    // Both factors are below 2^31, so the product cannot overflow int64; it must still fit int32
-    // as every size does.
-    const Index d_inner = c.expand * c.d_model;
-    SSMKIT_CHECK(d_inner <= Index{kMaxSize}, key_arg(source, "expand"),
-                 "value * hidden_size (d_inner)", "in [1, 2^31 - 1]", d_inner);
-    // transformers always derives intermediate_size from expand; a different stored value means
-    // the file and the model it came from disagree.
-    c.d_inner = positive(j, source, "intermediate_size", false, d_inner);
-    SSMKIT_CHECK_EQ(key_arg(source, "intermediate_size"), "value (expand * hidden_size)", d_inner,
-                    c.d_inner);
+    if (j.contains("intermediate_size")) {
+      // transformers derives intermediate_size from expand, then sets the stored keys over it:
+      // a stored value sizes the mixer even where it differs from expand * hidden_size.
+      c.d_inner = positive(j, source, "intermediate_size", false, 0);
+    } else {
+      // Both factors are below 2^31, so the product cannot overflow int64; it must still fit
+      // int32 as every size does.
+      c.d_inner = c.expand * c.d_model;
+      SSMKIT_CHECK(c.d_inner <= Index{kMaxSize}, key_arg(source, "expand"),
+                   "value * hidden_size (d_inner)", "in [1, 2^31 - 1]", c.d_inner);
+    }
     if (j.contains("time_step_rank") && j["time_step_rank"].is_string()) {
       SSMKIT_CHECK(j["time_step_rank"] == "auto", key_arg(source, "time_step_rank"), "value",
                    "\"auto\" or a positive integer", j["time_step_rank"].dump());
