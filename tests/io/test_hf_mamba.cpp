@@ -95,12 +95,15 @@ TEST(HfMamba, MinimalConfigTakesTransformersDefaults) {
 template <class T>
 std::map<std::string, std::vector<float>> write_checkpoint(const fs::path& dir,
                                                            const nlohmann::json& config,
-                                                           const MambaConfig& c) {
+                                                           const MambaConfig& c,
+                                                           const io::HfTensorShapes& extra = {}) {
   testing::write_text((dir / "config.json").string(), config.dump(2));
   io::SafetensorsWriter w;
   std::map<std::string, std::vector<float>> values;
   std::uint64_t seed = 100;
-  for (const auto& [name, shape] : io::hf_mamba_tensor_shapes(c)) {
+  io::HfTensorShapes all = io::hf_mamba_tensor_shapes(c);
+  all.insert(all.end(), extra.begin(), extra.end());
+  for (const auto& [name, shape] : all) {
     Index n = 1;
     for (Index s : shape)
       n *= s;
@@ -351,6 +354,37 @@ TEST(CorruptCheckpoint, BiasesDeclaredButAbsent) {
   const MambaConfig no_bias = MambaConfig::from_json(tied_config(), "c");
   expect_bad_single_file({{"use_bias", true}}, no_bias, {"in_proj.bias", "missing"});
   expect_bad_single_file({{"use_conv_bias", true}}, no_bias, {"conv1d.bias", "missing"});
+}
+
+// A tensor the config does not name means the config and the weights disagree: open throws naming
+// it, unless the caller accepts such tensors (then they are listed). lm_head.weight beside tied
+// embeddings is what transformers writes for some models and ignores, so it is no such tensor.
+TEST(CorruptCheckpoint, TensorsTheConfigDoesNotName) {
+  const nlohmann::json config = tied_config();
+  const MambaConfig c = MambaConfig::from_json(config, "c");
+  MambaConfig three_layers = c, biased = c;
+  three_layers.n_layer = 3;
+  biased.use_bias = true;
+  TempDir layers, biases, head;
+  write_checkpoint<float>(layers.path(), config, three_layers);
+  write_checkpoint<float>(biases.path(), config, biased);
+  write_checkpoint<float>(head.path(), config, c, {{io::kHfLmHead, {c.vocab_size, c.d_model}}});
+
+  SSMKIT_EXPECT_ERROR(HfMambaCheckpoint::open(layers.path().string()),
+                      "'backbone.layers.2.mixer.A_log'", "num_hidden_layers 2",
+                      "(9 such; HfOpenOptions::allow_unused_tensors");
+  SSMKIT_EXPECT_ERROR(HfMambaCheckpoint::open(biases.path().string()),
+                      "'backbone.layers.0.mixer.in_proj.bias'", "use_bias false", "(4 such");
+  EXPECT_TRUE(HfMambaCheckpoint::open(head.path().string()).unused_tensors().empty());
+
+  io::HfOpenOptions allow;
+  allow.allow_unused_tensors = true;
+  const auto ck = HfMambaCheckpoint::open(biases.path().string(), allow);
+  const std::vector<std::string> want = {
+      "backbone.layers.0.mixer.in_proj.bias", "backbone.layers.0.mixer.out_proj.bias",
+      "backbone.layers.1.mixer.in_proj.bias", "backbone.layers.1.mixer.out_proj.bias"};
+  EXPECT_EQ(ck.unused_tensors(), want);
+  EXPECT_EQ(HfMambaCheckpoint::open(layers.path().string(), allow).unused_tensors().size(), 9u);
 }
 
 // The tensors are checked layer by layer: a config claiming 2^31 - 1 layers fails at the first

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -104,11 +105,21 @@ inline HfTensorShapes hf_mamba_tensor_shapes(const MambaConfig& c) {
   return out;
 }
 
+/// How HfMambaCheckpoint::open treats the checkpoint's tensors.
+struct HfOpenOptions {
+  /// Accept tensors the config does not name, as transformers does (it warns and drops them).
+  /// Off, such a tensor means config.json and the weights disagree (more layers than
+  /// num_hidden_layers, biases that use_bias leaves out), and open throws naming it.
+  /// lm_head.weight beside tied embeddings is always accepted and ignored, as in transformers.
+  bool allow_unused_tensors = false;
+};
+
 /// An opened checkpoint directory. Opening validates the config, the shard index and that every
-/// tensor the config implies is present, floating-point and of the right shape.
+/// tensor the config implies is present, floating-point and of the right shape, and that no other
+/// tensor is there unless `options` allows it.
 class HfMambaCheckpoint {
  public:
-  static HfMambaCheckpoint open(const std::string& dir) {
+  static HfMambaCheckpoint open(const std::string& dir, const HfOpenOptions& options = {}) {
     namespace fs = std::filesystem;
     struct stat st {};
     const bool found = ::stat(dir.c_str(), &st) == 0;
@@ -136,12 +147,27 @@ class HfMambaCheckpoint {
                                std::to_string(ck.config_.n_layer) + ")";
     for (Index i = 0; i < ck.config_.n_layer; ++i)
       ck.check_tensors(hf_mamba_layer_tensor_shapes(ck.config_, i), layers);
+    ck.find_unused();
+    if (!options.allow_unused_tensors && !ck.unused_.empty()) {
+      const auto flag = [](bool b) { return b ? "true" : "false"; };
+      ssmkit::detail::throw_check(
+          ck.where(ck.unused_.front()), "tensor",
+          ssmkit::detail::concat("named by config.json (num_hidden_layers ", ck.config_.n_layer,
+                                 ", use_bias ", flag(ck.config_.use_bias), ", use_conv_bias ",
+                                 flag(ck.config_.use_conv_bias), ")"),
+          ssmkit::detail::concat("one it does not name (", ck.unused_.size(),
+                                 " such; HfOpenOptions::allow_unused_tensors accepts them)"));
+    }
     return ck;
   }
 
   const MambaConfig& config() const { return config_; }
   const std::string& directory() const { return dir_; }
   bool has(const std::string& name) const { return where_.count(name) != 0; }
+
+  /// The tensors present that the config does not name, sorted (lm_head.weight beside tied
+  /// embeddings excepted); empty unless HfOpenOptions::allow_unused_tensors was set.
+  const std::vector<std::string>& unused_tensors() const { return unused_; }
 
   /// The header entry of tensor `name` (Error naming it when the checkpoint lacks it).
   const TensorInfo& info(const std::string& name) const { return file_of(name).info(name); }
@@ -189,6 +215,23 @@ class HfMambaCheckpoint {
     }
   }
 
+  void find_unused() {
+    // Every named tensor was found present above, so this set is no larger than the files' list.
+    std::set<std::string> named;
+    const auto add = [&](const HfTensorShapes& shapes) {
+      for (const auto& entry : shapes)
+        named.insert(entry.first);
+    };
+    add(hf_mamba_model_tensor_shapes(config_));
+    for (Index i = 0; i < config_.n_layer; ++i)
+      add(hf_mamba_layer_tensor_shapes(config_, i));
+    if (config_.tie_word_embeddings)
+      named.insert(kHfLmHead);
+    for (const auto& entry : where_)
+      if (named.count(entry.first) == 0)
+        unused_.push_back(entry.first);
+  }
+
   static std::string shape_text(const std::vector<Index>& s) {
     std::string out = "(";
     for (std::size_t d = 0; d < s.size(); ++d)
@@ -226,6 +269,7 @@ class HfMambaCheckpoint {
   MambaConfig config_;
   std::vector<SafetensorsFile> shards_;
   std::map<std::string, std::size_t> where_;
+  std::vector<std::string> unused_;
 };
 
 }  // namespace ssmkit::io

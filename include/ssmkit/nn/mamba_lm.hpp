@@ -177,9 +177,10 @@ class MambaLM {
   }
 
   /// Loads an HF MambaForCausalLM directory (config.json + model.safetensors or shards),
-  /// converting the stored dtype to T.
-  static MambaLM from_pretrained(const std::string& dir) {
-    const auto ck = io::HfMambaCheckpoint::open(dir);
+  /// converting the stored dtype to T. `open` says whether tensors the config does not name are
+  /// accepted (io::HfOpenOptions; by default they are an error).
+  static MambaLM from_pretrained(const std::string& dir, const io::HfOpenOptions& open = {}) {
+    const auto ck = io::HfMambaCheckpoint::open(dir, open);
     const io::MambaConfig& hc = ck.config();
     const MambaLMConfig c = MambaLMConfig::from_hf(hc);
     const Index dm = hc.d_model, di = hc.d_inner, N = hc.d_state, R = hc.dt_rank;

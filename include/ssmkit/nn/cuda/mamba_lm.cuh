@@ -170,9 +170,10 @@ class MambaLM<T, Cuda> {
   }
 
   /// Loads an HF MambaForCausalLM directory (config.json + model.safetensors or shards) as the
-  /// CPU model does, then uploads it.
-  static MambaLM from_pretrained(const std::string& dir, const cuda::CudaOptions& options = {}) {
-    return MambaLM(MambaLM<float, Cpu>::from_pretrained(dir), options);
+  /// CPU model does, `open` included, then uploads it.
+  static MambaLM from_pretrained(const std::string& dir, const cuda::CudaOptions& options = {},
+                                 const io::HfOpenOptions& open = {}) {
+    return MambaLM(MambaLM<float, Cpu>::from_pretrained(dir, open), options);
   }
 
   const MambaLMConfig& config() const { return c_; }
