@@ -570,4 +570,49 @@ TEST(CudaMambaLM, RejectsBadInputs) {
   SSMKIT_EXPECT_ERROR((nn::MambaBlock<float, Cuda>(g.config, std::move(bad))), "D", "shape");
 }
 
+/// Makes `device` current for a scope, then device 0 again.
+struct OnDevice {
+  explicit OnDevice(int device) { SSMKIT_CUDA_CHECK(cudaSetDevice(device)); }
+  ~OnDevice() { cudaSetDevice(0); }
+  OnDevice(const OnDevice&) = delete;
+  OnDevice& operator=(const OnDevice&) = delete;
+};
+
+// Blocks, models, workspaces and cuBLAS handles remember the device they were made on; a call
+// with another device current, or with a workspace of another device, throws before it launches.
+TEST(CudaDevices, ObjectsOfOneDeviceRefuseAnother) {
+  if (cuda::device_count() < 2)
+    GTEST_SKIP() << "needs two CUDA devices";
+  OnDevice zero(0);
+  const MixerGolden<float> g("bias");
+  const nn::MambaBlock<float, Cuda> block(g.config, g.copy_weights());
+  typename nn::MambaBlock<float, Cuda>::Workspace ws0;
+  const auto lm = nn::MambaLM<float, Cuda>::from_pretrained(mamba_data("tiny_tied"));
+  TestStream s0;
+  auto cache = lm.make_cache(1, s0.s);
+  const Index dm = g.config.d_model;
+  cuda::DeviceBuffer<float> x(3 * dm), out(3 * dm);
+  const std::vector<std::int64_t> ids = {1, 2, 3};
+  const TensorView<const std::int64_t, 2> prompt(ids.data(), {1, 3});
+  {
+    OnDevice one(1);
+    typename nn::MambaBlock<float, Cuda>::Workspace ws1;
+    EXPECT_EQ(ws1.device(), 1);
+    SSMKIT_EXPECT_ERROR(block.forward(x.view<3>({1, 3, dm}), out.view<3>({1, 3, dm}), ws1, nullptr),
+                        "MambaBlock", "current device", "0 (where it was made)", "got 1");
+    SSMKIT_EXPECT_ERROR(lm.prefill(prompt, cache), "MambaLM", "current device", "got 1");
+    SSMKIT_EXPECT_ERROR(ws0.linear().cublas().on(nullptr), "cuBLAS handle", "current device",
+                        "got 1");
+    OnDevice back(0);
+    SSMKIT_EXPECT_ERROR(block.forward(x.view<3>({1, 3, dm}), out.view<3>({1, 3, dm}), ws1, s0.s),
+                        "ws", "device", "0 (the block's)", "got 1");
+    SSMKIT_EXPECT_ERROR(block.step(x.view<2>({1, dm}), out.view<2>({1, dm}), {}, ws1, s0.s), "ws",
+                        "device");
+  }
+  // On its own device everything still runs.
+  block.forward(x.view<3>({1, 3, dm}), out.view<3>({1, 3, dm}), ws0, s0.s);
+  lm.prefill(prompt, cache);
+  SSMKIT_CUDA_CHECK(cudaStreamSynchronize(s0.s));
+}
+
 }  // namespace

@@ -390,5 +390,29 @@ TEST(TrainModel, RejectsBadArguments) {
                       "weight", "device");
 }
 
+// A training workspace made on one device refuses calls while another is current, before it
+// launches anything.
+TEST(TrainModel, WorkspaceOfAnotherDevice) {
+  if (cuda::device_count() < 2)
+    GTEST_SKIP() << "needs two CUDA devices";
+  const MambaLMConfig cfg = small_config(true);
+  nn::MambaLM<float> cpu(cfg, random_weights<float>(cfg, false, 80));
+  SSMKIT_CUDA_CHECK(cudaSetDevice(0));
+  TestStream stream;
+  OnDevice dev(cpu, false);
+  auto& [weights, grads] = dev;
+  const Data d = random_data(cfg.vocab_size, 2, 6, 81);
+  SSMKIT_CUDA_CHECK(cudaSetDevice(1));
+  nn::MambaLMBackwardWorkspace ws1;
+  SSMKIT_CUDA_CHECK(cudaSetDevice(0));
+  EXPECT_EQ(ws1.block().device(), 1);
+  SSMKIT_EXPECT_ERROR(
+      nn::mamba_lm_backward(weights, d.ids_view(), d.targets_view(), grads, ws1, stream.s), "ws",
+      "current device", "1 (where it was made)", "got 0");
+  nn::MambaLMBackwardWorkspace ws0;
+  EXPECT_GT(nn::mamba_lm_backward(weights, d.ids_view(), d.targets_view(), grads, ws0, stream.s),
+            0.0);
+}
+
 }  // namespace
 }  // namespace ssmkit

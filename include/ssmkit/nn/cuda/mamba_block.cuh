@@ -74,12 +74,16 @@ class MambaBlock<T, Cuda> {
                 "the CUDA MambaBlock stores its projections as float or __nv_bfloat16");
 
  public:
-  /// Scratch device memory of forward() and step(), shareable by the blocks of a model. It grows
-  /// to the largest call (so reserve() it before capturing calls in a CUDA graph) and holds the
-  /// cuBLAS handle the products run on.
+  /// Scratch device memory of forward() and step(), shareable by the blocks of a model on the
+  /// device current when it is made. It grows to the largest call (so reserve() it before
+  /// capturing calls in a CUDA graph) and holds the cuBLAS handle the products run on.
   class Workspace {
    public:
-    explicit Workspace(const cuda::CudaOptions& options = {}) : linear_(options) {}
+    explicit Workspace(const cuda::CudaOptions& options = {})
+        : device_(cuda::current_device()), linear_(options) {}
+
+    /// The device its memory is on.
+    int device() const { return device_; }
 
     /// Room for calls of up to `tokens` tokens of a block with config `c`.
     void reserve(const MambaBlockConfig& c, Index tokens) {
@@ -105,6 +109,7 @@ class MambaBlock<T, Cuda> {
         b = cuda::DeviceBuffer<E>(n, "block workspace");
     }
 
+    int device_;
     cuda::LinearWorkspace linear_;
     cuda::DeviceBuffer<float> xz_, u_, xdbl_, delta_, y_;
     cuda::DeviceBuffer<unsigned char> scan_, inner_;
@@ -156,7 +161,7 @@ class MambaBlock<T, Cuda> {
   void forward(TensorView<const float, 3> x, TensorView<float, 3> out, Workspace& ws,
                cudaStream_t stream, MambaBlockStateView<float> state = {}, bool accumulate = false,
                const cuda::RowNorm& norm = {}) const {
-    cuda::check_current_device(device_, "MambaBlock");
+    check_devices(ws);
     const Index batch = x.size(0), L = x.size(1), di = c_.d_inner;
     check_rows(x, "x", batch, L);
     check_rows(out, "out", batch, L);
@@ -200,7 +205,7 @@ class MambaBlock<T, Cuda> {
   void step(TensorView<const float, 2> x, TensorView<float, 2> out,
             MambaBlockStateView<float> state, Workspace& ws, cudaStream_t stream,
             bool accumulate = false, const cuda::RowNorm& norm = {}) const {
-    cuda::check_current_device(device_, "MambaBlock");
+    check_devices(ws);
     const Index batch = x.size(0), di = c_.d_inner;
     check_matrix(x, "x", batch);
     check_matrix(out, "out", batch);
@@ -256,6 +261,12 @@ class MambaBlock<T, Cuda> {
   }
 
   /// x_proj and dt_proj of the conv output in ws.u_, and the scan's arguments (no states).
+  void check_devices(const Workspace& ws) const {
+    cuda::check_current_device(device_, "MambaBlock");
+    SSMKIT_CHECK(ws.device_ == device_, "ws", "device", std::to_string(device_) + " (the block's)",
+                 ws.device_);
+  }
+
   SelectiveScanParams<float> ssm_params(Workspace& ws, Index batch, Index L,
                                         cudaStream_t stream) const {
     const Index tokens = batch * L, di = c_.d_inner, N = c_.d_state, R = c_.dt_rank;

@@ -43,7 +43,11 @@ class MambaBlockBackwardWorkspace {
  public:
   explicit MambaBlockBackwardWorkspace(const cuda::CudaOptions& options = {},
                                        ScanCheckpoints checkpoints = ScanCheckpoints::fine)
-      : linear_(options), checkpoints_kind_(checkpoints) {}
+      : device_(cuda::current_device()), linear_(options), checkpoints_kind_(checkpoints) {}
+
+  /// The device its memory is on, the one current when it was made; calls with it need it
+  /// current.
+  int device() const { return device_; }
 
   /// Room for blocks of config `c` on (batch, L) sequences.
   void reserve(const MambaBlockConfig& c, Index batch, Index L) {
@@ -101,6 +105,7 @@ class MambaBlockBackwardWorkspace {
     return scratch_.data();
   }
 
+  int device_;
   cuda::LinearBackwardWorkspace linear_;
   cuda::DeviceBuffer<float> xz_, u_, xdbl_, delta_, y_, A_;
   cuda::DeviceBuffer<float> dxz_, dy_, du_, ddelta_, dxdbl_, dA_;
@@ -255,6 +260,7 @@ inline void mamba_block_forward(const MambaBlockConfig& c,
   const Index batch = x.size(0), L = x.size(1), dm = c.d_model, di = c.d_inner;
   const Index N = c.d_state, R = c.dt_rank, width = R + 2 * N, tokens = batch * L;
   c.validate();
+  cuda::check_current_device(ws.device_, "ws");
   detail::check_block_views(c, w, "weights");
   detail::check_sequence(x, "x", batch, L, dm);
   if (!out.absent())
@@ -305,6 +311,7 @@ inline void mamba_block_backward(const MambaBlockConfig& c,
   const Index batch = x.size(0), L = x.size(1), dm = c.d_model, di = c.d_inner;
   const Index N = c.d_state, R = c.dt_rank, width = R + 2 * N, tokens = batch * L;
   c.validate();
+  cuda::check_current_device(ws.device_, "ws");
   detail::check_block_views(c, grads, "grads", &w);
   detail::check_sequence(dout, "dout", batch, L, dm);
   detail::check_sequence(dx, "dx", batch, L, dm);

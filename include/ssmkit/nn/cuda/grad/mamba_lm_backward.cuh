@@ -149,6 +149,7 @@ inline double mamba_lm_backward(const DeviceMambaLMWeights& model,
                                 TensorView<const std::int64_t, 2> targets,
                                 DeviceMambaLMWeights& grads, MambaLMBackwardWorkspace& ws,
                                 cudaStream_t stream, Index ignore_index = -100) {
+  cuda::check_current_device(ws.block_.device(), "ws");
   const std::vector<std::int64_t> flat_ids =
       MambaLMBackwardWorkspace::checked_ids(model, ids, grads);
   const Index batch = ids.size(0), L = ids.size(1), V = model.config().vocab_size;
@@ -189,6 +190,7 @@ inline void mamba_lm_backward(const DeviceMambaLMWeights& model,
                               TensorView<const std::int64_t, 2> ids,
                               TensorView<const float, 3> dlogits, DeviceMambaLMWeights& grads,
                               MambaLMBackwardWorkspace& ws, cudaStream_t stream) {
+  cuda::check_current_device(ws.block_.device(), "ws");
   const std::vector<std::int64_t> flat_ids =
       MambaLMBackwardWorkspace::checked_ids(model, ids, grads);
   const Index batch = ids.size(0), L = ids.size(1), V = model.config().vocab_size;
