@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times mamba_ssm's own selective-scan CUDA kernels (forward and backward) on DESIGN.md's shapes.
+"""Times mamba_ssm's own selective-scan CUDA kernels (forward and backward) on the target shapes (benchmarks/RESULTS.md, top).
 
 This is the baseline the CUDA benchmarks compare against: bench_cuda and bench_cuda_scan_backward
 quote DESIGN.md's figures unless `--mamba-ssm FILE` gives them the file this writes (--out), so

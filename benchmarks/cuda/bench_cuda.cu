@@ -1,6 +1,7 @@
 // The CUDA benchmark: copy bandwidth and exponential rate measured on the spot, the selective
-// scan on DESIGN.md's shapes (fp32 and bf16, token- and channel-major, each policy) against its
-// floor and mamba_ssm, and the decode-step kernels at batch 1 … 256. Prints markdown tables.
+// scan on the target shapes (benchmarks/RESULTS.md, top) (fp32 and bf16, token- and channel-major,
+// each policy) against its floor and mamba_ssm, and the decode-step kernels at batch 1 … 256.
+// Prints markdown tables.
 //   bench_cuda [--runs N] [--quick] [--shape I] [--bc-state-time] [--mamba-ssm FILE]
 // --quick: the first shape and the default policy only; --shape I: the I-th shape only (from 0);
 // --bc-state-time: also the default policy with B and C in mamba_ssm's (batch, group, state,

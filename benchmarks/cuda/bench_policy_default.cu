@@ -1,5 +1,6 @@
 // The library's default selective-scan policy and variants of how far it cuts sequences into
-// chunks (they share the default's kernels), timed on DESIGN.md's shapes.
+// chunks (they share the default's kernels), timed on the target shapes (benchmarks/RESULTS.md,
+// top).
 #include "bench_scan.cuh"
 
 namespace ssmkit::bench {

@@ -1,4 +1,4 @@
-// Times one selective-scan policy on the shapes of DESIGN.md.
+// Times one selective-scan policy on the target shapes (benchmarks/RESULTS.md, top).
 #pragma once
 
 #include "bench_timing.cuh"

@@ -1,8 +1,8 @@
-// The CUDA selective scan backward on DESIGN.md's shapes (N=16, z, D, δ_bias, softplus; fp32 and
-// bf16; token-major, channel-major, and the token-major layout a Mamba block hands over, with z
-// and dz halves of wider rows), timed with CUDA events, against mamba_ssm's backward (DESIGN.md's
-// H100 figures, or --mamba-ssm FILE: its times measured on this GPU by tools/bench_mamba_ssm.py);
-// and the time of each of its passes. Prints markdown tables.
+// The CUDA selective scan backward on the target shapes (benchmarks/RESULTS.md, top) (N=16, z, D,
+// δ_bias, softplus; fp32 and bf16; token-major, channel-major, and the token-major layout a Mamba
+// block hands over, with z and dz halves of wider rows), timed with CUDA events, against
+// mamba_ssm's backward (DESIGN.md's H100 figures, or --mamba-ssm FILE: its times measured on this
+// GPU by tools/bench_mamba_ssm.py); and the time of each of its passes. Prints markdown tables.
 //   bench_cuda_scan_backward [--runs N] [--quick] [--shape I] [--dtype fp32|bf16]
 //                            [--layout token|channel|block] [--mamba-ssm FILE]
 //   (--quick: the first shape only; --shape I: the I-th only, from 0; --dtype, --layout: those

@@ -1,5 +1,6 @@
-// The inputs and gradients of DESIGN.md's backward benchmark problems, shared by the scan
-// backward benchmarks: N=16, z, D, δ_bias, softplus, inputs from bench_scan.cuh's ranges.
+// The inputs and gradients of the target shapes' backward benchmark problems
+// (benchmarks/RESULTS.md, top), shared by the scan backward benchmarks: N=16, z, D, δ_bias,
+// softplus, inputs from bench_scan.cuh's ranges.
 #pragma once
 
 #include "bench_scan.cuh"

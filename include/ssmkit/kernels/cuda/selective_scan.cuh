@@ -430,8 +430,8 @@ ScanArgs<T> make_scan_args(const SelectiveScanParams<T, float>& p) {
 }
 
 /// The splits the kernel is built for, by state size: two lanes of 8 states for N <= 16 (on an
-/// H200, 2 lanes beat 4, 8 and 16 at every shape of DESIGN.md: the shuffles and the
-/// reduce-scatter grow with the lanes), 4 of 16 for N <= 64, 16 of 16 for N <= 256.
+/// H200, 2 lanes beat 4, 8 and 16 at every target shape (benchmarks/RESULTS.md): the shuffles and
+/// the reduce-scatter grow with the lanes), 4 of 16 for N <= 64, 16 of 16 for N <= 256.
 using SplitSmall = LaneSplit<2, 8, 4>;
 using SplitMid = LaneSplit<4, 16, 2>;
 using SplitLarge = LaneSplit<16, 16, 1>;
