@@ -12,6 +12,12 @@
 
 namespace ssmkit::testing {
 
+/// Bounds for outputs stored in 2 bytes, against an oracle that reads the same rounded inputs:
+/// only the outputs' rounding differs, at most the unit roundoff in norm, 2^-11 for half and 2^-8
+/// for bfloat16. The bounds are about four and two and a half of those, as on the CPU.
+constexpr double kHalfTol = 2e-3;
+constexpr double kBf16Tol = 1e-2;
+
 /// Skips the test (CI has nvcc but no GPU) with a message saying why.
 #define SSMKIT_REQUIRE_GPU()                                                      \
   do {                                                                            \

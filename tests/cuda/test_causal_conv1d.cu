@@ -115,8 +115,8 @@ TEST(CudaCausalConv1d, SequenceMatchesCpu) {
     c.channel_major = cm;
     c.seed = cm ? 2 : 1;
     check_conv<float, float>(c, 1e-6);
-    check_conv<__nv_bfloat16, float>(c, 1e-2);
-    check_conv<__half, __half>(c, 1e-2);
+    check_conv<__nv_bfloat16, float>(c, kBf16Tol);
+    check_conv<__half, __half>(c, kHalfTol);
   }
   ConvCase bare;
   bare.bias = bare.silu = bare.init = bare.final_state = false;

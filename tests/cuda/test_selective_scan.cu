@@ -178,8 +178,8 @@ TEST(CudaSelectiveScan, HalfAndBfloat16Storage) {
       c.channel_major = cm;
       c.L = 41;
       c.seed = 100 + static_cast<std::uint64_t>(N);
-      check_scan<__half>(c, 1e-2);
-      check_scan<__nv_bfloat16>(c, 1e-2);
+      check_scan<__half>(c, kHalfTol);
+      check_scan<__nv_bfloat16>(c, kBf16Tol);
     }
 }
 
@@ -199,15 +199,15 @@ void check_staged_states(bool bc_state_time, std::uint64_t seed0) {
       c.bc_state_time = bc_state_time;
       c.seed = seed0 + static_cast<std::uint64_t>(G) + (cm ? 3 : 0);
       check_scan<float>(c, 1e-5);
-      check_scan<__half>(c, 1e-2);
-      check_scan<__nv_bfloat16>(c, 1e-2);
+      check_scan<__half>(c, kHalfTol);
+      check_scan<__nv_bfloat16>(c, kBf16Tol);
       c.N = 3;
       check_scan<float>(c, 1e-5);
       if (bc_state_time) {
         c.N = 16;
         c.batch = 1;
         c.L = 4099;
-        check_scan<__nv_bfloat16>(c, 1e-2);
+        check_scan<__nv_bfloat16>(c, kBf16Tol);
       }
     }
 }
@@ -233,8 +233,8 @@ TEST(CudaSelectiveScan, ChannelMajorRowsAsVectors) {
     c.channel_major = true;
     c.seed = 60 + static_cast<std::uint64_t>(L);
     check_scan<float>(c, 1e-5);
-    check_scan<__half>(c, 1e-2);
-    check_scan<__nv_bfloat16>(c, 1e-2);
+    check_scan<__half>(c, kHalfTol);
+    check_scan<__nv_bfloat16>(c, kBf16Tol);
     c.gate = false;
     check_scan<float>(c, 1e-5);
   }
@@ -252,8 +252,8 @@ TEST(CudaSelectiveScan, ChannelMajorRowsEndingInsideAVector) {
     c.channel_major = true;
     c.seed = 70 + static_cast<std::uint64_t>(L);
     check_scan<float>(c, 1e-5);
-    check_scan<__half>(c, 1e-2);
-    check_scan<__nv_bfloat16>(c, 1e-2);
+    check_scan<__half>(c, kHalfTol);
+    check_scan<__nv_bfloat16>(c, kBf16Tol);
   }
 }
 
@@ -284,7 +284,7 @@ TEST(CudaSelectiveScan, SingleStepOddSizesAndGroups) {
   c.G = 4;
   c.padded_states = true;
   check_scan<float>(c, 1e-5);
-  check_scan<__nv_bfloat16>(c, 1e-2);
+  check_scan<__nv_bfloat16>(c, kBf16Tol);
 }
 
 TEST(CudaSelectiveScan, InPlaceState) {
@@ -307,7 +307,7 @@ TEST(CudaSelectiveScan, ChunkedSequence) {
     c.channel_major = cm;
     c.seed = 13;
     check_scan<float>(c, 1e-5);
-    check_scan<__nv_bfloat16>(c, 1e-2);
+    check_scan<__nv_bfloat16>(c, kBf16Tol);
     // h_final in h0's memory: the last chunk writes it while the others start from h0.
     c.in_place_state = true;
     check_scan<float>(c, 1e-5);
@@ -337,7 +337,7 @@ TEST(CudaSelectiveStateUpdate, MatchesOneStepOfTheOracle) {
     c.in_place_state = true;
     c.seed = 20 + static_cast<std::uint64_t>(N);
     check_scan<float>(c, 1e-5);
-    check_scan<__nv_bfloat16>(c, 1e-2);
+    check_scan<__nv_bfloat16>(c, kBf16Tol);
     c.in_place_state = false;
     c.gate = c.skip = c.bias = false;
     check_scan<float>(c, 1e-5);

@@ -278,8 +278,8 @@ TEST(CudaSelectiveScanBackward, HalfAndBfloat16Storage) {
     c.channel_major = cm;
     c.L = 150;
     c.seed = cm ? 31 : 30;
-    check_backward<__half>(c, 1e-2);
-    check_backward<__nv_bfloat16>(c, 1e-2);
+    check_backward<__half>(c, kHalfTol);
+    check_backward<__nv_bfloat16>(c, kBf16Tol);
   }
 }
 
@@ -362,14 +362,14 @@ TEST(CudaSelectiveScanBackward, FromForwardCheckpoints) {
     BackwardCase c;
     c.L = L, c.act_pad = (8 - L % 8) % 8, c.channel_major = true, c.checkpoints = true;
     c.fine = L == 152, c.seed = 30 + static_cast<std::uint64_t>(L);
-    check_backward<__nv_bfloat16>(c, 1e-2);
+    check_backward<__nv_bfloat16>(c, kBf16Tol);
   }
   BackwardCase c;
   c.checkpoints = true, c.L = 150, c.seed = 170;
-  check_backward<__half>(c, 1e-2);
-  check_backward<__nv_bfloat16>(c, 1e-2);
+  check_backward<__half>(c, kHalfTol);
+  check_backward<__nv_bfloat16>(c, kBf16Tol);
   c.channel_major = true, c.fine = true;
-  check_backward<__nv_bfloat16>(c, 1e-2);
+  check_backward<__nv_bfloat16>(c, kBf16Tol);
 }
 
 TEST(CudaSelectiveScanBackward, BAndCRowsEndingInsideAVector) {
@@ -384,9 +384,9 @@ TEST(CudaSelectiveScanBackward, BAndCRowsEndingInsideAVector) {
     check_backward<float>(c, 1e-5);
     c.checkpoints = true, c.fine = true;
     check_backward<float>(c, 1e-5);
-    check_backward<__half>(c, 1e-2);
+    check_backward<__half>(c, kHalfTol);
     c.fine = false;
-    check_backward<__nv_bfloat16>(c, 1e-2);
+    check_backward<__nv_bfloat16>(c, kBf16Tol);
   }
   // Other state sizes: N = 3 (columns past N staged as zeros, chunks of 64 steps) and N = 40
   // (chunks of 16 steps: two vectors of floats, one of 2-byte types), one group and several.
@@ -397,7 +397,7 @@ TEST(CudaSelectiveScanBackward, BAndCRowsEndingInsideAVector) {
     check_backward<float>(c, 1e-5);
     c.checkpoints = true;
     check_backward<float>(c, 1e-5);
-    check_backward<__nv_bfloat16>(c, 1e-2);
+    check_backward<__nv_bfloat16>(c, kBf16Tol);
   }
 }
 
@@ -434,9 +434,9 @@ TEST(CudaSelectiveScanBackward, SerialWalkFromFineCheckpoints) {
   }
   BackwardCase c;
   c.checkpoints = true, c.fine = true, c.L = 150, c.seed = 490;
-  check_backward<__half, SerialPolicy>(c, 1e-2);
+  check_backward<__half, SerialPolicy>(c, kHalfTol);
   c.channel_major = true;
-  check_backward<__nv_bfloat16, SerialPolicy>(c, 1e-2);
+  check_backward<__nv_bfloat16, SerialPolicy>(c, kBf16Tol);
 }
 
 TEST(CudaSelectiveScanBackward, ChannelMajorRowsOfOddLength) {
@@ -452,8 +452,8 @@ TEST(CudaSelectiveScanBackward, ChannelMajorRowsOfOddLength) {
     c.seed = 200 + static_cast<std::uint64_t>(L);
     check_backward<float>(c, 1e-5);
     check_backward<float, SerialPolicy>(c, 1e-5);
-    check_backward<__nv_bfloat16>(c, 1e-2);
-    check_backward<__half, SerialPolicy>(c, 1e-2);
+    check_backward<__nv_bfloat16>(c, kBf16Tol);
+    check_backward<__half, SerialPolicy>(c, kHalfTol);
   }
 }
 
