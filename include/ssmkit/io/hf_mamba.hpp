@@ -142,12 +142,17 @@ class HfMambaCheckpoint {
     }
     // Layer by layer, not from hf_mamba_tensor_shapes: a config claiming more layers than the
     // files hold then fails at the first missing tensor instead of listing every name first.
-    ck.check_tensors(hf_mamba_model_tensor_shapes(ck.config_), "present in the checkpoint");
+    std::set<std::string> named;
+    ck.check_tensors(hf_mamba_model_tensor_shapes(ck.config_), "present in the checkpoint", named);
     const std::string layers = "present in the checkpoint (config.json: num_hidden_layers " +
                                std::to_string(ck.config_.n_layer) + ")";
     for (Index i = 0; i < ck.config_.n_layer; ++i)
-      ck.check_tensors(hf_mamba_layer_tensor_shapes(ck.config_, i), layers);
-    ck.find_unused();
+      ck.check_tensors(hf_mamba_layer_tensor_shapes(ck.config_, i), layers, named);
+    if (ck.config_.tie_word_embeddings)
+      named.insert(kHfLmHead);
+    for (const auto& entry : ck.where_)
+      if (named.count(entry.first) == 0)
+        ck.unused_.push_back(entry.first);
     if (!options.allow_unused_tensors && !ck.unused_.empty()) {
       const auto flag = [](bool b) { return b ? "true" : "false"; };
       ssmkit::detail::throw_check(
@@ -205,31 +210,16 @@ class HfMambaCheckpoint {
   }
 
   /// Checks that each of `shapes` is present (`presence` says why it must be), floating-point and
-  /// of its shape.
-  void check_tensors(const HfTensorShapes& shapes, const std::string& presence) const {
+  /// of its shape, and adds its name to `named`.
+  void check_tensors(const HfTensorShapes& shapes, const std::string& presence,
+                     std::set<std::string>& named) const {
     for (const auto& [name, shape] : shapes) {
+      named.insert(name);
       SSMKIT_CHECK(has(name), where(name), "tensor", presence, "missing");
       const TensorInfo& t = info(name);
       SSMKIT_CHECK(is_floating(t.dtype), where(name), "dtype", "F64, F32, F16 or BF16", t.dtype);
       SSMKIT_CHECK(t.shape == shape, where(name), "shape", shape_text(shape), shape_text(t.shape));
     }
-  }
-
-  void find_unused() {
-    // Every named tensor was found present above, so this set is no larger than the files' list.
-    std::set<std::string> named;
-    const auto add = [&](const HfTensorShapes& shapes) {
-      for (const auto& entry : shapes)
-        named.insert(entry.first);
-    };
-    add(hf_mamba_model_tensor_shapes(config_));
-    for (Index i = 0; i < config_.n_layer; ++i)
-      add(hf_mamba_layer_tensor_shapes(config_, i));
-    if (config_.tie_word_embeddings)
-      named.insert(kHfLmHead);
-    for (const auto& entry : where_)
-      if (named.count(entry.first) == 0)
-        unused_.push_back(entry.first);
   }
 
   static std::string shape_text(const std::vector<Index>& s) {
