@@ -16,13 +16,14 @@ struct Stream {
 
 template <class W>
 ssmkit::nn::GenerationResult run(const std::string& model_dir,
+                                 const ssmkit::io::HfOpenOptions& open,
                                  const std::vector<std::int64_t>& prompt, ssmkit::Index max_new,
                                  const ssmkit::nn::SamplingConfig& sampling,
                                  const std::string& dump_logits,
                                  const std::function<void(ssmkit::Index)>& on_token) {
   using namespace ssmkit;
   Stream stream;
-  const auto model = nn::MambaLM<W, Cuda>::from_pretrained(model_dir);
+  const auto model = nn::MambaLM<W, Cuda>::from_pretrained(model_dir, {}, open);
   if (!dump_logits.empty()) {
     const auto L = static_cast<Index>(prompt.size());
     const Index V = model.vocab_size();
@@ -42,6 +43,7 @@ ssmkit::nn::GenerationResult run(const std::string& model_dir,
 }  // namespace
 
 ssmkit::nn::GenerationResult generate_cuda(const std::string& model_dir,
+                                           const ssmkit::io::HfOpenOptions& open,
                                            const std::vector<std::int64_t>& prompt,
                                            ssmkit::Index max_new_tokens,
                                            const ssmkit::nn::SamplingConfig& sampling, bool bf16,
@@ -49,7 +51,8 @@ ssmkit::nn::GenerationResult generate_cuda(const std::string& model_dir,
                                            const std::function<void(ssmkit::Index)>& on_token) {
   if (ssmkit::cuda::device_count() == 0)
     throw ssmkit::Error("ssmkit: --device cuda: no CUDA device is visible");
-  return bf16 ? run<__nv_bfloat16>(model_dir, prompt, max_new_tokens, sampling, dump_logits,
-                                   on_token)
-              : run<float>(model_dir, prompt, max_new_tokens, sampling, dump_logits, on_token);
+  return bf16
+             ? run<__nv_bfloat16>(model_dir, open, prompt, max_new_tokens, sampling, dump_logits,
+                                  on_token)
+             : run<float>(model_dir, open, prompt, max_new_tokens, sampling, dump_logits, on_token);
 }

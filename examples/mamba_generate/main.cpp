@@ -3,15 +3,17 @@
 //
 //   mamba_generate --model DIR --ids 1,2,3 --max-new-tokens N [--temperature T [--top-k K]
 //                  [--top-p P]] [--seed S] [--dump-logits FILE] [--threads N]
-//                  [--device cpu|cuda] [--dtype float|bf16]
+//                  [--device cpu|cuda] [--dtype float|bf16] [--unused-tensors error|ignore]
 //
 // Decoding is greedy unless --temperature T > 0 is given; --top-k and --top-p narrow what that
-// samples from, so they are refused without it rather than silently ignored.
+// samples from, so they are refused without it rather than silently ignored. A checkpoint tensor
+// config.json does not name is an error unless --unused-tensors ignore (then a warning).
 //
 // stdout: the generated ids (prompt excluded), comma-separated, on one line. stderr: prefill and
 // decode speed, and a progress bar when stderr is a terminal. Any error: one line, exit status 1
 // (2 for a usage error).
 #include <ssmkit/core/parallel.hpp>
+#include <ssmkit/io/hf_mamba.hpp>
 #include <ssmkit/io/safetensors.hpp>
 #include <ssmkit/nn/mamba_lm.hpp>
 #include <ssmkit/nn/sampling.hpp>
@@ -39,7 +41,7 @@ constexpr int kBarWidth = 40;
 constexpr const char* kUsage =
     "usage: mamba_generate --model DIR --ids 1,2,3 --max-new-tokens N [--temperature T "
     "[--top-k K] [--top-p P]] [--seed S] [--dump-logits FILE] [--threads N] [--device cpu|cuda] "
-    "[--dtype float|bf16]\n"
+    "[--dtype float|bf16] [--unused-tensors error|ignore]\n"
     "greedy unless --temperature T > 0; --top-k and --top-p only with it";
 
 std::vector<std::int64_t> parse_ids(const std::string& text) {
@@ -61,11 +63,11 @@ std::vector<std::int64_t> parse_ids(const std::string& text) {
 
 using Progress = std::function<void(ssmkit::Index)>;
 
-ssmkit::nn::GenerationResult run_cpu(const std::string& dir, const std::vector<std::int64_t>& ids,
-                                     ssmkit::Index max_new,
+ssmkit::nn::GenerationResult run_cpu(const std::string& dir, const ssmkit::io::HfOpenOptions& open,
+                                     const std::vector<std::int64_t>& ids, ssmkit::Index max_new,
                                      const ssmkit::nn::SamplingConfig& sampling,
                                      const std::string& dump_logits, const Progress& progress) {
-  const auto model = ssmkit::nn::MambaLM<float>::from_pretrained(dir);
+  const auto model = ssmkit::nn::MambaLM<float>::from_pretrained(dir, open);
   if (!dump_logits.empty()) {
     // Its own pass over the prompt: generation only keeps the last position's logits.
     const auto L = static_cast<ssmkit::Index>(ids.size());
@@ -79,24 +81,25 @@ ssmkit::nn::GenerationResult run_cpu(const std::string& dir, const std::vector<s
   return ssmkit::nn::generate(model, {ids}, max_new, sampling, progress);
 }
 
-ssmkit::nn::GenerationResult run_cuda(const std::string& dir, const std::vector<std::int64_t>& ids,
-                                      ssmkit::Index max_new,
+ssmkit::nn::GenerationResult run_cuda(const std::string& dir, const ssmkit::io::HfOpenOptions& open,
+                                      const std::vector<std::int64_t>& ids, ssmkit::Index max_new,
                                       const ssmkit::nn::SamplingConfig& sampling, bool bf16,
                                       const std::string& dump_logits, const Progress& progress) {
 #ifdef MAMBA_GENERATE_CUDA
-  return generate_cuda(dir, ids, max_new, sampling, bf16, dump_logits, progress);
+  return generate_cuda(dir, open, ids, max_new, sampling, bf16, dump_logits, progress);
 #else
-  (void)dir, (void)ids, (void)max_new, (void)sampling, (void)bf16, (void)dump_logits,
+  (void)dir, (void)open, (void)ids, (void)max_new, (void)sampling, (void)bf16, (void)dump_logits,
       (void)progress;
   throw ssmkit::Error("ssmkit: --device cuda: this build has no CUDA backend (no nvcc found)");
 #endif
 }
 
 int run(int argc, char** argv) {
-  const Flags flags(argc, argv,
-                    {"--model", "--ids", "--max-new-tokens", "--temperature", "--top-k", "--top-p",
-                     "--seed", "--dump-logits", "--threads", "--device", "--dtype"},
-                    {"--model", "--ids", "--max-new-tokens"});
+  const Flags flags(
+      argc, argv,
+      {"--model", "--ids", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed",
+       "--dump-logits", "--threads", "--device", "--dtype", "--unused-tensors"},
+      {"--model", "--ids", "--max-new-tokens"});
   const std::string device = flags.device();
   const std::string dtype = flags.get("--dtype", "float");
   if (dtype != "float" && dtype != "bf16")
@@ -118,6 +121,20 @@ int run(int argc, char** argv) {
     throw UsageError(
         "--top-k and --top-p need --temperature T > 0 (without it decoding is greedy)");
   const auto ids = parse_ids(flags.get("--ids", ""));
+  const std::string unused = flags.get("--unused-tensors", "error");
+  if (unused != "error" && unused != "ignore")
+    throw UsageError("--unused-tensors: expected error or ignore, got '" + unused + "'");
+  ssmkit::io::HfOpenOptions open;
+  open.allow_unused_tensors = unused == "ignore";
+  const std::string dir = flags.get("--model", "");
+  if (open.allow_unused_tensors) {
+    // Only for the warning: the loader keeps no list.
+    const auto names = ssmkit::io::HfMambaCheckpoint::open(dir, open).unused_tensors();
+    if (!names.empty())
+      std::fprintf(stderr,
+                   "mamba_generate: ignoring %zu tensors config.json does not name (%s%s)\n",
+                   names.size(), names.front().c_str(), names.size() > 1 ? ", ..." : "");
+  }
 
   const bool bar = isatty(STDERR_FILENO) && max_new >= 16;
   const auto progress = [&](ssmkit::Index i) {
@@ -126,11 +143,10 @@ int run(int argc, char** argv) {
     if (bar && i + 1 == max_new)
       clear_progress(kBarWidth + 24);
   };
-  const auto r = device == "cuda"
-                     ? run_cuda(flags.get("--model", ""), ids, max_new, sampling, dtype == "bf16",
-                                flags.get("--dump-logits", ""), progress)
-                     : run_cpu(flags.get("--model", ""), ids, max_new, sampling,
-                               flags.get("--dump-logits", ""), progress);
+  const auto r = device == "cuda" ? run_cuda(dir, open, ids, max_new, sampling, dtype == "bf16",
+                                             flags.get("--dump-logits", ""), progress)
+                                  : run_cpu(dir, open, ids, max_new, sampling,
+                                            flags.get("--dump-logits", ""), progress);
 
   std::string line;
   for (std::size_t i = 0; i < r.tokens[0].size(); ++i)

@@ -1,5 +1,6 @@
 // Runs the mamba_generate example on the golden models: its ids against transformers' greedy
 // continuations, --dump-logits against transformers' logits, sampling flags, and its errors.
+#include "io/io_test_util.hpp"
 #include "nn_testing.hpp"
 #include "run_program.hpp"
 
@@ -116,6 +117,28 @@ TEST(GenerateExampleFlags, ErrorsAreOneLineWithNonZeroStatus) {
   expect_one_line_error(run_example(model + " --ids 1 --max-new-tokens 3 --dtype bf16"), 2,
                         "--dtype");
   expect_one_line_error(run_example(model + " --ids 1"), 2, "--max-new-tokens");
+}
+
+// A config.json of one layer beside the weights of two: the second layer's 10 tensors are not
+// named, which is refused, or with --unused-tensors ignore, warned about and generated from the
+// first.
+TEST(GenerateExampleFlags, UnusedTensorsAreRefusedUnlessIgnored) {
+  TempDir dir;
+  const std::string model = mamba_data("tiny_tied");
+  std::filesystem::copy_file(model + "/model.safetensors", dir.file("model.safetensors"));
+  auto config = io::read_json_file(model + "/config.json");
+  config["num_hidden_layers"] = 1;
+  write_text(dir.file("config.json"), config.dump());
+  const std::string args = "--model '" + dir.path().string() + "' --ids 1,2 --max-new-tokens 3";
+  expect_one_line_error(run_example(args), 1, "'backbone.layers.1.");
+  expect_one_line_error(run_example(args + " --unused-tensors maybe"), 2, "--unused-tensors");
+  const ExampleRun r = run_example(args + " --unused-tensors ignore");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("mamba_generate: ignoring 10 tensors config.json does not name "
+                       "(backbone.layers.1."),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), ','), 2) << r.out;
 }
 
 // Where a GPU is there, --device cuda gives transformers' greedy ids (float weights; bf16 only
