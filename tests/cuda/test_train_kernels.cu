@@ -18,10 +18,12 @@
 #include <ssmkit/optim/cuda/clip_grad_norm.cuh>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 
 namespace ssmkit::testing {
 namespace {
@@ -584,6 +586,11 @@ TEST(CudaTrainKernels, AdamWRejectsBadArguments) {
   Strided g2(10, 1, 3, -1, 1, stream.s);
   opt.add(p.view(), g2.view());
   SSMKIT_EXPECT_ERROR(opt.add(p.view(), g2.view()), "param", "a parameter added before");
+  // Gradients are read while parameters are written, all in one launch.
+  Strided q(10, 1, 4, -1, 1, stream.s);
+  SSMKIT_EXPECT_ERROR(opt.add(q.view(), q.view()), "grad", "param", "overlap");
+  SSMKIT_EXPECT_ERROR(opt.add(q.view(), p.view()), "grad", "a parameter added before");
+  SSMKIT_EXPECT_ERROR(opt.add(g2.view(), q.view()), "param", "a gradient added before");
   optim::AdamWOptions o;
   o.beta2 = 1;
   SSMKIT_EXPECT_ERROR((optim::AdamW<float, Cuda>{o}), "beta2", "[0, 1)");
@@ -618,6 +625,33 @@ TEST(CudaTrainKernels, ClipGradNormMatchesCpu) {
         EXPECT_EQ(g, grads[i].exact) << "gradient " << i << " changed without clipping";
     }
     EXPECT_EQ(optim::clip_grad_norm(views, 1e9, s), optim::clip_grad_norm(views, 1e9, s));
+  }
+}
+
+// A NaN gradient makes the norm and every gradient NaN; an infinite one zeroes the finite
+// gradients (and makes itself NaN): as the CPU twin and torch.nn.utils.clip_grad_norm_.
+TEST(CudaTrainKernels, ClipGradNormNonFiniteAsCpu) {
+  SSMKIT_REQUIRE_GPU();
+  TestStream stream;
+  const cudaStream_t s = stream.s;
+  for (const float bad :
+       {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    SCOPED_TRACE(bad);
+    Strided a(100, 1, 50, -1, 1, s), b(37, 2, 51, -1, 1, s);
+    SSMKIT_CUDA_CHECK(
+        cudaMemcpyAsync(a.view().data() + 5, &bad, sizeof(float), cudaMemcpyHostToDevice, s));
+    std::vector<double> ra = a.exact, rb = b.exact;
+    ra[5] = bad;
+    const double want = optim::clip_grad_norm<double>(
+        {TensorView<double, 1>(ra.data(), {100}), TensorView<double, 1>(rb.data(), {37})}, 1.0);
+    const double got = optim::clip_grad_norm({a.view(), b.view()}, 1.0, s);
+    EXPECT_TRUE(std::isnan(want) ? std::isnan(got) : got == want) << got << " vs " << want;
+    for (auto [x, ref] : {std::pair{&a, &ra}, std::pair{&b, &rb}}) {
+      const std::vector<double> g = x->download(s);
+      for (std::size_t i = 0; i < g.size(); ++i)
+        ASSERT_TRUE(std::isnan((*ref)[i]) ? std::isnan(g[i]) : g[i] == (*ref)[i])
+            << i << ": " << g[i] << " vs " << (*ref)[i];
+    }
   }
 }
 

@@ -240,6 +240,28 @@ TEST(LinearBackward, DxMayBeXButNotDy) {
       "dx", "dy", "overlap");
 }
 
+// Every other overlap of an output with an input it is computed from (dx reads weight after
+// dweight and dbias are written), or of two outputs, gave wrong gradients silently.
+TEST(LinearBackward, RejectsOutputsOverlappingInputsOrEachOther) {
+  const Index tokens = 2, in = 2, out = 2;
+  std::vector<double> x = {1, 2, 3, 4}, w = {1, 2, 3, 4}, dy = {1, 1, 1, 1}, dw(4);
+  const TensorView<const double, 2> x_v(x.data(), {tokens, in}), w_v(w.data(), {out, in});
+  const TensorView<const double, 2> dy_v(dy.data(), {tokens, out});
+  const TensorView<double, 2> dw_v(dw.data(), {out, in});
+  auto m = [](std::vector<double>& v) { return TensorView<double, 2>(v.data(), {2, 2}); };
+  SSMKIT_EXPECT_ERROR(nn::linear_backward<double>(x_v, w_v, dy_v, m(w), dw_v, {}), "dx", "weight",
+                      "overlap");
+  SSMKIT_EXPECT_ERROR(nn::linear_backward<double>(x_v, w_v, dy_v, m(dw), dw_v, {}), "dx", "dweight",
+                      "overlap");
+  SSMKIT_EXPECT_ERROR(nn::linear_backward<double>(x_v, w_v, dy_v, {}, m(dy), {}), "dweight", "dy",
+                      "overlap");
+  SSMKIT_EXPECT_ERROR(nn::linear_backward<double>(x_v, w_v, dy_v, {}, m(x), {}), "dweight", "x",
+                      "overlap");
+  SSMKIT_EXPECT_ERROR(nn::linear_backward<double>(x_v, w_v, dy_v, {}, dw_v,
+                                                  TensorView<double, 1>(dy.data(), {out})),
+                      "dbias", "dy", "overlap");
+}
+
 TEST(RmsNormBackward, MatchesFiniteDifferences) {
   const Index tokens = 4, features = 9;
   const double eps = 1e-3;
@@ -259,6 +281,36 @@ TEST(RmsNormBackward, MatchesFiniteDifferences) {
   };
   EXPECT_LE(rel_error(dx, numeric_gradient(loss, x)), 1e-6);
   EXPECT_LE(rel_error(dw, numeric_gradient(loss, w)), 1e-6);
+}
+
+// dx over x's or dy's very memory works (each row is read whole before it is written); a dx
+// that overlaps them otherwise read rows already overwritten, silently.
+TEST(RmsNormBackward, DxMayBeXOrDyButNotOverlapThemOtherwise) {
+  const Index tokens = 3, features = 2;
+  const std::vector<double> x0 = {1, 2, 3, 4, 5, 6}, w = {0.5, 1.5}, dy0 = {1, 0, 0, 1, 1, 1};
+  std::vector<double> want(6), dw(2);
+  const TensorView<const double, 1> w_v(w.data(), {features});
+  auto c = [](const std::vector<double>& v) {
+    return TensorView<const double, 2>(v.data(), {3, 2});
+  };
+  auto m = [](double* p) { return TensorView<double, 2>(p, {3, 2}); };
+  nn::rms_norm_backward<double>(c(x0), w_v, 1e-6, c(dy0), m(want.data()),
+                                TensorView<double, 1>(dw.data(), {features}));
+  for (bool over_x : {true, false}) {
+    auto x = x0, dy = dy0;
+    double* dx = over_x ? x.data() : dy.data();
+    nn::rms_norm_backward<double>(c(x), w_v, 1e-6, c(dy), m(dx),
+                                  TensorView<double, 1>(dw.data(), {features}));
+    EXPECT_EQ(std::vector<double>(dx, dx + tokens * features), want) << over_x;
+  }
+  std::vector<double> x(8);
+  std::copy(x0.begin(), x0.end(), x.begin());
+  SSMKIT_EXPECT_ERROR(nn::rms_norm_backward<double>(c(x), w_v, 1e-6, c(dy0), m(x.data() + 2),
+                                                    TensorView<double, 1>(dw.data(), {features})),
+                      "dx", "x", "overlap");
+  SSMKIT_EXPECT_ERROR(nn::rms_norm_backward<double>(c(x0), w_v, 1e-6, c(dy0), m(want.data()),
+                                                    TensorView<double, 1>(want.data(), {2})),
+                      "dweight", "dx", "overlap");
 }
 
 TEST(EmbeddingBackward, MatchesFiniteDifferencesWithRepeatedIds) {
@@ -289,6 +341,17 @@ TEST(EmbeddingBackward, MatchesFiniteDifferencesWithRepeatedIds) {
       "ids", "element 2", "got -1");
 }
 
+// dweight over dy was zeroed before dy was read: all-zero gradients, silently.
+TEST(EmbeddingBackward, RejectsDweightOverDy) {
+  const std::vector<std::int32_t> ids = {0, 1};
+  std::vector<double> dy = {1, 2, 3, 4};
+  SSMKIT_EXPECT_ERROR(
+      nn::embedding_backward<double>(TensorView<const std::int32_t, 1>(ids.data(), {2}),
+                                     TensorView<const double, 2>(dy.data(), {2, 2}),
+                                     TensorView<double, 2>(dy.data(), {2, 2})),
+      "dweight", "dy", "overlap");
+}
+
 TEST(CrossEntropy, GradientMatchesFiniteDifferences) {
   const Index tokens = 5, vocab = 7;
   auto logits = random_vector<double>(tokens * vocab, 31, -3, 3);
@@ -299,6 +362,28 @@ TEST(CrossEntropy, GradientMatchesFiniteDifferences) {
   nn::cross_entropy<double>(l_v, t_v, TensorView<double, 2>(dlogits.data(), {tokens, vocab}));
   auto loss = [&] { return nn::cross_entropy<double>(l_v, t_v, {}); };
   EXPECT_LE(rel_error(dlogits, numeric_gradient(loss, logits)), 1e-6);
+}
+
+// dlogits over logits' very memory works (each row is read whole before it is written); one
+// that overlaps logits otherwise, or the targets, read values already overwritten, silently.
+TEST(CrossEntropy, DlogitsMayBeLogitsButNotOverlapThemOtherwise) {
+  const std::vector<double> l0 = {1, 2, 3, 4, 5, 6};
+  const std::vector<std::int64_t> y = {0, 1};
+  const TensorView<const std::int64_t, 1> y_v(y.data(), {2});
+  std::vector<double> want(6);
+  const double loss = nn::cross_entropy<double>(TensorView<const double, 2>(l0.data(), {2, 3}), y_v,
+                                                TensorView<double, 2>(want.data(), {2, 3}));
+  auto l = l0;
+  EXPECT_EQ(nn::cross_entropy<double>(TensorView<const double, 2>(l.data(), {2, 3}), y_v,
+                                      TensorView<double, 2>(l.data(), {2, 3})),
+            loss);
+  EXPECT_EQ(l, want);
+  std::vector<double> shifted(9);
+  std::copy(l0.begin(), l0.end(), shifted.begin());
+  SSMKIT_EXPECT_ERROR(
+      nn::cross_entropy<double>(TensorView<const double, 2>(shifted.data(), {2, 3}), y_v,
+                                TensorView<double, 2>(shifted.data() + 3, {2, 3})),
+      "dlogits", "logits", "overlap");
 }
 
 nlohmann::json golden() {
@@ -393,6 +478,23 @@ TEST(AdamW, ParameterAddedLaterCountsItsOwnSteps) {
                       "param", "a parameter added before");
 }
 
+// A gradient buffer over a registered parameter (its own or another's) is read while parameters
+// are written, in an order that depends on the threads: rejected like a parameter added twice.
+TEST(AdamW, RejectsAGradientOverAParameter) {
+  std::vector<double> a = {1, 2}, b = {3, 4}, ga(2), gb(2);
+  optim::AdamW<double> opt;
+  SSMKIT_EXPECT_ERROR(
+      opt.add(TensorView<double, 1>(a.data(), {2}), TensorView<const double, 1>(a.data(), {2})),
+      "grad", "param", "overlap");
+  opt.add(TensorView<double, 1>(a.data(), {2}), TensorView<const double, 1>(ga.data(), {2}));
+  SSMKIT_EXPECT_ERROR(
+      opt.add(TensorView<double, 1>(b.data(), {2}), TensorView<const double, 1>(a.data(), {2})),
+      "grad", "a parameter added before", "overlap");
+  SSMKIT_EXPECT_ERROR(
+      opt.add(TensorView<double, 1>(ga.data(), {2}), TensorView<const double, 1>(gb.data(), {2})),
+      "param", "a gradient added before", "overlap");
+}
+
 TEST(ClipGradNorm, MatchesPyTorch) {
   const auto cases = golden()["clip_grad_norm"];
   for (const auto& c : cases) {
@@ -405,6 +507,27 @@ TEST(ClipGradNorm, MatchesPyTorch) {
     EXPECT_LE(rel_error(a, c["clipped"][0].get<std::vector<double>>()), 1e-13);
     EXPECT_LE(rel_error(b, c["clipped"][1].get<std::vector<double>>()), 1e-13);
   }
+}
+
+// As torch.nn.utils.clip_grad_norm_ (error_if_nonfinite=False): a NaN norm gives a NaN
+// coefficient (torch.clamp keeps NaN), so every gradient becomes NaN; an infinite one zeroes
+// the finite gradients (0 · inf = NaN where a gradient is infinite).
+TEST(ClipGradNorm, NonFiniteNormsAsPyTorch) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> a = {3, nan}, b = {4, 0};
+  auto views = [&] {
+    return std::vector<TensorView<double, 1>>{TensorView<double, 1>(a.data(), {2}),
+                                              TensorView<double, 1>(b.data(), {2})};
+  };
+  EXPECT_TRUE(std::isnan(optim::clip_grad_norm<double>(views(), 1.0)));
+  for (double g : {a[0], a[1], b[0], b[1]})
+    EXPECT_TRUE(std::isnan(g)) << g;
+  a = {3, inf}, b = {4, 0};
+  EXPECT_EQ(optim::clip_grad_norm<double>(views(), 1.0), inf);
+  EXPECT_EQ(a[0], 0.0);
+  EXPECT_TRUE(std::isnan(a[1]));
+  EXPECT_EQ(b, std::vector<double>({0.0, 0.0}));
 }
 
 }  // namespace

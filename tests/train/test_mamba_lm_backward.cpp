@@ -416,6 +416,29 @@ TEST(MambaLM, ParametersChangedMatchesAModelBuiltFromTheChangedWeights) {
   }
 }
 
+// Options that are not finite (or a negative embedding_std) gave NaN or infinite weights
+// without an error.
+TEST(MambaLMInit, RejectsNonFiniteOptions) {
+  const MambaLMConfig cfg = tiny_config(false);
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  nn::MambaInitOptions o;
+  o.embedding_std = nan;
+  SSMKIT_EXPECT_ERROR(nn::init_mamba_lm<float>(cfg, 1, o), "embedding_std");
+  o.embedding_std = -0.02;
+  SSMKIT_EXPECT_ERROR(nn::init_mamba_lm<float>(cfg, 1, o), "embedding_std");
+  o = {};
+  o.dt_max = inf;
+  SSMKIT_EXPECT_ERROR(nn::init_mamba_lm<float>(cfg, 1, o), "dt_max");
+  o = {};
+  o.dt_floor = inf;
+  SSMKIT_EXPECT_ERROR(nn::init_mamba_lm<float>(cfg, 1, o), "dt_floor");
+  o = {};
+  o.embedding_std = 0;  // as torch.nn.init.normal_(std=0): zeros
+  const auto w = nn::init_mamba_lm<float>(cfg, 1, o);
+  EXPECT_EQ(w.embedding.data()[0], 0.0f);
+}
+
 TEST(MambaLMBackward, RejectsBadArguments) {
   const MambaLMConfig cfg = tiny_config(true);
   const nn::MambaLM<double> model(cfg, random_weights<double>(cfg, false, 500));

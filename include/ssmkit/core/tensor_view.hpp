@@ -257,6 +257,13 @@ bool overlaps(const TensorView<A, RA>& a, const TensorView<B, RB>& b) {
          b0 < a0 + sizeof(A) * static_cast<std::size_t>(a.span());
 }
 
+/// Whether two views are the very same elements: same address, shape and strides.
+template <class A, class B, int R>
+bool same_elements(const TensorView<A, R>& a, const TensorView<B, R>& b) {
+  return static_cast<const void*>(a.data()) == static_cast<const void*>(b.data()) &&
+         sizeof(A) == sizeof(B) && a.shape() == b.shape() && a.strides() == b.strides();
+}
+
 /// Throws unless `out` (written while `in` is read) and `in` are disjoint; names both.
 template <class A, int RA, class B, int RB>
 void check_disjoint(const TensorView<A, RA>& out, const char* out_name, const TensorView<B, RB>& in,

@@ -50,13 +50,19 @@ class AdamW {
   }
 
   /// Registers a parameter and the buffer its gradient will be in (same length). `decay`: whether
-  /// weight decay applies (it usually does not to biases, norms and A_log/D).
+  /// weight decay applies (it usually does not to biases, norms and A_log/D). No gradient may
+  /// overlap a parameter, and no two parameters may overlap.
   void add(TensorView<T, 1> param, TensorView<const T, 1> grad, bool decay = true) {
     check_device(param, "param", Device::CPU);
     check_device(grad, "grad", Device::CPU);
     check_shape(grad, "grad", {param.size(0)});
-    for (const Slot& s : slots_)  // a parameter registered twice would be updated twice
+    // Gradients are read while parameters are written, chunk by chunk on several threads.
+    check_disjoint(grad, "grad", param, "param");
+    for (const Slot& s : slots_) {  // a parameter registered twice would be updated twice
       check_disjoint(param, "param", s.param, "a parameter added before");
+      check_disjoint(param, "param", s.grad, "a gradient added before");
+      check_disjoint(grad, "grad", s.param, "a parameter added before");
+    }
     slots_.push_back(Slot{param,
                           grad,
                           HostTensor<T, 1>({param.size(0)}, "exp_avg"),

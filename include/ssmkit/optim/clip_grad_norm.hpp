@@ -11,7 +11,7 @@
 namespace ssmkit::optim {
 
 /// Scales the gradients in place when their global norm exceeds max_norm; returns that norm
-/// (before clipping), summed in double.
+/// (before clipping), summed in double. A NaN norm makes every gradient NaN, as in PyTorch.
 template <class T>
 double clip_grad_norm(const std::vector<TensorView<T, 1>>& grads, double max_norm) {
   SSMKIT_CHECK(std::isfinite(max_norm) && max_norm > 0, "max_norm", "value", "finite and > 0",
@@ -25,8 +25,10 @@ double clip_grad_norm(const std::vector<TensorView<T, 1>>& grads, double max_nor
     }
   }
   const double total = std::sqrt(ss);
-  const double coef = std::min(1.0, max_norm / (total + 1e-6));
-  if (coef < 1.0)
+  // torch.clamp(coef, max=1) keeps a NaN (a NaN gradient): every gradient becomes NaN, as there.
+  const double raw = max_norm / (total + 1e-6);
+  const double coef = std::isnan(raw) ? raw : std::min(1.0, raw);
+  if (!(coef >= 1.0))
     for (const auto& g : grads)
       for (Index i = 0; i < g.size(0); ++i)
         g(i) = static_cast<T>(static_cast<double>(g(i)) * coef);

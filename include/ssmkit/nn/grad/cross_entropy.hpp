@@ -16,7 +16,8 @@ namespace ssmkit::nn {
 
 /// The mean loss over tokens whose target is not `ignore_index` (0 when there are none). Writes
 /// dlogits (tokens, vocab) unless absent; ignored tokens get zero rows. Targets must lie in
-/// [0, vocab) or equal ignore_index.
+/// [0, vocab) or equal ignore_index. dlogits may be logits' memory (the same view), and must not
+/// overlap logits otherwise, nor targets.
 template <class T, class I>
 double cross_entropy(TensorView<const T, 2> logits, TensorView<const I, 1> targets,
                      TensorView<T, 2> dlogits, Index ignore_index = -100) {
@@ -28,6 +29,11 @@ double cross_entropy(TensorView<const T, 2> logits, TensorView<const I, 1> targe
   if (!dlogits.absent()) {
     check_device(dlogits, "dlogits", Device::CPU);
     check_shape(dlogits, "dlogits", {tokens, vocab});
+    // Each row of logits is read whole before dlogits' row is written: dlogits may be logits'
+    // very memory, but no other overlap; targets are read again row by row.
+    if (!same_elements(dlogits, logits))
+      check_disjoint(dlogits, "dlogits", logits, "logits");
+    check_disjoint(dlogits, "dlogits", targets, "targets");
   }
   Index count = 0;
   for (Index t = 0; t < tokens; ++t) {

@@ -10,7 +10,8 @@
 namespace ssmkit::nn {
 
 /// Given token ids (tokens) and dy = ∂ℓ/∂y (tokens, dim): writes dweight (vocab, dim), or adds
-/// to it with `accumulate` (an embedding tied to the LM head gets both gradients).
+/// to it with `accumulate` (an embedding tied to the LM head gets both gradients). dweight must
+/// not overlap ids or dy.
 template <class T, class I>
 void embedding_backward(TensorView<const I, 1> ids, TensorView<const T, 2> dy,
                         TensorView<T, 2> dweight, bool accumulate = false) {
@@ -19,6 +20,9 @@ void embedding_backward(TensorView<const I, 1> ids, TensorView<const T, 2> dy,
   check_device(dy, "dy", Device::CPU);
   check_device(dweight, "dweight", Device::CPU);
   check_shape(dy, "dy", {tokens, dim});
+  // dweight is zeroed and written while ids and dy are still to be read.
+  check_disjoint(dweight, "dweight", dy, "dy");
+  check_disjoint(dweight, "dweight", ids, "ids");
   for (Index t = 0; t < tokens; ++t) {
     const Index id = static_cast<Index>(ids(t));
     SSMKIT_CHECK(id >= 0 && id < vocab, "ids", ("element " + std::to_string(t)).c_str(),

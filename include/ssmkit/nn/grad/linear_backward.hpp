@@ -22,14 +22,26 @@ void check_linear_backward(TensorView<const T, 2> x, TensorView<const T, 2> weig
   check_shape(weight, "weight", {out, in});
   check_shape(dy, "dy", {tokens, out});
   check_shape(dweight, "dweight", {out, in});
+  // The gradients are written while the inputs are still to be read (dx reads weight after
+  // dweight and dbias are written): only dx over x is safe.
+  check_disjoint(dweight, "dweight", x, "x");
+  check_disjoint(dweight, "dweight", weight, "weight");
+  check_disjoint(dweight, "dweight", dy, "dy");
   if (!dx.absent()) {
     rows(dx, "dx");
     check_shape(dx, "dx", {tokens, in});
     check_disjoint(dx, "dx", dy, "dy");
+    check_disjoint(dx, "dx", weight, "weight");
+    check_disjoint(dx, "dx", dweight, "dweight");
   }
   if (!dbias.absent()) {
     check_device(dbias, "dbias", device);
     check_shape(dbias, "dbias", {out});
+    check_disjoint(dbias, "dbias", weight, "weight");
+    check_disjoint(dbias, "dbias", dy, "dy");
+    check_disjoint(dbias, "dbias", dweight, "dweight");
+    if (!dx.absent())
+      check_disjoint(dx, "dx", dbias, "dbias");
   }
 }
 
@@ -38,7 +50,8 @@ void check_linear_backward(TensorView<const T, 2> x, TensorView<const T, 2> weig
 /// Given x (tokens, in), weight (out, in) and dy = ∂ℓ/∂y (tokens, out): writes dx (tokens, in)
 /// unless absent, and dweight (out, in) and dbias (out, unless absent). With `accumulate` the
 /// parameter gradients are added to (a weight used twice, as a tied embedding is); dx is always
-/// overwritten. dx may be x's memory (it is written last) but must not overlap dy.
+/// overwritten. dx may be x's memory (it is written last); no other output may overlap an input or
+/// another output.
 template <class T>
 void linear_backward(TensorView<const T, 2> x, TensorView<const T, 2> weight,
                      TensorView<const T, 2> dy, TensorView<T, 2> dx, TensorView<T, 2> dweight,

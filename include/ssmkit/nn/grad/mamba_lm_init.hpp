@@ -27,9 +27,13 @@ template <class T>
 MambaLMWeights<T> init_mamba_lm(const MambaLMConfig& config, std::uint64_t seed,
                                 const MambaInitOptions& o = {}) {
   config.validate();
-  SSMKIT_CHECK(o.dt_min > 0 && o.dt_max >= o.dt_min && o.dt_floor >= 0, "options.dt_min/dt_max",
-               "values", "0 < dt_min <= dt_max, dt_floor >= 0",
+  SSMKIT_CHECK(o.dt_min > 0 && o.dt_max >= o.dt_min && std::isfinite(o.dt_max),
+               "options.dt_min/dt_max", "values", "0 < dt_min <= dt_max, finite",
                std::to_string(o.dt_min) + ", " + std::to_string(o.dt_max));
+  SSMKIT_CHECK(std::isfinite(o.dt_floor) && o.dt_floor >= 0, "options.dt_floor", "value",
+               "finite and >= 0", o.dt_floor);
+  SSMKIT_CHECK(std::isfinite(o.embedding_std) && o.embedding_std >= 0, "options.embedding_std",
+               "value", "finite and >= 0", o.embedding_std);
   const MambaBlockConfig& b = config.block;
   const Index V = config.vocab_size, dm = b.d_model, di = b.d_inner, N = b.d_state;
   const Index R = b.dt_rank, K = b.d_conv;

@@ -33,13 +33,21 @@ void check_rms_norm_backward(TensorView<const T, 2> x, TensorView<const T, 1> we
 }  // namespace detail
 
 /// Given x, weight and dy = ∂ℓ/∂y (tokens, features): writes dx (tokens, features) and dweight
-/// (features; added to with `accumulate`). Statistics run in accum_t<T>.
+/// (features; added to with `accumulate`). Statistics run in accum_t<T>. dx may be x's or dy's
+/// memory (the same view), and must not overlap them otherwise, nor dweight.
 template <class T>
 void rms_norm_backward(TensorView<const T, 2> x, TensorView<const T, 1> weight, double eps,
                        TensorView<const T, 2> dy, TensorView<T, 2> dx, TensorView<T, 1> dweight,
                        bool accumulate = false) {
   using Acc = accum_t<T>;
   detail::check_rms_norm_backward(x, weight, eps, dy, dx, dweight, Device::CPU);
+  // Each row of x and dy is read whole before dx's row is written: dx may be their very
+  // memory, but no other overlap; dweight is written last, over nothing dx holds.
+  if (!same_elements(dx, x))
+    check_disjoint(dx, "dx", x, "x");
+  if (!same_elements(dx, dy))
+    check_disjoint(dx, "dx", dy, "dy");
+  check_disjoint(dweight, "dweight", dx, "dx");
   const Index tokens = x.size(0), features = x.size(1);
   // dweight sums over tokens: per-token rows in parallel, then a fixed-order sum.
   std::vector<Acc> dw_rows(static_cast<std::size_t>(tokens * features));

@@ -81,7 +81,7 @@ class AdamW<T, Cuda> {
 
   /// Registers a parameter and the buffer its gradient will be in (same length), both on
   /// Device::CUDA. `decay`: whether weight decay applies (it usually does not to biases, norms
-  /// and A_log/D).
+  /// and A_log/D). No gradient may overlap a parameter, and no two parameters may overlap.
   void add(TensorView<float, 1> param, TensorView<const float, 1> grad, bool decay = true) {
     check_device(param, "param", Device::CUDA);
     check_device(grad, "grad", Device::CUDA);
@@ -89,11 +89,16 @@ class AdamW<T, Cuda> {
     const Index n = param.size(0);
     if (n == 0)
       return;
-    for (const detail::AdamSegment& s : segments_)  // updated twice, and racing, if added twice
-      check_disjoint(
-          param, "param",
-          TensorView<const float, 1>::unchecked(s.param, {s.n}, {s.param_s}, Device::CUDA),
-          "a parameter added before");
+    // One launch reads every gradient while it writes every parameter.
+    check_disjoint(grad, "grad", param, "param");
+    for (const detail::AdamSegment& s : segments_) {  // updated twice, and racing, if added twice
+      const auto before = [&](const float* p, Index stride) {
+        return TensorView<const float, 1>::unchecked(p, {s.n}, {stride}, Device::CUDA);
+      };
+      check_disjoint(param, "param", before(s.param, s.param_s), "a parameter added before");
+      check_disjoint(param, "param", before(s.grad, s.grad_s), "a gradient added before");
+      check_disjoint(grad, "grad", before(s.param, s.param_s), "a parameter added before");
+    }
     segments_.push_back(detail::AdamSegment{param.data(), grad.data(), param.stride(0),
                                             grad.stride(0), n, elements_, blocks_, steps_, decay});
     elements_ += n;

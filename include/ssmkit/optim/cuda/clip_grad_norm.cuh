@@ -74,16 +74,17 @@ __global__ void __launch_bounds__(kClipThreads)
   if (threadIdx.x == 0) {
     const T total = sqrt(sum);
     norm_and_coef[0] = total;
-    norm_and_coef[1] = fmin(T(1), max_norm / (total + T(1e-6)));
+    const T coef = max_norm / (total + T(1e-6));
+    norm_and_coef[1] = isnan(coef) ? coef : fmin(T(1), coef);  // NaN kept, as torch.clamp
   }
 }
 
-/// g ← g·coef when coef < 1.
+/// g ← g·coef when coef < 1 or NaN.
 template <class T>
 __global__ void __launch_bounds__(kClipThreads)
     clip_scale_kernel(const ClipSegment* segments, int count, const T* norm_and_coef) {
   const T coef = norm_and_coef[1];
-  if (!(coef < T(1)))
+  if (coef >= T(1))
     return;
   Index begin = 0, end = 0;
   const ClipSegment& s = find_segment(segments, count, blockIdx.x, kClipChunk, begin, end);
