@@ -66,3 +66,22 @@ TEST(Discretize, ZohInputFactorIsAccurateForTinySteps) {
 }
 
 }  // namespace
+
+// discretize_mode is public: it checks its step like discretize does, and the bilinear rule at
+// dt·lambda = 2 (a zero resolvent) is an error, not inf/NaN. The dense bilinear rule likewise
+// refuses a singular I - dt/2 A.
+TEST(Discretize, ModeAndDenseBilinearRejectBadSteps) {
+  for (double dt : {0.0, -0.1, std::nan("")})
+    for (auto method : {Discretization::ZOH, Discretization::Bilinear})
+      SSMKIT_EXPECT_ERROR(math::discretize_mode(std::complex<double>(-0.5, 1), dt, method), "dt",
+                          "> 0");
+  SSMKIT_EXPECT_ERROR(
+      math::discretize_mode(std::complex<double>(2, 0), 1.0, Discretization::Bilinear), "lambda",
+      "singular");
+  math::Transition<double> t{math::RMatrix<double>(2, 2), math::RVector<double>::Ones(2)};
+  t.A << 1, 1, 0, 2;  // eigenvalue 2 = 2/dt
+  SSMKIT_EXPECT_ERROR(math::discretize(t, 1.0, Discretization::Bilinear), "dt", "singular");
+  // Away from the singular step the same matrix discretises to finite values.
+  const auto d = math::discretize(t, 0.5, Discretization::Bilinear);
+  EXPECT_TRUE(d.A.allFinite() && d.B.allFinite());
+}

@@ -1,5 +1,6 @@
 // The FFT causal convolution against the direct O(L^2) sum, token-major and channel-major.
 #include <ssmkit/kernels/cpu/fft_conv.hpp>
+#include <ssmkit/kernels/cpu/ssm_recurrence.hpp>
 
 #include "testing.hpp"
 
@@ -61,6 +62,55 @@ TEST(FftConv, WithoutSkip) {
       for (Index s = 0; s <= t; ++s)
         ref[t * H + h] += K(h, s) * u(0, t - s, h);
   EXPECT_LE(ssmkit::testing::rel_error(y.data(), ref.data(), y.numel()), 1e-13);
+}
+
+}  // namespace
+
+namespace {
+
+using namespace ssmkit;
+
+// y may be u itself (in place), but a y that partly overlaps u (here shifted by one step) would
+// be written while u is still being read: refused, as on the other kernels, for fft_conv and both
+// recurrences.
+TEST(FftConv, PartialOverlapOfYAndUIsRefused) {
+  const Index L = 16;
+  HostTensor<double, 1> buf({L + 1});
+  HostTensor<double, 2> K({1, L});
+  HostTensor<double, 1> D({1});
+  ssmkit::testing::fill_random(buf, 5);
+  ssmkit::testing::fill_random(K, 6);
+  D(0) = 2;
+  const TensorView<const double, 3> u(buf.data(), {1, L, 1});
+  const TensorView<double, 3> y_shift(buf.data() + 1, {1, L, 1}), y_same(buf.data(), {1, L, 1});
+  SSMKIT_EXPECT_ERROR(cpu::fft_conv(cpu::FftConvParams<double>{u, K.view(), D.view(), y_shift}),
+                      "y", "disjoint from u");
+  const TensorView<double, 3> y_on_K(K.data(), {1, L, 1});
+  HostTensor<double, 3> u2({1, L, 1});
+  SSMKIT_EXPECT_ERROR(cpu::fft_conv(cpu::FftConvParams<double>{u2.view(), K.view(), {}, y_on_K}),
+                      "y", "disjoint from K");
+  // In place stays allowed and equals the out-of-place result.
+  HostTensor<double, 3> y_ref({1, L, 1});
+  cpu::fft_conv(cpu::FftConvParams<double>{u, K.view(), D.view(), y_ref.view()});
+  cpu::fft_conv(cpu::FftConvParams<double>{u, K.view(), D.view(), y_same});
+  for (Index t = 0; t < L; ++t)
+    EXPECT_EQ(buf(t), y_ref(0, t, 0)) << t;
+
+  using cd = std::complex<double>;
+  HostTensor<cd, 2> Ab({1, 1}), Bb({1, 1}), C({1, 1});
+  Ab(0, 0) = cd(0.9, 0.1);
+  Bb(0, 0) = 1;
+  C(0, 0) = cd(0.5, 0.2);
+  SSMKIT_EXPECT_ERROR(cpu::ssm_recurrence_diagonal(cpu::DiagonalRecurrenceParams<double>{
+                          Ab.view(), Bb.view(), C.view(), D.view(), u, y_shift, {}}),
+                      "y", "disjoint from u");
+  HostTensor<double, 3> A1({1, 1, 1});
+  HostTensor<double, 2> B1({1, 1}), C1({1, 1});
+  SSMKIT_EXPECT_ERROR(cpu::ssm_recurrence_dense(cpu::DenseRecurrenceParams<double>{
+                          A1.view(), B1.view(), C1.view(), D.view(), u, y_shift, {}}),
+                      "y", "disjoint from u");
+  cpu::ssm_recurrence_diagonal(cpu::DiagonalRecurrenceParams<double>{
+      Ab.view(), Bb.view(), C.view(), D.view(), u, y_same, {}});  // in place: allowed
 }
 
 }  // namespace

@@ -113,3 +113,32 @@ TEST(S4Layer, StepEqualsRecurrentAndChannelMajorWorks) {
 }
 
 }  // namespace
+
+namespace {
+
+using namespace ssmkit;
+
+// The config is validated whole: a non-finite dt_max is refused at construction (naming it), a
+// DPLR layer whose public config was switched to ZOH refuses to run rather than silently use the
+// bilinear rule, and a DPLR kernel of length 0 names K.
+TEST(S4Layer, ConfigAndKernelArgumentsAreValidated) {
+  S4Config cfg;
+  cfg.dt_max = std::numeric_limits<double>::infinity();
+  SSMKIT_EXPECT_ERROR(nn::S4Layer<double>{cfg}, "config.dt_max");
+  cfg.dt_max = std::nan("");
+  SSMKIT_EXPECT_ERROR(nn::S4Layer<double>{cfg}, "config.dt_max");
+
+  S4Config dc;
+  dc.state_size = 8;
+  dc.param = S4Parameterization::Dplr;
+  dc.discretization = math::Discretization::Bilinear;
+  nn::S4Layer<double> layer(dc);
+  HostTensor<double, 2> K0({1, 0}), K({1, 16});
+  SSMKIT_EXPECT_ERROR(layer.kernel(K0.view()), "K", "length");
+  layer.config.discretization = math::Discretization::ZOH;
+  SSMKIT_EXPECT_ERROR(layer.kernel(K.view()), "config.discretization", "bilinear");
+  HostTensor<double, 3> u({1, 16, 1}), y({1, 16, 1});
+  SSMKIT_EXPECT_ERROR(layer.forward_recurrent(u.view(), y.view()), "config.discretization");
+}
+
+}  // namespace

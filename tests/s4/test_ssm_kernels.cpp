@@ -283,3 +283,40 @@ TEST(SsmRecurrence, DiagonalEqualsDenseRealFormAndStateCarries) {
 }
 
 }  // namespace
+
+namespace {
+
+using namespace ssmkit;
+
+// A slow mode (|dt·lambda·L| << 1): C~ = C (1 - A_bar^L) is small, and forming A_bar^L before
+// subtracting it from 1 cancels about L·eps / |1 - A_bar^L| of it. The DPLR kernel (P = 0 here,
+// so the system is one bilinear mode) must still match the closed form, computed in long double.
+TEST(SsmKernel, DplrIsAccurateForSlowModes) {
+  using cd = std::complex<double>;
+  using cl = std::complex<long double>;
+  const Index L = 8192;
+  const cd lambda(-1e-8, 2e-6), Bv(1, 0), Cv(0.3, -0.7);
+  const double dt = 0.01;
+  HostTensor<cd, 2> Lm({1, 1}), B({1, 1}), C({1, 1}), Ct({1, 1});
+  HostTensor<cd, 3> P({1, 1, 1});
+  HostTensor<double, 1> dts({1});
+  Lm(0, 0) = lambda;
+  B(0, 0) = Bv;
+  C(0, 0) = Cv;
+  dts(0) = dt;
+  cpu::DplrSsm<double> sys{Lm.view(), P.view(), B.view(), C.view(), dts.view()};
+  cpu::dplr_c_tilde(sys, L, Ct.view());
+  sys.C = Ct.view();
+  HostTensor<double, 2> K({1, L});
+  cpu::ssm_kernel_dplr(sys, K.view());
+  const cl z = (long double)dt * cl(lambda.real(), lambda.imag());
+  const cl a = (1.0L + z / 2.0L) / (1.0L - z / 2.0L);
+  cl q = 2.0L * cl(Cv.real(), Cv.imag()) * ((long double)dt / (1.0L - z / 2.0L)) *
+         cl(Bv.real(), Bv.imag());
+  std::vector<double> ref(L);
+  for (Index l = 0; l < L; ++l, q *= a)
+    ref[l] = double(q.real());
+  EXPECT_LE(ssmkit::testing::rel_error(K.data(), ref.data(), L), 1e-11);
+}
+
+}  // namespace

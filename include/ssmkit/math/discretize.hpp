@@ -49,6 +49,13 @@ Transition<Scalar> discretize(const Transition<Scalar>& c, T dt, Discretization 
   } else {
     const Mat I = Mat::Identity(N, N);
     const auto lhs = (I - Scalar(dt / 2) * c.A).partialPivLu();
+    // A pivot lost to rounding means I - dt/2 A is singular (an eigenvalue of A at 2/dt): the
+    // bilinear rule has no value there, where the solve would return inf/NaN.
+    using Real = typename Eigen::NumTraits<Scalar>::Real;
+    const auto pivots = lhs.matrixLU().diagonal().cwiseAbs();
+    SSMKIT_CHECK(
+        pivots.minCoeff() > Real(N) * Eigen::NumTraits<Real>::epsilon() * pivots.maxCoeff(), "dt",
+        "step of the bilinear rule", "I - dt/2 A not singular (no eigenvalue 2/dt)", dt);
     d.A = lhs.solve(I + Scalar(dt / 2) * c.A);
     d.B = lhs.solve(Scalar(dt) * c.B);
   }
@@ -75,6 +82,7 @@ struct DiagonalMode {
 
 template <class T>
 DiagonalMode<T> discretize_mode(std::complex<T> lambda, T dt, Discretization method) {
+  check_step(dt);
   const std::complex<T> z = dt * lambda;
   if (method == Discretization::ZOH) {
     // (exp(z) - 1) / z * dt, with the limit dt at z = 0.
@@ -82,6 +90,8 @@ DiagonalMode<T> discretize_mode(std::complex<T> lambda, T dt, Discretization met
     return {std::exp(z), scale, z};
   }
   const std::complex<T> den = T(1) - z / T(2);
+  SSMKIT_CHECK(den != std::complex<T>(0), "lambda", "mode of the bilinear rule",
+               "dt·lambda != 2 (1 - dt·lambda/2 singular)", lambda);
   const std::complex<T> a = (T(1) + z / T(2)) / den;
   return {a, dt / den, std::log(a)};
 }

@@ -56,6 +56,7 @@ class S4Layer {
     const Index H = cfg.channels, N = cfg.state_size;
     SSMKIT_CHECK(H >= 1, "config.channels", "value", ">= 1", H);
     SSMKIT_CHECK(N >= 2 && N % 2 == 0, "config.state_size", "value", "even and >= 2", N);
+    SSMKIT_CHECK(std::isfinite(cfg.dt_max), "config.dt_max", "value", "finite", cfg.dt_max);
     SSMKIT_CHECK(std::isfinite(cfg.dt_min) && cfg.dt_min > 0 && cfg.dt_max >= cfg.dt_min,
                  "config.dt_min", "range [dt_min, dt_max]", "0 < dt_min <= dt_max",
                  std::to_string(cfg.dt_min) + ", " + std::to_string(cfg.dt_max));
@@ -112,6 +113,8 @@ class S4Layer {
       cpu::ssm_kernel_vandermonde(diagonal(), config.discretization, K);
       return;
     }
+    SSMKIT_CHECK(K.size(1) >= 1, "K", "length (dim 1)", ">= 1", K.size(1));
+    check_shape(K, "K", {channels(), K.size(1)});
     HostTensor<cT, 2> C_tilde({channels(), modes()}, "C_tilde");
     cpu::dplr_c_tilde(dplr(C.view()), K.size(1), C_tilde.view());
     cpu::ssm_kernel_dplr(dplr(C_tilde.view()), K);
@@ -214,10 +217,14 @@ class S4Layer {
     const Index H = channels(), M = modes();
     check_shape(Lambda.view(), "Lambda", {H, M});
     check_shape(D.view(), "D", {H});
-    if (config.param == S4Parameterization::Diagonal)
+    if (config.param == S4Parameterization::Diagonal) {
       cpu::validate(diagonal());
-    else
+    } else {
+      // config is public: a DPLR layer only has the bilinear kernel and recurrence.
+      SSMKIT_CHECK(config.discretization == math::Discretization::Bilinear, "config.discretization",
+                   "method of a DPLR layer", "bilinear", config.discretization);
       cpu::validate(dplr(C.view()));
+    }
   }
 };
 

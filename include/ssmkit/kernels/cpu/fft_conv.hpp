@@ -40,6 +40,11 @@ void validate(const FftConvParams<T>& p) {
   }
   check_shape(p.y, "y", {Bt, L, H});
   check_device(p.y, "y", Device::CPU);
+  // y may be u itself (each element is read before it is written), but no other overlap.
+  if (!same_elements(p.y, p.u))
+    check_disjoint(p.y, "y", p.u, "u");
+  check_disjoint(p.y, "y", p.K, "K");
+  check_disjoint(p.y, "y", p.D_skip, "D");
 }
 
 /// Smallest FFT length >= 2L - 1 that is a power of two (at least 4: kissfft's real path).
@@ -50,8 +55,9 @@ inline Index fft_conv_length(Index L) {
   return n;
 }
 
-/// y = causal_conv(u, K) + D u. Channels go in tiles so that token-major rows are read and
-/// written a tile at a time; every tile owns its FFT plans (kissfft plans are not shared).
+/// y = causal_conv(u, K) + D u; y may be u (in place) but must not overlap it otherwise. Channels
+/// go in tiles so that token-major rows are read and written a tile at a time; every tile owns its
+/// FFT plans (kissfft plans are not shared).
 template <class T>
 void fft_conv(const FftConvParams<T>& p) {
   validate(p);

@@ -45,11 +45,10 @@ void validate(const DplrSsm<T>& s) {
 
 namespace detail {
 
-/// The real form of channel h (math::dplr_real_form), discretised with the bilinear rule.
+/// The continuous real form of channel h (math::dplr_real_form) in double.
 template <class T>
-math::Transition<double> dplr_bilinear_real(const DplrSsm<T>& s, Index h,
-                                            const math::CVector<double>& Cout,
-                                            math::RVector<double>* C_real) {
+math::RealForm<double> dplr_real_form_of(const DplrSsm<T>& s, Index h,
+                                         const math::CVector<double>& Cout) {
   const Index M = s.modes(), R = s.rank();
   math::CVector<double> L(M), B(M);
   math::CMatrix<double> P(M, R);
@@ -59,7 +58,15 @@ math::Transition<double> dplr_bilinear_real(const DplrSsm<T>& s, Index h,
     for (Index r = 0; r < R; ++r)
       P(n, r) = std::complex<double>(s.P(h, n, r));
   }
-  const math::RealForm<double> f = math::dplr_real_form<double>(L, P, B, Cout);
+  return math::dplr_real_form<double>(L, P, B, Cout);
+}
+
+/// The real form of channel h (math::dplr_real_form), discretised with the bilinear rule.
+template <class T>
+math::Transition<double> dplr_bilinear_real(const DplrSsm<T>& s, Index h,
+                                            const math::CVector<double>& Cout,
+                                            math::RVector<double>* C_real) {
+  const math::RealForm<double> f = dplr_real_form_of(s, h, Cout);
   if (C_real != nullptr)
     *C_real = f.C;
   return math::discretize(math::Transition<double>{f.A, f.B}, double(s.dt(h)),
@@ -108,17 +115,24 @@ void dplr_c_tilde(const DplrSsm<T>& s, Index L, const TensorView<std::complex<T>
     for (Index n = 0; n < M; ++n)
       Cout(n) = std::complex<double>(s.C(h, n));
     math::RVector<double> c;
-    const math::Transition<double> d = detail::dplr_bilinear_real(s, h, Cout, &c);
-    // v = c^T A_bar^L, binary powering on the row vector.
-    Eigen::RowVectorXd v = c.transpose();
-    math::RMatrix<double> pw = d.A;
+    const math::RealForm<double> f = detail::dplr_real_form_of(s, h, Cout);
+    c = f.C;
+    // A_bar = I + F with F = (I - dt/2 A)^-1 dt A formed directly: for slow modes A_bar is within
+    // rounding of I, and 1 - A_bar^L computed as the difference of two near-1 numbers would lose
+    // about L·eps / |1 - A_bar^L| of it. Binary powering keeps everything as "minus I":
+    // (I + F)^2 - I = 2F + F^2, and w = c^T ((I + G)(I + F) - I) = w + (c^T + w) F.
+    const double dt = double(s.dt(h));
+    const Index N = f.A.rows();
+    const auto lhs = (math::RMatrix<double>::Identity(N, N) - (dt / 2) * f.A).partialPivLu();
+    math::RMatrix<double> pw = lhs.solve(dt * f.A);
+    Eigen::RowVectorXd w = Eigen::RowVectorXd::Zero(N);  // c^T (A_bar^e - I) so far
     for (Index e = L; e > 0; e >>= 1) {
       if (e & 1)
-        v = v * pw;
+        w += (c.transpose() + w) * pw;
       if (e > 1)
-        pw = pw * pw;
+        pw = (2.0 * pw + pw * pw).eval();
     }
-    const Eigen::RowVectorXd ct = c.transpose() - v;
+    const Eigen::RowVectorXd ct = -w;  // c^T (I - A_bar^L)
     // Back from the real output row [2 Re C~, -2 Im C~].
     for (Index n = 0; n < M; ++n)
       C_tilde(h, n) = std::complex<T>(T(ct(n) / 2), T(-ct(M + n) / 2));

@@ -34,6 +34,21 @@ void check_io(const TensorView<const T, 3>& u, const TensorView<T, 3>& y,
     check_shape(state, "state", {Bt, H, M});
     check_device(state, "state", Device::CPU);
   }
+  // y may be u itself (each step reads u_t before writing y_t), but no other overlap.
+  if (!same_elements(y, u))
+    check_disjoint(y, "y", u, "u");
+  check_disjoint(y, "y", D_skip, "D");
+  check_disjoint(y, "y", state, "state");
+  check_disjoint(state, "state", u, "u");
+  check_disjoint(state, "state", D_skip, "D");
+}
+
+/// y and state are written while the system's views are read.
+template <class T, class V, class W>
+void check_params_disjoint(const TensorView<T, 3>& y, const V& state, const W& param,
+                           const char* name) {
+  check_disjoint(y, "y", param, name);
+  check_disjoint(state, "state", param, name);
 }
 
 /// One time step of kLanes channels: h = A_bar h + B_bar u, y = Re sum_n C h. Fixed-size Eigen
@@ -85,6 +100,9 @@ void validate(const DiagonalRecurrenceParams<T>& p) {
   check_shape(p.C, "C", {H, M});
   check_device(p.C, "C", Device::CPU);
   detail::check_io(p.u, p.y, p.D_skip, p.state, H, M);
+  detail::check_params_disjoint(p.y, p.state, p.A_bar, "A_bar");
+  detail::check_params_disjoint(p.y, p.state, p.B_bar, "B_bar");
+  detail::check_params_disjoint(p.y, p.state, p.C, "C");
 }
 
 /// A_bar (H, M) and B_bar (H, M) of a diagonal SSM (validated) with `method`.
@@ -174,6 +192,9 @@ void validate(const DenseRecurrenceParams<T>& p) {
   check_shape(p.C, "C", {H, N});
   check_device(p.C, "C", Device::CPU);
   detail::check_io(p.u, p.y, p.D_skip, p.state, H, N);
+  detail::check_params_disjoint(p.y, p.state, p.A_bar, "A_bar");
+  detail::check_params_disjoint(p.y, p.state, p.B_bar, "B_bar");
+  detail::check_params_disjoint(p.y, p.state, p.C, "C");
 }
 
 /// Runs the dense recurrence, one (batch, channel) pair per task.
