@@ -4,6 +4,7 @@
 
 #include "ssmkit/core/tensor_view.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>

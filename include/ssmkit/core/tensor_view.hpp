@@ -15,6 +15,7 @@
 #include <numeric>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 namespace ssmkit {
 

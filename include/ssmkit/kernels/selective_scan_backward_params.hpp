@@ -5,6 +5,8 @@
 
 #include "ssmkit/kernels/selective_scan_params.hpp"
 
+#include <string>
+
 namespace ssmkit {
 
 /// Gradients of a loss ℓ w.r.t. every input of the selective scan, given ∂ℓ/∂out. Views are

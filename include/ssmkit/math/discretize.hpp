@@ -11,6 +11,7 @@
 #include <cmath>
 #include <complex>
 #include <ostream>
+#include <string>
 
 namespace ssmkit::math {
 

@@ -8,6 +8,8 @@
 #include "ssmkit/nn/rms_norm.hpp"
 #include "ssmkit/nn/workspace.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>

@@ -17,6 +17,7 @@
 #include <complex>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <type_traits>
 
 namespace ssmkit::nn {

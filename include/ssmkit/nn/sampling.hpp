@@ -13,6 +13,7 @@
 #include <functional>
 #include <numeric>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 

@@ -6,6 +6,7 @@
 #include "ssmkit/core/tensor_view.hpp"
 #include "ssmkit/math/discretize.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <complex>
 #include <string>

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <complex>
 #include <string>
+#include <vector>
 
 namespace ssmkit::cpu {
 

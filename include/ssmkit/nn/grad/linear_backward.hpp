@@ -4,6 +4,8 @@
 
 #include "ssmkit/nn/linear.hpp"
 
+#include <type_traits>
+
 namespace ssmkit::nn {
 
 namespace detail {

@@ -9,6 +9,7 @@
 #include "ssmkit/nn/mamba_block.hpp"
 #include "ssmkit/nn/workspace.hpp"
 
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <type_traits>
