@@ -3,6 +3,7 @@
 // recurrence of the original HiPPO matrix; the diagonal recurrence vs the dense one.
 #include "golden.hpp"
 
+#include <ssmkit/kernels/cpu/fft_conv.hpp>
 #include <ssmkit/kernels/cpu/ssm_kernel_dplr.hpp>
 #include <ssmkit/kernels/cpu/ssm_kernel_vandermonde.hpp>
 #include <ssmkit/kernels/cpu/ssm_recurrence.hpp>
@@ -317,6 +318,29 @@ TEST(SsmKernel, DplrIsAccurateForSlowModes) {
   for (Index l = 0; l < L; ++l, q *= a)
     ref[l] = double(q.real());
   EXPECT_LE(ssmkit::testing::rel_error(K.data(), ref.data(), L), 1e-11);
+}
+
+// The FFTs behind the DPLR kernel and fft_conv take int lengths: longer requests are refused
+// before anything is read or allocated (the views below cover one element).
+TEST(SsmKernel, LengthsPastTheFftsIntAreRefused) {
+  using cd = std::complex<double>;
+  HostTensor<cd, 2> Lm({1, 1}), B({1, 1}), C({1, 1});
+  HostTensor<cd, 3> P({1, 1, 1});
+  HostTensor<double, 1> dts({1});
+  Lm(0, 0) = cd(-0.5, 1);
+  dts(0) = 0.01;
+  const cpu::DplrSsm<double> sys{Lm.view(), P.view(), B.view(), C.view(), dts.view()};
+  double one = 0;
+  const Index too_long = Index{1} << 31;
+  SSMKIT_EXPECT_ERROR(cpu::ssm_kernel_dplr(sys, TensorView<double, 2>::unchecked(
+                                                    &one, {1, too_long}, {0, 0}, Device::CPU)),
+                      "K", "[1, 2^31 - 1]");
+  const Index L = (Index{1} << 29) + 1;
+  const auto seq = TensorView<double, 3>::unchecked(&one, {1, L, 1}, {0, 0, 0}, Device::CPU);
+  SSMKIT_EXPECT_ERROR(
+      cpu::fft_conv(cpu::FftConvParams<double>{
+          seq, TensorView<const double, 2>::unchecked(&one, {1, L}, {0, 0}, Device::CPU), {}, seq}),
+      "u", "[1, 2^29]");
 }
 
 }  // namespace

@@ -29,7 +29,8 @@ template <class T>
 void validate(const FftConvParams<T>& p) {
   const Index Bt = p.u.size(0), L = p.u.size(1), H = p.u.size(2);
   check_device(p.u, "u", Device::CPU);
-  SSMKIT_CHECK(L >= 1, "u", "length (dim 1)", ">= 1", L);
+  // Eigen's kissfft sizes its transforms, of length >= 2L - 1, as int.
+  SSMKIT_CHECK(L >= 1 && L <= (Index{1} << 29), "u", "length (dim 1)", "in [1, 2^29]", L);
   SSMKIT_CHECK(H >= 1, "u", "channels (dim 2)", ">= 1", H);
   SSMKIT_CHECK(p.K.size(0) == H && p.K.size(1) >= L, "K", "shape",
                "(" + std::to_string(H) + ", >= " + std::to_string(L) + ")",

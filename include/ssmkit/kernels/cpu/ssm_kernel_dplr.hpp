@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <complex>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -151,7 +152,9 @@ template <class T>
 void ssm_kernel_dplr(const DplrSsm<T>& s, const TensorView<T, 2>& K) {
   validate(s);
   const Index H = s.channels(), M = s.modes(), R = s.rank();
-  SSMKIT_CHECK(K.size(1) >= 1, "K", "length (dim 1)", ">= 1", K.size(1));
+  // Eigen's kissfft sizes the inverse transform, of length L, as int.
+  SSMKIT_CHECK(K.size(1) >= 1 && K.size(1) <= Index{std::numeric_limits<int>::max()}, "K",
+               "length (dim 1)", "in [1, 2^31 - 1]", K.size(1));
   check_shape(K, "K", {H, K.size(1)});
   check_device(K, "K", Device::CPU);
   const Index L = K.size(1);
