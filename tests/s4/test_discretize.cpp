@@ -65,6 +65,18 @@ TEST(Discretize, ZohInputFactorIsAccurateForTinySteps) {
   EXPECT_LE(std::abs(m.B_scale - series) / std::abs(series), 1e-15);
 }
 
+// The bilinear log A_bar = log((1 + w) / (1 - w)), w = dt lambda / 2, must not cancel for tiny
+// steps either (the Vandermonde kernel raises it to exp(l log A_bar) for l up to L).
+TEST(Discretize, BilinearLogIsAccurateForTinySteps) {
+  const std::complex<double> lambda(-1e-3, 2e-3);
+  for (const double dt : {1e-9, 1e-6, 1e-3}) {
+    const auto m = math::discretize_mode(lambda, dt, Discretization::Bilinear);
+    const std::complex<double> w = dt * lambda / 2.0;
+    const std::complex<double> series = 2.0 * (w + w * w * w / 3.0 + w * w * w * w * w / 5.0);
+    EXPECT_LE(std::abs(m.log_A_bar - series) / std::abs(series), 1e-15) << dt;
+  }
+}
+
 }  // namespace
 
 // discretize_mode is public: it checks its step like discretize does, and the bilinear rule at

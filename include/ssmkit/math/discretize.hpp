@@ -94,7 +94,9 @@ DiagonalMode<T> discretize_mode(std::complex<T> lambda, T dt, Discretization met
   SSMKIT_CHECK(den != std::complex<T>(0), "lambda", "mode of the bilinear rule",
                "dt·lambda != 2 (1 - dt·lambda/2 singular)", lambda);
   const std::complex<T> a = (T(1) + z / T(2)) / den;
-  return {a, dt / den, std::log(a)};
+  // log((1 + w) / (1 - w)) = 2 atanh(w): the log of the rounded quotient would lose all but
+  // eps / |w| of it for small steps, which A_bar^l = exp(l log A_bar) multiplies by l.
+  return {a, dt / den, T(2) * std::atanh(z / T(2))};
 }
 
 }  // namespace ssmkit::math

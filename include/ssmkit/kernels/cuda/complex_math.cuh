@@ -1,5 +1,5 @@
 // Complex arithmetic for S4's device code in float or double: a plain pair with the operations
-// kernel generation needs (products, reciprocal, exp, log, expm1), and the one-mode
+// kernel generation needs (products, reciprocal, exp, 2 atanh, expm1), and the one-mode
 // discretisation of math::discretize_mode (ZOH and bilinear) computed on the device.
 #pragma once
 
@@ -61,9 +61,12 @@ __device__ __forceinline__ Cplx<double> cexp(Cplx<double> z) {
   return {m * c, m * s};
 }
 
-/// Principal logarithm.
-__device__ __forceinline__ Cplx<double> clog(Cplx<double> z) {
-  return {log(hypot(z.re, z.im)), atan2(z.im, z.re)};
+/// 2 atanh(w) = log((1 + w) / (1 - w)), accurate for small |w| (as math::discretize_mode's):
+/// the real part through log1p, where the log of the rounded quotient would cancel.
+__device__ __forceinline__ Cplx<double> two_atanh(Cplx<double> w) {
+  const double x = w.re, y = w.im;
+  return {0.5 * log1p(4 * x / ((1 - x) * (1 - x) + y * y)),
+          atan2(2 * y, (1 - x) * (1 + x) - y * y)};
 }
 
 /// exp(z) - 1, accurate for small |z| (as math::expm1).
@@ -85,8 +88,7 @@ __device__ __forceinline__ DeviceMode discretize_mode(Cplx<double> lambda, doubl
     return {z, scale};
   }
   const Cplx<double> den{1 - z.re / 2, -z.im / 2};
-  const Cplx<double> a = Cplx<double>{1 + z.re / 2, z.im / 2} / den;
-  return {clog(a), dt * recip(den)};
+  return {two_atanh(0.5 * z), dt * recip(den)};
 }
 
 }  // namespace ssmkit::cuda::detail
