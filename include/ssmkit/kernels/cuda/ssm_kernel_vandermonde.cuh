@@ -118,7 +118,7 @@ template <class T>
 void validate_device(const cpu::DiagonalSsm<T>& s) {
   const Index H = s.Lambda.size(0), M = s.Lambda.size(1);
   SSMKIT_CHECK(H >= 1 && H <= 65535, "Lambda", "channels (dim 0)", "in [1, 65535] on CUDA", H);
-  SSMKIT_CHECK(M >= 1 && M <= 2147483647, "Lambda", "modes (dim 1)", ">= 1", M);
+  SSMKIT_CHECK(M >= 1 && M <= 2147483647, "Lambda", "modes (dim 1)", "in [1, 2^31 - 1]", M);
   check_device(s.Lambda, "Lambda", Device::CUDA);
   check_shape(s.B, "B", {H, M});
   check_device(s.B, "B", Device::CUDA);
