@@ -1,4 +1,5 @@
-// The library's version, kept in step with project(VERSION) in CMakeLists.txt.
+// The library's version, kept in step with project(VERSION) in CMakeLists.txt (configuring checks
+// it).
 #pragma once
 
 #define SSMKIT_VERSION_MAJOR 0
