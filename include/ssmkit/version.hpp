@@ -1,5 +1,4 @@
-// The library's version, kept in step with project(VERSION) in CMakeLists.txt (configuring checks
-// it).
+// The library's version, kept in step with project(VERSION) in CMakeLists.txt, which checks it.
 #pragma once
 
 #define SSMKIT_VERSION_MAJOR 0
