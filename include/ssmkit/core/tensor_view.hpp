@@ -258,19 +258,24 @@ bool overlaps(const TensorView<A, RA>& a, const TensorView<B, RB>& b) {
          b0 < a0 + sizeof(A) * static_cast<std::size_t>(a.span());
 }
 
-/// Whether two views are the very same elements: same address, shape and strides.
-template <class A, class B, int R>
-bool same_elements(const TensorView<A, R>& a, const TensorView<B, R>& b) {
-  return static_cast<const void*>(a.data()) == static_cast<const void*>(b.data()) &&
-         sizeof(A) == sizeof(B) && a.shape() == b.shape() && a.strides() == b.strides();
-}
-
 /// Throws unless `out` (written while `in` is read) and `in` are disjoint; names both.
 template <class A, int RA, class B, int RB>
 void check_disjoint(const TensorView<A, RA>& out, const char* out_name, const TensorView<B, RB>& in,
                     const char* in_name) {
   SSMKIT_CHECK(!overlaps(out, in), out_name, "memory", std::string("disjoint from ") + in_name,
                std::string("an overlap with ") + in_name);
+}
+
+/// check_disjoint, except that `out` may be the very elements of `in` (same address, shape and
+/// strides): for operations that read each element (or row) before writing it, in place.
+template <class A, class B, int R>
+void check_disjoint_or_same(const TensorView<A, R>& out, const char* out_name,
+                            const TensorView<B, R>& in, const char* in_name) {
+  const bool same = static_cast<const void*>(out.data()) == static_cast<const void*>(in.data()) &&
+                    sizeof(A) == sizeof(B) && out.shape() == in.shape() &&
+                    out.strides() == in.strides();
+  if (!same)
+    check_disjoint(out, out_name, in, in_name);
 }
 
 /// Eigen::Map of a rank-2 host view (any strides), for matrix products and Eigen algorithms.

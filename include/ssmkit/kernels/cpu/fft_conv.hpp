@@ -43,8 +43,7 @@ void validate(const FftConvParams<T>& p) {
   check_shape(p.y, "y", {Bt, L, H});
   check_device(p.y, "y", Device::CPU);
   // y may be u itself (each element is read before it is written), but no other overlap.
-  if (!same_elements(p.y, p.u))
-    check_disjoint(p.y, "y", p.u, "u");
+  check_disjoint_or_same(p.y, "y", p.u, "u");
   check_disjoint(p.y, "y", p.K, "K");
   check_disjoint(p.y, "y", p.D_skip, "D");
 }

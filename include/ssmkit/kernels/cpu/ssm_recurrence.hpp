@@ -36,8 +36,7 @@ void check_io(const TensorView<const T, 3>& u, const TensorView<T, 3>& y,
     check_device(state, "state", Device::CPU);
   }
   // y may be u itself (each step reads u_t before writing y_t), but no other overlap.
-  if (!same_elements(y, u))
-    check_disjoint(y, "y", u, "u");
+  check_disjoint_or_same(y, "y", u, "u");
   check_disjoint(y, "y", D_skip, "D");
   check_disjoint(y, "y", state, "state");
   check_disjoint(state, "state", u, "u");

@@ -260,13 +260,14 @@ class MambaBlock<T, Cuda> {
     return (c.dt_rank + 2 * c.d_state + 3) / 4 * 4;
   }
 
-  /// x_proj and dt_proj of the conv output in ws.u_, and the scan's arguments (no states).
+  /// The block's device must be current, and the workspace must be on it.
   void check_devices(const Workspace& ws) const {
     cuda::check_current_device(device_, "MambaBlock");
     SSMKIT_CHECK(ws.device_ == device_, "ws", "device", std::to_string(device_) + " (the block's)",
                  ws.device_);
   }
 
+  /// x_proj and dt_proj of the conv output in ws.u_, and the scan's arguments (no states).
   SelectiveScanParams<float> ssm_params(Workspace& ws, Index batch, Index L,
                                         cudaStream_t stream) const {
     const Index tokens = batch * L, di = c_.d_inner, N = c_.d_state, R = c_.dt_rank;

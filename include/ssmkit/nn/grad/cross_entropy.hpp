@@ -31,8 +31,7 @@ double cross_entropy(TensorView<const T, 2> logits, TensorView<const I, 1> targe
     check_shape(dlogits, "dlogits", {tokens, vocab});
     // Each row of logits is read whole before dlogits' row is written: dlogits may be logits'
     // very memory, but no other overlap; targets are read again row by row.
-    if (!same_elements(dlogits, logits))
-      check_disjoint(dlogits, "dlogits", logits, "logits");
+    check_disjoint_or_same(dlogits, "dlogits", logits, "logits");
     check_disjoint(dlogits, "dlogits", targets, "targets");
   }
   Index count = 0;

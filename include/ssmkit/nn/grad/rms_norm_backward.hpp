@@ -43,10 +43,8 @@ void rms_norm_backward(TensorView<const T, 2> x, TensorView<const T, 1> weight, 
   detail::check_rms_norm_backward(x, weight, eps, dy, dx, dweight, Device::CPU);
   // Each row of x and dy is read whole before dx's row is written: dx may be their very
   // memory, but no other overlap; dweight is written last, over nothing dx holds.
-  if (!same_elements(dx, x))
-    check_disjoint(dx, "dx", x, "x");
-  if (!same_elements(dx, dy))
-    check_disjoint(dx, "dx", dy, "dy");
+  check_disjoint_or_same(dx, "dx", x, "x");
+  check_disjoint_or_same(dx, "dx", dy, "dy");
   check_disjoint(dweight, "dweight", dx, "dx");
   const Index tokens = x.size(0), features = x.size(1);
   // dweight sums over tokens: per-token rows in parallel, then a fixed-order sum.
