@@ -25,6 +25,18 @@ constexpr double kBf16Tol = 1e-2;
       GTEST_SKIP() << "no CUDA device: the CUDA tests only compile on this host"; \
   } while (0)
 
+/// Skips the test, as SSMKIT_REQUIRE_GPU does, unless `bytes` plus 1 GiB (for workspaces) of
+/// device memory are free.
+#define SSMKIT_REQUIRE_GPU_MEMORY(bytes)                                       \
+  do {                                                                         \
+    SSMKIT_REQUIRE_GPU();                                                      \
+    std::size_t free_b = 0, total_b = 0;                                       \
+    SSMKIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));                      \
+    if (free_b < static_cast<std::size_t>(bytes) + (std::size_t{1} << 30))     \
+      GTEST_SKIP() << "needs " << (static_cast<std::size_t>(bytes) >> 20)      \
+                   << " MiB of GPU memory, " << (free_b >> 20) << " MiB free"; \
+  } while (0)
+
 inline double to_double(float x) {
   return x;
 }

@@ -4,7 +4,7 @@
 // inputs are filled on the device from a hash of each element's offset, with values exact in
 // every storage type; the host rebuilds single channels from the same hash and checks them
 // against the CPU run in double on that channel alone. Each case needs 18-37 GB of GPU memory
-// and skips where it is not free.
+// and skips where it is not free. (S4's kernels past 2^31 elements: test_s4.cu.)
 #include "cuda_testing.hpp"
 
 #include <ssmkit/kernels/cpu/causal_conv1d.hpp>
@@ -98,17 +98,6 @@ std::vector<double> download(const cuda::DeviceBuffer<T>& buf, cudaStream_t stre
   return out;
 }
 
-/// Skips the test unless `bytes` (plus 1 GiB for workspaces) are free on the device.
-#define SKIP_UNLESS_FREE(bytes)                                                        \
-  do {                                                                                 \
-    SSMKIT_REQUIRE_GPU();                                                              \
-    std::size_t free_b = 0, total_b = 0;                                               \
-    SSMKIT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));                              \
-    if (free_b < std::size_t(bytes) + (std::size_t{1} << 30))                          \
-      GTEST_SKIP() << "needs " << (std::size_t(bytes) >> 20) << " MiB of GPU memory, " \
-                   << (free_b >> 20) << " MiB free";                                   \
-  } while (0)
-
 /// The scan's small operands: A (D, N), D_skip, δ_bias on the device and in double.
 struct ScanWeights {
   std::vector<float> A, skip, bias;
@@ -182,7 +171,7 @@ cuda::DeviceBuffer<T> device_buffer(Index count) {
 TEST(CudaLongTensors, ScanPast2To31Elements) {
   using T = __nv_bfloat16;
   constexpr Index batch = 2, n = batch * kL * kD;
-  SKIP_UNLESS_FREE(4 * n * sizeof(T));
+  SSMKIT_REQUIRE_GPU_MEMORY(4 * n * sizeof(T));
   TestStream stream;
   const cudaStream_t s = stream.s;
   ScanWeights w(s);
@@ -232,7 +221,7 @@ TEST(CudaLongTensors, ScanPast2To31Elements) {
 TEST(CudaLongTensors, ScanBackwardPast2To31Elements) {
   using T = __nv_bfloat16;
   constexpr Index n = kL * kD;
-  SKIP_UNLESS_FREE(7 * n * sizeof(T) + (std::size_t{8} << 30));
+  SSMKIT_REQUIRE_GPU_MEMORY(7 * n * sizeof(T) + (std::size_t{8} << 30));
   TestStream stream;
   const cudaStream_t s = stream.s;
   ScanWeights w(s);
@@ -314,7 +303,7 @@ std::vector<double> conv_channel(const Filled<T>& x, const Shape<3>& s, Index b,
 TEST(CudaLongTensors, ConvPast2To31Elements) {
   using T = __nv_bfloat16;
   constexpr Index batch = 2, n = batch * kL * kD;
-  SKIP_UNLESS_FREE(2 * n * sizeof(T));
+  SSMKIT_REQUIRE_GPU_MEMORY(2 * n * sizeof(T));
   TestStream stream;
   const cudaStream_t s = stream.s;
   Filled<T> x(n, {-1.0f, 1.0f / 128, 31}, s), weight(kD * kK, {-1.0f, 1.0f / 128, 32}, s),
@@ -353,7 +342,7 @@ TEST(CudaLongTensors, ConvPast2To31Elements) {
 
 TEST(CudaLongTensors, ConvBackwardPast2To31Elements) {
   constexpr Index n = kL * kD;
-  SKIP_UNLESS_FREE(3 * n * sizeof(float));
+  SSMKIT_REQUIRE_GPU_MEMORY(3 * n * sizeof(float));
   TestStream stream;
   const cudaStream_t s = stream.s;
   Filled<float> x(n, {-1.0f, 1.0f / 128, 41}, s), dout(n, {-1.0f, 1.0f / 128, 42}, s),

@@ -202,6 +202,73 @@ TEST(S4Cuda, DplrLongLength) {
   EXPECT_LE(dplr_error<double>(sd, 16384, false), 1e-12);
 }
 
+/// Channel h of `s` as a one-channel system.
+S4System channel_of(const S4System& s, Index h) {
+  S4System c;
+  c.H = 1;
+  c.M = s.M;
+  c.R = s.R;
+  const auto rows = [&](const std::vector<cd>& v, Index width) {
+    return std::vector<cd>(v.begin() + h * width, v.begin() + (h + 1) * width);
+  };
+  c.Lambda = rows(s.Lambda, s.M);
+  c.B = rows(s.B, s.M);
+  c.C = rows(s.C, s.M);
+  c.P = rows(s.P, s.M * s.R);
+  c.dt = {s.dt[std::size_t(h)]};
+  return c;
+}
+
+/// Row h of a row-major (H, L) device K, as double.
+std::vector<double> download_row(const cuda::DeviceBuffer<float>& K, Index h, Index L,
+                                 cudaStream_t s) {
+  std::vector<float> row(static_cast<std::size_t>(L));
+  SSMKIT_CUDA_CHECK(cudaMemcpyAsync(row.data(), K.data() + h * L, std::size_t(L) * sizeof(float),
+                                    cudaMemcpyDeviceToHost, s));
+  SSMKIT_CUDA_CHECK(cudaStreamSynchronize(s));
+  return std::vector<double>(row.begin(), row.end());
+}
+
+TEST(S4Cuda, LongKernelsPast2To31Elements) {
+  // K (H, L) of H·L = 2,214,592,512 > 2^31 floats: rows 1940 and up lie wholly past 2^31. The
+  // DPLR kernel's spectrum (H, L/2 + 1) passes 2^30 complex values, and its inverse transform
+  // 2^31 reals. L = 33·2^15 keeps cuFFT on small radices.
+  constexpr Index H = 2048, L = 33 * (Index{1} << 15), M = 32;
+  SSMKIT_REQUIRE_GPU_MEMORY(3 * H * L * sizeof(float));
+  S4System sys = make_system<float>(H, M, 1, true, 1e-4, 1e-3, 51);
+  TestStream st;
+  cuda::DeviceBuffer<float> K(H * L, "K");
+  const auto check = [&](const S4System& s, const auto& reference, const char* what) {
+    for (const Index h : {Index{0}, Index{1001}, H - 1}) {
+      const S4System one = channel_of(s, h);
+      std::vector<double> ref(static_cast<std::size_t>(L));
+      reference(one, TensorView<double, 2>(ref.data(), {1, L}));
+      EXPECT_LE(rel_error(download_row(K, h, L, st.s), ref), 1e-5) << what << ", channel " << h;
+    }
+  };
+  {
+    DeviceSystem<float> d(sys, st.s);
+    for (const Discretization method : {Discretization::ZOH, Discretization::Bilinear}) {
+      K.fill_bytes_async(0xFF, st.s);
+      cuda::ssm_kernel_vandermonde(d.diagonal(), method, K.view<2>({H, L}), st.s);
+      check(
+          sys,
+          [&](const S4System& one, const TensorView<double, 2>& ref) {
+            ssmkit::testing::reference_vandermonde(one, method, ref);
+          },
+          "Vandermonde");
+    }
+  }
+  ssmkit::testing::reference_c_tilde(sys, L);
+  for (auto& c : sys.C)
+    c = round_to<float>(c);
+  DeviceSystem<float> d(sys, st.s);
+  cuda::DplrKernelPlan<float> plan;
+  K.fill_bytes_async(0xFF, st.s);
+  cuda::ssm_kernel_dplr<float>(d.dplr(), K.view<2>({H, L}), plan, st.s);
+  check(sys, ssmkit::testing::reference_dplr, "DPLR");
+}
+
 TEST(S4Cuda, DplrFloatSums) {
   SSMKIT_REQUIRE_GPU();
   // Sums in float: 1e-5 to 2.5e-5 at worst in tools/model_dplr_float_sums.py, by seed.
