@@ -6,7 +6,10 @@
 #include <ssmkit/math/activations.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <functional>
+#include <iterator>
 #include <limits>
 
 namespace ssmkit {
@@ -148,6 +151,31 @@ TYPED_TEST(VectorMath, NanPropagatesThroughItsLaneOnly) {
   check("softplus", std::log1p(std::exp(0.5)));
   cpu::simd::silu(x).store(out);
   check("silu", 0.5 / (1 + std::exp(-0.5)));
+}
+
+// A NaN's payload must not leak into the result: exp2 once added the low bits of n, which hold
+// the payload for a NaN x, to the exponent field, turning 0x7fc00001 into -5.9e-39 and
+// 0x7fc001ff into 2.6e38. NaNs read from user data may carry any payload.
+TYPED_TEST(VectorMath, NanWithAnyPayloadStaysNan) {
+  using P = TypeParam;
+  const std::uint32_t payloads[] = {0x7fc00001u, 0x7fc000ffu, 0x7fc001ffu, 0xffc00001u,
+                                    0x7f800001u, 0x7fe00155u, 0xff80ab01u, 0x7fc00000u};
+  std::vector<float> xs(P::width, 0.5f);
+  for (std::size_t i = 0; i < xs.size(); ++i)
+    std::memcpy(&xs[i], &payloads[i % std::size(payloads)], sizeof(float));
+  const P x = P::load(xs.data());
+  float out[P::width];
+  const auto check = [&](const char* name) {
+    for (int l = 0; l < P::width; ++l)
+      EXPECT_TRUE(std::isnan(out[l])) << name << " of NaN bits " << std::hex
+                                      << payloads[l % std::size(payloads)] << " = " << out[l];
+  };
+  cpu::simd::exp2(x).store(out);
+  check("exp2");
+  cpu::simd::exp2<P, false>(x).store(out);
+  check("exp2 without upper clamp");
+  cpu::simd::sigmoid(x).store(out);
+  check("sigmoid");
 }
 
 TYPED_TEST(VectorMath, SiluMatchesLibm) {

@@ -85,17 +85,16 @@ struct Portable {
   friend Portable reciprocal(const Portable& a) {
     return map(a, a, [](F x, F) { return F(1) / x; });
   }
-  /// as_float(as_int(a) + (as_int(n) << 23)): multiplies a by 2^k when the low mantissa bits
-  /// of n hold the integer k (float lanes only; the exponent trick of exp2).
-  friend Portable add_to_exponent(const Portable& a, const Portable& n) {
+  /// as_float(as_int(n) << 23): 2^(k-127) when the low mantissa bits of n hold the integer k
+  /// in [1, 254] (float lanes only; the exponent trick of exp2).
+  friend Portable exponent_bits(const Portable& n) {
     static_assert(std::is_same_v<F, float>, "float packs only");
     Portable r;
     for (int i = 0; i < W; ++i) {
-      std::uint32_t x, k;
-      std::memcpy(&x, &a.v[i], 4);
+      std::uint32_t k;
       std::memcpy(&k, &n.v[i], 4);
-      x += k << 23;
-      std::memcpy(&r.v[i], &x, 4);
+      k <<= 23;
+      std::memcpy(&r.v[i], &k, 4);
     }
     return r;
   }
@@ -145,9 +144,8 @@ struct Avx2 {
     const __m256 r = _mm256_rcp_ps(a.v);
     return {_mm256_fmadd_ps(r, _mm256_fnmadd_ps(a.v, r, _mm256_set1_ps(1.0f)), r)};
   }
-  friend Avx2 add_to_exponent(Avx2 a, Avx2 n) {
-    const __m256i k = _mm256_slli_epi32(_mm256_castps_si256(n.v), 23);
-    return {_mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(a.v), k))};
+  friend Avx2 exponent_bits(Avx2 n) {
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(n.v), 23))};
   }
 };
 #endif
@@ -200,10 +198,9 @@ struct Avx512 {
     const __m512 r = _mm512_mask_rcp14_ps(a.v, 0xffff, a.v);
     return {_mm512_fmadd_ps(r, _mm512_fnmadd_ps(a.v, r, _mm512_set1_ps(1.0f)), r)};
   }
-  friend Avx512 add_to_exponent(Avx512 a, Avx512 n) {
+  friend Avx512 exponent_bits(Avx512 n) {
     const __m512i bits = _mm512_castps_si512(n.v);
-    const __m512i k = _mm512_mask_slli_epi32(bits, 0xffff, bits, 23);
-    return {_mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a.v), k))};
+    return {_mm512_castsi512_ps(_mm512_mask_slli_epi32(bits, 0xffff, bits, 23))};
   }
 };
 #endif
@@ -230,12 +227,13 @@ P exp2(P x) {
       x.v[i] = std::exp2(x.v[i]);
     return x;
   } else {
-    // Adding 1.5·2^23 rounds x to the integer n held in the low mantissa bits; 2^f for the
-    // remainder f in [-1/2, 1/2] is a polynomial, and n is added to its exponent field (an
-    // integer add, cheaper than a multiply, exact while the result stays normal).
-    // The clamps return their second operand for a NaN lane (the SSE/AVX rule, which the portable
-    // pack follows), so x goes second and a NaN propagates.
-    const P magic = P::broadcast(12582912.0f);
+    // Adding 1.5·2^23 + 127 rounds x to the integer n held, plus 127, in the low mantissa bits;
+    // 2^f for the remainder f in [-1/2, 1/2] is a polynomial, multiplied by 2^n made by shifting
+    // those bits into the exponent field (exact while the result stays normal). A multiply, not
+    // an integer add to the exponent field: that would add a NaN's payload bits to it and could
+    // turn the NaN into a number. The clamps return their second operand for a NaN lane (the
+    // SSE/AVX rule, which the portable pack follows), so x goes second and a NaN propagates.
+    const P magic = P::broadcast(12583039.0f);
     x = max(P::broadcast(-125.0f), x);
     if constexpr (kClampHigh)
       x = min(P::broadcast(127.0f), x);
@@ -248,7 +246,7 @@ P exp2(P x) {
     poly = fma(poly, f, P::broadcast(2.4022648e-1f));
     poly = fma(poly, f, P::broadcast(6.9314718e-1f));
     poly = fma(poly, f, P::broadcast(1.0f));
-    return add_to_exponent(poly, rounded);
+    return poly * exponent_bits(rounded);
   }
 }
 
