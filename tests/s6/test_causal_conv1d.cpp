@@ -277,5 +277,44 @@ TEST(CausalConv1d, RejectsOutOverlappingX) {
   SSMKIT_EXPECT_ERROR(cpu::causal_conv1d(p), "out", "x", "overlap");
 }
 
+// The outputs must not overlap the other inputs either: final_state over out's last row once
+// corrupted out silently (errors up to 1.0, C = 8, K = 4, L = 10), and a step's out one channel
+// after x gave errors up to 0.70 in out and 1.39 in the state. final_state may be exactly
+// initial_state and a step's out exactly x.
+TEST(CausalConv1d, RejectsOutputsOverlappingOtherInputsOrEachOther) {
+  ConvCase<float> c(ConvShape{}, 7);  // batch 2, L 23, C 70, K 4
+  const auto good = c.params();
+  std::vector<float> mem(2 * 23 * 70 + 2 * 70 * 3 + 8);
+  const Shape<3> seq{2, 23, 70}, state{2, 70, 3};
+  auto p = good;
+  p.out = TensorView<float, 3>(mem.data(), seq, "out");
+  p.final_state = TensorView<float, 3>(mem.data() + 22 * 70, state, "final_state");
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d(p), "final_state", "disjoint from out");
+  p = good, p.out = TensorView<float, 3>(mem.data(), seq, "out");
+  p.weight = TensorView<const float, 2>(mem.data() + 5, {70, 4}, "weight");
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d(p), "out", "disjoint from weight");
+  p = good, p.final_state = TensorView<float, 3>(mem.data(), state, "final_state");
+  p.x = TensorView<const float, 3>(mem.data() + 1, seq, "x");
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d(p), "final_state", "disjoint from x");
+  p = good, p.final_state = TensorView<float, 3>(mem.data(), state, "final_state");
+  p.initial_state = TensorView<const float, 3>(mem.data() + 1, state, "initial_state");
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d(p), "final_state", "disjoint from initial_state");
+
+  HostTensor<float, 3> conv_state({2, 70, 3});
+  CausalConv1dStepParams<float> step;
+  step.weight = c.weight, step.state = conv_state;
+  step.x = TensorView<const float, 2>(mem.data(), {2, 70}, "x");
+  step.out = TensorView<float, 2>(mem.data() + 1, {2, 70}, "out");  // one channel after x
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d_update(step), "out", "disjoint from x");
+  step.out = TensorView<float, 2>(conv_state.data(), {2, 70}, "out");
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d_update(step), "out", "disjoint from state");
+  step.out = TensorView<float, 2>(mem.data(), {2, 70}, "out");  // exactly x: in place
+  step.state = TensorView<float, 3>(mem.data() + 140, state, "state");
+  step.bias = TensorView<const float, 1>(mem.data() + 140 + 419, {70}, "bias");
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d_update(step), "state", "disjoint from bias");
+  step.state = conv_state, step.bias = {};
+  cpu::causal_conv1d_update(step);
+}
+
 }  // namespace
 }  // namespace ssmkit

@@ -399,5 +399,52 @@ TEST(SelectiveScan, RejectsBadArguments) {
   SSMKIT_EXPECT_ERROR(cpu::selective_scan(good), "delta_bias", "element 2", "finite");
 }
 
+// Outputs are written while other lanes, blocks and time chunks still read the inputs: out one
+// token after u in one buffer once gave wrong outputs silently (errors up to 0.84 where they
+// reach 1.6, L = 200, D = 16, N = 4). Only h_final over exactly h0 may share memory.
+TEST(SelectiveScan, RejectsOutputsOverlappingInputsOrEachOther) {
+  ScanShape s;
+  s.channel_major = false;
+  ScanCase<float> c(s, 53);
+  const auto good = c.params();
+  const Index act = s.batch * s.L * s.D, state = s.batch * s.D * s.N;
+  std::vector<float> mem(static_cast<std::size_t>(2 * act + 2 * state));
+  const Shape<3> act_shape{s.batch, s.L, s.D}, state_shape{s.batch, s.D, s.N};
+
+  auto p = good;
+  p.u = TensorView<const float, 3>(mem.data(), act_shape, "u");
+  p.out = TensorView<float, 3>(mem.data() + s.D, act_shape, "out");  // one token after u
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "out", "disjoint from u");
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan_reference(p), "out", "disjoint from u");
+  p = good, p.out = TensorView<float, 3>(const_cast<float*>(good.z.data()), act_shape, "out");
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "out", "disjoint from z");  // not even in place
+  p = good, p.out = TensorView<float, 3>(mem.data(), act_shape, "out");
+  p.B = TensorView<const float, 4>(mem.data() + act - 1, {s.batch, s.L, s.G, s.N}, "B");
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "out", "disjoint from B");
+  p = good, p.h_final = TensorView<float, 3>(mem.data(), state_shape, "h_final");
+  p.A = TensorView<const float, 2>(mem.data() + 3, {s.D, s.N}, "A");
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "h_final", "disjoint from A");
+  p = good, p.h_final = TensorView<float, 3>(mem.data(), state_shape, "h_final");
+  p.h0 = TensorView<const float, 3>(mem.data() + 1, state_shape, "h0");
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "h_final", "disjoint from h0");
+  p.h0 = good.h0;
+  p.out = TensorView<float, 3>(mem.data() + state - 1, act_shape, "out");
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "h_final", "disjoint from out");
+  p = good;
+  HostTensor<float, 4> ck({1, s.batch, s.D, s.N});
+  p.checkpoints = ck.view(), p.checkpoint_interval = s.L;
+  p.h_final = TensorView<float, 3>(ck.data(), state_shape, "h_final");
+  SSMKIT_EXPECT_ERROR(cpu::selective_scan(p), "checkpoints", "disjoint from h_final");
+
+  // h_final over exactly h0 carries the state in place, as documented.
+  p = good;
+  HostTensor<float, 3> h({s.batch, s.D, s.N});
+  std::copy(c.h0.data(), c.h0.data() + state, h.data());
+  p.h0 = h.view(), p.h_final = h.view();
+  cpu::selective_scan(p);
+  const auto ref = oracle(c);
+  EXPECT_LE(rel_error(h.data(), ref.h_final.data(), state), 1e-5);
+}
+
 }  // namespace
 }  // namespace ssmkit

@@ -178,6 +178,27 @@ TEST(CausalConv1dBackward, RejectsMismatchedGradients) {
   SSMKIT_EXPECT_ERROR(cpu::causal_conv1d_backward(p), "dx", "x", "overlap");
 }
 
+// dx one element before dout in one buffer once gave wrong dx (errors up to 0.61) and dweight
+// (up to 1.59) silently: no gradient may overlap an input or another gradient.
+TEST(CausalConv1dBackward, RejectsGradientsOverlappingInputsOrEachOther) {
+  std::vector<float> x(12, 1.0f), w(6, 1.0f), bias(3, 0.0f), mem(40);
+  CausalConv1dBackwardParams<float> p;
+  p.x = TensorView<const float, 3>(x.data(), {1, 4, 3});
+  p.weight = TensorView<const float, 2>(w.data(), {3, 2});
+  p.bias = TensorView<const float, 1>(bias.data(), {3});
+  p.dout = TensorView<const float, 3>(mem.data() + 1, {1, 4, 3}, "dout");
+  p.dx = TensorView<float, 3>(mem.data(), {1, 4, 3}, "dx");
+  p.dweight = TensorView<float, 2>(mem.data() + 20, {3, 2}, "dweight");
+  p.dbias = TensorView<float, 1>(mem.data() + 30, {3}, "dbias");
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d_backward(p), "dx", "disjoint from dout");
+  p.dout = TensorView<const float, 3>(mem.data() + 12, {1, 4, 3}, "dout");
+  p.dx = TensorView<float, 3>(mem.data(), {1, 4, 3}, "dx");
+  p.dweight = TensorView<float, 2>(w.data(), {3, 2}, "dweight");
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d_backward(p), "dweight", "disjoint from weight");
+  p.dweight = TensorView<float, 2>(mem.data() + 25, {3, 2}, "dweight");
+  SSMKIT_EXPECT_ERROR(cpu::causal_conv1d_backward(p), "dbias", "disjoint from dweight");
+}
+
 TEST(LinearBackward, MatchesFiniteDifferences) {
   const Index tokens = 5, in = 6, out = 4;
   auto x = random_vector<double>(tokens * in, 11), w = random_vector<double>(out * in, 12);

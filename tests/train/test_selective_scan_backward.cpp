@@ -10,6 +10,8 @@
 #include <ssmkit/kernels/cpu/selective_scan_backward_reference.hpp>
 #include <ssmkit/kernels/cpu/selective_scan_reference.hpp>
 
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 
 namespace ssmkit {
@@ -262,6 +264,29 @@ TEST(SelectiveScanBackward, EmptySequencePassesTheStateGradientThrough) {
     EXPECT_EQ(x, 0.0);
 }
 
+// A NaN step makes every gradient that depends on it NaN, as in the reference, whatever the
+// NaN's payload: exp2 once turned a NaN with low payload bits into a number, and the gradients
+// before it came out finite (ddelta at the NaN step itself -0.47 for this problem).
+TEST(SelectiveScanBackward, NanDeltaWithAnyPayloadGivesNanGradientsLikeTheReference) {
+  ScanOptions o;
+  o.softplus = true;
+  ScanProblem<float> pr(1, 12, 3, 4, o, 5);
+  const std::uint32_t payload = 0x7fc00001u;  // a quiet NaN whose low bits are not zero
+  std::memcpy(&pr.delta[static_cast<std::size_t>(6 * pr.D + 1)], &payload, sizeof(float));
+  const auto got = run_fast<float>(pr);
+  const auto want = run_reference<float>(pr);
+  const auto same_nans = [](const std::vector<float>& g, const std::vector<float>& w,
+                            const char* name) {
+    ASSERT_EQ(g.size(), w.size());
+    for (std::size_t i = 0; i < w.size(); ++i)
+      EXPECT_EQ(std::isnan(g[i]), std::isnan(w[i])) << name << " element " << i << ": " << g[i];
+  };
+  same_nans(got.du, want.du, "du");
+  same_nans(got.ddelta, want.ddelta, "ddelta");
+  same_nans(got.dB, want.dB, "dB");
+  same_nans(got.dA, want.dA, "dA");
+}
+
 TEST(SelectiveScanBackward, RejectsBadArguments) {
   ScanOptions o;
   o.gate = o.skip = true;
@@ -306,6 +331,65 @@ TEST(SelectiveScanBackward, RejectsBadArguments) {
     policy.chunk_length = 0;
     SSMKIT_EXPECT_ERROR(cpu::selective_scan_backward(p, policy), "policy.chunk_length", ">= 1");
   }
+}
+
+// Gradients are written while other lanes and chunks still read the inputs: du one token before
+// dout in one buffer once gave wrong gradients silently (errors up to 1.78 where they reach
+// 1.78, L = 200, D = 16, N = 4). dB and dC may interleave, as in a MambaBlock's x_proj gradient.
+TEST(SelectiveScanBackward, RejectsGradientsOverlappingInputsOrEachOther) {
+  ScanOptions o;
+  o.softplus = o.gate = o.skip = o.bias = o.h0 = o.dh_final = true;
+  ScanProblem<float> pr(1, 8, 6, 2, o, 13);
+  ScanGradients<float> g(pr);
+  const Shape<3> act{1, 8, 6};
+  std::vector<float> mem(200);
+  const auto expect_error = [&](auto change, const char* out, const char* in) {
+    auto p = pr.params();
+    g.attach(p, pr);
+    change(p);
+    SSMKIT_EXPECT_ERROR(cpu::selective_scan_backward(p), out, std::string("disjoint from ") + in);
+  };
+  using Params = SelectiveScanBackwardParams<float>;
+  expect_error(
+      [&](Params& p) {
+        p.dout = TensorView<const float, 3>(mem.data() + 6, act, "dout");  // one token after du
+        p.du = TensorView<float, 3>(mem.data(), act, "du");
+      },
+      "du", "dout");
+  expect_error([&](Params& p) { p.ddelta = TensorView<float, 3>(pr.delta.data(), act, "ddelta"); },
+               "ddelta", "delta");
+  expect_error(
+      [&](Params& p) {
+        p.dA = TensorView<float, 2>(pr.A.data(), {6, 2}, "dA");
+      },
+      "dA", "A");
+  expect_error(
+      [&](Params& p) {
+        p.dh0 = TensorView<float, 3>(pr.dh_final.data(), {1, 6, 2}, "dh0");
+      },
+      "dh0", "dh_final");
+  expect_error(
+      [&](Params& p) {
+        p.du = TensorView<float, 3>(mem.data(), act, "du");
+        p.dz = TensorView<float, 3>(mem.data() + 1, act, "dz");
+      },
+      "du", "dz");
+  expect_error([&](Params& p) { p.dD_skip = TensorView<float, 1>(g.dB.data(), {6}, "dD_skip"); },
+               "dD_skip", "dB");
+
+  // dB and dC as the interleaved columns of one (L, 2N) buffer: allowed, same gradients.
+  const auto want = run_fast<float>(pr);
+  auto p = pr.params();
+  g.attach(p, pr);
+  std::vector<float> dbc(8 * 4);
+  p.dB = TensorView<float, 4>(dbc.data(), {1, 8, 1, 2}, {32, 4, 2, 1}, "dB");
+  p.dC = TensorView<float, 4>(dbc.data() + 2, {1, 8, 1, 2}, {32, 4, 2, 1}, "dC");
+  cpu::selective_scan_backward(p);
+  for (Index t = 0; t < 8; ++t)
+    for (Index n = 0; n < 2; ++n) {
+      EXPECT_EQ(p.dB(0, t, 0, n), want.dB[static_cast<std::size_t>(t * 2 + n)]);
+      EXPECT_EQ(p.dC(0, t, 0, n), want.dC[static_cast<std::size_t>(t * 2 + n)]);
+    }
 }
 
 }  // namespace

@@ -19,7 +19,7 @@ struct CausalConv1dParams {
   TensorView<const W, 2> weight;         ///< (C, K) taps, weight(c, K-1) multiplies the newest
   TensorView<const W, 1> bias;           ///< (C) optional
   TensorView<const T, 3> initial_state;  ///< (batch, C, K-1) optional; zeros when absent
-  TensorView<T, 3> out;                  ///< (batch, L, C); must not overlap x
+  TensorView<T, 3> out;                  ///< (batch, L, C); must not overlap any input
   TensorView<T, 3> final_state;          ///< (batch, C, K-1) optional; may be initial_state
   bool silu = false;                     ///< out = silu(conv) when set
 
@@ -36,7 +36,7 @@ struct CausalConv1dStepParams {
   TensorView<const W, 2> weight;  ///< (C, K)
   TensorView<const W, 1> bias;    ///< (C) optional
   TensorView<T, 3> state;         ///< (batch, C, K-1) updated in place
-  TensorView<T, 2> out;           ///< (batch, C); may be x
+  TensorView<T, 2> out;           ///< (batch, C); may be x (the same view), else disjoint
   bool silu = false;
 
   Index batch() const { return x.size(0); }
@@ -63,8 +63,8 @@ void check_conv_weight(const TensorView<const W, 2>& weight, Index C, Device dev
 
 }  // namespace detail
 
-/// Throws ssmkit::Error naming the first argument whose shape or device is wrong, or out if it
-/// overlaps x.
+/// Throws ssmkit::Error naming the first argument whose shape or device is wrong, or an output
+/// (out, final_state) that overlaps an input or the other output.
 template <class T, class W>
 void validate(const CausalConv1dParams<T, W>& p, Device device) {
   const Index batch = p.batch(), L = p.length(), C = p.channels();
@@ -76,6 +76,16 @@ void validate(const CausalConv1dParams<T, W>& p, Device device) {
   detail::check_conv_arg(p.out, "out", Shape<3>{batch, L, C}, device, false);
   check_disjoint(p.out, "out", p.x, "x");
   detail::check_conv_arg(p.final_state, "final_state", Shape<3>{batch, C, K - 1}, device, true);
+  // The outputs are written while other threads still read the inputs; final_state may be
+  // exactly initial_state (a state carried in place), nothing else may share memory.
+  check_disjoint(p.out, "out", p.weight, "weight");
+  check_disjoint(p.out, "out", p.bias, "bias");
+  check_disjoint(p.out, "out", p.initial_state, "initial_state");
+  check_disjoint(p.final_state, "final_state", p.x, "x");
+  check_disjoint(p.final_state, "final_state", p.weight, "weight");
+  check_disjoint(p.final_state, "final_state", p.bias, "bias");
+  check_disjoint_or_same(p.final_state, "final_state", p.initial_state, "initial_state");
+  check_disjoint(p.final_state, "final_state", p.out, "out");
 }
 
 template <class T, class W>
@@ -87,6 +97,15 @@ void validate(const CausalConv1dStepParams<T, W>& p, Device device) {
   detail::check_conv_arg(p.bias, "bias", Shape<1>{C}, device, true);
   detail::check_conv_arg(p.state, "state", Shape<3>{batch, C, K - 1}, device, false);
   detail::check_conv_arg(p.out, "out", Shape<2>{batch, C}, device, false);
+  // out may be exactly x (each channel is read before it is written); the state slides in place
+  // while x and the weights are read. No other overlap.
+  check_disjoint_or_same(p.out, "out", p.x, "x");
+  check_disjoint(p.out, "out", p.weight, "weight");
+  check_disjoint(p.out, "out", p.bias, "bias");
+  check_disjoint(p.out, "out", p.state, "state");
+  check_disjoint(p.state, "state", p.x, "x");
+  check_disjoint(p.state, "state", p.weight, "weight");
+  check_disjoint(p.state, "state", p.bias, "bias");
 }
 
 }  // namespace ssmkit

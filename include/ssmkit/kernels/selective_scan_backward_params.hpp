@@ -6,6 +6,7 @@
 #include "ssmkit/kernels/selective_scan_params.hpp"
 
 #include <string>
+#include <utility>
 
 namespace ssmkit {
 
@@ -88,16 +89,72 @@ void check_gradient(const G& grad, const char* grad_arg, const X& arg, const cha
   check_optional(grad, grad_arg, shape, device);
 }
 
+/// The first (view, name) against each of the others.
+template <class G, class... Rest>
+void check_first_disjoint(const std::pair<G, const char*>& first,
+                          const std::pair<Rest, const char*>&... rest) {
+  (check_disjoint(first.first, first.second, rest.first, rest.second), ...);
+}
+
+/// Every pair of the (view, name)s.
+template <class G, class... Rest>
+void check_pairwise_disjoint(const std::pair<G, const char*>& first,
+                             const std::pair<Rest, const char*>&... rest) {
+  check_first_disjoint(first, rest...);
+  if constexpr (sizeof...(Rest) > 1)
+    check_pairwise_disjoint(rest...);
+}
+
+/// Every gradient is written while the inputs (the forward's, the checkpoints, dout and
+/// dh_final) are still read, by other lanes or chunks: none may overlap an input or another
+/// gradient. dB and dC are exempt from each other: they may interleave, as the columns of one
+/// x_proj gradient do in a MambaBlock, and are written together after every read. Names both.
+template <class T, class W>
+void check_scan_backward_overlaps(const SelectiveScanBackwardParams<T, W>& p) {
+  const auto inputs = [&](const auto& grad, const char* name) {
+    check_disjoint(grad, name, p.u, "u");
+    check_disjoint(grad, name, p.delta, "delta");
+    check_disjoint(grad, name, p.A, "A");
+    check_disjoint(grad, name, p.B, "B");
+    check_disjoint(grad, name, p.C, "C");
+    check_disjoint(grad, name, p.D_skip, "D_skip");
+    check_disjoint(grad, name, p.delta_bias, "delta_bias");
+    check_disjoint(grad, name, p.z, "z");
+    check_disjoint(grad, name, p.h0, "h0");
+    check_disjoint(grad, name, p.checkpoints, "checkpoints");
+    check_disjoint(grad, name, p.dout, "dout");
+    check_disjoint(grad, name, p.dh_final, "dh_final");
+  };
+  inputs(p.du, "du");
+  inputs(p.ddelta, "ddelta");
+  inputs(p.dA, "dA");
+  inputs(p.dB, "dB");
+  inputs(p.dC, "dC");
+  inputs(p.dD_skip, "dD_skip");
+  inputs(p.ddelta_bias, "ddelta_bias");
+  inputs(p.dz, "dz");
+  inputs(p.dh0, "dh0");
+  using std::pair;
+  check_pairwise_disjoint(pair(p.du, "du"), pair(p.ddelta, "ddelta"), pair(p.dA, "dA"),
+                          pair(p.dD_skip, "dD_skip"), pair(p.ddelta_bias, "ddelta_bias"),
+                          pair(p.dz, "dz"), pair(p.dh0, "dh0"), pair(p.dB, "dB"));
+  check_first_disjoint(pair(p.dC, "dC"), pair(p.du, "du"), pair(p.ddelta, "ddelta"),
+                       pair(p.dA, "dA"), pair(p.dD_skip, "dD_skip"),
+                       pair(p.ddelta_bias, "ddelta_bias"), pair(p.dz, "dz"), pair(p.dh0, "dh0"));
+}
+
 }  // namespace detail
 
-/// Throws ssmkit::Error naming the first argument whose shape, device, presence or value is wrong:
-/// the forward's checks on its inputs, then dout, dh_final and every gradient.
+/// Throws ssmkit::Error naming the first argument whose shape, device, presence or value is wrong,
+/// or whose memory overlaps another's (detail::check_scan_backward_overlaps): the forward's checks
+/// on its inputs, then dout, dh_final and every gradient.
 template <class T, class W>
 void validate(const SelectiveScanBackwardParams<T, W>& p, Device device) {
   const Index batch = p.u.size(0), L = p.u.size(1), D = p.u.size(2);
   check_shape(p.du, "du", {batch, L, D});
   check_device(p.du, "du", device);
-  validate(p.forward(p.du), device);  // the inputs, as the forward sees them
+  detail::check_scan_backward_overlaps(p);  // here, or the forward's check names du out
+  validate(p.forward(p.du), device);        // the inputs, as the forward sees them
   const Index N = p.A.size(1), G = p.B.size(2);
   check_shape(p.dout, "dout", {batch, L, D});
   check_device(p.dout, "dout", device);

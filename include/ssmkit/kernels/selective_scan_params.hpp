@@ -91,9 +91,36 @@ void check_checkpoints(const V& checkpoints, Index interval, Index batch, Index 
   check_device(checkpoints, "checkpoints", device);
 }
 
+/// The outputs of a scan (out, h_final, checkpoints) are written while its inputs are still
+/// read, by other lanes, blocks or time chunks: none may overlap an input or another output,
+/// except h_final over exactly h0 (a state carried in place). Names both arguments.
+template <class T, class W>
+void check_scan_overlaps(const SelectiveScanParams<T, W>& p) {
+  const auto inputs = [&](const auto& out, const char* name) {
+    check_disjoint(out, name, p.u, "u");
+    check_disjoint(out, name, p.delta, "delta");
+    check_disjoint(out, name, p.A, "A");
+    check_disjoint(out, name, p.B, "B");
+    check_disjoint(out, name, p.C, "C");
+    check_disjoint(out, name, p.D_skip, "D_skip");
+    check_disjoint(out, name, p.delta_bias, "delta_bias");
+    check_disjoint(out, name, p.z, "z");
+  };
+  inputs(p.out, "out");
+  check_disjoint(p.out, "out", p.h0, "h0");
+  inputs(p.h_final, "h_final");
+  check_disjoint_or_same(p.h_final, "h_final", p.h0, "h0");
+  check_disjoint(p.h_final, "h_final", p.out, "out");
+  inputs(p.checkpoints, "checkpoints");
+  check_disjoint(p.checkpoints, "checkpoints", p.h0, "h0");
+  check_disjoint(p.checkpoints, "checkpoints", p.out, "out");
+  check_disjoint(p.checkpoints, "checkpoints", p.h_final, "h_final");
+}
+
 }  // namespace detail
 
-/// Throws ssmkit::Error naming the first argument whose shape, device or value is wrong.
+/// Throws ssmkit::Error naming the first argument whose shape, device or value is wrong, or
+/// whose memory overlaps another's (detail::check_scan_overlaps).
 /// Host-resident A, D and δ_bias are also checked to be finite (and A to be non-positive, as a
 /// stable S6 needs); on the device the caller vouches for their values.
 template <class T, class W>
@@ -123,6 +150,7 @@ void validate(const SelectiveScanParams<T, W>& p, Device device) {
   detail::check_optional(p.h0, "h0", Shape<3>{batch, D, N}, device);
   detail::check_optional(p.h_final, "h_final", Shape<3>{batch, D, N}, device);
   detail::check_checkpoints(p.checkpoints, p.checkpoint_interval, batch, L, D, N, device);
+  detail::check_scan_overlaps(p);
   if (device == Device::CPU) {
     for (Index d = 0; d < D; ++d)
       for (Index n = 0; n < N; ++n) {

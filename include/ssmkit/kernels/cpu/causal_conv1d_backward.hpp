@@ -24,7 +24,7 @@ struct CausalConv1dBackwardParams {
   TensorView<const T, 3> initial_state;  ///< (batch, C, K-1) optional
   bool silu = false;
   TensorView<const T, 3> dout;      ///< (batch, L, C)
-  TensorView<T, 3> dx;              ///< (batch, L, C); must not overlap x
+  TensorView<T, 3> dx;              ///< (batch, L, C); no gradient may overlap an input
   TensorView<W, 2> dweight;         ///< (C, K)
   TensorView<W, 1> dbias;           ///< (C) iff bias
   TensorView<T, 3> dinitial_state;  ///< (batch, C, K-1) iff initial_state
@@ -47,7 +47,25 @@ template <class T, class W>
 void validate(const CausalConv1dBackwardParams<T, W>& p, Device device) {
   const Index batch = p.batch(), L = p.length(), C = p.channels();
   detail::check_conv_arg(p.dx, "dx", Shape<3>{batch, L, C}, device, false);
-  check_disjoint(p.dx, "dx", p.x, "x");  // here, or the forward check names it out
+  // Gradients are written while other channels still read the inputs: none may overlap an input
+  // or another gradient. Checked here, or the forward's check names dx out.
+  const auto inputs = [&](const auto& grad, const char* name) {
+    check_disjoint(grad, name, p.x, "x");
+    check_disjoint(grad, name, p.weight, "weight");
+    check_disjoint(grad, name, p.bias, "bias");
+    check_disjoint(grad, name, p.initial_state, "initial_state");
+    check_disjoint(grad, name, p.dout, "dout");
+  };
+  inputs(p.dx, "dx");
+  inputs(p.dweight, "dweight");
+  inputs(p.dbias, "dbias");
+  inputs(p.dinitial_state, "dinitial_state");
+  check_disjoint(p.dweight, "dweight", p.dx, "dx");
+  check_disjoint(p.dbias, "dbias", p.dx, "dx");
+  check_disjoint(p.dbias, "dbias", p.dweight, "dweight");
+  check_disjoint(p.dinitial_state, "dinitial_state", p.dx, "dx");
+  check_disjoint(p.dinitial_state, "dinitial_state", p.dweight, "dweight");
+  check_disjoint(p.dinitial_state, "dinitial_state", p.dbias, "dbias");
   validate(p.forward(p.dx), device);
   const Index K = p.kernel_size();
   detail::check_conv_arg(p.dout, "dout", Shape<3>{batch, L, C}, device, false);
