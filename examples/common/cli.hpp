@@ -1,5 +1,6 @@
-// Command-line machinery shared by the example programs: --flag value parsing, number parsing, a
-// progress bar redrawn on stderr, and a main() that turns errors into one line and an exit status.
+// Command-line machinery shared by the example programs: --flag value parsing, number parsing, the
+// machine's memory (to refuse sizes that cannot fit), a progress bar redrawn on stderr, and a
+// main() that turns errors into one line and an exit status.
 #pragma once
 
 #include <ssmkit/core/parallel.hpp>
@@ -16,6 +17,8 @@
 #include <string>
 #include <system_error>
 #include <type_traits>
+
+#include <unistd.h>
 
 namespace ssmkit::examples {
 
@@ -105,6 +108,14 @@ class Flags {
  private:
   std::map<std::string, std::string> values_;
 };
+
+/// This machine's physical memory in bytes, or 0 where sysconf does not say. A run whose buffers
+/// need more is refused as a usage error up front: past it, a large allocation throws
+/// std::bad_alloc or, overcommitted, gets the process killed when its pages are touched.
+inline double physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page_size = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page_size > 0 ? double(pages) * double(page_size) : 0.0;
+}
 
 /// Redraws a one-line bar `width` characters wide in place on stderr, `suffix` after the counts.
 inline void draw_progress(Index done, Index total, int width, const std::string& suffix = "") {

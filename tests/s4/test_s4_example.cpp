@@ -1,5 +1,6 @@
 // Runs the s4_long_signal example: a short signal's two modes agree (exit status 0), --help prints
-// the usage on stdout, and bad flags fail with a one-line message and the usage (exit status 2).
+// the usage on stdout, and bad flags fail with a one-line message and the usage (exit status 2),
+// sizes whose buffers cannot fit in memory among them.
 #include "run_program.hpp"
 #include "testing.hpp"
 
@@ -56,6 +57,49 @@ TEST(S4LongSignalExample, BadFlagsAreUsageErrors) {
     EXPECT_EQ(r.err.rfind(std::string("s4_long_signal: ") + message + "\n", 0), 0u)
         << args << ": " << r.err;
     EXPECT_NE(r.err.find("\nusage: s4_long_signal"), std::string::npos) << args << ": " << r.err;
+  }
+}
+
+// A --channels or --state whose buffers cannot fit in the machine's memory (or whose element
+// counts overflow the index) is a usage error naming the option, the value and the largest that
+// fits, not a std::bad_alloc (exit status 1) or an overcommitted run killed mid-way. The limit is
+// the machine's: the test checks it is sane and that one past it is refused with the same limit.
+TEST(S4LongSignalExample, SizesBeyondMemoryAreUsageErrors) {
+  struct Case {
+    std::string option, value, rest, context;
+  };
+  const Case cases[] = {
+      {"--channels", "100000000000", "", "(at --length 65536 --state 64 --param diag)"},
+      {"--channels", "9223372036854775807", "", "(at --length 65536 --state 64 --param diag)"},
+      {"--channels", "100000000000", " --param dplr --length 1024",
+       "(at --length 1024 --state 64 --param dplr)"},
+      {"--state", "100000000000", "", "(at --length 65536 --channels 1 --param diag)"},
+      {"--state", "100000000000", " --param dplr", "(at --length 65536 --channels 1 --param dplr)"},
+      {"--state", "9223372036854775806", " --param dplr --channels 3",
+       "(at --length 65536 --channels 1 --param dplr)"},
+  };
+  for (const Case& c : cases) {
+    const std::string args = c.option + " " + c.value + c.rest;
+    const ExampleRun r = run_example(args);
+    EXPECT_EQ(r.status, 2) << args << ": " << r.err;
+    EXPECT_EQ(r.out, "") << args;
+    const std::string head = "s4_long_signal: " + c.option + ": " + c.value + " is too ";
+    ASSERT_EQ(r.err.rfind(head, 0), 0u) << args << ": " << r.err;
+    const std::size_t at_most = r.err.find(" at most ");
+    ASSERT_NE(at_most, std::string::npos) << args << ": " << r.err;
+    const long long most = std::stoll(r.err.substr(at_most + 9));
+    // At least the defaults (8 channels, state 64) fit, and fewer than asked for.
+    EXPECT_GE(most, c.option == "--channels" ? 8 : 64) << args << ": " << r.err;
+    EXPECT_LT(most, std::stoll(c.value)) << args;
+    EXPECT_NE(r.err.find(" " + c.context + "\nusage: s4_long_signal"), std::string::npos)
+        << args << ": " << r.err;
+    // The bound is exact: one past it is refused with the same limit.
+    const std::string past = std::to_string(most + (c.option == "--state" ? 2 : 1));
+    const ExampleRun p = run_example(c.option + " " + past + c.rest);
+    EXPECT_EQ(p.status, 2) << past;
+    EXPECT_EQ(p.err.rfind("s4_long_signal: " + c.option + ": " + past + " is too ", 0), 0u)
+        << p.err;
+    EXPECT_NE(p.err.find(" at most " + std::to_string(most) + " "), std::string::npos) << p.err;
   }
 }
 
