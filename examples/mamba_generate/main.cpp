@@ -4,10 +4,13 @@
 //   mamba_generate --model DIR --ids 1,2,3 --max-new-tokens N [--temperature T [--top-k K]
 //                  [--top-p P]] [--seed S] [--dump-logits FILE] [--threads N]
 //                  [--device cpu|cuda] [--dtype float|bf16] [--unused-tensors error|ignore]
+//                  [--stop-ids LIST]
 //
 // Decoding is greedy unless --temperature T > 0 is given; --top-k and --top-p narrow what that
 // samples from, so they are refused without it rather than silently ignored. A checkpoint tensor
 // config.json does not name is an error unless --unused-tensors ignore (then a warning).
+// --stop-ids 2,7 ends generation after either id is emitted (printed with the others), as
+// transformers' eos_token_id; without it, max_new_tokens ids come out.
 //
 // stdout: the generated ids (prompt excluded), comma-separated, on one line. stderr: prefill and
 // decode speed, and a progress bar when stderr is a terminal. Any error: one line, exit status 1
@@ -41,18 +44,20 @@ constexpr int kBarWidth = 40;
 constexpr const char* kUsage =
     "usage: mamba_generate --model DIR --ids 1,2,3 --max-new-tokens N [--temperature T "
     "[--top-k K] [--top-p P]] [--seed S] [--dump-logits FILE] [--threads N] [--device cpu|cuda] "
-    "[--dtype float|bf16] [--unused-tensors error|ignore]\n"
-    "greedy unless --temperature T > 0; --top-k and --top-p only with it";
+    "[--dtype float|bf16] [--unused-tensors error|ignore] [--stop-ids LIST]\n"
+    "greedy unless --temperature T > 0; --top-k and --top-p only with it; --stop-ids 2,7 ends "
+    "after either id (kept)";
 
-std::vector<std::int64_t> parse_ids(const std::string& text) {
+/// `flag`'s comma-separated ids, each >= 0.
+std::vector<std::int64_t> parse_ids(const std::string& flag, const std::string& text) {
   std::vector<std::int64_t> ids;
   std::size_t start = 0;
   while (true) {
     const std::size_t comma = text.find(',', start);
     const std::string item = text.substr(start, comma - start);
-    const auto id = parse_number<std::int64_t>("--ids", item);
+    const auto id = parse_number<std::int64_t>(flag, item);
     if (id < 0)
-      throw UsageError("--ids: " + item + " is negative");
+      throw UsageError(flag + ": " + item + " is negative");
     ids.push_back(id);
     if (comma == std::string::npos)
       break;
@@ -98,7 +103,7 @@ int run(int argc, char** argv) {
   const Flags flags(
       argc, argv,
       {"--model", "--ids", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed",
-       "--dump-logits", "--threads", "--device", "--dtype", "--unused-tensors"},
+       "--dump-logits", "--threads", "--device", "--dtype", "--unused-tensors", "--stop-ids"},
       {"--model", "--ids", "--max-new-tokens"});
   const std::string device = flags.device();
   const std::string dtype = flags.get("--dtype", "float");
@@ -116,11 +121,13 @@ int run(int argc, char** argv) {
   sampling.top_k = parse_number<ssmkit::Index>("--top-k", flags.get("--top-k", "0"));
   sampling.top_p = parse_number<double>("--top-p", flags.get("--top-p", "1"));
   sampling.seed = parse_number<std::uint64_t>("--seed", flags.get("--seed", "0"));
+  if (flags.has("--stop-ids"))
+    sampling.stop_token_ids = parse_ids("--stop-ids", flags.get("--stop-ids", ""));
   sampling.validate();
   if (sampling.temperature == 0 && (sampling.top_k != 0 || sampling.top_p != 1))
     throw UsageError(
         "--top-k and --top-p need --temperature T > 0 (without it decoding is greedy)");
-  const auto ids = parse_ids(flags.get("--ids", ""));
+  const auto ids = parse_ids("--ids", flags.get("--ids", ""));
   const std::string unused = flags.get("--unused-tensors", "error");
   if (unused != "error" && unused != "ignore")
     throw UsageError("--unused-tensors: expected error or ignore, got '" + unused + "'");
@@ -140,13 +147,13 @@ int run(int argc, char** argv) {
   const auto progress = [&](ssmkit::Index i) {
     if (bar)
       draw_progress(i + 1, max_new, kBarWidth);
-    if (bar && i + 1 == max_new)
-      clear_progress(kBarWidth + 24);
   };
   const auto r = device == "cuda" ? run_cuda(dir, open, ids, max_new, sampling, dtype == "bf16",
                                              flags.get("--dump-logits", ""), progress)
                                   : run_cpu(dir, open, ids, max_new, sampling,
                                             flags.get("--dump-logits", ""), progress);
+  if (bar)  // here, not at token max_new: a stop id may end generation before it
+    clear_progress(kBarWidth + 24);
 
   std::string line;
   for (std::size_t i = 0; i < r.tokens[0].size(); ++i)

@@ -1,7 +1,7 @@
 // The GPU Mamba block and language model: the few-token GEMV against an fp64 product, the block
 // against the CPU block (forward, prefill + steps), LM logits and greedy tokens against
 // transformers' goldens, decoding against full recomputation, graph replay against eager steps,
-// and argument checks.
+// generate()'s stop ids, and argument checks.
 #include "cuda_testing.hpp"
 #include "nn/nn_testing.hpp"
 
@@ -447,6 +447,22 @@ TEST_P(CudaMambaLMGolden, GreedyContinuationMatchesTransformers) {
   }
 }
 
+TEST_P(CudaMambaLMGolden, GreedyStopsAtStopIdsAsTransformersContinues) {
+  SSMKIT_REQUIRE_GPU();
+  TestStream stream;
+  const auto model = nn::MambaLM<float, Cuda>::from_pretrained(mamba_data(GetParam()));
+  const LMGolden g(GetParam());
+  // Ended slots go on being fed their argmax on the device, eagerly or through the graph.
+  for (const bool graph : {false, true}) {
+    SCOPED_TRACE(graph ? "graph" : "eager");
+    check_stop_ids(
+        g.continuations(), {},
+        [&](Index n, const nn::SamplingConfig& s, const std::function<void(Index)>& on_token) {
+          return nn::generate(model, g.prompts(), n, s, stream.s, graph, on_token);
+        });
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Configs, CudaMambaLMGolden,
                          ::testing::Values("tiny_tied", "tiny_untied_bias", "tiny_n64",
                                            "tiny_inner"));
@@ -557,6 +573,20 @@ TEST(CudaMambaLM, GraphReplayEqualsEagerSteps) {
   }
 }
 
+TEST(CudaMambaLM, SampledStopsArePrefixesOfTheRunWithoutStopIds) {
+  SSMKIT_REQUIRE_GPU();
+  // As on the CPU: ended slots still draw, so the other sequence's draws do not move.
+  TestStream stream;
+  const auto model = nn::MambaLM<float, Cuda>::from_pretrained(mamba_data("tiny_untied_bias"));
+  const auto prompts = LMGolden("tiny_untied_bias").prompts();
+  const nn::SamplingConfig sampling{1.2, 50, 0.95, 11};
+  check_stop_ids(
+      nn::generate(model, prompts, 16, sampling, stream.s).tokens, sampling,
+      [&](Index n, const nn::SamplingConfig& s, const std::function<void(Index)>& on_token) {
+        return nn::generate(model, prompts, n, s, stream.s, true, on_token);
+      });
+}
+
 TEST(CudaMambaLM, RejectsBadInputs) {
   SSMKIT_REQUIRE_GPU();
   TestStream stream;
@@ -586,6 +616,13 @@ TEST(CudaMambaLM, RejectsBadInputs) {
   SSMKIT_EXPECT_ERROR(model.step_greedy(default_stream, true), "cache stream");
   SSMKIT_EXPECT_ERROR((nn::MambaLM<float, Cuda>::from_pretrained(mamba_data("no_such_model"))),
                       "no_such_model");
+  nn::SamplingConfig stop;
+  stop.stop_token_ids = {3, -1};
+  SSMKIT_EXPECT_ERROR(nn::generate(model, {{1}}, 3, stop, stream.s), "stop_token_ids", "element 1",
+                      ">= 0");
+  stop.stop_token_ids = {V, 3};
+  SSMKIT_EXPECT_ERROR(nn::generate(model, {{1}}, 3, stop, stream.s), "stop_token_ids", "element 0",
+                      "vocab_size = 300");
 
   const MixerGolden<float> g("bias");
   const nn::MambaBlock<float, Cuda> block(g.config, g.copy_weights());

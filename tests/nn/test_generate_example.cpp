@@ -1,5 +1,6 @@
 // Runs the mamba_generate example on the golden models: its ids against transformers' greedy
-// continuations, --dump-logits against transformers' logits, sampling flags, and its errors.
+// continuations, --dump-logits against transformers' logits, sampling flags, --stop-ids, and its
+// errors.
 #include "io/io_test_util.hpp"
 #include "nn_testing.hpp"
 #include "run_program.hpp"
@@ -29,10 +30,12 @@ struct Golden {
       s += (i ? "," : "") + std::to_string(prompt[i]);
     return s;
   }
-  std::string greedy_line() const {
+  std::string greedy_line() const { return line(greedy); }
+  /// What the example prints for `ids`.
+  static std::string line(const std::vector<std::int64_t>& ids) {
     std::string s;
-    for (std::size_t i = 0; i < greedy.size(); ++i)
-      s += (i ? "," : "") + std::to_string(greedy[i]);
+    for (std::size_t i = 0; i < ids.size(); ++i)
+      s += (i ? "," : "") + std::to_string(ids[i]);
     return s + "\n";
   }
 };
@@ -94,6 +97,22 @@ TEST(GenerateExampleFlags, SamplingIsSeededAndTopKOneIsGreedy) {
   EXPECT_EQ(k1.out, g.greedy_line());
 }
 
+TEST(GenerateExampleFlags, StopIdsEndTheIdsAfterTheFirstOne) {
+  // The golden's 6th token as the stop id, beside 0 (these configs' eos_token_id, which the
+  // continuation never emits): the ids end with its first occurrence, and so does decoding.
+  const Golden g = golden("tiny_tied", 0);
+  const std::vector<std::int64_t> stops = {0, g.greedy[5]};
+  const auto want = up_to_stop(g.greedy, stops);
+  ASSERT_LT(want.size(), g.greedy.size());
+  const ExampleRun r = run_example(
+      "--model '" + mamba_data("tiny_tied") + "' --ids " + g.ids_flag() + " --max-new-tokens " +
+      std::to_string(g.greedy.size()) + " --stop-ids 0," + std::to_string(stops[1]));
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, Golden::line(want));
+  EXPECT_NE(r.err.find("decode: " + std::to_string(want.size() - 1) + " tokens"), std::string::npos)
+      << r.err;
+}
+
 void expect_one_line_error(const ExampleRun& r, int status, const std::string& needle) {
   EXPECT_EQ(r.status, status) << r.err;
   EXPECT_EQ(r.out, "");
@@ -117,6 +136,12 @@ TEST(GenerateExampleFlags, ErrorsAreOneLineWithNonZeroStatus) {
   expect_one_line_error(run_example(model + " --ids 1 --max-new-tokens 3 --dtype bf16"), 2,
                         "--dtype");
   expect_one_line_error(run_example(model + " --ids 1"), 2, "--max-new-tokens");
+  expect_one_line_error(run_example(model + " --ids 1 --max-new-tokens 3 --stop-ids 2,-1"), 2,
+                        "--stop-ids");
+  expect_one_line_error(run_example(model + " --ids 1 --max-new-tokens 3 --stop-ids 2,"), 2,
+                        "--stop-ids");
+  expect_one_line_error(run_example(model + " --ids 1 --max-new-tokens 3 --stop-ids 300"), 1,
+                        "stop_token_ids");
 }
 
 // A config.json of one layer beside the weights of two: the second layer's 10 tensors are not
@@ -162,6 +187,10 @@ TEST_P(GenerateExample, CudaDeviceMatchesTransformers) {
   const ExampleRun bf16 = run_example(base + " --dtype bf16");
   ASSERT_EQ(bf16.status, 0) << bf16.err;
   EXPECT_NE(bf16.err.find("cuda, bf16 weights"), std::string::npos) << bf16.err;
+  // The golden's 6th token as the stop id: the ids end with its first occurrence.
+  const ExampleRun stop = run_example(base + " --stop-ids " + std::to_string(g.greedy[5]));
+  ASSERT_EQ(stop.status, 0) << stop.err;
+  EXPECT_EQ(stop.out, Golden::line(up_to_stop(g.greedy, {g.greedy[5]})));
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // MambaLM: logits and greedy continuations against transformers' MambaForCausalLM goldens, cached
-// decoding against full recomputation, batches of unequal prompts, and argument checks.
+// decoding against full recomputation, batches of unequal prompts, stop ids, and argument checks.
 #include "nn_testing.hpp"
 
 #include <ssmkit/nn/mamba_lm.hpp>
@@ -46,6 +46,16 @@ TEST_P(MambaLMGolden, GreedyContinuationMatchesTransformers) {
     const std::vector<std::int64_t> want(&g.greedy(b, Lp), &g.greedy(b, Lp) + new_tokens);
     EXPECT_EQ(r.tokens[b], want) << "sequence " << b;
   }
+}
+
+TEST_P(MambaLMGolden, GreedyStopsAtStopIdsAsTransformersContinues) {
+  const auto model = nn::MambaLM<float>::from_pretrained(mamba_data(GetParam()));
+  const LMGolden g(GetParam());
+  check_stop_ids(
+      g.continuations(), {},
+      [&](Index n, const nn::SamplingConfig& sampling, const std::function<void(Index)>& on_token) {
+        return nn::generate(model, g.prompts(), n, sampling, on_token);
+      });
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, MambaLMGolden,
@@ -97,6 +107,18 @@ TEST(MambaLM, UnequalPromptsInOneBatchDecodeAsIfAlone) {
             nn::generate(model, prompts, 10, sampling).tokens);
 }
 
+TEST(MambaLM, SampledStopsArePrefixesOfTheRunWithoutStopIds) {
+  // Ended slots still draw from the sampler, so the other sequence's draws do not move.
+  const auto model = nn::MambaLM<float>::from_pretrained(mamba_data("tiny_untied_bias"));
+  const auto prompts = LMGolden("tiny_untied_bias").prompts();
+  const nn::SamplingConfig sampling{1.2, 50, 0.95, 11};
+  check_stop_ids(
+      nn::generate(model, prompts, 16, sampling).tokens, sampling,
+      [&](Index n, const nn::SamplingConfig& s, const std::function<void(Index)>& on_token) {
+        return nn::generate(model, prompts, n, s, on_token);
+      });
+}
+
 TEST(MambaLM, AllPositionLogitsOfAChunkedPrefill) {
   // Two prefill calls of 7 and 5 tokens give the logits of one 12-token forward.
   const auto model = nn::MambaLM<float>::from_pretrained(mamba_data("tiny_tied"));
@@ -139,6 +161,12 @@ TEST(MambaLM, RejectsBadInputs) {
   SSMKIT_EXPECT_ERROR(nn::MambaLM<float>::from_pretrained(mamba_data("no_such_model")),
                       "no_such_model");
   SSMKIT_EXPECT_ERROR(nn::generate(model, {{}}, 3, {}), "prompts[0]");
+  nn::SamplingConfig stop;
+  stop.stop_token_ids = {3, -1};
+  SSMKIT_EXPECT_ERROR(nn::generate(model, {{1}}, 3, stop), "stop_token_ids", "element 1", ">= 0");
+  stop.stop_token_ids = {V, 3};
+  SSMKIT_EXPECT_ERROR(nn::generate(model, {{1}}, 3, stop), "stop_token_ids", "element 0",
+                      "vocab_size = 300");
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // nn::Sampler: greedy argmax, temperature, top-k and top-p supports and probabilities against an
-// independent computation, seeded reproducibility, draw frequencies, and argument checks.
+// independent computation, seeded reproducibility, draw frequencies, and argument checks (stop
+// ids included).
 #include "nn_testing.hpp"
 
 #include <ssmkit/nn/sampling.hpp>
@@ -176,6 +177,9 @@ TEST(Sampler, RejectsBadSettingsAndLogits) {
   SSMKIT_EXPECT_ERROR(nn::Sampler({1.0, -2, 1.0, 0}), "top_k");
   SSMKIT_EXPECT_ERROR(nn::Sampler({1.0, 0, 0.0, 0}), "top_p");
   SSMKIT_EXPECT_ERROR(nn::Sampler({1.0, 0, 1.5, 0}), "top_p");
+  nn::SamplingConfig stop;
+  stop.stop_token_ids = {0, 7, -2};
+  SSMKIT_EXPECT_ERROR(nn::Sampler{stop}, "stop_token_ids", "element 2", ">= 0", "-2");
   std::vector<float> logits = {1, NAN, 2};
   nn::Sampler s({1.0, 0, 1.0, 0});
   SSMKIT_EXPECT_ERROR(s(TensorView<const float, 1>(logits.data(), {3})), "logits", "element 1");

@@ -24,12 +24,19 @@ struct SamplingConfig {
   Index top_k = 0;         ///< keep the k most likely tokens (ties with the k-th kept); 0: all
   double top_p = 1;        ///< keep the most likely tokens until their mass reaches p; 1: all
   std::uint64_t seed = 0;  ///< seeds the sampler's generator: equal seeds, equal tokens
+  /// generate() ends a sequence after it emits one of these, which is kept (as HF's
+  /// eos_token_id), and ends when every sequence has ended; empty: every sequence gets
+  /// max_new_tokens. (`{}`: aggregate initialisations that leave it out draw no warning.)
+  std::vector<std::int64_t> stop_token_ids{};
 
   void validate() const {
     SSMKIT_CHECK(std::isfinite(temperature) && temperature >= 0, "temperature", "value",
                  "finite and >= 0", temperature);
     SSMKIT_CHECK(top_k >= 0, "top_k", "value", ">= 0", top_k);
     SSMKIT_CHECK(top_p > 0 && top_p <= 1, "top_p", "value", "in (0, 1]", top_p);
+    for (std::size_t i = 0; i < stop_token_ids.size(); ++i)
+      SSMKIT_CHECK(stop_token_ids[i] >= 0, "stop_token_ids",
+                   ("element " + std::to_string(i)).c_str(), ">= 0", stop_token_ids[i]);
   }
 };
 
@@ -121,16 +128,64 @@ class Sampler {
 };
 
 struct GenerationResult {
-  std::vector<std::vector<std::int64_t>> tokens;  ///< per sequence, the new tokens only
+  /// Per sequence, the new tokens only: max_new_tokens of them, or fewer ending with the stop
+  /// token (SamplingConfig::stop_token_ids) that ended it.
+  std::vector<std::vector<std::int64_t>> tokens;
+  /// prefill_tokens: the prompts' tokens. decode_tokens: those fed through model steps, the
+  /// batch's size per step, ended sequences' slots included (they are computed all the same).
+  /// n rounds of new tokens take n - 1 steps (the prefill gives the first), so generation that
+  /// stops early counts only the steps it ran.
   Index prefill_tokens = 0, decode_tokens = 0;
   double prefill_seconds = 0, decode_seconds = 0;
 };
 
-/// Continues each prompt by `max_new_tokens` tokens. `Model` is a language model with
-/// make_cache(batch), prefill(ids, cache, first) and step(ids, cache) (as MambaLM): prompts are
-/// prefilled (together when their lengths agree, else one by one into their cache slots), then
-/// every sequence advances one token per step. `on_token(i)` runs after the i-th new token of
-/// every sequence is chosen.
+namespace detail {
+
+/// generate()'s end-of-sequence bookkeeping, shared by its CPU and GPU loops: which sequences
+/// have emitted one of the stop ids (checked against the vocabulary), and their tokens.
+class StopTracker {
+ public:
+  StopTracker(const std::vector<std::int64_t>& stop_ids, Index batch, Index vocab)
+      : stop_(stop_ids), ended_(static_cast<std::size_t>(batch), false), live_(batch) {
+    for (std::size_t i = 0; i < stop_.size(); ++i)
+      SSMKIT_CHECK(stop_[i] >= 0 && stop_[i] < vocab, "stop_token_ids",
+                   ("element " + std::to_string(i)).c_str(),
+                   "in [0, vocab_size = " + std::to_string(vocab) + ")", stop_[i]);
+  }
+
+  bool ended(Index b) const { return ended_[static_cast<std::size_t>(b)]; }
+  bool all_ended() const { return live_ == 0; }
+
+  /// Appends next[b] to tokens[b] for each sequence b not yet ended; a stop id ends it.
+  void append(const std::vector<std::int64_t>& next,
+              std::vector<std::vector<std::int64_t>>& tokens) {
+    for (std::size_t b = 0; b < ended_.size(); ++b) {
+      if (ended_[b])
+        continue;
+      tokens[b].push_back(next[b]);
+      if (std::find(stop_.begin(), stop_.end(), next[b]) != stop_.end()) {
+        ended_[b] = true;
+        --live_;
+      }
+    }
+  }
+
+ private:
+  std::vector<std::int64_t> stop_;
+  std::vector<bool> ended_;
+  Index live_;
+};
+
+}  // namespace detail
+
+/// Continues each prompt by up to `max_new_tokens` tokens. `Model` is a language model with
+/// make_cache(batch), prefill(ids, cache, first), step(ids, cache) and vocab_size() (as
+/// MambaLM): prompts are prefilled (together when their lengths agree, else one by one into
+/// their cache slots), then every sequence advances one token per step. A sequence that emits a
+/// stop id (SamplingConfig::stop_token_ids) records no more tokens; its slot keeps stepping on
+/// its last token until every sequence has ended, when generation stops. Ended slots still draw
+/// from the sampler, so each sequence's tokens are a prefix of what it gets without stop ids.
+/// `on_token(i)` runs after the i-th new token of every sequence still going is chosen.
 template <class Model>
 GenerationResult generate(const Model& model, const std::vector<std::vector<std::int64_t>>& prompts,
                           Index max_new_tokens, const SamplingConfig& sampling,
@@ -142,6 +197,7 @@ GenerationResult generate(const Model& model, const std::vector<std::vector<std:
   for (std::size_t b = 0; b < prompts.size(); ++b)
     SSMKIT_CHECK(!prompts[b].empty(), "prompts[" + std::to_string(b) + "]", "length", ">= 1", 0);
   Sampler sampler(sampling);
+  detail::StopTracker stops(sampling.stop_token_ids, batch, model.vocab_size());
   GenerationResult r;
   r.tokens.resize(prompts.size());
   auto cache = model.make_cache(batch);
@@ -171,15 +227,17 @@ GenerationResult generate(const Model& model, const std::vector<std::vector<std:
   for (Index i = 0; i < max_new_tokens; ++i) {
     const auto logits = cache.logits();
     for (Index b = 0; b < batch; ++b) {
-      next[static_cast<std::size_t>(b)] = sampler(logits[b]);
-      r.tokens[static_cast<std::size_t>(b)].push_back(next[static_cast<std::size_t>(b)]);
+      const Index token = sampler(logits[b]);
+      if (!stops.ended(b))  // an ended slot is fed its last token again
+        next[static_cast<std::size_t>(b)] = token;
     }
+    stops.append(next, r.tokens);
     if (on_token)
       on_token(i);
-    if (i + 1 < max_new_tokens) {
-      model.step(TensorView<const std::int64_t, 1>(next.data(), {batch}, "ids"), cache);
-      r.decode_tokens += batch;
-    }
+    if (i + 1 == max_new_tokens || stops.all_ended())
+      break;
+    model.step(TensorView<const std::int64_t, 1>(next.data(), {batch}, "ids"), cache);
+    r.decode_tokens += batch;
   }
   const auto t2 = Clock::now();
   r.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();

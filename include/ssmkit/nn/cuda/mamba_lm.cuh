@@ -350,9 +350,12 @@ class MambaLM<T, Cuda> {
   std::vector<Block> blocks_;
 };
 
-/// nn::generate for the GPU model: the prompts' continuations of max_new_tokens tokens each,
-/// with timings. Greedy decoding stays on the device (argmax there, a CUDA graph per step when
-/// `graph`); sampled decoding copies each step's logits to the host for nn::Sampler.
+/// nn::generate for the GPU model: the prompts' continuations of up to max_new_tokens tokens
+/// each, ended by SamplingConfig::stop_token_ids as on the CPU, with timings. Greedy decoding
+/// stays on the device (argmax there, a CUDA graph per step when `graph`; an ended slot is fed
+/// its argmax, which is not recorded); sampled decoding copies each step's logits to the host
+/// for nn::Sampler, which still draws for ended slots (fed their last token), so each sequence's
+/// tokens are a prefix of what it gets without stop ids.
 template <class T>
 GenerationResult generate(const MambaLM<T, Cuda>& model,
                           const std::vector<std::vector<std::int64_t>>& prompts,
@@ -365,6 +368,7 @@ GenerationResult generate(const MambaLM<T, Cuda>& model,
   for (std::size_t b = 0; b < prompts.size(); ++b)
     SSMKIT_CHECK(!prompts[b].empty(), "prompts[" + std::to_string(b) + "]", "length", ">= 1", 0);
   Sampler sampler(sampling);
+  detail::StopTracker stops(sampling.stop_token_ids, batch, model.vocab_size());
   const bool greedy = sampling.temperature == 0;
   GenerationResult r;
   r.tokens.resize(prompts.size());
@@ -394,31 +398,32 @@ GenerationResult generate(const MambaLM<T, Cuda>& model,
 
   const Index V = model.vocab_size();
   std::vector<float> logits(greedy ? 0 : static_cast<std::size_t>(batch * V));
-  std::vector<std::int64_t> next;
+  std::vector<std::int64_t> next(static_cast<std::size_t>(batch));
   for (Index i = 0; i < max_new_tokens; ++i) {
     if (greedy) {
-      next = cache.next_ids_host();
+      next = cache.next_ids_host();  // ended slots' ids are not recorded
     } else {
       SSMKIT_CUDA_CHECK(cudaMemcpyAsync(logits.data(), cache.logits().data(),
                                         sizeof(float) * logits.size(), cudaMemcpyDeviceToHost,
                                         stream));
       SSMKIT_CUDA_CHECK(cudaStreamSynchronize(stream));
-      next.assign(static_cast<std::size_t>(batch), 0);
-      for (Index b = 0; b < batch; ++b)
-        next[static_cast<std::size_t>(b)] =
+      for (Index b = 0; b < batch; ++b) {
+        const Index token =
             sampler(TensorView<const float, 1>(logits.data() + b * V, {V}, "logits"));
+        if (!stops.ended(b))  // an ended slot is fed its last token again
+          next[static_cast<std::size_t>(b)] = token;
+      }
     }
-    for (Index b = 0; b < batch; ++b)
-      r.tokens[static_cast<std::size_t>(b)].push_back(next[static_cast<std::size_t>(b)]);
+    stops.append(next, r.tokens);
     if (on_token)
       on_token(i);
-    if (i + 1 < max_new_tokens) {
-      if (greedy)
-        model.step_greedy(cache, graph);
-      else
-        model.step(TensorView<const std::int64_t, 1>(next.data(), {batch}, "ids"), cache);
-      r.decode_tokens += batch;
-    }
+    if (i + 1 == max_new_tokens || stops.all_ended())
+      break;
+    if (greedy)
+      model.step_greedy(cache, graph);
+    else
+      model.step(TensorView<const std::int64_t, 1>(next.data(), {batch}, "ids"), cache);
+    r.decode_tokens += batch;
   }
   SSMKIT_CUDA_CHECK(cudaStreamSynchronize(stream));
   const auto t2 = Clock::now();
