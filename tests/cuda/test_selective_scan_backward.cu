@@ -464,16 +464,19 @@ TEST(CudaSelectiveScanBackward, RejectsBadArguments) {
   const Index batch = 1, L = 8, D = 32, N = 16;
   DualTensor<float, 3> act({batch, L, D}, {0, 1, 2}, 1, -1, 1, s);
   DualTensor<float, 3> grad({batch, L, D}, {0, 1, 2}, 2, -1, 1, s);
+  DualTensor<float, 3> grad2({batch, L, D}, {0, 1, 2}, 8, -1, 1, s);
   DualTensor<float, 4> proj({batch, L, 1, N}, {0, 1, 2, 3}, 3, -1, 1, s);
   DualTensor<float, 4> dproj({batch, L, 1, N}, {0, 1, 2, 3}, 4, -1, 1, s);
   DualTensor<float, 2> A({D, N}, {0, 1}, 5, -1, 0, s);
-  SelectiveScanBackwardParams<float, float> p;
+  DualTensor<float, 2> dA({D, N}, {0, 1}, 9, -1, 0, s);
+  SelectiveScanBackwardParams<float, float> p;  // inputs may share memory, gradients may not
   p.u = p.delta = p.dout = act.device_view();
   p.B = p.C = proj.device_view();
   p.A = A.device_view();
-  p.du = p.ddelta = grad.device_view();
-  p.dB = p.dC = dproj.device_view();
-  p.dA = A.device_view();
+  p.du = grad.device_view();
+  p.ddelta = grad2.device_view();
+  p.dB = p.dC = dproj.device_view();  // the one exception: dB and dC may interleave
+  p.dA = dA.device_view();
 
   SelectiveScanBackwardParams<float, float> host = p;  // dout claims to live on the host
   host.dout = TensorView<const float, 3>(act.host.data(), {batch, L, D}, "dout", Device::CPU);
@@ -484,7 +487,8 @@ TEST(CudaSelectiveScanBackward, RejectsBadArguments) {
   SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(shape, s), "dB", "shape");
 
   SelectiveScanBackwardParams<float, float> presence = p;  // dz without z
-  presence.dz = grad.device_view();
+  DualTensor<float, 3> dz({batch, L, D}, {0, 1, 2}, 10, -1, 1, s);
+  presence.dz = dz.device_view();
   SSMKIT_EXPECT_ERROR(cuda::selective_scan_backward(presence, s), "dz", "presence");
 
   SelectiveScanBackwardParams<float, float> far = p;  // a time stride past 32-bit byte steps

@@ -522,6 +522,25 @@ void launch_plan(const ScanArgs<T>& args, const ScanPlan<Policy>& plan, Index N,
     launch_scan<kT, SplitSmall, false>(args, plan.grid, plan.chunks, stream);
 }
 
+/// The device's limits on sizes and strides. Checked before validate(): a view past them may
+/// span other buffers, which its overlap checks would report instead.
+template <class T, class W>
+void check_scan_limits(const SelectiveScanParams<T, W>& p) {
+  SSMKIT_CHECK(p.batch() <= 65535, "u", "batch size", "<= 65535 on CUDA", p.batch());
+  SSMKIT_CHECK(p.length() <= (Index{1} << 31) - 1 - 64, "u", "length", "< 2^31 - 64 on CUDA",
+               p.length());
+  SSMKIT_CHECK(p.channels() <= (Index{1} << 31) - 1, "u", "channels", "< 2^31 on CUDA",
+               p.channels());
+  // 32-bit strides, multiplied by at most a 16-step tile.
+  constexpr Index kStrideLimit = ((Index{1} << 31) - 1) / 64;
+  check_time_stride(p.u, "u", kStrideLimit);
+  check_time_stride(p.delta, "delta", kStrideLimit);
+  check_time_stride(p.z, "z", kStrideLimit);
+  check_time_stride(p.out, "out", kStrideLimit);
+  check_time_stride(p.B, "B", kStrideLimit);
+  check_time_stride(p.C, "C", kStrideLimit);
+}
+
 }  // namespace detail
 
 /// Bytes of device workspace selective_scan needs for `p` on the current device (0 when the
@@ -558,19 +577,9 @@ void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, voi
       "the CUDA scan stores float, __half or __nv_bfloat16");
   static_assert(Policy::kThreads % 32 == 0 && Policy::kThreads >= 32,
                 "policy: whole warps per block");
+  detail::check_scan_limits(p);
   validate(p, Device::CUDA);
   const Index batch = p.batch(), L = p.length(), D = p.channels(), N = p.state_size();
-  SSMKIT_CHECK(batch <= 65535, "u", "batch size", "<= 65535 on CUDA", batch);
-  SSMKIT_CHECK(L <= (Index{1} << 31) - 1 - 64, "u", "length", "< 2^31 - 64 on CUDA", L);
-  SSMKIT_CHECK(D <= (Index{1} << 31) - 1, "u", "channels", "< 2^31 on CUDA", D);
-  // 32-bit strides, multiplied by at most a 16-step tile.
-  constexpr Index kStrideLimit = ((Index{1} << 31) - 1) / 64;
-  detail::check_time_stride(p.u, "u", kStrideLimit);
-  detail::check_time_stride(p.delta, "delta", kStrideLimit);
-  detail::check_time_stride(p.z, "z", kStrideLimit);
-  detail::check_time_stride(p.out, "out", kStrideLimit);
-  detail::check_time_stride(p.B, "B", kStrideLimit);
-  detail::check_time_stride(p.C, "C", kStrideLimit);
   if (batch == 0 || D == 0)
     return;
   const std::size_t need = selective_scan_workspace_size<Policy>(p);
@@ -598,6 +607,7 @@ void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream, voi
 /// As above, with the workspace (if any) taken from and returned to the stream-ordered pool.
 template <class Policy = SelectiveScanPolicy, class T, class W>
 void selective_scan(const SelectiveScanParams<T, W>& p, cudaStream_t stream) {
+  detail::check_scan_limits(p);
   validate(p, Device::CUDA);
   with_pool_workspace(
       selective_scan_workspace_size<Policy>(p), stream,

@@ -68,6 +68,31 @@ struct SelectiveScanBackwardPolicy {
 /// Largest state size N the CUDA backward accepts.
 inline constexpr Index kMaxBackwardStateSize = 128;
 
+namespace detail {
+
+/// The device's limits on sizes and strides. Checked before validate(): a view past them may
+/// span other buffers, which its overlap checks would report instead.
+template <class Policy, class T, class W>
+void check_backward_limits(const SelectiveScanBackwardParams<T, W>& p) {
+  SSMKIT_CHECK(p.state_size() <= kMaxBackwardStateSize, "A", "state size N = size(1)",
+               "<= " + std::to_string(kMaxBackwardStateSize) + " on the CUDA backward",
+               p.state_size());
+  SSMKIT_CHECK(p.batch() <= 65535, "u", "batch size", "<= 65535 on CUDA", p.batch());
+  SSMKIT_CHECK(p.length() <= (Index{1} << 31) - 1 - Policy::kChunk, "u", "length", "< 2^31 on CUDA",
+               p.length());
+  // 32-bit byte strides.
+  constexpr Index kStrideLimit = ((Index{1} << 31) - 1) / static_cast<Index>(sizeof(T));
+  check_time_stride(p.u, "u", kStrideLimit);
+  check_time_stride(p.delta, "delta", kStrideLimit);
+  check_time_stride(p.z, "z", kStrideLimit);
+  check_time_stride(p.dout, "dout", kStrideLimit);
+  check_time_stride(p.du, "du", kStrideLimit);
+  check_time_stride(p.ddelta, "ddelta", kStrideLimit);
+  check_time_stride(p.dz, "dz", kStrideLimit);
+}
+
+}  // namespace detail
+
 /// Bytes of device workspace selective_scan_backward needs for `p`.
 template <class Policy = SelectiveScanBackwardPolicy, class T, class W>
 std::size_t selective_scan_backward_workspace_size(const SelectiveScanBackwardParams<T, W>& p) {
@@ -94,22 +119,10 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
       "the CUDA backward stores float, __half or __nv_bfloat16");
   static_assert(Policy::kThreads % 32 == 0 && Policy::kChunk % Policy::kSubChunk == 0,
                 "policy: whole warps, whole sub-chunks per chunk");
+  detail::check_backward_limits<Policy>(p);
   validate(p, Device::CUDA);
   const Index batch = p.batch(), L = p.length(), D = p.channels(), N = p.state_size();
   const Index G = p.groups();
-  SSMKIT_CHECK(N <= kMaxBackwardStateSize, "A", "state size N = size(1)",
-               "<= " + std::to_string(kMaxBackwardStateSize) + " on the CUDA backward", N);
-  SSMKIT_CHECK(batch <= 65535, "u", "batch size", "<= 65535 on CUDA", batch);
-  SSMKIT_CHECK(L <= (Index{1} << 31) - 1 - Policy::kChunk, "u", "length", "< 2^31 on CUDA", L);
-  // 32-bit byte strides.
-  constexpr Index kStrideLimit = ((Index{1} << 31) - 1) / static_cast<Index>(sizeof(T));
-  detail::check_time_stride(p.u, "u", kStrideLimit);
-  detail::check_time_stride(p.delta, "delta", kStrideLimit);
-  detail::check_time_stride(p.z, "z", kStrideLimit);
-  detail::check_time_stride(p.dout, "dout", kStrideLimit);
-  detail::check_time_stride(p.du, "du", kStrideLimit);
-  detail::check_time_stride(p.ddelta, "ddelta", kStrideLimit);
-  detail::check_time_stride(p.dz, "dz", kStrideLimit);
   detail::ScanBackwardPlan<Policy> plan(batch, L, D, N, G, !p.checkpoints.absent());
   SSMKIT_CHECK(
       G * plan.slices_per_group <= 65535, "u",
@@ -139,6 +152,7 @@ void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStr
 /// As above, with the workspace taken from and returned to the stream-ordered pool.
 template <class Policy = SelectiveScanBackwardPolicy, class T, class W>
 void selective_scan_backward(const SelectiveScanBackwardParams<T, W>& p, cudaStream_t stream) {
+  detail::check_backward_limits<Policy>(p);
   validate(p, Device::CUDA);
   with_pool_workspace(
       selective_scan_backward_workspace_size<Policy>(p), stream,
