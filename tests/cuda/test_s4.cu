@@ -158,21 +158,32 @@ TEST(S4Cuda, VandermondeLongLength) {
   }
 }
 
-/// GPU DPLR kernel vs the CPU one, both with C~ for this L computed on the CPU in double from
-/// the T-rounded system and rounded to T.
+/// The DPLR kernel of a system on the GPU and the CPU, both with C~ for this L computed on the
+/// CPU in double from the T-rounded system and rounded to T: the CPU's K in double, the GPU's K
+/// and the plan that holds its half spectrum.
 template <class T, class Acc = double>
-double dplr_error(S4System sys, Index L, bool transposed) {
-  ssmkit::testing::reference_c_tilde(sys, L);
-  for (auto& c : sys.C)
-    c = round_to<T>(c);
-  std::vector<double> ref(std::size_t(sys.H * L));
-  ssmkit::testing::reference_dplr(sys, TensorView<double, 2>(ref.data(), {sys.H, L}));
+struct DplrRun {
+  std::vector<double> ref;
   TestStream st;
-  DeviceSystem<T> d(sys, st.s);
-  DeviceKernel<T> K(sys.H, L, transposed, st.s);
+  DeviceKernel<T> K;
   cuda::DplrKernelPlan<T> plan;
-  cuda::ssm_kernel_dplr<T, Acc>(d.dplr(), K.view(), plan, st.s);
-  return rel_error(K.download(st.s), ref);
+  DplrRun(S4System sys, Index L, bool transposed)
+      : ref(std::size_t(sys.H * L)), K(sys.H, L, transposed, st.s) {
+    ssmkit::testing::reference_c_tilde(sys, L);
+    for (auto& c : sys.C)
+      c = round_to<T>(c);
+    ssmkit::testing::reference_dplr(sys, TensorView<double, 2>(ref.data(), {sys.H, L}));
+    DeviceSystem<T> d(sys, st.s);
+    cuda::ssm_kernel_dplr<T, Acc>(d.dplr(), K.view(), plan, st.s);
+    SSMKIT_CUDA_CHECK(cudaStreamSynchronize(st.s));
+  }
+};
+
+/// GPU DPLR kernel vs the CPU one.
+template <class T, class Acc = double>
+double dplr_error(const S4System& sys, Index L, bool transposed) {
+  DplrRun<T, Acc> run(sys, L, transposed);
+  return rel_error(run.K.download(run.st.s), run.ref);
 }
 
 template <class T>
@@ -283,22 +294,13 @@ TEST(S4Cuda, DplrFloatSums) {
 /// |got - ref| / |ref| over the bins. The time-domain error weighs the bins by size, so it does
 /// not see the small high-frequency ones go wrong.
 template <class T, class Acc>
-double dplr_spectrum_error(S4System sys, Index L) {
-  ssmkit::testing::reference_c_tilde(sys, L);
-  for (auto& c : sys.C)
-    c = round_to<T>(c);
-  std::vector<double> K(std::size_t(sys.H * L));
-  ssmkit::testing::reference_dplr(sys, TensorView<double, 2>(K.data(), {sys.H, L}));
-  TestStream st;
-  DeviceSystem<T> d(sys, st.s);
-  DeviceKernel<T> Kd(sys.H, L, false, st.s);
-  cuda::DplrKernelPlan<T> plan;
-  cuda::ssm_kernel_dplr<T, Acc>(d.dplr(), Kd.view(), plan, st.s);
+double dplr_spectrum_error(const S4System& sys, Index L) {
+  DplrRun<T, Acc> run(sys, L, false);
+  const std::vector<double>& K = run.ref;
   const Index F = L / 2 + 1;
   std::vector<std::complex<T>> got(std::size_t(sys.H * F));
-  SSMKIT_CUDA_CHECK(cudaMemcpyAsync(got.data(), plan.spectrum(), got.size() * sizeof(got[0]),
-                                    cudaMemcpyDeviceToHost, st.s));
-  SSMKIT_CUDA_CHECK(cudaStreamSynchronize(st.s));
+  SSMKIT_CUDA_CHECK(cudaMemcpy(got.data(), run.plan.spectrum(), got.size() * sizeof(got[0]),
+                               cudaMemcpyDeviceToHost));
   double worst = 0;
   for (Index h = 0; h < sys.H; ++h)
     for (Index k = 0; k < F; ++k) {

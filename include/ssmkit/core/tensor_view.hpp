@@ -278,6 +278,31 @@ void check_disjoint_or_same(const TensorView<A, R>& out, const char* out_name,
     check_disjoint(out, out_name, in, in_name);
 }
 
+/// A view and the name of its argument, for the overlap checks over many views at once.
+template <class V>
+struct Named {
+  const V& view;
+  const char* name;
+};
+template <class V>
+Named<V> named(const V& view, const char* name) {
+  return {view, name};
+}
+
+/// check_disjoint of `out` against each of `ins`, in order.
+template <class V, class... Ins>
+void check_disjoint_from(const Named<V>& out, const Named<Ins>&... ins) {
+  (check_disjoint(out.view, out.name, ins.view, ins.name), ...);
+}
+
+/// check_disjoint of every pair, each view against those after it (named first in a message).
+template <class V, class... Rest>
+void check_pairwise_disjoint(const Named<V>& first, const Named<Rest>&... rest) {
+  check_disjoint_from(first, rest...);
+  if constexpr (sizeof...(Rest) > 1)
+    check_pairwise_disjoint(rest...);
+}
+
 /// Eigen::Map of a rank-2 host view (any strides), for matrix products and Eigen algorithms.
 template <class T>
 auto as_eigen(const TensorView<T, 2>& v) {

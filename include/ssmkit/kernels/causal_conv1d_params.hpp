@@ -78,12 +78,11 @@ void validate(const CausalConv1dParams<T, W>& p, Device device) {
   detail::check_conv_arg(p.final_state, "final_state", Shape<3>{batch, C, K - 1}, device, true);
   // The outputs are written while other threads still read the inputs; final_state may be
   // exactly initial_state (a state carried in place), nothing else may share memory.
-  check_disjoint(p.out, "out", p.weight, "weight");
-  check_disjoint(p.out, "out", p.bias, "bias");
-  check_disjoint(p.out, "out", p.initial_state, "initial_state");
-  check_disjoint(p.final_state, "final_state", p.x, "x");
-  check_disjoint(p.final_state, "final_state", p.weight, "weight");
-  check_disjoint(p.final_state, "final_state", p.bias, "bias");
+  const auto x = named(p.x, "x");
+  const auto weight = named(p.weight, "weight");
+  const auto bias = named(p.bias, "bias");
+  check_disjoint_from(named(p.out, "out"), weight, bias, named(p.initial_state, "initial_state"));
+  check_disjoint_from(named(p.final_state, "final_state"), x, weight, bias);
   check_disjoint_or_same(p.final_state, "final_state", p.initial_state, "initial_state");
   check_disjoint(p.final_state, "final_state", p.out, "out");
 }
@@ -99,13 +98,11 @@ void validate(const CausalConv1dStepParams<T, W>& p, Device device) {
   detail::check_conv_arg(p.out, "out", Shape<2>{batch, C}, device, false);
   // out may be exactly x (each channel is read before it is written); the state slides in place
   // while x and the weights are read. No other overlap.
+  const auto weight = named(p.weight, "weight");
+  const auto bias = named(p.bias, "bias");
   check_disjoint_or_same(p.out, "out", p.x, "x");
-  check_disjoint(p.out, "out", p.weight, "weight");
-  check_disjoint(p.out, "out", p.bias, "bias");
-  check_disjoint(p.out, "out", p.state, "state");
-  check_disjoint(p.state, "state", p.x, "x");
-  check_disjoint(p.state, "state", p.weight, "weight");
-  check_disjoint(p.state, "state", p.bias, "bias");
+  check_disjoint_from(named(p.out, "out"), weight, bias, named(p.state, "state"));
+  check_disjoint_from(named(p.state, "state"), named(p.x, "x"), weight, bias);
 }
 
 }  // namespace ssmkit

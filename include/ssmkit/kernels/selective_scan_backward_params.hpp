@@ -6,7 +6,6 @@
 #include "ssmkit/kernels/selective_scan_params.hpp"
 
 #include <string>
-#include <utility>
 
 namespace ssmkit {
 
@@ -89,58 +88,39 @@ void check_gradient(const G& grad, const char* grad_arg, const X& arg, const cha
   check_optional(grad, grad_arg, shape, device);
 }
 
-/// The first (view, name) against each of the others.
-template <class G, class... Rest>
-void check_first_disjoint(const std::pair<G, const char*>& first,
-                          const std::pair<Rest, const char*>&... rest) {
-  (check_disjoint(first.first, first.second, rest.first, rest.second), ...);
-}
-
-/// Every pair of the (view, name)s.
-template <class G, class... Rest>
-void check_pairwise_disjoint(const std::pair<G, const char*>& first,
-                             const std::pair<Rest, const char*>&... rest) {
-  check_first_disjoint(first, rest...);
-  if constexpr (sizeof...(Rest) > 1)
-    check_pairwise_disjoint(rest...);
-}
-
 /// Every gradient is written while the inputs (the forward's, the checkpoints, dout and
 /// dh_final) are still read, by other lanes or chunks: none may overlap an input or another
 /// gradient. dB and dC are exempt from each other: they may interleave, as the columns of one
 /// x_proj gradient do in a MambaBlock, and are written together after every read. Names both.
 template <class T, class W>
 void check_scan_backward_overlaps(const SelectiveScanBackwardParams<T, W>& p) {
-  const auto inputs = [&](const auto& grad, const char* name) {
-    check_disjoint(grad, name, p.u, "u");
-    check_disjoint(grad, name, p.delta, "delta");
-    check_disjoint(grad, name, p.A, "A");
-    check_disjoint(grad, name, p.B, "B");
-    check_disjoint(grad, name, p.C, "C");
-    check_disjoint(grad, name, p.D_skip, "D_skip");
-    check_disjoint(grad, name, p.delta_bias, "delta_bias");
-    check_disjoint(grad, name, p.z, "z");
-    check_disjoint(grad, name, p.h0, "h0");
-    check_disjoint(grad, name, p.checkpoints, "checkpoints");
-    check_disjoint(grad, name, p.dout, "dout");
-    check_disjoint(grad, name, p.dh_final, "dh_final");
+  const auto du = named(p.du, "du");
+  const auto ddelta = named(p.ddelta, "ddelta");
+  const auto dA = named(p.dA, "dA");
+  const auto dB = named(p.dB, "dB");
+  const auto dC = named(p.dC, "dC");
+  const auto dD = named(p.dD_skip, "dD_skip");
+  const auto dbias = named(p.ddelta_bias, "ddelta_bias");
+  const auto dz = named(p.dz, "dz");
+  const auto dh0 = named(p.dh0, "dh0");
+  const auto from_inputs = [&](const auto& grad) {
+    check_disjoint_from(grad, named(p.u, "u"), named(p.delta, "delta"), named(p.A, "A"),
+                        named(p.B, "B"), named(p.C, "C"), named(p.D_skip, "D_skip"),
+                        named(p.delta_bias, "delta_bias"), named(p.z, "z"), named(p.h0, "h0"),
+                        named(p.checkpoints, "checkpoints"), named(p.dout, "dout"),
+                        named(p.dh_final, "dh_final"));
   };
-  inputs(p.du, "du");
-  inputs(p.ddelta, "ddelta");
-  inputs(p.dA, "dA");
-  inputs(p.dB, "dB");
-  inputs(p.dC, "dC");
-  inputs(p.dD_skip, "dD_skip");
-  inputs(p.ddelta_bias, "ddelta_bias");
-  inputs(p.dz, "dz");
-  inputs(p.dh0, "dh0");
-  using std::pair;
-  check_pairwise_disjoint(pair(p.du, "du"), pair(p.ddelta, "ddelta"), pair(p.dA, "dA"),
-                          pair(p.dD_skip, "dD_skip"), pair(p.ddelta_bias, "ddelta_bias"),
-                          pair(p.dz, "dz"), pair(p.dh0, "dh0"), pair(p.dB, "dB"));
-  check_first_disjoint(pair(p.dC, "dC"), pair(p.du, "du"), pair(p.ddelta, "ddelta"),
-                       pair(p.dA, "dA"), pair(p.dD_skip, "dD_skip"),
-                       pair(p.ddelta_bias, "ddelta_bias"), pair(p.dz, "dz"), pair(p.dh0, "dh0"));
+  from_inputs(du);
+  from_inputs(ddelta);
+  from_inputs(dA);
+  from_inputs(dB);
+  from_inputs(dC);
+  from_inputs(dD);
+  from_inputs(dbias);
+  from_inputs(dz);
+  from_inputs(dh0);
+  check_pairwise_disjoint(du, ddelta, dA, dD, dbias, dz, dh0, dB);
+  check_disjoint_from(dC, du, ddelta, dA, dD, dbias, dz, dh0);
 }
 
 }  // namespace detail

@@ -96,25 +96,22 @@ void check_checkpoints(const V& checkpoints, Index interval, Index batch, Index 
 /// except h_final over exactly h0 (a state carried in place). Names both arguments.
 template <class T, class W>
 void check_scan_overlaps(const SelectiveScanParams<T, W>& p) {
-  const auto inputs = [&](const auto& out, const char* name) {
-    check_disjoint(out, name, p.u, "u");
-    check_disjoint(out, name, p.delta, "delta");
-    check_disjoint(out, name, p.A, "A");
-    check_disjoint(out, name, p.B, "B");
-    check_disjoint(out, name, p.C, "C");
-    check_disjoint(out, name, p.D_skip, "D_skip");
-    check_disjoint(out, name, p.delta_bias, "delta_bias");
-    check_disjoint(out, name, p.z, "z");
+  const auto out = named(p.out, "out");
+  const auto h_final = named(p.h_final, "h_final");
+  const auto checkpoints = named(p.checkpoints, "checkpoints");
+  const auto h0 = named(p.h0, "h0");
+  const auto from_inputs = [&](const auto& o) {
+    check_disjoint_from(o, named(p.u, "u"), named(p.delta, "delta"), named(p.A, "A"),
+                        named(p.B, "B"), named(p.C, "C"), named(p.D_skip, "D_skip"),
+                        named(p.delta_bias, "delta_bias"), named(p.z, "z"));
   };
-  inputs(p.out, "out");
-  check_disjoint(p.out, "out", p.h0, "h0");
-  inputs(p.h_final, "h_final");
+  from_inputs(out);
+  from_inputs(h_final);
+  from_inputs(checkpoints);
+  check_disjoint_from(out, h0);
+  check_disjoint_from(checkpoints, h0);
   check_disjoint_or_same(p.h_final, "h_final", p.h0, "h0");
-  check_disjoint(p.h_final, "h_final", p.out, "out");
-  inputs(p.checkpoints, "checkpoints");
-  check_disjoint(p.checkpoints, "checkpoints", p.h0, "h0");
-  check_disjoint(p.checkpoints, "checkpoints", p.out, "out");
-  check_disjoint(p.checkpoints, "checkpoints", p.h_final, "h_final");
+  check_pairwise_disjoint(checkpoints, h_final, out);
 }
 
 }  // namespace detail

@@ -49,23 +49,19 @@ void validate(const CausalConv1dBackwardParams<T, W>& p, Device device) {
   detail::check_conv_arg(p.dx, "dx", Shape<3>{batch, L, C}, device, false);
   // Gradients are written while other channels still read the inputs: none may overlap an input
   // or another gradient. Checked here, or the forward's check names dx out.
-  const auto inputs = [&](const auto& grad, const char* name) {
-    check_disjoint(grad, name, p.x, "x");
-    check_disjoint(grad, name, p.weight, "weight");
-    check_disjoint(grad, name, p.bias, "bias");
-    check_disjoint(grad, name, p.initial_state, "initial_state");
-    check_disjoint(grad, name, p.dout, "dout");
+  const auto dx = named(p.dx, "dx");
+  const auto dweight = named(p.dweight, "dweight");
+  const auto dbias = named(p.dbias, "dbias");
+  const auto dinit = named(p.dinitial_state, "dinitial_state");
+  const auto from_inputs = [&](const auto& grad) {
+    check_disjoint_from(grad, named(p.x, "x"), named(p.weight, "weight"), named(p.bias, "bias"),
+                        named(p.initial_state, "initial_state"), named(p.dout, "dout"));
   };
-  inputs(p.dx, "dx");
-  inputs(p.dweight, "dweight");
-  inputs(p.dbias, "dbias");
-  inputs(p.dinitial_state, "dinitial_state");
-  check_disjoint(p.dweight, "dweight", p.dx, "dx");
-  check_disjoint(p.dbias, "dbias", p.dx, "dx");
-  check_disjoint(p.dbias, "dbias", p.dweight, "dweight");
-  check_disjoint(p.dinitial_state, "dinitial_state", p.dx, "dx");
-  check_disjoint(p.dinitial_state, "dinitial_state", p.dweight, "dweight");
-  check_disjoint(p.dinitial_state, "dinitial_state", p.dbias, "dbias");
+  from_inputs(dx);
+  from_inputs(dweight);
+  from_inputs(dbias);
+  from_inputs(dinit);
+  check_pairwise_disjoint(dinit, dbias, dweight, dx);
   validate(p.forward(p.dx), device);
   const Index K = p.kernel_size();
   detail::check_conv_arg(p.dout, "dout", Shape<3>{batch, L, C}, device, false);
