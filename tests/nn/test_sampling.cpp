@@ -123,6 +123,25 @@ TEST(Sampler, DrawsStayInTheSupportWithTheRightFrequencies) {
   }
 }
 
+// Seven tokens of 1/7 sum to 1 - 2^-52 in double, under the largest draw 1 - 2^-53; the tokens
+// after them have probability 0 (masked by a -inf logit, or underflowed). The draw used to fall
+// back to the very last token, one of probability 0.
+TEST(Sampler, ADrawPastTheRoundedSumTakesNoZeroProbabilityToken) {
+  std::vector<std::pair<Index, double>> dist;
+  for (Index t = 0; t < 7; ++t)
+    dist.emplace_back(t, 1.0 / 7);
+  dist.emplace_back(98, 0.0);
+  dist.emplace_back(99, 0.0);
+  double sum = 0;
+  for (const auto& kv : dist)
+    sum += kv.second;
+  const double largest = 1 - 0x1.0p-53;
+  ASSERT_LT(sum, largest);  // the case: rounding leaves the sum under the draw
+  EXPECT_EQ(nn::Sampler::pick(dist, largest), 6);
+  EXPECT_EQ(nn::Sampler::pick(dist, 0.1), 0);
+  EXPECT_EQ(nn::Sampler::pick(dist, 0.9), 6);
+}
+
 TEST(Sampler, SeedMakesDrawsReproducible) {
   const auto logits = random_vector<float>(100, 5, -1, 1);
   const TensorView<const float, 1> v(logits.data(), {100});

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <numeric>
 #include <random>
 #include <string>
@@ -111,14 +112,23 @@ class Sampler {
     if (dist.size() == 1)
       return dist[0].first;
     // 53 random bits: the same draw on every platform (std::uniform_real_distribution is not).
-    const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+    return pick(dist, static_cast<double>(rng_() >> 11) * 0x1.0p-53);
+  }
+
+  /// The token of `dist` (probabilities summing to 1) whose cumulative interval holds u in
+  /// [0, 1). Where rounding leaves the sum under u, the last token with any probability: never
+  /// one of probability 0 (a -inf logit, a masked token).
+  static Index pick(const std::vector<std::pair<Index, double>>& dist, double u) {
     double acc = 0;
     for (const auto& [token, p] : dist) {
       acc += p;
       if (u < acc)
         return token;
     }
-    return dist.back().first;
+    auto last = dist.rbegin();
+    while (last->second == 0 && std::next(last) != dist.rend())
+      ++last;
+    return last->first;
   }
 
  private:
