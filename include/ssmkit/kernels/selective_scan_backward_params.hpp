@@ -103,22 +103,16 @@ void check_scan_backward_overlaps(const SelectiveScanBackwardParams<T, W>& p) {
   const auto dbias = named(p.ddelta_bias, "ddelta_bias");
   const auto dz = named(p.dz, "dz");
   const auto dh0 = named(p.dh0, "dh0");
-  const auto from_inputs = [&](const auto& grad) {
-    check_disjoint_from(grad, named(p.u, "u"), named(p.delta, "delta"), named(p.A, "A"),
-                        named(p.B, "B"), named(p.C, "C"), named(p.D_skip, "D_skip"),
-                        named(p.delta_bias, "delta_bias"), named(p.z, "z"), named(p.h0, "h0"),
-                        named(p.checkpoints, "checkpoints"), named(p.dout, "dout"),
-                        named(p.dh_final, "dh_final"));
+  // Each output against every input, in order.
+  const auto from_inputs = [&](const auto&... outs) {
+    (check_disjoint_from(outs, named(p.u, "u"), named(p.delta, "delta"), named(p.A, "A"),
+                         named(p.B, "B"), named(p.C, "C"), named(p.D_skip, "D_skip"),
+                         named(p.delta_bias, "delta_bias"), named(p.z, "z"), named(p.h0, "h0"),
+                         named(p.checkpoints, "checkpoints"), named(p.dout, "dout"),
+                         named(p.dh_final, "dh_final")),
+     ...);
   };
-  from_inputs(du);
-  from_inputs(ddelta);
-  from_inputs(dA);
-  from_inputs(dB);
-  from_inputs(dC);
-  from_inputs(dD);
-  from_inputs(dbias);
-  from_inputs(dz);
-  from_inputs(dh0);
+  from_inputs(du, ddelta, dA, dB, dC, dD, dbias, dz, dh0);
   check_pairwise_disjoint(du, ddelta, dA, dD, dbias, dz, dh0, dB);
   check_disjoint_from(dC, du, ddelta, dA, dD, dbias, dz, dh0);
 }

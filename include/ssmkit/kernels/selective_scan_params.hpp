@@ -100,14 +100,14 @@ void check_scan_overlaps(const SelectiveScanParams<T, W>& p) {
   const auto h_final = named(p.h_final, "h_final");
   const auto checkpoints = named(p.checkpoints, "checkpoints");
   const auto h0 = named(p.h0, "h0");
-  const auto from_inputs = [&](const auto& o) {
-    check_disjoint_from(o, named(p.u, "u"), named(p.delta, "delta"), named(p.A, "A"),
-                        named(p.B, "B"), named(p.C, "C"), named(p.D_skip, "D_skip"),
-                        named(p.delta_bias, "delta_bias"), named(p.z, "z"));
+  // Each output against every input, in order.
+  const auto from_inputs = [&](const auto&... outs) {
+    (check_disjoint_from(outs, named(p.u, "u"), named(p.delta, "delta"), named(p.A, "A"),
+                         named(p.B, "B"), named(p.C, "C"), named(p.D_skip, "D_skip"),
+                         named(p.delta_bias, "delta_bias"), named(p.z, "z")),
+     ...);
   };
-  from_inputs(out);
-  from_inputs(h_final);
-  from_inputs(checkpoints);
+  from_inputs(out, h_final, checkpoints);
   check_disjoint_from(out, h0);
   check_disjoint_from(checkpoints, h0);
   check_disjoint_or_same(p.h_final, "h_final", p.h0, "h0");

@@ -53,14 +53,13 @@ void validate(const CausalConv1dBackwardParams<T, W>& p, Device device) {
   const auto dweight = named(p.dweight, "dweight");
   const auto dbias = named(p.dbias, "dbias");
   const auto dinit = named(p.dinitial_state, "dinitial_state");
-  const auto from_inputs = [&](const auto& grad) {
-    check_disjoint_from(grad, named(p.x, "x"), named(p.weight, "weight"), named(p.bias, "bias"),
-                        named(p.initial_state, "initial_state"), named(p.dout, "dout"));
+  // Each output against every input, in order.
+  const auto from_inputs = [&](const auto&... outs) {
+    (check_disjoint_from(outs, named(p.x, "x"), named(p.weight, "weight"), named(p.bias, "bias"),
+                         named(p.initial_state, "initial_state"), named(p.dout, "dout")),
+     ...);
   };
-  from_inputs(dx);
-  from_inputs(dweight);
-  from_inputs(dbias);
-  from_inputs(dinit);
+  from_inputs(dx, dweight, dbias, dinit);
   check_pairwise_disjoint(dinit, dbias, dweight, dx);
   validate(p.forward(p.dx), device);
   const Index K = p.kernel_size();
